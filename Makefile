@@ -42,5 +42,9 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Regenerate clients/proto/*_pb2.py[i] from the .proto files (tests/clients checks they match).
+proto: setup
+	$(PY) -m clients.proto.regenerate
+
 clean:
 	rm -rf model_repository runs reports .pytest_cache .mypy_cache
