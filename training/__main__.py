@@ -1,0 +1,184 @@
+"""`python -m training {train,export,demo}`: train and export models into a model repository."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from training.data import DATASETS, DatasetUnavailable
+from training.models import MODEL_NAMES
+
+DEMO_EPOCHS = 3
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repository", default="model_repository", help="model repository root")
+    parser.add_argument("--version", type=int, help="version number (default: next free)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument(
+        "--serving-base-path",
+        default="/models",
+        help="where TF Serving sees the repository, written into models.config (default /models)",
+    )
+    parser.add_argument("--no-fp16", action="store_true", help="skip the model.fp16.onnx export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train CNN classifiers and export them to a model repository "
+        "(SavedModel for TF Serving, ONNX fp32/fp16 for the gateway, behind a parity gate).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser(
+        "train", help="train, evaluate and export a model",
+        description="Train a model, evaluate it on the test set, export it to the repository.",
+    )  # fmt: skip
+    train.add_argument(
+        "--model", choices=[m for m in MODEL_NAMES if m != "resnet50_imagenet"], default="lenet"
+    )
+    train.add_argument("--dataset", choices=DATASETS, default="mnist")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--augment", action="store_true", help="albumentations on training batches")
+    train.add_argument("--limit", type=int, help="at most N training images (stratified subset)")
+    train.add_argument(
+        "--test-limit", type=int,
+        help="at most N test images (default: all; with --limit, max(1000, limit))",
+    )  # fmt: skip
+    train.add_argument("--kfold", type=int, help="K-fold cross-validation; reports mean and std")
+    train.add_argument("--pipeline", choices=("tfdata", "pydataset"), default="tfdata")
+    train.add_argument("--validation-fraction", type=float, default=0.1)
+    train.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
+    train.add_argument(
+        "--data-dir", help="directory with the standard dataset files (or set CONVNET_DATA_DIR)"
+    )
+    train.add_argument(
+        "--weights", choices=("imagenet",), help="resnet50: ImageNet weights on disk"
+    )
+    train.add_argument(
+        "--resnet-side", type=int, default=32, help="resnet50 input side (default 32)"
+    )
+    train.add_argument(
+        "--runs-dir", default="runs", help="where run directories go (default runs/)"
+    )
+    train.add_argument("--no-export", action="store_true", help="train and evaluate only")
+    _add_common(train)
+
+    export = commands.add_parser(
+        "export", help="export a model without training",
+        description="Export a checkpoint (--checkpoint) or, for resnet50_imagenet, an untrained "
+        "ImageNet-shaped ResNet50 for throughput measurements.",
+    )  # fmt: skip
+    export.add_argument("--model", choices=MODEL_NAMES, required=True)
+    export.add_argument("--checkpoint", help="a .keras file saved by training (checkpoints/)")
+    export.add_argument(
+        "--dataset", choices=DATASETS, default="mnist", help="class names, parity images"
+    )
+    export.add_argument("--data-dir")
+    _add_common(export)
+
+    demo = commands.add_parser(
+        "demo", help="train LeNet on MNIST with the default budget and export it",
+        description="The first part of `make demo`: get the data, train LeNet on MNIST, export.",
+    )  # fmt: skip
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    demo.add_argument("--repository", default="model_repository")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "export":
+            return _export(args)
+        if args.command == "demo":
+            from training.train import TrainConfig, run_training
+
+            run_training(TrainConfig(epochs=args.epochs, repository=args.repository))
+            return 0
+    except DatasetUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except Exception as error:
+        from training.export import ExportError, ParityError
+
+        if isinstance(error, (ParityError, ExportError)):
+            print(f"error: {error}", file=sys.stderr)
+            return 4
+        raise
+    return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, run_training
+
+    config = TrainConfig(
+        model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, repository=args.repository, runs_dir=args.runs_dir,
+        version=args.version, augment=args.augment, limit=args.limit, test_limit=args.test_limit,
+        kfold=args.kfold, seed=args.seed, pipeline=args.pipeline,
+        validation_fraction=args.validation_fraction, patience=args.patience,
+        data_dir=args.data_dir, weights=args.weights, resnet_side=args.resnet_side,
+        export=not args.no_export, fp16=not args.no_fp16, serving_base_path=args.serving_base_path,
+    )  # fmt: skip
+    run_training(config)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import keras
+    import numpy as np
+
+    from training.export import MIN_PARITY_IMAGES, ExportRequest, export_model
+    from training.models import IMAGENET_CLASSES, build_model, imagenet_weights_path
+
+    note = None
+    if args.model == "resnet50_imagenet":
+        pretrained = imagenet_weights_path(include_top=True) is not None
+        model = build_model("resnet50_imagenet", weights="imagenet" if pretrained else None)
+        note = (
+            "ImageNet weights found on disk; class names are indices"
+            if pretrained
+            else "untrained: for throughput measurements"
+        )
+        class_names = [f"class_{i}" for i in range(IMAGENET_CLASSES)]
+        dataset_name = None
+        rng = np.random.default_rng(args.seed)
+        parity_images = rng.integers(0, 256, (MIN_PARITY_IMAGES, 224, 224, 3), dtype=np.uint8)
+        fingerprint = None
+    else:
+        if not args.checkpoint:
+            print("error: --checkpoint is required for a trained model", file=sys.stderr)
+            return 2
+        from training.data import load_dataset
+
+        model = keras.models.load_model(args.checkpoint)
+        dataset = load_dataset(args.dataset, args.data_dir)
+        class_names, dataset_name = dataset.class_names, dataset.name
+        parity_images = dataset.x_test[: max(MIN_PARITY_IMAGES, 2000)]
+        fingerprint = dataset.fingerprint()
+    request = ExportRequest(
+        model_name=args.model, dataset=dataset_name, class_names=class_names,
+        parity_images=parity_images, seed=args.seed, dataset_fingerprint=fingerprint,
+        note=note, fp16=not args.no_fp16,
+    )  # fmt: skip
+    version_dir, metadata = export_model(
+        model, request, Path(args.repository), args.version, args.serving_base_path
+    )
+    from training.train import _print_export
+
+    _print_export(version_dir, metadata)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

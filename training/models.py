@@ -1,0 +1,121 @@
+"""The models: an MLP baseline, LeNet, ResNet50, and an ImageNet-shaped ResNet50 for throughput.
+
+Every model takes one input named `image` (uint8, NHWC, the dataset's native shape) and carries its
+own preprocessing, so servers and clients send raw pixels. Every model outputs `probabilities`
+(float32 softmax).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+MODEL_NAMES = ("mlp", "lenet", "resnet50", "resnet50_imagenet")
+IMAGENET_INPUT_SHAPE = (224, 224, 3)
+IMAGENET_CLASSES = 1000
+_KERAS_WEIGHTS_DIR = Path.home() / ".keras" / "models"
+_RESNET50_WEIGHTS = {
+    True: "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+    False: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for but are not on disk (nothing is downloaded)."""
+
+
+def imagenet_weights_path(include_top: bool) -> Path | None:
+    """Where Keras caches ResNet50's ImageNet weights, if they are on disk."""
+    path = _KERAS_WEIGHTS_DIR / _RESNET50_WEIGHTS[include_top]
+    return path if path.is_file() else None
+
+
+def build_model(
+    name: str,
+    input_shape: tuple[int, int, int] = (28, 28, 1),
+    num_classes: int = 10,
+    *,
+    weights: str | None = None,
+    resnet_side: int = 32,
+) -> Any:
+    """Build (uncompiled) model `name` for uint8 NHWC `input_shape` images and `num_classes`."""
+    import keras
+    from keras import layers
+
+    if name == "resnet50_imagenet":
+        input_shape, num_classes = IMAGENET_INPUT_SHAPE, IMAGENET_CLASSES
+    image = keras.Input(shape=input_shape, dtype="uint8", name="image")
+
+    if name == "mlp":
+        x = layers.Rescaling(1.0 / 255, name="scale")(image)
+        x = layers.Flatten()(x)
+        x = layers.Dense(128, activation="relu")(x)
+        x = layers.Dense(128, activation="relu")(x)
+    elif name == "lenet":
+        x = layers.Rescaling(1.0 / 255, name="scale")(image)
+        x = layers.Conv2D(16, 3, activation="relu", padding="same")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Conv2D(64, 3, activation="relu", padding="same")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Flatten()(x)
+        x = layers.Dropout(0.4)(x)
+        x = layers.Dense(128, activation="relu")(x)
+    elif name in ("resnet50", "resnet50_imagenet"):
+        x, is_probabilities = _resnet50_features(image, name, input_shape, weights, resnet_side)
+        if is_probabilities:
+            probabilities = layers.Activation("linear", dtype="float32", name="probabilities")(x)
+            return keras.Model(inputs=image, outputs=probabilities, name=name)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+    probabilities = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="probabilities"
+    )(x)
+    return keras.Model(inputs=image, outputs=probabilities, name=name)
+
+
+def _resnet50_features(
+    image: Any, name: str, input_shape: tuple[int, int, int], weights: str | None, side: int
+) -> tuple[Any, bool]:
+    """ResNet50 on the preprocessed image: (pooled features, False) or (probabilities, True)."""
+    import keras
+    from keras import layers
+
+    if weights not in (None, "imagenet"):
+        raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
+    include_top = name == "resnet50_imagenet"
+    weights_path = None
+    if weights == "imagenet":
+        weights_path = imagenet_weights_path(include_top=include_top)
+        if weights_path is None:
+            raise WeightsUnavailable(
+                "ImageNet weights for ResNet50 are not on disk (expected "
+                f"{_KERAS_WEIGHTS_DIR / _RESNET50_WEIGHTS[include_top]}); this project never "
+                "downloads them. Copy the file there or train from scratch (the default)."
+            )
+
+    # Rescaling also casts uint8 to float32. ImageNet weights expect Keras' caffe-style
+    # preprocessing of 0..255 RGB; random weights train better on 0..1.
+    x = layers.Rescaling(1.0 if weights_path is not None else 1.0 / 255, name="scale")(image)
+    if input_shape[-1] == 1:
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    if name == "resnet50" and input_shape[:2] != (side, side):
+        x = layers.Resizing(side, side, name="resize")(x)
+    feature_shape = (side, side, 3) if name == "resnet50" else IMAGENET_INPUT_SHAPE
+    if weights_path is not None:
+        x = layers.Lambda(keras.applications.resnet50.preprocess_input, name="imagenet_preprocess")(
+            x
+        )
+    if include_top and weights_path is not None:
+        # The full ImageNet classifier, softmax included; renamed to our output name by the caller.
+        full = keras.applications.ResNet50(
+            include_top=True, weights=str(weights_path), input_shape=feature_shape
+        )
+        return layers.Identity(name="imagenet_softmax")(full(x)), True
+    backbone = keras.applications.ResNet50(
+        include_top=False,
+        weights=str(weights_path) if weights_path is not None else None,
+        input_shape=feature_shape,
+        pooling="avg",
+    )
+    return backbone(x), False
