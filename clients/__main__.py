@@ -1,0 +1,5 @@
+"""Entry point for ``python -m clients`` (see ``clients.cli``)."""
+
+from clients.cli import main
+
+raise SystemExit(main())
