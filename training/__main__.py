@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from training.data import DATASETS, DatasetUnavailable
 from training.models import MODEL_NAMES
 
-DEMO_EPOCHS = 3
+DEMO_EPOCHS = 8
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:

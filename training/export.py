@@ -441,14 +441,24 @@ def export_model(
     if version is not None and (model_dir / str(version)).exists():
         raise ExportError(f"{model_dir / str(version)} already exists; versions are immutable")
     staging = stage_version(model, request, repository)
+    target, metadata = gate_and_publish(model, request, staging, version)
+    write_repository_configs(repository, serving_base_path)
+    return target, metadata
+
+
+def gate_and_publish(
+    model: Any, request: ExportRequest, staging: Path, version: int | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Run the parity gate on a staged candidate, write metadata.json, publish it.
+
+    On any failure the staging directory is removed and nothing is published.
+    """
     try:
         parity = run_parity_gate(staging, request.parity_images)
-        chosen = version if version is not None else next_version(model_dir)
+        chosen = version if version is not None else next_version(staging.parent)
         metadata = build_metadata(model, request, chosen, parity, staging)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    target = publish_version(staging, chosen)
-    write_repository_configs(repository, serving_base_path)
-    return target, metadata
+    return publish_version(staging, chosen), metadata

@@ -184,6 +184,7 @@ def fit(
         train_data,
         validation_data=val_data,
         epochs=config.epochs,
+        shuffle=False,  # the pipelines shuffle themselves, reproducibly
         callbacks=make_callbacks(run_dir, x_val, y_val, dataset.class_names, config.patience),
         verbose=1 if sys.stdout.isatty() else 2,
     )

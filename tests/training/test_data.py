@@ -1,0 +1,169 @@
+"""Dataset loaders, splits, pipelines and augmentation on real data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import (
+    FASHION_MNIST_DEBIAN_DIR,
+    Augmenter,
+    DatasetUnavailable,
+    load_dataset,
+    make_pipeline,
+    stratified_kfold,
+    train_validation_split,
+    write_idx,
+)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist")
+
+
+def test_mnist_from_the_packaged_data(mnist) -> None:
+    assert mnist.x_train.shape == (60000, 28, 28, 1)
+    assert mnist.x_test.shape == (10000, 28, 28, 1)
+    assert mnist.x_train.dtype == np.uint8 and mnist.x_train.max() == 255
+    # The standard MNIST training set has 5,923 zeros and 6,742 ones.
+    assert np.bincount(mnist.y_train)[:2].tolist() == [5923, 6742]
+    assert mnist.class_names == [str(d) for d in range(10)]
+    assert "mnist.pkl.gz" in mnist.source
+
+
+@pytest.mark.skipif(
+    not FASHION_MNIST_DEBIAN_DIR.is_dir(),
+    reason="Debian package dataset-fashion-mnist is not installed (make setup installs it as root)",
+)
+def test_fashion_mnist_from_the_debian_package() -> None:
+    dataset = load_dataset("fashion_mnist")
+    assert dataset.x_train.shape == (60000, 28, 28, 1)
+    assert dataset.x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(dataset.y_test).tolist() == [1000] * 10
+    assert dataset.class_names[9] == "Ankle boot"
+
+
+def _write_kmnist_files(directory: Path, train: int, test: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in (("train", train), ("test", test)):
+        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+        labels = np.arange(count, dtype=np.uint8) % 10
+        np.savez_compressed(directory / f"kmnist-{split}-imgs.npz", arr_0=images)
+        np.savez_compressed(directory / f"kmnist-{split}-labels.npz", arr_0=labels)
+        arrays[split] = (images, labels)
+    return arrays["train"][0], arrays["test"][1]
+
+
+def test_kmnist_from_standard_npz_files(tmp_path: Path) -> None:
+    (tmp_path / "kmnist").mkdir()
+    train_images, test_labels = _write_kmnist_files(tmp_path / "kmnist", train=50, test=20)
+    dataset = load_dataset("kmnist", data_dir=tmp_path)
+    assert dataset.x_train.shape == (50, 28, 28, 1)
+    assert dataset.x_test.shape == (20, 28, 28, 1)
+    np.testing.assert_array_equal(dataset.x_train[..., 0], train_images)
+    np.testing.assert_array_equal(dataset.y_test, test_labels)
+    assert dataset.y_train.dtype == np.int64
+    assert dataset.class_names[0].startswith("o ")
+
+
+def test_kmnist_from_environment_variable(tmp_path: Path, monkeypatch) -> None:
+    _write_kmnist_files(tmp_path, train=10, test=10)
+    monkeypatch.setenv("CONVNET_DATA_DIR", str(tmp_path))
+    assert load_dataset("kmnist").x_train.shape == (10, 28, 28, 1)
+
+
+def test_idx_directory_wins_over_packaged_data(tmp_path: Path, mnist) -> None:
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", mnist.x_train[:30, ..., 0])
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", mnist.y_train[:30].astype(np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", mnist.x_test[:12, ..., 0])
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", mnist.y_test[:12].astype(np.uint8))
+    dataset = load_dataset("mnist", data_dir=tmp_path)
+    assert dataset.source == str(tmp_path)
+    np.testing.assert_array_equal(dataset.x_train, mnist.x_train[:30])
+    np.testing.assert_array_equal(dataset.y_test, mnist.y_test[:12])
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("CONVNET_DATA_DIR", raising=False)
+    with pytest.raises(DatasetUnavailable) as error:
+        load_dataset("kmnist", data_dir=tmp_path)
+    message = str(error.value)
+    assert "kmnist-{train,test}-{imgs,labels}.npz" in message
+    assert "--data-dir" in message and str(tmp_path) in message
+
+
+def test_unknown_dataset_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+
+
+def test_stratified_validation_split_keeps_class_proportions(mnist) -> None:
+    x_train, y_train, x_val, y_val = train_validation_split(
+        mnist.x_train, mnist.y_train, validation_fraction=0.1, seed=1
+    )
+    assert len(y_val) == 6000 and len(y_train) == 54000
+    full = np.bincount(mnist.y_train) / len(mnist.y_train)
+    np.testing.assert_allclose(np.bincount(y_val) / len(y_val), full, atol=0.001)
+    assert x_train.shape[1:] == (28, 28, 1)
+
+
+def test_stratified_kfold_partitions_the_data(mnist) -> None:
+    y = mnist.y_train[:1000]
+    seen = np.zeros(len(y), dtype=int)
+    for train_rows, val_rows in stratified_kfold(y, folds=5, seed=3):
+        assert len(np.intersect1d(train_rows, val_rows)) == 0
+        assert len(val_rows) == 200
+        seen[val_rows] += 1
+        np.testing.assert_allclose(
+            np.bincount(y[val_rows], minlength=10) / 200,
+            np.bincount(y, minlength=10) / 1000,
+            atol=0.011,
+        )
+    assert (seen == 1).all()
+
+
+def test_subset_is_stratified(mnist) -> None:
+    small = mnist.limited(500, 200, seed=0)
+    assert len(small.y_train) == 500 and len(small.y_test) == 200
+    assert np.bincount(small.y_train).min() >= 40
+
+
+@pytest.mark.parametrize("kind", ["tfdata", "pydataset"])
+@pytest.mark.parametrize("augment", [False, True])
+def test_pipelines_yield_correct_batches(mnist, kind: str, augment: bool) -> None:
+    x, y = mnist.x_train[:200], mnist.y_train[:200]
+    pipeline = make_pipeline(kind, x, y, 64, shuffle=True, augment=augment, seed=5)
+    batches = [(np.asarray(images), np.asarray(labels)) for images, labels in pipeline]
+    if kind == "pydataset":
+        batches = [pipeline[i] for i in range(len(pipeline))]
+    assert [len(labels) for _, labels in batches] == [64, 64, 64, 8]
+    for images, labels in batches:
+        assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8
+        assert labels.dtype == np.int64
+    # Shuffled, but the same multiset of labels: nothing lost or duplicated.
+    all_labels = np.concatenate([labels for _, labels in batches])
+    assert sorted(all_labels.tolist()) == sorted(y.tolist())
+
+
+def test_augmentation_changes_pixels_never_labels(mnist) -> None:
+    x, y = mnist.x_train[:256], mnist.y_train[:256]
+    plain = make_pipeline("tfdata", x, y, 256, shuffle=False, augment=False)
+    augmented = make_pipeline("tfdata", x, y, 256, shuffle=False, augment=True, seed=3)
+    (plain_x, plain_y), (aug_x, aug_y) = next(iter(plain)), next(iter(augmented))
+    np.testing.assert_array_equal(np.asarray(plain_y), np.asarray(aug_y))
+    changed = np.any(np.asarray(plain_x) != np.asarray(aug_x), axis=(1, 2, 3))
+    assert changed.mean() > 0.5
+    assert np.asarray(aug_x).dtype == np.uint8
+
+
+def test_augmenter_is_deterministic_per_key(mnist) -> None:
+    images = mnist.x_train[:16]
+    first = Augmenter(seed=11)(images, key=4)
+    again = Augmenter(seed=11)(images, key=4)
+    other = Augmenter(seed=11)(images, key=5)
+    np.testing.assert_array_equal(first, again)
+    assert np.any(first != other)
