@@ -102,7 +102,7 @@ def test_unknown_dataset_is_rejected() -> None:
 
 
 def test_stratified_validation_split_keeps_class_proportions(mnist) -> None:
-    x_train, y_train, x_val, y_val = train_validation_split(
+    x_train, y_train, _, y_val = train_validation_split(
         mnist.x_train, mnist.y_train, validation_fraction=0.1, seed=1
     )
     assert len(y_val) == 6000 and len(y_train) == 54000
