@@ -106,6 +106,8 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+# Statuses that mean "nobody answered" rather than "the server answered with an error".
+_DOWN = frozenset({Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED})
 
 
 @dataclass(frozen=True)
@@ -423,28 +425,18 @@ class Client:
         return self._run(self._settings.protocol.status(model, version, label), timeout)
 
     def live(self, *, timeout: float | None = None) -> bool:
-        """Whether the server answers at all (no retries)."""
-        protocol = self._settings.protocol
+        """Whether the server answers at all, even with an error (no retries)."""
         try:
-            if isinstance(protocol, GrpcProtocol):
-                assert self._channel is not None
-                grpc.channel_ready_future(self._channel).result(
-                    timeout=self._settings.timeout_for(timeout)
-                )
-                return True
-            return self._run(protocol.live(), timeout, retry=False)
-        except (ServingError, grpc.FutureTimeoutError):
-            return False
+            return self._run(self._settings.protocol.live(), timeout, retry=False)
+        except ServingError as error:
+            return error.status not in _DOWN
 
     def ready(self, model: str | None = None, *, timeout: float | None = None) -> bool:
-        """Whether ``model`` has an available version, or without a model, the server is ready."""
+        """Whether ``model`` has an available version; without a model, the server is ready
+        (KServe V2's ``/v2/health/ready``; TF Serving has no such call, so there: ``live()``)."""
         try:
             if model is None:
-                call = (
-                    None
-                    if isinstance(self._settings.protocol, GrpcProtocol)
-                    else (self._settings.protocol.ready())
-                )
+                call = self._settings.protocol.ready()
                 return self._run(call, timeout, retry=False) if call else self.live(timeout=timeout)
             states = self._run(self._settings.protocol.status(model, None, None), timeout, False)
             return any(state.available for state in states)
@@ -640,24 +632,18 @@ class AsyncClient:
         return await self._run(self._settings.protocol.status(model, version, label), timeout)
 
     async def live(self, *, timeout: float | None = None) -> bool:
-        """Whether the server answers at all (no retries)."""
-        protocol = self._settings.protocol
+        """Whether the server answers at all, even with an error (no retries)."""
         try:
-            if isinstance(protocol, GrpcProtocol):
-                await asyncio.wait_for(
-                    self._grpc_channel().channel_ready(), self._settings.timeout_for(timeout)
-                )
-                return True
-            return await self._run(protocol.live(), timeout, retry=False)
-        except (ServingError, asyncio.TimeoutError):
-            return False
+            return await self._run(self._settings.protocol.live(), timeout, retry=False)
+        except ServingError as error:
+            return error.status not in _DOWN
 
     async def ready(self, model: str | None = None, *, timeout: float | None = None) -> bool:
-        """Whether ``model`` has an available version, or without a model, the server is ready."""
+        """Whether ``model`` has an available version; without a model, the server is ready
+        (KServe V2's ``/v2/health/ready``; TF Serving has no such call, so there: ``live()``)."""
         try:
             if model is None:
-                protocol = self._settings.protocol
-                call = None if isinstance(protocol, GrpcProtocol) else protocol.ready()
+                call = self._settings.protocol.ready()
                 if call is None:
                     return await self.live(timeout=timeout)
                 return await self._run(call, timeout, retry=False)

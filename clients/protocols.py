@@ -532,6 +532,20 @@ class GrpcProtocol:
             wire.GET_MODEL_STATUS_METHOD, request, wire.GetModelStatusResponse, _status_from_grpc
         )
 
+    def live(self) -> GrpcCall[bool]:
+        """GetModelStatus for no model: any answer, even an error status, means the server is up.
+
+        A real RPC rather than the channel's connectivity state, so it proves the server answers.
+        """
+        request = wire.GetModelStatusRequest(model_spec=wire.ModelSpec(name=""))
+        return GrpcCall(
+            wire.GET_MODEL_STATUS_METHOD, request, wire.GetModelStatusResponse, lambda reply: True
+        )
+
+    def ready(self) -> None:
+        """TF Serving's gRPC API has no server-wide readiness: ask per model."""
+        return None
+
 
 def single_output(outputs: Outputs) -> Outputs:
     """An ndarray when there is exactly one output, else the dict (the ``predict`` contract)."""
