@@ -1,0 +1,274 @@
+"""``python -m benchmarks run | sweep | ceiling | accuracy``.
+
+Exit status: 0 when every check passed, 1 when a run failed (an accuracy drop, errors above the
+allowed ratio, no answers), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_REPOSITORY = os.environ.get("MODEL_REPOSITORY", "model_repository")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=os.environ.get("MODEL_NAME", "lenet"))
+    parser.add_argument(
+        "--repository",
+        default=DEFAULT_REPOSITORY,
+        help="model repository on disk: metadata.json (labels) and model.onnx (offline answers,"
+        " ceiling) [env MODEL_REPOSITORY]",
+    )
+    parser.add_argument("--dataset", default="mnist", help="test set the images come from")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Load tests that measure latency, throughput and the accuracy of served answers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="one Locust run against one target")
+    run.add_argument("--target", required=True, help="http://host:port, or host:port for grpc")
+    run.add_argument("--protocol", choices=("rest", "v2", "grpc", "image"), default="rest")
+    _common(run)
+    run.add_argument("--version", type=int)
+    run.add_argument("--label", help="version label (TF Serving REST and gRPC)")
+    run.add_argument("--users", type=int, default=8)
+    run.add_argument("--spawn-rate", type=float, help="users started per second (default: all)")
+    run.add_argument("--duration", default="30s", help="measured time after warm-up (30s, 2m)")
+    run.add_argument("--warmup", default="3s", help="excluded from latency and throughput")
+    run.add_argument("--processes", type=int, default=1, help="Locust processes (--processes)")
+    run.add_argument("--images-per-request", type=int, default=1)
+    run.add_argument(
+        "--payload-format",
+        help="rest: row|columnar, v2: binary|json, grpc: tensor_content, image: png",
+    )
+    run.add_argument("--num-images", type=int, default=1024, help="test images cycled through")
+    run.add_argument(
+        "--image-path",
+        default="/v1/models/{model}:classify",
+        help="image endpoint path template ({model}, {suffix})",
+    )
+    run.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    run.add_argument("--min-agreement", type=float, default=0.99)
+    run.add_argument("--max-error-ratio", type=float, default=0.01)
+    run.add_argument(
+        "--ceiling-seconds",
+        type=float,
+        default=1.0,
+        help="in-process ONNX Runtime measurement before the run (0: skip)",
+    )
+    run.add_argument("--name", help="server name in the report (default: the target)")
+    run.add_argument("--out", default="reports/run")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="2 users, 2 s after 1 s warm-up: checks the whole path quickly",
+    )
+
+    sweep = commands.add_parser("sweep", help="scenarios and one comparison report")
+    sweep.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        help="[NAME=]http://host:port[,grpchost:port]; repeat for several servers",
+    )
+    _common(sweep)
+    sweep.add_argument("--users", type=_ints, default=[1, 4, 16, 32], help="e.g. 1,2,4,8,16,32")
+    sweep.add_argument("--images-per-request", type=_ints, default=[1], help="e.g. 1,8,32")
+    sweep.add_argument("--protocols", type=_words, default=["rest", "v2", "grpc"])
+    sweep.add_argument("--duration", default="10s")
+    sweep.add_argument("--warmup", default="2s")
+    sweep.add_argument("--processes", type=int, default=1)
+    sweep.add_argument("--num-images", type=int, default=1024)
+    sweep.add_argument(
+        "--start-gateway",
+        action="store_true",
+        help="start the gateway from --repository with batching on and off",
+    )
+    sweep.add_argument(
+        "--batching",
+        type=_words,
+        default=["on", "off"],
+        help="with --start-gateway: on,off | on | off",
+    )
+    sweep.add_argument(
+        "--gateway-arg",
+        action="append",
+        default=[],
+        help="extra option for the started gateway, e.g. --gateway-arg=--max-batch-size=64",
+    )
+    sweep.add_argument(
+        "--skip-down",
+        action="store_true",
+        help="drop targets that are not up; start the gateway only if none is",
+    )
+    sweep.add_argument("--ceiling-seconds", type=float, default=2.0)
+    sweep.add_argument("--max-error-ratio", type=float, default=0.01)
+    sweep.add_argument("--out", default="reports/sweep")
+    sweep.add_argument(
+        "--dry-run", action="store_true", help="one short scenario per server and protocol"
+    )
+
+    ceiling = commands.add_parser("ceiling", help="in-process ONNX Runtime throughput")
+    ceiling.add_argument("--model-path", required=True, help=".../model.onnx")
+    ceiling.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64, 256])
+    ceiling.add_argument("--seconds", type=float, default=3.0, help="per batch size")
+    ceiling.add_argument("--providers", default="auto", help="auto, or a comma list of providers")
+    ceiling.add_argument("--intra-op-threads", type=int, default=0)
+    ceiling.add_argument("--out", help="write ceiling.json here")
+
+    accuracy = commands.add_parser("accuracy", help="the whole test set through a server")
+    accuracy.add_argument("--target", required=True, help="http://host:port or grpc://host:port")
+    accuracy.add_argument("--protocol", choices=("rest", "v2", "grpc"))
+    _common(accuracy)
+    accuracy.add_argument("--version", type=int)
+    accuracy.add_argument("--label")
+    accuracy.add_argument("--batch-size", type=int, default=256)
+    accuracy.add_argument("--limit", type=int, help="first N test images only")
+    accuracy.add_argument(
+        "--allow-difference",
+        action="store_true",
+        help="do not require served accuracy == offline (fp16, TF Serving)",
+    )
+    accuracy.add_argument("--out", help="write results.json and report.md here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "sweep":
+        return _sweep(args)
+    if args.command == "ceiling":
+        return _ceiling(args)
+    return _accuracy(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from benchmarks.run import RunConfig, parse_duration, print_summary, run_benchmark
+
+    config = RunConfig(
+        target=args.target,
+        model=args.model,
+        protocol=args.protocol,
+        out=args.out,
+        users=2 if args.dry_run else args.users,
+        spawn_rate=args.spawn_rate or float(args.users),
+        duration_s=2.0 if args.dry_run else parse_duration(args.duration),
+        warmup_s=1.0 if args.dry_run else parse_duration(args.warmup),
+        processes=args.processes,
+        images_per_request=args.images_per_request,
+        payload_format=args.payload_format,
+        version=args.version,
+        label=args.label,
+        repository=args.repository,
+        dataset=args.dataset,
+        num_images=args.num_images,
+        image_path=args.image_path,
+        ceiling_seconds=0.2 if args.dry_run else args.ceiling_seconds,
+        max_accuracy_drop=args.max_accuracy_drop,
+        min_agreement=args.min_agreement,
+        max_error_ratio=args.max_error_ratio,
+        server_name=args.name,
+    )
+    results = run_benchmark(config)
+    print_summary(results)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 1 if results["failure"] else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from benchmarks.run import parse_duration, print_summary
+    from benchmarks.sweep import SweepConfig, quick, run_sweep
+
+    if not args.target and not args.start_gateway:
+        print("give --target (repeatable) and/or --start-gateway", file=sys.stderr)
+        return 2
+    config = SweepConfig(
+        model=args.model,
+        targets=args.target,
+        out=args.out,
+        users=args.users,
+        images_per_request=args.images_per_request,
+        protocols=args.protocols,
+        duration_s=parse_duration(args.duration),
+        warmup_s=parse_duration(args.warmup),
+        processes=args.processes,
+        repository=args.repository,
+        dataset=args.dataset,
+        num_images=args.num_images,
+        start_gateway=args.start_gateway,
+        batching=[word == "on" for word in args.batching],
+        gateway_args=args.gateway_arg,
+        skip_down=args.skip_down,
+        ceiling_seconds=args.ceiling_seconds,
+        max_error_ratio=args.max_error_ratio,
+    )
+    if args.dry_run:
+        config = quick(config)
+    sweep = run_sweep(config)
+    if sweep["runs"]:
+        print_summary(sweep["runs"])
+    for reason in sweep["failure_reasons"] if not sweep["runs"] else []:
+        print(f"FAILURE: {reason}")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 1 if sweep["failure"] else 0
+
+
+def _ceiling(args: argparse.Namespace) -> int:
+    from benchmarks.ceiling import format_ceiling, measure_ceiling
+
+    result = measure_ceiling(
+        args.model_path, args.batch_sizes, args.seconds, args.providers, args.intra_op_threads
+    )
+    print(format_ceiling(result))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _accuracy(args: argparse.Namespace) -> int:
+    from benchmarks.accuracy import AccuracyConfig, check_accuracy, format_accuracy, write_accuracy
+
+    config = AccuracyConfig(
+        target=args.target,
+        model=args.model,
+        protocol=args.protocol,
+        dataset=args.dataset,
+        version=args.version,
+        label=args.label,
+        repository=args.repository,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        require_equal=not args.allow_difference,
+        min_agreement=0.99 if args.allow_difference else 1.0,
+        out=args.out,
+    )
+    result = check_accuracy(config)
+    print(format_accuracy(result))
+    if args.out:
+        write_accuracy(result, args.out)
+    return 1 if result["failure"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Test data for a benchmark run, prepared in the parent process.
+
+The Locust workers must not import TensorFlow, requests or urllib3 (gevent's monkey-patching
+breaks on them), and should not spend their start-up loading datasets. So the parent picks the
+test images, their true labels and the model's offline predictions (ONNX Runtime, in-process, on
+``model.onnx``) and writes them to one ``.npz``; the workers only read that file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DATA_ENV = "BENCH_CONFIG"
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where one model version lives on disk and what its metadata says."""
+
+    directory: Path
+    onnx_path: Path | None
+    metadata: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.metadata.get("class_names")
+        return list(names) if names else None
+
+    @property
+    def recorded_examples(self) -> int | None:
+        """How many test images training's evaluation used (None when not recorded)."""
+        value = (self.metadata.get("metrics") or {}).get("examples")
+        return int(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def recorded_accuracy(self) -> float | None:
+        """Test accuracy measured by training's evaluation, if the metadata records it."""
+        metrics = self.metadata.get("metrics") or {}
+        for key in ("accuracy", "test_accuracy"):
+            value = metrics.get(key)
+            if isinstance(value, (int, float)):
+                return float(value)
+        return None
+
+
+def find_model(
+    repository: str | Path, model: str, version: int | None = None, onnx_name: str = "model.onnx"
+) -> ModelFiles | None:
+    """The newest (or the given) version directory of ``model`` in a model repository."""
+    base = Path(repository) / model
+    if not base.is_dir():
+        return None
+    if version is None:
+        versions = sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+        if not versions:
+            return None
+        version = versions[-1]
+    directory = base / str(version)
+    if not directory.is_dir():
+        return None
+    metadata_path = directory / "metadata.json"
+    metadata = json.loads(metadata_path.read_text()) if metadata_path.exists() else {}
+    onnx_path = directory / onnx_name
+    return ModelFiles(directory, onnx_path if onnx_path.exists() else None, metadata)
+
+
+def model_to_dataset_classes(
+    model_class_names: list[str] | None, dataset_class_names: list[str], num_outputs: int
+) -> np.ndarray:
+    """Map each model output index to the dataset's label index, by class name.
+
+    A served answer is judged by what the model says it means (its ``class_names``), not by the
+    position alone: a model whose outputs are permuted but whose metadata says so is right, and
+    one whose metadata no longer matches its outputs is wrong. Outputs without a dataset class map
+    to -1 (always wrong).
+    """
+    lookup_names = set(dataset_class_names)
+    if not model_class_names or not lookup_names.intersection(model_class_names):
+        # Names that share nothing with the dataset (e.g. "class_0") say nothing: go by position.
+        return np.arange(num_outputs, dtype=np.int64)
+    lookup = {name: i for i, name in enumerate(dataset_class_names)}
+    return np.asarray([lookup.get(name, -1) for name in model_class_names], dtype=np.int64)
+
+
+def offline_predictions(
+    onnx_path: str | Path, images: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """The model's own answers (argmax of its output) from ONNX Runtime on the CPU."""
+    from benchmarks.ceiling import create_session
+
+    session = create_session(onnx_path, providers="CPUExecutionProvider")
+    input_name = session.get_inputs()[0].name
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        probabilities = session.run(None, {input_name: images[start : start + batch_size]})[0]
+        outputs.append(np.asarray(probabilities).argmax(axis=1))
+    return np.concatenate(outputs).astype(np.int64) if outputs else np.zeros(0, np.int64)
+
+
+def load_test_set(dataset: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Test images (uint8 NHWC), labels and class names via training's TensorFlow-free loader."""
+    from training.data import load_dataset
+
+    ds = load_dataset(dataset)
+    return ds.x_test, ds.y_test, list(ds.class_names)
+
+
+def prepare_test_data(
+    out_path: str | Path,
+    dataset: str,
+    model_files: ModelFiles | None,
+    num_images: int | None = 1024,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write images, labels, offline predictions and the class mapping to ``out_path`` (.npz).
+
+    Returns a summary (counts, offline accuracy, reference accuracy) for the report.
+    """
+    x_test, y_test, dataset_classes = load_test_set(dataset)
+    if num_images and num_images < len(x_test):
+        order = np.random.default_rng(seed).permutation(len(x_test))[:num_images]
+        order.sort()  # keep the dataset's order: easier to trace an image back
+        images, labels = x_test[order], y_test[order]
+    else:
+        images, labels = x_test, y_test
+    images = np.ascontiguousarray(images)
+    model_classes = model_files.class_names if model_files else None
+    num_outputs = len(model_classes) if model_classes else len(dataset_classes)
+    mapping = model_to_dataset_classes(model_classes, dataset_classes, num_outputs)
+    offline = np.full(len(images), -1, dtype=np.int64)
+    offline_model: np.ndarray | None = None
+    if model_files and model_files.onnx_path:
+        offline_model = offline_predictions(model_files.onnx_path, images)
+        in_range = (offline_model >= 0) & (offline_model < len(mapping))
+        offline = np.where(in_range, mapping[np.clip(offline_model, 0, len(mapping) - 1)], -1)
+    np.savez(
+        out_path,
+        images=images,
+        labels=labels.astype(np.int64),
+        offline=offline,
+        model_to_dataset=mapping,
+        class_names=np.asarray(dataset_classes),
+    )
+    has_offline = offline_model is not None
+    return {
+        "dataset": dataset,
+        "num_images": len(images),
+        "seed": seed,
+        "class_names": dataset_classes,
+        "model_class_names": model_classes,
+        "has_offline": has_offline,
+        "offline_accuracy": float((offline == labels).mean()) if has_offline else None,
+        "recorded_accuracy": model_files.recorded_accuracy if model_files else None,
+        "recorded_examples": model_files.recorded_examples if model_files else None,
+        "onnx_path": str(model_files.onnx_path) if model_files and model_files.onnx_path else None,
+    }

@@ -1,0 +1,392 @@
+"""Report files of a run and of a sweep: results.json, report.md, report.html and PNG plots."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.metrics import LATENCY_PERCENTILES, percentile_key
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+# --------------------------------------------------------------------------- plots of one run
+
+
+def plot_latency_percentiles(results: dict[str, Any], path: Path) -> None:
+    """Bar chart of latency percentiles (our perf_counter samples) with Locust's p50/p95/p99."""
+    plt = _pyplot()
+    latency = results["latency_ms"]
+    keys = [percentile_key(q) for q in LATENCY_PERCENTILES]
+    ours = [latency.get(k, 0.0) for k in keys]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(keys))
+    ax.bar(x - 0.2, ours, width=0.4, label="perf_counter samples")
+    aggregated = results["locust"].get("aggregated") or {}
+    locust_values = {
+        "p50": aggregated.get("median_ms"),
+        "p95": aggregated.get("p95_ms"),
+        "p99": aggregated.get("p99_ms"),
+    }
+    bars = [locust_values.get(k) or 0.0 for k in keys]
+    ax.bar(x + 0.2, bars, width=0.4, label="Locust (whole ms)")
+    ax.set_xticks(x, keys)
+    ax.set_ylabel("latency (ms)")
+    cfg = results["config"]
+    ax.set_title(
+        f"{cfg['protocol']} {results['server']}: {cfg['users']} users,"
+        f" {cfg['images_per_request']} img/request"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_throughput(results: dict[str, Any], path: Path) -> None:
+    """Completed requests per second over the run, warm-up shaded."""
+    plt = _pyplot()
+    series = results["timeseries"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    times, rates = list(series["t_s"]), list(series["requests_per_s"])
+    if times:  # close the last bucket so the step line covers it
+        times.append(times[-1] + float(series.get("bucket_s") or 1.0))
+        rates.append(rates[-1])
+    ax.plot(times, rates, drawstyle="steps-post", label="requests/s")
+    ax.set_ylim(bottom=0)
+    warmup = series.get("warmup_s") or 0
+    if warmup:
+        ax.axvspan(0, warmup, color="grey", alpha=0.2, label="warm-up (excluded)")
+    ax.axhline(
+        results["throughput"]["requests_per_s"], color="C1", linestyle="--", label="measured mean"
+    )
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("requests/s")
+    ax.set_title("Throughput over time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(results: dict[str, Any], path: Path) -> None:
+    """Confusion matrix of the served answers."""
+    plt = _pyplot()
+    accuracy = results["accuracy"]
+    matrix = np.asarray(accuracy["confusion_matrix"])
+    names = accuracy["class_names"]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("served answer")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Served answers: accuracy {accuracy['accuracy']:.4f}")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def _run_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
+    cfg, thr, lat, acc = (
+        results["config"],
+        results["throughput"],
+        results["latency_ms"],
+        results["accuracy"],
+    )
+    verdict = "FAILED" if results["failure"] else "passed"
+    lines = [
+        f"# Benchmark: {cfg['model']} over {cfg['protocol']} at {results['server']}",
+        "",
+        f"Verdict: **{verdict}**",
+    ]
+    lines += [f"- {reason}" for reason in results["failure_reasons"]]
+    lines += [
+        "",
+        f"{results['created_at']} on {results['machine']['hostname']}"
+        f" ({results['machine']['cpu_count']} CPUs, {results['machine']['platform']}).",
+        f"{cfg['users']} users (spawn rate {cfg['spawn_rate']}), {cfg['processes']} Locust"
+        f" process(es), {cfg['images_per_request']} image(s) per request,"
+        f" payload {cfg['payload_format']}, warm-up {cfg['warmup_s']} s excluded,"
+        f" measured {cfg['duration_s']} s.",
+        "",
+        "## Throughput and latency",
+        "",
+        "| requests/s | images/s | requests | errors | p50 ms | p90 ms | p95 ms | p99 ms | p99.9 ms"
+        " | max ms | efficiency vs in-process |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {_fmt(thr['requests_per_s'], 1)} | {_fmt(thr['images_per_s'], 1)} | {thr['requests']}"
+        f" | {thr['failures']} ({thr['error_ratio']:.2%}) | {_fmt(lat.get('p50'), 3)}"
+        f" | {_fmt(lat.get('p90'), 3)} | {_fmt(lat.get('p95'), 3)} | {_fmt(lat.get('p99'), 3)}"
+        f" | {_fmt(lat.get('p999'), 3)} | {_fmt(lat.get('max'), 3)}"
+        f" | {_fmt(results['ceiling']['efficiency'], 3)} |",
+        "",
+        f"Latency from `time.perf_counter` around each request ({lat.get('count', 0)} samples);"
+        " Locust's own figures (whole milliseconds below 100 ms) are in results.json."
+        f" In-process ONNX Runtime ceiling at this batch size:"
+        f" {_fmt(results['ceiling']['images_per_s'], 1)} images/s.",
+        "",
+        "## Accuracy of served answers",
+        "",
+        "| answers | accuracy | macro precision | macro recall | macro F1 | offline accuracy"
+        " | agreement with offline | recorded at training |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {acc['count']} | {_fmt(acc['accuracy'], 4)} | {_fmt(acc['macro_precision'], 4)}"
+        f" | {_fmt(acc['macro_recall'], 4)} | {_fmt(acc['macro_f1'], 4)}"
+        f" | {_fmt(acc['offline_accuracy'], 4)} | {_fmt(acc['agreement'], 4)}"
+        f" | {_fmt(acc['recorded_accuracy'], 4)} |",
+        "",
+        f"Checked: {acc['scope']}.",
+        "",
+        "Confusion matrix (rows: true class, columns: served answer):",
+        "",
+        "| | " + " | ".join(acc["class_names"]) + " |",
+        "|---" * (len(acc["class_names"]) + 1) + "|",
+    ]
+    for name, row in zip(acc["class_names"], acc["confusion_matrix"], strict=False):
+        lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", "## Plots", ""]
+    lines += [f"![{title}]({file})" for title, file in plots.items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def markdown_to_html(markdown: str, title: str) -> str:
+    """A small, dependency-free rendering of our own report markdown (tables, lists, images)."""
+    body: list[str] = []
+    in_table = False
+    in_list = False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= {"-"} and c for c in cells):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                tag = "th"
+            else:
+                tag = "td"
+            body.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{_inline(line[2:])}</li>")
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            body.append(
+                f'<p><img src="{html.escape(src.rstrip(")"))}" alt="{html.escape(alt)}"></p>'
+            )
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    if in_list:
+        body.append("</ul>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    escaped = html.escape(text)
+    parts = escaped.split("**")
+    escaped = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+    parts = escaped.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    """results.json, with NaN written as null (JSON has no NaN)."""
+    path.write_text(json.dumps(_without_nan(results), indent=2, default=_json_default) + "\n")
+
+
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nan(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_run_report(results: dict[str, Any], out: Path) -> None:
+    """results.json, report.md, report.html and the PNG plots of one run into ``out``."""
+    plots = {
+        "Latency percentiles": "latency_percentiles.png",
+        "Throughput over time": "throughput.png",
+        "Confusion matrix of served answers": "confusion_matrix.png",
+    }
+    plot_latency_percentiles(results, out / plots["Latency percentiles"])
+    plot_throughput(results, out / plots["Throughput over time"])
+    plot_confusion(results, out / plots["Confusion matrix of served answers"])
+    results["files"] = {
+        "report_md": "report.md",
+        "report_html": "report.html",
+        "results_json": "results.json",
+        "plots": list(plots.values()),
+        "locust_csv": ["locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv"],
+    }
+    markdown = _run_markdown(results, plots)
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(markdown_to_html(markdown, "benchmark report"))
+    write_json(results, out / "results.json")
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _series_key(run: dict[str, Any]) -> str:
+    cfg = run["config"]
+    extra = cfg.get("extra") or {}
+    batching = extra.get("batching")
+    label = f"{run['server']} {cfg['protocol']}"
+    if batching is not None:
+        label += f" batching={'on' if batching else 'off'}"
+    return label + f" k={cfg['images_per_request']}"
+
+
+def plot_sweep(runs: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """Throughput (images/s) or p99 latency against concurrency, one line per server/protocol."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    series: dict[str, list[tuple[int, float]]] = {}
+    for run in runs:
+        if metric == "throughput":
+            value = run["throughput"]["images_per_s"]
+        else:
+            value = run["latency_ms"].get("p99", float("nan"))
+        series.setdefault(_series_key(run), []).append((run["config"]["users"], value))
+    for name, points in sorted(series.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent users")
+    ax.set_ylabel("images/s" if metric == "throughput" else "p99 latency (ms)")
+    ax.set_title("Throughput vs concurrency" if metric == "throughput" else "p99 vs concurrency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_sweep_report(sweep: dict[str, Any], out: Path) -> None:
+    """The comparison report of a sweep: one table, throughput and p99 plots, results.json."""
+    runs = sweep["runs"]
+    plots = {
+        "Throughput vs concurrency": "sweep_throughput.png",
+        "p99 latency vs concurrency": "sweep_p99.png",
+    }
+    plot_sweep(runs, "throughput", out / plots["Throughput vs concurrency"])
+    plot_sweep(runs, "p99", out / plots["p99 latency vs concurrency"])
+    lines = [
+        "# Benchmark sweep",
+        "",
+        f"{sweep['created_at']} on {sweep['machine']['hostname']}"
+        f" ({sweep['machine']['cpu_count']} CPUs). Each row is one Locust run of"
+        f" {sweep['duration_s']} s after a {sweep['warmup_s']} s warm-up; efficiency is served"
+        " images/s over in-process ONNX Runtime images/s at the same batch size.",
+        "",
+        f"Verdict: **{'FAILED' if sweep['failure'] else 'passed'}**",
+    ]
+    lines += [f"- {reason}" for reason in sweep["failure_reasons"]]
+    lines += [
+        "",
+        "| server | protocol | batching | users | img/request | req/s | img/s | p50 ms | p99 ms"
+        " | errors | accuracy | agreement | efficiency | verdict | report |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        cfg, thr, lat, acc = run["config"], run["throughput"], run["latency_ms"], run["accuracy"]
+        batching = (cfg.get("extra") or {}).get("batching")
+        lines.append(
+            f"| {run['server']} | {cfg['protocol']} | "
+            f"{'n/a' if batching is None else ('on' if batching else 'off')} | {cfg['users']}"
+            f" | {cfg['images_per_request']} | {_fmt(thr['requests_per_s'], 1)}"
+            f" | {_fmt(thr['images_per_s'], 1)} | {_fmt(lat.get('p50'), 3)}"
+            f" | {_fmt(lat.get('p99'), 3)} | {thr['error_ratio']:.2%}"
+            f" | {_fmt(acc['accuracy'], 4)} | {_fmt(acc['agreement'], 4)}"
+            f" | {_fmt(run['ceiling']['efficiency'], 3)}"
+            f" | {'FAIL' if run['failure'] else 'ok'} | {run.get('report_dir', '')} |"
+        )
+    if sweep.get("ceiling"):
+        lines += [
+            "",
+            "In-process ONNX Runtime ceiling:",
+            "",
+            "| batch | images/s | p50 ms |",
+            "|---|---|---|",
+        ]
+        for row in sweep["ceiling"]["results"]:
+            lines.append(
+                f"| {row['batch_size']} | {_fmt(row['images_per_s'], 1)}"
+                f" | {_fmt(row['latency_ms_p50'], 3)} |"
+            )
+    lines += ["", "## Plots", ""]
+    lines += [f"![{title}]({file})" for title, file in plots.items()]
+    lines.append("")
+    markdown = "\n".join(lines)
+    sweep["files"] = {
+        "report_md": "report.md",
+        "report_html": "report.html",
+        "results_json": "results.json",
+        "plots": list(plots.values()),
+    }
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(markdown_to_html(markdown, "benchmark sweep"))
+    write_json(sweep, out / "results.json")
