@@ -262,3 +262,23 @@ def test_cli_reports_missing_data_with_exit_code(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 3
     assert "dataset 'kmnist' is not available" in result.stderr
+
+
+def test_parity_verdicts_on_known_arrays() -> None:
+    from training.export import compare_predictions
+
+    reference = np.array([[0.7, 0.2, 0.1], [0.30001, 0.29999, 0.4], [0.5, 0.49995, 0.00005]])
+    same = compare_predictions(reference, reference.copy(), 1e-4, 1.0)
+    assert same["passed"] and same["max_abs_diff"] == 0.0
+    # Flipping a near-tie (margin 5e-5 < 2 x tolerance) is not an error...
+    tie_flip = reference.copy()
+    tie_flip[2] = [0.49996, 0.49999, 0.00005]
+    verdict = compare_predictions(reference, tie_flip, 1e-4, 1.0)
+    assert verdict["argmax_disagreements"] == 1 and verdict["decisive_disagreements"] == 0
+    assert verdict["passed"]
+    # ...but a decisive flip is, and so is a difference beyond tolerance.
+    decisive = reference.copy()
+    decisive[0] = [0.2, 0.7, 0.1]
+    assert not compare_predictions(reference, decisive, 1e-4, 1.0)["passed"]
+    drift = reference + np.array([2e-4, -2e-4, 0.0])
+    assert not compare_predictions(reference, drift, 1e-4, 1.0)["passed"]
