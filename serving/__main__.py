@@ -1,0 +1,33 @@
+"""``python -m serving --repository model_repository [options]``; ``--help`` lists every option."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from serving.gateway import Gateway
+from serving.settings import settings_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse options (environment SERVING_*, then CLI), serve until SIGTERM/SIGINT."""
+    settings = settings_from_args(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # uvloop is optional (e.g. Windows); asyncio's loop works, slower
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(Gateway(settings).serve_forever())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Dynamic batching: merge concurrent requests for one model version into one ONNX Runtime call.
+
+One ``DynamicBatcher`` wraps one runtime. Requests join a queue; a single scheduling task takes a
+batch whenever a compute slot is free (``max_concurrent`` slots, each a worker thread), so while
+the model computes, the next batch accumulates on its own. ``batch_timeout_us`` adds an explicit wait
+for more rows once a slot is free; ``preferred_batch_sizes`` end that wait early. Only requests whose
+inputs agree on dtype and non-batch shape are merged. A failing batch fails only its own requests.
+
+With ``merge=False`` (batching off) the same queue, bound and deadlines apply, one request per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from serving.metrics import GatewayMetrics
+from serving.runtimes.base import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Per-model batching parameters (defaults from the gateway settings)."""
+
+    merge: bool = True
+    max_batch_size: int = 32
+    batch_timeout_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 256
+    max_concurrent: int = 1
+    #: pad every batch to this many rows (CUDA graphs need fixed shapes); None = no padding.
+    pad_to: int | None = None
+
+
+@dataclass
+class _Pending:
+    inputs: Tensors
+    rows: int
+    key: tuple[Any, ...]
+    future: asyncio.Future[Tensors]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def _merge_key(inputs: Tensors) -> tuple[Any, ...]:
+    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+
+
+class DynamicBatcher:
+    """Queue, merge, run in a worker thread, split. One per loaded model version."""
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        model: str,
+        version: int,
+        config: BatchingConfig,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.model = model
+        self.version = version
+        self.config = config
+        self.metrics = metrics
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._pool = ThreadPoolExecutor(
+            max_workers=config.max_concurrent, thread_name_prefix=f"ort-{model}-{version}"
+        )
+        self._busy = 0
+        self._wakeup: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._preferred = frozenset(config.preferred_batch_sizes)
+        self._max_rows = config.max_batch_size if config.merge else 1
+        if metrics is not None:
+            self._depth = metrics.queue_depth.labels(model)
+            self._queue_latency = metrics.queue_latency.labels(model)
+            self._batch_size = metrics.batch_size.labels(model)
+            self._compute_latency = metrics.compute_latency.labels(model, str(version))
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for compute."""
+        return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing computing."""
+        return not self._queue and self._busy == 0
+
+    def _start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.config.max_concurrent)
+        self._task = asyncio.get_running_loop().create_task(self._schedule())
+
+    async def infer(self, inputs: Tensors, deadline: float) -> Tensors:
+        """Queue ``inputs`` (batch-major arrays) and wait for this request's rows of the result.
+
+        ``deadline`` is a ``time.monotonic()`` instant. Raises ResourceExhausted at once when the
+        queue is full, DeadlineExceeded when the deadline passes first.
+        """
+        if self._closed:
+            raise Unavailable(f"model '{self.model}' version {self.version} is unloading")
+        if len(self._queue) >= self.config.max_queue_size:
+            raise ResourceExhausted(
+                f"model '{self.model}' queue is full ({len(self._queue)} requests waiting); "
+                "retry later"
+            )
+        if self._task is None:
+            self._start()
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Tensors] = loop.create_future()
+        rows = next(iter(inputs.values())).shape[0]
+        self._queue.append(_Pending(inputs, rows, _merge_key(inputs), future))
+        if self.metrics is not None:
+            self._depth.set(len(self._queue))
+        self._wakeup.set()
+        # A timer rather than asyncio.wait_for: cheaper, and the request is simply skipped (if
+        # still queued) or its rows dropped (if computing) once its future is done.
+        timer = loop.call_at(
+            loop.time() + max(0.0, deadline - time.monotonic()), self._expire, future
+        )
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[Tensors]) -> None:
+        if not future.done():
+            future.set_exception(
+                DeadlineExceeded(f"deadline exceeded before model '{self.model}' answered")
+            )
+
+    async def _schedule(self) -> None:
+        assert self._wakeup is not None and self._slots is not None
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            if self.config.merge and self.config.batch_timeout_us > 0:
+                await self._wait_for_more()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            self._launch(batch)
+
+    async def _wait_for_more(self) -> None:
+        assert self._wakeup is not None
+        if not self._queue:
+            return
+        until = self._queue[0].enqueued + self.config.batch_timeout_us / 1e6
+        while True:
+            rows = sum(item.rows for item in self._queue)
+            if rows >= self._max_rows or rows in self._preferred:
+                return
+            remaining = until - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Pending]:
+        """Pop the oldest live request and every later compatible one that still fits."""
+        batch: list[_Pending] = []
+        kept: collections.deque[_Pending] = collections.deque()
+        rows = 0
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():  # expired while queued
+                continue
+            if not batch:
+                batch.append(item)
+                rows = item.rows
+            elif item.key == batch[0].key and rows + item.rows <= self._max_rows:
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+            if rows >= self._max_rows:
+                break
+        kept.extend(self._queue)
+        self._queue = kept
+        if self.metrics is not None:
+            self._depth.set(len(self._queue))
+        return batch
+
+    def _launch(self, batch: list[_Pending]) -> None:
+        now = time.perf_counter()
+        if self.metrics is not None:
+            for item in batch:
+                self._queue_latency.observe(now - item.enqueued)
+        if len(batch) == 1:
+            feeds = batch[0].inputs
+        else:
+            feeds = {
+                name: np.concatenate([item.inputs[name] for item in batch])
+                for name in batch[0].inputs
+            }
+        rows = sum(item.rows for item in batch)
+        pad_to = self.config.pad_to
+        if pad_to is not None and rows < pad_to:
+            feeds = {
+                name: np.concatenate(
+                    [array, np.zeros((pad_to - rows, *array.shape[1:]), array.dtype)]
+                )
+                for name, array in feeds.items()
+            }
+        self._busy += 1
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._pool, self._compute, feeds)
+        done.add_done_callback(lambda fut: self._finish(batch, rows, fut))
+
+    def _compute(self, feeds: Tensors) -> tuple[Tensors, float]:
+        start = time.perf_counter()
+        outputs = self.runtime.predict(feeds)
+        return outputs, time.perf_counter() - start
+
+    def _finish(
+        self, batch: list[_Pending], rows: int, done: asyncio.Future[tuple[Tensors, float]]
+    ) -> None:
+        self._busy -= 1
+        assert self._slots is not None
+        self._slots.release()
+        error = done.exception()
+        if error is not None:
+            # Only this batch's requests fail; the queue carries on.
+            log.error(
+                "model %s v%s: batch of %d rows failed: %r", self.model, self.version, rows, error
+            )
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        outputs, seconds = done.result()
+        if self.metrics is not None:
+            self._batch_size.observe(rows)
+            self._compute_latency.observe(seconds)
+        start = 0
+        for item in batch:
+            end = start + item.rows
+            if not item.future.done():
+                item.future.set_result(
+                    outputs if len(batch) == 1 and rows == end and self.config.pad_to is None
+                    else {name: array[start:end] for name, array in outputs.items()}
+                )  # fmt: skip
+            start = end
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until queued and running requests are finished; False on timeout."""
+        end = time.monotonic() + timeout
+        while not self.idle:
+            if time.monotonic() > end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def close(self) -> None:
+        """Stop scheduling; queued requests fail with UNAVAILABLE; free the runtime."""
+        self._closed = True
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(Unavailable(f"model '{self.model}' was unloaded"))
+        self._queue.clear()
+        if self._task is not None:
+            self._task.cancel()
+        self._pool.shutdown(wait=False)
+        self.runtime.close()

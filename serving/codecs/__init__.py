@@ -1,0 +1,5 @@
+"""Wire formats <-> numpy: TF Serving JSON, KServe V2 JSON (+ binary extension), images.
+
+Codecs only convert and check the structure of a payload; the dataplane validates tensors against
+the model's input spec. Every problem is an ``InvalidArgument`` whose message names it.
+"""

@@ -1,0 +1,233 @@
+"""TF Serving REST JSON: ``instances`` (row) and ``inputs`` (columnar) requests, ``{"b64": ...}``.
+
+Responses follow TF Serving: row requests get ``{"predictions": ...}`` (a list per instance, or a
+list of ``{output: value}`` objects for several outputs), columnar ones ``{"outputs": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from serving.codecs.images import ImageSpec, decode_image, looks_like_image
+from serving.errors import InvalidArgument
+from serving.runtimes.base import TensorSpec
+
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclass
+class PredictRequest:
+    """A decoded ``:predict`` body."""
+
+    inputs: dict[str, np.ndarray]
+    row_format: bool
+    signature_name: str
+
+
+def loads(body: bytes) -> Any:
+    """Parse JSON; a syntax error becomes InvalidArgument naming where it is."""
+    if not body:
+        raise InvalidArgument("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON: {exc}") from None
+
+
+def _b64(value: dict[str, Any], spec: TensorSpec) -> np.ndarray:
+    """One ``{"b64": ...}`` element: bytes for string inputs, image or raw bytes for numeric ones."""
+    encoded = value.get("b64")
+    if not isinstance(encoded, str) or len(value) != 1:
+        raise InvalidArgument(f'input \'{spec.name}\': a b64 object must be {{"b64": "<base64>"}}')
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"input '{spec.name}': invalid base64 in b64 value") from None
+    if spec.dtype == np.object_:
+        return np.array(data, dtype=object)
+    element_shape = spec.shape[1:]
+    # A numeric input: accept an encoded image (decoded per the input shape) or raw tensor bytes.
+    if looks_like_image(data) and len(element_shape) == 3 and spec.dtype == np.uint8:
+        height, width, channels = element_shape
+        return decode_image(data, ImageSpec(height, width, channels))
+    if all(dim > 0 for dim in element_shape):
+        expected = int(np.prod(element_shape)) * spec.dtype.itemsize
+        if len(data) == expected:
+            return np.frombuffer(data, dtype=spec.dtype).reshape(element_shape)
+        raise InvalidArgument(
+            f"input '{spec.name}': b64 value has {len(data)} bytes; expected a PNG/JPEG image or "
+            f"{expected} raw bytes ({spec.dtype} {spec.describe_shape()} per instance)"
+        )
+    raise InvalidArgument(f"input '{spec.name}': b64 values need a fixed per-instance shape")
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and "b64" in value
+
+
+def to_array(value: Any, spec: TensorSpec, batch: bool) -> np.ndarray:
+    """A JSON value -> ndarray of the spec's dtype (integers stay integers; no silent rounding)."""
+    if _is_b64(value):
+        array = _b64(value, spec)
+        return array[None] if batch else array
+    if isinstance(value, list) and value and _is_b64(value[0]):
+        try:
+            return np.stack([_b64(item, spec) for item in value])
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"input '{spec.name}': b64 values differ in shape: {exc}"
+            ) from None
+    if isinstance(value, dict):
+        raise InvalidArgument(f"input '{spec.name}': expected a list of numbers, got an object")
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"input '{spec.name}': ragged nested lists (rows of different lengths)"
+        ) from None
+    return cast(array, spec)
+
+
+def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Convert JSON-typed numbers to the input dtype, refusing lossy conversions."""
+    if array.dtype == spec.dtype:
+        return array
+    if array.dtype.kind == "O" or array.dtype.kind in "US":
+        raise InvalidArgument(
+            f"input '{spec.name}' expects {spec.dtype} numbers, got {_kind_name(array)} values"
+        )
+    if spec.dtype.kind in "iu":
+        if array.dtype.kind not in "iub":
+            raise InvalidArgument(
+                f"input '{spec.name}' expects {spec.dtype}, got {_kind_name(array)} values"
+            )
+        info = np.iinfo(spec.dtype)
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise InvalidArgument(
+                f"input '{spec.name}' expects {spec.dtype} in [{info.min}, {info.max}], got values "
+                f"in [{array.min()}, {array.max()}]"
+            )
+    elif spec.dtype.kind == "b" and array.dtype.kind != "b":
+        raise InvalidArgument(f"input '{spec.name}' expects bool, got {_kind_name(array)} values")
+    return array.astype(spec.dtype)
+
+
+def _kind_name(array: np.ndarray) -> str:
+    return {"f": "float", "i": "integer", "u": "integer", "b": "bool", "O": "non-numeric", "U": "string", "S": "string"}.get(
+        array.dtype.kind, str(array.dtype)
+    )  # fmt: skip
+
+
+def decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
+    """Decode a ``:predict`` body into batch-major arrays keyed by input name."""
+    payload = loads(body)
+    if not isinstance(payload, dict):
+        raise InvalidArgument("request body must be a JSON object with 'instances' or 'inputs'")
+    signature = payload.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):
+        raise InvalidArgument("'signature_name' must be a string")
+    has_rows, has_columns = "instances" in payload, "inputs" in payload
+    if has_rows and has_columns:
+        raise InvalidArgument("request has both 'instances' and 'inputs'; send exactly one")
+    if not has_rows and not has_columns:
+        raise InvalidArgument(
+            "request needs 'instances' (row format) or 'inputs' (columnar format)"
+        )
+    by_name = {spec.name: spec for spec in specs}
+    if has_rows:
+        inputs = _decode_rows(payload["instances"], specs, by_name)
+    else:
+        inputs = _decode_columns(payload["inputs"], specs, by_name)
+    return PredictRequest(inputs, has_rows, signature)
+
+
+def _decode_rows(
+    instances: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec]
+) -> dict[str, np.ndarray]:
+    if not isinstance(instances, list):
+        raise InvalidArgument("'instances' must be a list with one element per instance")
+    if not instances:
+        raise InvalidArgument("'instances' is empty; send at least one instance")
+    named = isinstance(instances[0], dict) and not _is_b64(instances[0])
+    if not named:
+        if len(specs) != 1:
+            names = ", ".join(by_name)
+            raise InvalidArgument(
+                f"model has several inputs ({names}): each instance must be an object"
+            )
+        spec = specs[0]
+        if _is_b64(instances[0]):
+            return {spec.name: to_array(instances, spec, batch=True)}
+        return {spec.name: to_array(instances, spec, batch=True)}
+    columns: dict[str, list[Any]] = {}
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict) or _is_b64(instance):
+            raise InvalidArgument(f"instance {index} is not an object like instance 0")
+        for name, value in instance.items():
+            columns.setdefault(name, []).append(value)
+    _check_names(columns, by_name)
+    inputs = {}
+    for name, values in columns.items():
+        if len(values) != len(instances):
+            raise InvalidArgument(f"input '{name}' is missing from some instances")
+        spec = by_name[name]
+        try:
+            inputs[name] = np.stack([to_array(value, spec, batch=False) for value in values])
+        except ValueError:
+            raise InvalidArgument(f"input '{name}': instances differ in shape") from None
+    return inputs
+
+
+def _decode_columns(
+    columns: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec]
+) -> dict[str, np.ndarray]:
+    if isinstance(columns, dict) and not _is_b64(columns):
+        _check_names(columns, by_name)
+        return {name: to_array(value, by_name[name], batch=True) for name, value in columns.items()}
+    if len(specs) != 1:
+        names = ", ".join(by_name)
+        raise InvalidArgument(f"model has several inputs ({names}): 'inputs' must be an object")
+    return {specs[0].name: to_array(columns, specs[0], batch=True)}
+
+
+def _check_names(given: dict[str, Any], by_name: dict[str, TensorSpec]) -> None:
+    unknown = sorted(set(given) - set(by_name))
+    if unknown:
+        raise InvalidArgument(
+            f"unknown input {', '.join(repr(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
+        )
+
+
+def encode_predict(outputs: dict[str, np.ndarray], row_format: bool) -> bytes:
+    """TF Serving's response JSON for ``outputs`` (batch-major arrays)."""
+    outputs = {name: _jsonable(array) for name, array in outputs.items()}
+    if row_format:
+        if len(outputs) == 1:
+            body: Any = {"predictions": next(iter(outputs.values()))}
+        else:
+            count = len(next(iter(outputs.values())))
+            body = {"predictions": [{n: a[i] for n, a in outputs.items()} for i in range(count)]}
+    elif len(outputs) == 1:
+        body = {"outputs": next(iter(outputs.values()))}
+    else:
+        body = {"outputs": outputs}
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _jsonable(array: np.ndarray) -> Any:
+    if array.dtype.kind == "O":  # bytes tensors travel as b64 objects, as in TF Serving
+        return np.frompyfunc(lambda b: {"b64": base64.b64encode(b).decode()}, 1, 1)(array).tolist()
+    if array.dtype == np.float16:
+        array = array.astype(np.float32)
+    return np.ascontiguousarray(array)
+
+
+def error_body(message: str) -> bytes:
+    """TF Serving's error JSON."""
+    return orjson.dumps({"error": message})

@@ -1,0 +1,215 @@
+"""The protocol-free core: resolve model/version/label, validate, batch, run, count.
+
+Transports (REST, gRPC) decode their wire format into numpy arrays, call one method here, and encode
+the answer; everything both transports need lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serving.codecs.images import ImageSpec, decode_image
+from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable
+from serving.metrics import GatewayMetrics
+from serving.repository import ModelRepository, ModelVersion
+from serving.runtimes.base import TensorSpec
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+@dataclass
+class RequestRecord:
+    """What the metrics need to know about a request once it is resolved."""
+
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits."""
+
+    max_request_batch: int = 1024
+    request_timeout_s: float = 30.0
+
+
+class DataPlane:
+    """One instance per gateway, shared by every transport."""
+
+    def __init__(
+        self, repository: ModelRepository, metrics: GatewayMetrics, limits: Limits
+    ) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self.limits = limits
+        self.accepting = True  # False while draining on SIGTERM: readiness goes false
+        self.inflight = 0
+
+    # --- accounting ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def observe(self, protocol: str, model: str) -> Iterator[RequestRecord]:
+        """Count one request by model, version, protocol and final status, and time it."""
+        record = RequestRecord()
+        start = time.perf_counter()
+        status = "INTERNAL"
+        self.inflight += 1
+        try:
+            yield record
+            status = "OK"
+        except ServingError as exc:
+            status = exc.status
+            raise
+        finally:
+            self.inflight -= 1
+            self.metrics.requests.labels(model, record.version, protocol, status).inc()
+            self.metrics.request_latency.labels(model, protocol).observe(
+                time.perf_counter() - start
+            )
+
+    def deadline(self, timeout_s: float | None) -> float:
+        """A monotonic deadline from a client timeout (None = the server default)."""
+        if timeout_s is None or timeout_s <= 0:
+            timeout_s = self.limits.request_timeout_s
+        return time.monotonic() + min(timeout_s, self.limits.request_timeout_s * 10)
+
+    # --- lookups ------------------------------------------------------------------------------
+    def resolve(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> ModelVersion:
+        """The serving version for a request (NotFound / Unavailable otherwise)."""
+        if not self.accepting:
+            raise Unavailable("server is shutting down")
+        return self.repository.resolve(model, version, label)
+
+    def ready(self) -> bool:
+        """Ready for traffic: every model has a version and we are not draining."""
+        return self.accepting and self.repository.ready()
+
+    # --- inference ----------------------------------------------------------------------------
+    async def predict(
+        self,
+        mv: ModelVersion,
+        inputs: dict[str, np.ndarray],
+        *,
+        deadline: float,
+        signature_name: str | None = None,
+        output_filter: list[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Validate ``inputs`` against ``mv``'s spec and run them (batched) on its runtime."""
+        if signature_name not in (None, "", DEFAULT_SIGNATURE):
+            raise InvalidArgument(
+                f"signature '{signature_name}' not found; model '{mv.model}' has '{DEFAULT_SIGNATURE}'"
+            )
+        assert mv.runtime is not None and mv.batcher is not None
+        outputs_wanted = self._check_output_filter(mv, output_filter)
+        validate_inputs(inputs, mv.runtime.inputs, self.limits.max_request_batch)
+        mv.inflight += 1
+        try:
+            outputs = await mv.batcher.infer(inputs, deadline)
+        finally:
+            mv.inflight -= 1
+        if outputs_wanted is not None:
+            outputs = {name: outputs[name] for name in outputs_wanted}
+        return outputs
+
+    @staticmethod
+    def _check_output_filter(mv: ModelVersion, output_filter: list[str] | None) -> list[str] | None:
+        if not output_filter:
+            return None
+        assert mv.runtime is not None
+        known = [spec.name for spec in mv.runtime.outputs]
+        unknown = [name for name in output_filter if name not in known]
+        if unknown:
+            raise InvalidArgument(
+                f"output_filter names unknown output {', '.join(repr(n) for n in unknown)}; "
+                f"model outputs: {', '.join(known)}"
+            )
+        return list(dict.fromkeys(output_filter))
+
+    async def classify_image(
+        self, mv: ModelVersion, image: bytes, top_k: int, deadline: float
+    ) -> list[dict[str, Any]]:
+        """Decode and preprocess one image per the model's metadata; top-k labels with scores."""
+        assert mv.runtime is not None
+        spec = mv.runtime.inputs[0]
+        if len(mv.runtime.inputs) != 1 or spec.dtype != np.uint8 or len(spec.shape) != 4:
+            raise InvalidArgument(f"model '{mv.model}' does not take a single uint8 NHWC image")
+        pixels = decode_image(image, ImageSpec.from_metadata(mv.metadata, spec.shape))
+        outputs = await self.predict(mv, {spec.name: pixels[None]}, deadline=deadline)
+        scores = np.asarray(next(iter(outputs.values()))[0], dtype=np.float64).ravel()
+        names = mv.metadata.get("class_names") or [str(i) for i in range(scores.size)]
+        if top_k < 1:
+            raise InvalidArgument(f"top_k must be at least 1, got {top_k}")
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [
+            {
+                "label": str(names[i]) if i < len(names) else str(i),
+                "index": int(i),
+                "score": float(scores[i]),
+            }
+            for i in order
+        ]
+
+    # --- descriptions -------------------------------------------------------------------------
+    def statuses(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> list[ModelVersion]:
+        """Version statuses for TF Serving's GetModelStatus (all versions, or the one asked for)."""
+        entry = self.repository.entry(model)
+        if label is not None or version is not None:
+            if label is not None and label not in entry.labels:
+                self.repository.resolve(model, None, label)  # raises the NotFound naming the label
+            wanted = entry.labels[label] if label is not None else version
+            mv = entry.versions.get(wanted)  # type: ignore[arg-type]
+            if mv is None:
+                raise NotFound(f"version {wanted} of model '{model}' not found")
+            return [mv]
+        return sorted(entry.versions.values(), key=lambda mv: mv.version, reverse=True)
+
+
+def validate_inputs(inputs: dict[str, np.ndarray], specs: list[TensorSpec], max_batch: int) -> None:
+    """Names, dtypes, shapes and batch size against the model's spec, with messages that say
+    what was expected and what was received."""
+    by_name = {spec.name: spec for spec in specs}
+    unknown = sorted(set(inputs) - set(by_name))
+    if unknown:
+        raise InvalidArgument(
+            f"unknown input {', '.join(repr(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
+        )
+    batch: int | None = None
+    for spec in specs:
+        array = inputs.get(spec.name)
+        if array is None:
+            raise InvalidArgument(
+                f"missing input '{spec.name}' ({spec.dtype} {spec.describe_shape()})"
+            )
+        if array.dtype != spec.dtype and not (
+            spec.dtype == np.object_ and array.dtype.kind in "OS"
+        ):
+            raise InvalidArgument(
+                f"input '{spec.name}' expects dtype {spec.dtype}, received {array.dtype}"
+            )
+        shape = array.shape
+        if len(shape) != len(spec.shape) or any(
+            want >= 0 and got != want for want, got in zip(spec.shape, shape, strict=False)
+        ):
+            raise InvalidArgument(
+                f"input '{spec.name}' expects shape {spec.describe_shape()}, received "
+                f"[{', '.join(str(d) for d in shape)}]"
+            )
+        rows = shape[0] if shape else 1
+        if rows == 0:
+            raise InvalidArgument(f"input '{spec.name}' has an empty batch (0 rows)")
+        if rows > max_batch:
+            raise InvalidArgument(
+                f"input '{spec.name}' has a batch of {rows} rows; the limit is {max_batch} per request"
+            )
+        if batch is not None and rows != batch:
+            raise InvalidArgument(f"inputs disagree on the batch size ({batch} vs {rows})")
+        batch = rows

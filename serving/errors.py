@@ -1,0 +1,118 @@
+"""One error hierarchy for the gateway.
+
+Every error carries its canonical status name (gRPC's vocabulary, as TF Serving uses it); the HTTP
+status and the gRPC code both come from :data:`STATUS_TABLE`, so the two transports never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+
+#: canonical status -> (HTTP status, gRPC code). TF Serving's REST mapping, plus 413 and 401.
+STATUS_TABLE: dict[str, tuple[int, grpc.StatusCode]] = {
+    "OK": (200, grpc.StatusCode.OK),
+    "INVALID_ARGUMENT": (400, grpc.StatusCode.INVALID_ARGUMENT),
+    "FAILED_PRECONDITION": (400, grpc.StatusCode.FAILED_PRECONDITION),
+    "UNAUTHENTICATED": (401, grpc.StatusCode.UNAUTHENTICATED),
+    "NOT_FOUND": (404, grpc.StatusCode.NOT_FOUND),
+    "PAYLOAD_TOO_LARGE": (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "RESOURCE_EXHAUSTED": (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    "INTERNAL": (500, grpc.StatusCode.INTERNAL),
+    "UNIMPLEMENTED": (501, grpc.StatusCode.UNIMPLEMENTED),
+    "UNAVAILABLE": (503, grpc.StatusCode.UNAVAILABLE),
+    "DEADLINE_EXCEEDED": (504, grpc.StatusCode.DEADLINE_EXCEEDED),
+}
+
+#: inverse direction for gRPC codes (first name wins), derived from the table above.
+STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, str] = {}
+for _name, (_http, _code) in STATUS_TABLE.items():
+    STATUS_BY_GRPC_CODE.setdefault(_code, _name)
+
+
+class ServingError(Exception):
+    """Base of every error the gateway reports to a client; ``message`` is safe to send."""
+
+    status: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        """HTTP status code for this error."""
+        return STATUS_TABLE[self.status][0]
+
+    @property
+    def grpc_code(self) -> grpc.StatusCode:
+        """gRPC status code for this error."""
+        return STATUS_TABLE[self.status][1]
+
+
+class InvalidArgument(ServingError):
+    """The request is malformed: bad JSON, wrong shape or dtype, unknown input or signature."""
+
+    status = "INVALID_ARGUMENT"
+
+
+class Unauthenticated(ServingError):
+    """API keys are configured and the request carries none or a wrong one."""
+
+    status = "UNAUTHENTICATED"
+
+
+class NotFound(ServingError):
+    """Unknown model, version or label."""
+
+    status = "NOT_FOUND"
+
+
+class PayloadTooLarge(ServingError):
+    """The request body is larger than the configured maximum."""
+
+    status = "PAYLOAD_TOO_LARGE"
+
+
+class ResourceExhausted(ServingError):
+    """The model's queue is full: the client should back off and retry."""
+
+    status = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ServingError):
+    """The model or the server is not ready (loading, failed, draining)."""
+
+    status = "UNAVAILABLE"
+
+
+class DeadlineExceeded(ServingError):
+    """The request's deadline passed before its result was ready."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
+class Unimplemented(ServingError):
+    """The API exists in TF Serving but this gateway does not provide it."""
+
+    status = "UNIMPLEMENTED"
+
+
+class InternalError(ServingError):
+    """An unexpected failure; the message carries only a request id, never internals."""
+
+    status = "INTERNAL"
+
+
+def as_serving_error(exc: BaseException, logger: logging.Logger, context: str) -> ServingError:
+    """A ServingError for any exception; unexpected ones are logged with a fresh request id.
+
+    The client sees only the id (to quote to an operator), never the exception or a stack trace.
+    """
+    if isinstance(exc, ServingError):
+        return exc
+    request_id = uuid.uuid4().hex[:16]
+    logger.error("request %s failed (%s)", request_id, context, exc_info=exc)
+    return InternalError(f"internal error; request id {request_id}")

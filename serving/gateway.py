@@ -1,0 +1,213 @@
+"""The composition root: settings -> repository -> dataplane -> HTTP + gRPC servers, and shutdown.
+
+``Gateway.start()`` loads the repository (every version warmed) before it opens the ports, so the
+servers never answer before the models are ready. ``Gateway.stop()`` is the graceful drain that
+SIGTERM triggers: readiness and gRPC health go to NOT_SERVING, the listeners close, in-flight HTTP
+requests and RPCs finish (up to ``drain_timeout_s``), then the models are unloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import uvicorn
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
+
+from serving.batching import BatchingConfig
+from serving.dataplane import DataPlane, Limits
+from serving.grpc.server import build_grpc_server
+from serving.metrics import GatewayMetrics
+from serving.repository import ModelRepository, VersionPolicy
+from serving.rest.app import create_app
+from serving.runtimes.base import ModelRuntime
+from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving")
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the gateway drains both servers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def onnx_options(settings: ServingSettings) -> OnnxOptions:
+    """ONNX Runtime options from the settings."""
+    return OnnxOptions(
+        device=settings.device,
+        precision=settings.precision,
+        tensorrt=settings.tensorrt,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        allow_spinning=settings.allow_spinning,
+        graph_optimization=settings.graph_optimization,
+        cuda_prefer_nhwc=settings.cuda_prefer_nhwc,
+        gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
+        cuda_graph=settings.cuda_graph,
+    )
+
+
+def batching_config(settings: ServingSettings) -> BatchingConfig:
+    """Batching parameters from the settings."""
+    return BatchingConfig(
+        merge=settings.batching,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_us=settings.batch_timeout_us,
+        preferred_batch_sizes=tuple(settings.preferred_batch_sizes),
+        max_queue_size=settings.max_queue_size,
+        max_concurrent=settings.max_concurrent_inferences,
+        pad_to=settings.max_batch_size if settings.cuda_graph else None,
+    )
+
+
+def version_policy(settings: ServingSettings) -> VersionPolicy:
+    """The default version policy from the settings."""
+    return VersionPolicy(
+        settings.version_policy, settings.num_versions, frozenset(settings.versions)
+    )
+
+
+class Gateway:
+    """One gateway instance: start, serve, stop."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.metrics = GatewayMetrics()
+        options = onnx_options(settings)
+        warm_sizes = tuple(sorted({1, settings.max_batch_size if settings.batching else 1}))
+
+        def load(path: Path) -> ModelRuntime:
+            runtime = OnnxRuntime(path, options)
+            if settings.warmup:
+                runtime.warmup(warm_sizes)
+            return runtime
+
+        self.repository = ModelRepository(
+            settings.repository,
+            load,
+            batching_config(settings),
+            default_policy=version_policy(settings),
+            label_overrides=settings.label_map(),
+            config_file=settings.model_config_file,
+            metrics=self.metrics,
+            drain_timeout_s=settings.drain_timeout_s,
+        )
+        self.dataplane = DataPlane(
+            self.repository,
+            self.metrics,
+            Limits(settings.max_request_batch, settings.request_timeout_s),
+        )
+        self.app = create_app(self.dataplane, settings)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._http: _UvicornServer | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: HealthServicer | None = None
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Load every model, then open the HTTP and gRPC ports."""
+        s = self.settings
+        await self.repository.sync()
+        if not self.repository.models:
+            log.warning("no models found under %s", s.repository)
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.http_port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level=s.log_level,
+            access_log=False,
+            lifespan="off",
+            http="httptools" if _has("httptools") else "h11",
+            loop="none",
+            timeout_graceful_shutdown=int(s.drain_timeout_s),
+            backlog=2048,
+        )
+        self._http = _UvicornServer(config)
+        self._http_task = asyncio.get_running_loop().create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises the startup error
+            await asyncio.sleep(0.01)
+        log.info(
+            "HTTP (TF Serving REST, KServe V2, /metrics, /docs) on http://%s:%d",
+            s.host,
+            self.http_port,
+        )
+        if s.grpc_port >= 0:
+            self._grpc, self._health = build_grpc_server(self.dataplane, s)
+            self.grpc_port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+            await self._grpc.start()
+            await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+            for service in (
+                "tensorflow.serving.PredictionService",
+                "tensorflow.serving.ModelService",
+            ):
+                await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            log.info(
+                "gRPC (TF Serving PredictionService/ModelService, health) on %s:%d",
+                s.host,
+                self.grpc_port,
+            )
+        self.repository.start_polling(s.poll_interval_s)
+
+    async def stop(self) -> None:
+        """Graceful drain: stop taking connections, finish in-flight requests, unload models."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info(
+            "draining: finishing in-flight requests (up to %.0f s)", self.settings.drain_timeout_s
+        )
+        self.dataplane.accepting = False
+        waits = []
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            waits.append(self._grpc.stop(self.settings.drain_timeout_s))
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            waits.append(self._http_task)
+        await asyncio.gather(*waits, return_exceptions=True)
+        await self.repository.close()
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        """Start, wait for SIGTERM or SIGINT, drain, return."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        wait_http = self._http_task
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if wait_http is not None:
+            waiters.append(wait_http)  # type: ignore[arg-type]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        await self.stop()
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,233 @@
+"""TF Serving gRPC over grpc.aio: only gRPC concerns; the work is in the dataplane.
+
+The services are TF Serving's (``tensorflow.serving.PredictionService`` / ``ModelService``), bound
+by method path with generic handlers to our own wire messages from ``clients.wire`` (same bytes,
+different proto package), so stock ``tensorflow-serving-api`` stubs talk to this server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from clients import wire
+from clients.codec import ndarray_to_tensor_proto, tensor_proto_to_ndarray, tf_dtype
+from serving.dataplane import DEFAULT_SIGNATURE, DataPlane
+from serving.errors import InvalidArgument, as_serving_error
+from serving.repository import ModelVersion
+from serving.rest.middleware import key_matches
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+STATE_NUMBERS = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
+
+
+def _version_choice(spec: Any) -> tuple[int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return spec.version.value, None
+    if choice == "version_label":
+        return None, spec.version_label
+    return None, None
+
+
+def _decode_inputs(request: Any) -> dict[str, Any]:
+    inputs = {}
+    for name, proto in request.inputs.items():
+        try:
+            inputs[name] = tensor_proto_to_ndarray(proto)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"input '{name}': {exc}") from None
+    return inputs
+
+
+class PredictionServicer:
+    """Predict, GetModelMetadata and GetModelStatus."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    async def _guard(
+        self, call: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], request: Any,
+        context: grpc.aio.ServicerContext, method: str,
+    ) -> Any:  # fmt: skip
+        try:
+            return await call(request, context)
+        except Exception as exc:
+            error = as_serving_error(exc, log, f"gRPC {method}")
+            await context.abort(error.grpc_code, error.message)
+
+    async def predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``PredictionService/Predict``."""
+        return await self._guard(self._predict, request, context, "Predict")
+
+    async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        spec = request.model_spec
+        with self.dp.observe("grpc", spec.name) as record:
+            mv = self.dp.resolve(spec.name, *_version_choice(spec))
+            record.version = str(mv.version)
+            outputs = await self.dp.predict(
+                mv,
+                _decode_inputs(request),
+                deadline=self.dp.deadline(context.time_remaining()),
+                signature_name=spec.signature_name,
+                output_filter=list(request.output_filter),
+            )
+            response = wire.PredictResponse(
+                outputs={name: ndarray_to_tensor_proto(array) for name, array in outputs.items()}
+            )
+            response.model_spec.name = spec.name
+            response.model_spec.version.value = mv.version
+            response.model_spec.signature_name = DEFAULT_SIGNATURE
+            return response
+
+    async def get_model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``PredictionService/GetModelMetadata`` (``signature_def``)."""
+        return await self._guard(self._metadata, request, context, "GetModelMetadata")
+
+    async def _metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        fields = list(request.metadata_field)
+        if not fields:
+            raise InvalidArgument(
+                "GetModelMetadataRequest must name a metadata_field ('signature_def')"
+            )
+        unsupported = [field for field in fields if field != "signature_def"]
+        if unsupported:
+            raise InvalidArgument(
+                f"metadata_field {unsupported[0]!r} is not supported; use 'signature_def'"
+            )
+        spec = request.model_spec
+        mv = self.dp.resolve(spec.name, *_version_choice(spec))
+        response = wire.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = mv.version
+        response.metadata["signature_def"].CopyFrom(
+            wire.pack_signature_def_map(signature_def_map(mv))
+        )
+        return response
+
+    async def get_model_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """``ModelService/GetModelStatus``."""
+        return await self._guard(self._status, request, context, "GetModelStatus")
+
+    async def _status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        spec = request.model_spec
+        versions = self.dp.statuses(spec.name, *_version_choice(spec))
+        response = wire.GetModelStatusResponse()
+        for mv in versions:
+            status = response.model_version_status.add(
+                version=mv.version, state=STATE_NUMBERS.get(mv.state, 0)
+            )
+            status.status.error_code = wire.ErrorCode.Value("UNKNOWN") if mv.error else 0
+            status.status.error_message = mv.error or ""
+        return response
+
+
+def signature_def_map(mv: ModelVersion) -> Any:
+    """The version's one signature as a TensorFlow SignatureDefMap message."""
+    assert mv.runtime is not None
+    signature = wire.SignatureDef(method_name=wire.PREDICT_METHOD_NAME)
+    for specs, target in (
+        (mv.runtime.inputs, signature.inputs),
+        (mv.runtime.outputs, signature.outputs),
+    ):
+        for spec in specs:
+            info = target[spec.name]
+            info.name = spec.name
+            info.dtype = tf_dtype(spec.dtype)  # type: ignore[assignment]
+            for dim in spec.shape:
+                info.tensor_shape.dim.add(size=dim)
+    signatures = wire.SignatureDefMap()
+    signatures.signature_def[DEFAULT_SIGNATURE].CopyFrom(signature)
+    return signatures
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <key>`` (or ``x-api-key``) metadata; health is exempt."""
+
+    def __init__(self, keys: list[str], exempt_health: bool) -> None:
+        self.keys = [key.encode() for key in keys]
+        self.exempt_health = exempt_health
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid API key (metadata 'authorization: Bearer <key>')",
+            )
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method  # type: ignore[attr-defined]
+        if self.exempt_health and method.startswith(HEALTH_PREFIX):
+            return await continuation(details)
+        token = ""
+        for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
+            if key == "authorization" and isinstance(value, str):
+                token = value[7:].strip() if value.lower().startswith("bearer ") else value.strip()
+            elif key == "x-api-key" and isinstance(value, str) and not token:
+                token = value.strip()
+        if token and key_matches(token, self.keys):
+            return await continuation(details)
+        return self._deny
+
+
+def build_grpc_server(
+    dataplane: DataPlane, settings: ServingSettings
+) -> tuple[grpc.aio.Server, HealthServicer]:
+    """A grpc.aio server with TF Serving's services and the standard health service (not started)."""
+    interceptors = (
+        [ApiKeyInterceptor(settings.api_keys, settings.auth_exempt_health)]
+        if settings.api_keys
+        else []
+    )
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_body_bytes),
+            ("grpc.max_send_message_length", settings.max_body_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    servicer = PredictionServicer(dataplane)
+
+    def unary(method: str, handler: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
+        types = wire.METHODS[method]
+        return grpc.unary_unary_rpc_method_handler(
+            handler,
+            request_deserializer=types.request_type.FromString,
+            response_serializer=types.response_type.SerializeToString,
+        )
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                wire.PREDICTION_SERVICE,
+                {
+                    "Predict": unary(wire.PREDICT_METHOD, servicer.predict),
+                    "GetModelMetadata": unary(
+                        wire.GET_MODEL_METADATA_METHOD, servicer.get_model_metadata
+                    ),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                wire.MODEL_SERVICE,
+                {"GetModelStatus": unary(wire.GET_MODEL_STATUS_METHOD, servicer.get_model_status)},
+            ),
+        )
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    _ = health_pb2  # status enums live there; imported for callers' convenience
+    return server, health

@@ -1,0 +1,81 @@
+"""Prometheus metrics of one gateway instance (own registry, so several can live in one process)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Sub-millisecond buckets: a LeNet request is served in well under a millisecond.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+#: TF Serving's ModelVersionStatus.State numbers, reported by the model state gauge.
+STATE_NUMBERS = {
+    "START": 10,
+    "LOADING": 20,
+    "AVAILABLE": 30,
+    "UNLOADING": 40,
+    "END": 50,
+    "ERROR": 0,
+}
+
+
+class GatewayMetrics:
+    """All metrics the gateway exports at ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "serving_requests", "Requests by model, version, protocol and status.",
+            ["model", "version", "protocol", "status"], registry=r,
+        )  # fmt: skip
+        self.request_latency = Histogram(
+            "serving_request_latency_seconds", "Total time in the gateway per request.",
+            ["model", "protocol"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_latency = Histogram(
+            "serving_queue_latency_seconds", "Time a request waited for compute.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.compute_latency = Histogram(
+            "serving_compute_latency_seconds", "ONNX Runtime time per executed batch.",
+            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "serving_batch_size", "Rows per executed batch.",
+            ["model"], buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "serving_queue_depth", "Requests waiting for compute.", ["model"], registry=r
+        )
+        self.model_state = Gauge(
+            "serving_model_state",
+            "Model version state (TF Serving numbers: 30 AVAILABLE, 20 LOADING, 0 ERROR).",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.model_provider = Gauge(
+            "serving_model_provider", "1 for the execution provider a model version runs on.",
+            ["model", "version", "provider"], registry=r,
+        )  # fmt: skip
+
+    def set_state(self, model: str, version: int, state: str) -> None:
+        """Record a model version's state."""
+        self.model_state.labels(model, str(version)).set(STATE_NUMBERS.get(state, 0))
+
+    def forget_version(self, model: str, version: int, provider: str | None) -> None:
+        """Drop the series of an unloaded version."""
+        for metric, labels in (
+            (self.model_state, (model, str(version))),
+            (self.model_provider, (model, str(version), provider or "")),
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition."""
+        return generate_latest(self.registry)

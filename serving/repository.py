@@ -1,0 +1,350 @@
+"""The model repository: scan folders, apply version policies and labels, load, reload, unload.
+
+Layout (see ARCHITECTURE.md): ``<root>/<model>/<version>/model.onnx`` (+ ``model.fp16.onnx``,
+``metadata.json``), and optionally ``<root>/models.config`` (TF Serving's text protobuf) for version
+policies and labels. Hot reload polls the folders: a new version is loaded and warmed in a worker
+thread and only then becomes AVAILABLE (the switch is one state change on the event loop); a
+removed version stops taking requests, is drained, then unloaded. A version that fails to load is
+reported (END with an error) and skipped by the policy, so it never displaces a serving version; it
+is retried only when its files change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import text_format
+
+from clients.proto.model_server_config_pb2 import ModelServerConfig
+from serving.batching import BatchingConfig, DynamicBatcher
+from serving.errors import NotFound, Unavailable
+from serving.metrics import GatewayMetrics
+from serving.runtimes.base import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of a model to serve: ``latest`` N, ``all`` or ``specific`` ones."""
+
+    kind: str = "latest"
+    num_versions: int = 1
+    versions: frozenset[int] = frozenset()
+
+    def select(self, candidates: set[int]) -> set[int]:
+        """The versions to serve out of the loadable ``candidates``."""
+        if self.kind == "all":
+            return set(candidates)
+        if self.kind == "specific":
+            return candidates & self.versions
+        return set(sorted(candidates, reverse=True)[: max(1, self.num_versions)])
+
+
+@dataclass
+class ModelVersion:
+    """One version of one model and its lifecycle (TF Serving state names)."""
+
+    model: str
+    version: int
+    path: Path
+    state: str = "LOADING"  # LOADING -> AVAILABLE -> UNLOADING -> END; END + error = failed
+    error: str | None = None
+    runtime: ModelRuntime | None = None
+    batcher: DynamicBatcher | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    fingerprint: tuple[int, int] = (0, 0)
+    inflight: int = 0
+
+
+@dataclass
+class ModelEntry:
+    """A model: its folder, policy, labels and versions (serving, loading and failed)."""
+
+    name: str
+    path: Path
+    policy: VersionPolicy
+    labels: dict[str, int] = field(default_factory=dict)
+    versions: dict[int, ModelVersion] = field(default_factory=dict)
+
+    def available(self) -> list[ModelVersion]:
+        """Versions taking requests, newest first."""
+        return sorted(
+            (mv for mv in self.versions.values() if mv.state == "AVAILABLE"),
+            key=lambda mv: mv.version,
+            reverse=True,
+        )
+
+
+RuntimeFactory = Callable[[Path], ModelRuntime]
+
+
+def _fingerprint(version_dir: Path) -> tuple[int, int]:
+    try:
+        stat = (version_dir / MODEL_FILE).stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def parse_models_config(text: str) -> dict[str, tuple[VersionPolicy | None, dict[str, int], str]]:
+    """models.config text -> {model: (policy or None, labels, folder name)}."""
+    config = text_format.Parse(text, ModelServerConfig())
+    result: dict[str, tuple[VersionPolicy | None, dict[str, int], str]] = {}
+    for model in config.model_config_list.config:
+        policy: VersionPolicy | None = None
+        if model.HasField("model_version_policy"):
+            choice = model.model_version_policy.WhichOneof("policy_choice")
+            if choice == "all":
+                policy = VersionPolicy("all")
+            elif choice == "specific":
+                policy = VersionPolicy(
+                    "specific", versions=frozenset(model.model_version_policy.specific.versions)
+                )
+            elif choice == "latest":
+                policy = VersionPolicy(
+                    "latest", num_versions=model.model_version_policy.latest.num_versions or 1
+                )
+        # base_path is where TF Serving (in its container) finds the model; here the folder of
+        # the same name under the repository is the model.
+        folder = Path(model.base_path).name if model.base_path else model.name
+        result[model.name] = (policy, dict(model.version_labels), folder)
+    return result
+
+
+class ModelRepository:
+    """All models of one repository folder, kept in sync with the disk by ``sync()``."""
+
+    def __init__(
+        self,
+        root: Path,
+        runtime_factory: RuntimeFactory,
+        batching: BatchingConfig,
+        default_policy: VersionPolicy | None = None,
+        label_overrides: dict[str, dict[str, int]] | None = None,
+        config_file: Path | None = None,
+        metrics: GatewayMetrics | None = None,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
+        self.root = Path(root)
+        self.runtime_factory = runtime_factory
+        self.batching = batching
+        self.default_policy = default_policy or VersionPolicy()
+        self.label_overrides = label_overrides or {}
+        self.config_file = config_file
+        self.metrics = metrics
+        self.drain_timeout_s = drain_timeout_s
+        self.models: dict[str, ModelEntry] = {}
+        self._failed: dict[tuple[str, int], tuple[int, int]] = {}
+        self._config: dict[str, tuple[VersionPolicy | None, dict[str, int], str]] = {}
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+
+    # --- lookups ------------------------------------------------------------------------------
+    def resolve(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> ModelVersion:
+        """The version that should answer a request, or NotFound / Unavailable naming why."""
+        entry = self.models.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"model '{name}' not found (models: {known})")
+        if label is not None:
+            if label not in entry.labels:
+                known = ", ".join(sorted(entry.labels)) or "none"
+                raise NotFound(f"label '{label}' of model '{name}' not found (labels: {known})")
+            version = entry.labels[label]
+        if version is not None:
+            mv = entry.versions.get(version)
+            if mv is None:
+                serving = ", ".join(str(v.version) for v in entry.available()) or "none"
+                raise NotFound(
+                    f"version {version} of model '{name}' not found (serving: {serving})"
+                )
+            if mv.state != "AVAILABLE":
+                reason = f": {mv.error}" if mv.error else ""
+                raise Unavailable(
+                    f"version {version} of model '{name}' is not available ({mv.state}{reason})"
+                )
+            return mv
+        available = entry.available()
+        if not available:
+            raise Unavailable(f"model '{name}' has no version ready")
+        return available[0]
+
+    def entry(self, name: str) -> ModelEntry:
+        """The model entry, or NotFound."""
+        entry = self.models.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"model '{name}' not found (models: {known})")
+        return entry
+
+    def ready(self) -> bool:
+        """Every model has at least one AVAILABLE version (and there is a model)."""
+        return bool(self.models) and all(entry.available() for entry in self.models.values())
+
+    # --- scanning -----------------------------------------------------------------------------
+    def _read_config(self) -> None:
+        path = self.config_file or self.root / "models.config"
+        if not path.exists():
+            self._config = {}
+            return
+        try:
+            self._config = parse_models_config(path.read_text())
+        except Exception as exc:  # a half-written or broken config must not stop serving
+            log.error("cannot parse %s, keeping the previous one: %s", path, exc)
+
+    def _scan(self) -> dict[str, tuple[Path, dict[int, Path]]]:
+        found: dict[str, tuple[Path, dict[int, Path]]] = {}
+        folders = {name: folder for name, (_, _, folder) in self._config.items()}
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                if (
+                    child.is_dir()
+                    and not child.name.startswith(".")
+                    and child.name not in folders.values()
+                ):
+                    folders.setdefault(child.name, child.name)
+        for name, folder in folders.items():
+            model_dir = self.root / folder
+            versions: dict[int, Path] = {}
+            if model_dir.is_dir():
+                for child in model_dir.iterdir():
+                    # Temporary folders (".tmp-3") are not digits; a version needs its ONNX file.
+                    if child.name.isdigit() and (child / MODEL_FILE).exists():
+                        versions[int(child.name)] = child
+            if versions or name in self._config:
+                found[name] = (model_dir, versions)
+        return found
+
+    async def sync(self) -> None:
+        """One scan: load new versions, unload removed ones, update labels and policies."""
+        async with self._lock:
+            self._read_config()
+            found = self._scan()
+            for name, (model_dir, on_disk) in found.items():
+                policy, labels, _ = self._config.get(name, (None, {}, name))
+                entry = self.models.get(name)
+                if entry is None:
+                    entry = ModelEntry(name, model_dir, policy or self.default_policy)
+                    self.models[name] = entry
+                entry.policy = policy or self.default_policy
+                entry.labels = {**labels, **self.label_overrides.get(name, {})}
+                await self._sync_model(entry, on_disk)
+            for name in list(self.models):
+                if name not in found:
+                    await self._sync_model(self.models[name], {})
+                    del self.models[name]
+                    log.info("model %s removed", name)
+
+    async def _sync_model(self, entry: ModelEntry, on_disk: dict[int, Path]) -> None:
+        for version in list(entry.versions):
+            mv = entry.versions[version]
+            if version not in on_disk and mv.state == "END":
+                del entry.versions[version]  # a failed version whose folder is gone
+        while True:
+            candidates = {
+                version
+                for version, path in on_disk.items()
+                if self._failed.get((entry.name, version)) != _fingerprint(path)
+            }
+            desired = entry.policy.select(candidates)
+            to_load = [
+                v for v in sorted(desired, reverse=True)
+                if v not in entry.versions or entry.versions[v].state not in ("AVAILABLE", "LOADING")
+            ]  # fmt: skip
+            if not to_load:
+                break
+            results = [await self._load(entry, v, on_disk[v]) for v in to_load]
+            if all(results):
+                break
+            # A version failed: choose again without it, so the one already serving stays.
+        for mv in list(entry.versions.values()):
+            if mv.state == "AVAILABLE" and mv.version not in desired:
+                await self._unload(entry, mv)
+
+    async def _load(self, entry: ModelEntry, version: int, path: Path) -> bool:
+        mv = ModelVersion(entry.name, version, path, fingerprint=_fingerprint(path))
+        entry.versions[version] = mv
+        self._set_state(mv, "LOADING")
+        started = time.perf_counter()
+        try:
+            runtime = await asyncio.to_thread(self.runtime_factory, path)
+            metadata_file = path / "metadata.json"
+            if metadata_file.exists():
+                mv.metadata = json.loads(metadata_file.read_text())
+        except Exception as exc:
+            mv.state = "END"
+            mv.error = f"failed to load: {type(exc).__name__}: {exc}"
+            self._failed[(entry.name, version)] = mv.fingerprint
+            self._set_state(mv, "END")
+            log.error("model %s version %s %s", entry.name, version, mv.error)
+            return False
+        mv.runtime = runtime
+        mv.batcher = DynamicBatcher(runtime, entry.name, version, self.batching, self.metrics)
+        self._set_state(mv, "AVAILABLE")  # the switch: from here on resolve() may return it
+        self._failed.pop((entry.name, version), None)
+        if self.metrics is not None:
+            self.metrics.model_provider.labels(entry.name, str(version), runtime.provider).set(1)
+        log.info(
+            "model %s version %s AVAILABLE on %s (%s, %.0f ms incl. warmup)",
+            entry.name, version, runtime.provider, getattr(runtime, "model_file", path),
+            (time.perf_counter() - started) * 1000,
+        )  # fmt: skip
+        return True
+
+    async def _unload(self, entry: ModelEntry, mv: ModelVersion) -> None:
+        self._set_state(mv, "UNLOADING")  # resolve() stops returning it at once
+        log.info("model %s version %s unloading (draining)", entry.name, mv.version)
+        end = time.monotonic() + self.drain_timeout_s
+        while (mv.inflight or (mv.batcher and not mv.batcher.idle)) and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        if mv.batcher is not None:
+            mv.batcher.close()
+        self._set_state(mv, "END")
+        entry.versions.pop(mv.version, None)
+        if self.metrics is not None:
+            self.metrics.forget_version(
+                entry.name, mv.version, mv.runtime.provider if mv.runtime else None
+            )
+        log.info("model %s version %s unloaded", entry.name, mv.version)
+
+    def _set_state(self, mv: ModelVersion, state: str) -> None:
+        mv.state = state
+        if self.metrics is not None:
+            self.metrics.set_state(mv.model, mv.version, "ERROR" if mv.error else state)
+
+    # --- polling ------------------------------------------------------------------------------
+    def start_polling(self, interval_s: float) -> None:
+        """Scan every ``interval_s`` seconds in the background (0 = never)."""
+        if interval_s > 0 and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(interval_s))
+
+    async def _poll(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sync()
+            except Exception:  # the poller must survive anything the disk throws at it
+                log.exception("repository scan failed")
+
+    async def close(self) -> None:
+        """Stop polling, drain and unload every version."""
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        async with self._lock:
+            for entry in self.models.values():
+                for mv in list(entry.versions.values()):
+                    if mv.state == "AVAILABLE":
+                        await self._unload(entry, mv)

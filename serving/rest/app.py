@@ -1,0 +1,315 @@
+"""FastAPI app: only HTTP concerns (paths, headers, status codes); the work is in the dataplane.
+
+Routes
+- TF Serving: ``GET /v1/models/{m}[/versions/{v}|/labels/{l}]`` (status), ``.../metadata``,
+  ``POST .../{m}[...]:predict`` (row ``instances`` / columnar ``inputs``, ``{"b64": ...}``).
+- Image: ``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:classify_image?top_k=5``, a raw
+  PNG/JPEG body or a multipart form with one file.
+- KServe V2: ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{m}[/versions/{v}][/ready]``,
+  ``POST /v2/models/{m}[/versions/{v}]/infer`` (JSON or binary tensor extension).
+- ``/metrics`` (Prometheus), ``/docs`` (OpenAPI).
+
+Deadline: header ``x-request-timeout-ms`` (else the server's ``request_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute, APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clients.codec import tf_dtype_name, v2_datatype
+from serving.codecs import tfserving, v2
+from serving.dataplane import DEFAULT_SIGNATURE, PREDICT_METHOD, DataPlane
+from serving.errors import InvalidArgument, ServingError, as_serving_error
+from serving.repository import ModelVersion
+from serving.rest.middleware import GatewayMiddleware
+from serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+TF_ERROR_CODES = {"AVAILABLE": "OK"}
+
+
+def _error_response(error: ServingError) -> Response:
+    return Response(
+        tfserving.error_body(error.message), status_code=error.http_status, media_type=JSON
+    )
+
+
+class ServingRoute(APIRoute):
+    """Turns every exception into the gateway's error JSON (``{"error": ...}``) with its status.
+
+    Unexpected exceptions become 500 with a request id that is also logged with the traceback.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                details = "; ".join(
+                    f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+                    for err in exc.errors()
+                )
+                return _error_response(InvalidArgument(f"invalid request: {details}"))
+            except Exception as exc:
+                return _error_response(
+                    as_serving_error(exc, log, f"{request.method} {request.url.path}")
+                )
+
+        return handle
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type=JSON
+    )
+
+
+def _version(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"version '{value}' is not an integer") from None
+
+
+def _timeout(request: Request) -> float | None:
+    header = request.headers.get("x-request-timeout-ms")
+    if header is None:
+        return None
+    try:
+        return float(header) / 1000.0
+    except ValueError:
+        raise InvalidArgument(f"x-request-timeout-ms '{header}' is not a number") from None
+
+
+def version_status_json(mv: ModelVersion) -> dict[str, Any]:
+    """One entry of TF Serving's ``model_version_status``."""
+    return {
+        "version": str(mv.version),
+        "state": mv.state,
+        "status": {"error_code": "UNKNOWN" if mv.error else "OK", "error_message": mv.error or ""},
+    }
+
+
+def signature_def_json(mv: ModelVersion) -> dict[str, Any]:
+    """TF Serving's ``signature_def`` JSON for a version (one signature, ``serving_default``)."""
+    assert mv.runtime is not None
+
+    def info(spec: Any) -> dict[str, Any]:
+        return {
+            "dtype": tf_dtype_name(spec.dtype),
+            "tensor_shape": {
+                "dim": [{"size": str(d), "name": ""} for d in spec.shape],
+                "unknown_rank": False,
+            },
+            "name": spec.name,
+        }
+
+    return {
+        "signature_def": {
+            DEFAULT_SIGNATURE: {
+                "inputs": {spec.name: info(spec) for spec in mv.runtime.inputs},
+                "outputs": {spec.name: info(spec) for spec in mv.runtime.outputs},
+                "method_name": PREDICT_METHOD,
+            }
+        }
+    }
+
+
+def _v2_tensors(specs: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "datatype": v2_datatype(s.dtype), "shape": list(s.shape)} for s in specs
+    ]
+
+
+PREDICT_EXAMPLE = {"instances": [[[[0]] * 28] * 28]}
+
+
+def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
+    """The HTTP app over ``dataplane``."""
+    app = FastAPI(
+        title="convnet-serving gateway",
+        version="0.1.0",
+        description='TF Serving REST and KServe V2 over ONNX Runtime. Errors are `{"error": message}`.',
+    )
+    router = APIRouter(route_class=ServingRoute)
+    dp = dataplane
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _json(
+            {"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code
+        )
+
+    # --- TF Serving REST ------------------------------------------------------------------
+    async def status(name: str, version: str | None = None, label: str | None = None) -> Response:
+        versions = dp.statuses(name, _version(version), label)
+        return _json({"model_version_status": [version_status_json(mv) for mv in versions]})
+
+    async def metadata(name: str, version: str | None = None, label: str | None = None) -> Response:
+        mv = dp.resolve(name, _version(version), label)
+        return _json(
+            {
+                "model_spec": {"name": name, "signature_name": "", "version": str(mv.version)},
+                "metadata": {"signature_def": signature_def_json(mv)},
+            }
+        )
+
+    async def predict(
+        request: Request, name: str, version: str | None = None, label: str | None = None
+    ) -> Response:
+        with dp.observe("rest", name) as record:
+            mv = dp.resolve(name, _version(version), label)
+            record.version = str(mv.version)
+            assert mv.runtime is not None
+            decoded = tfserving.decode_predict(await request.body(), mv.runtime.inputs)
+            outputs = await dp.predict(
+                mv,
+                decoded.inputs,
+                deadline=dp.deadline(_timeout(request)),
+                signature_name=decoded.signature_name,
+            )
+            return Response(tfserving.encode_predict(outputs, decoded.row_format), media_type=JSON)
+
+    async def classify_image(
+        request: Request,
+        name: str,
+        version: str | None = None,
+        label: str | None = None,
+        top_k: int | None = None,
+    ) -> Response:
+        with dp.observe("image", name) as record:
+            mv = dp.resolve(name, _version(version), label)
+            record.version = str(mv.version)
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                form = await request.form()
+                files = [value for value in form.values() if isinstance(value, UploadFile)]
+                if not files:
+                    raise InvalidArgument("multipart request has no file part")
+                image = await files[0].read()
+            else:
+                image = await request.body()
+            top = await dp.classify_image(
+                mv,
+                image,
+                top_k if top_k is not None else settings.image_top_k,
+                dp.deadline(_timeout(request)),
+            )
+            return _json(
+                {"model_spec": {"name": name, "version": str(mv.version)}, "predictions": top}
+            )
+
+    predict_doc = {
+        "requestBody": {"content": {JSON: {"example": PREDICT_EXAMPLE}}, "required": True}
+    }
+    image_doc = {
+        "requestBody": {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+        }
+    }
+    for suffix in ("", "/versions/{version}", "/labels/{label}"):
+        base = "/v1/models/{name}" + suffix
+        router.add_api_route(
+            base, status, methods=["GET"], tags=["TF Serving"], summary="Model status"
+        )
+        router.add_api_route(
+            base + "/metadata", metadata, methods=["GET"], tags=["TF Serving"], summary="Signature"
+        )
+        router.add_api_route(base + ":predict", predict, methods=["POST"], tags=["TF Serving"],
+                             summary="Predict (row or columnar)", openapi_extra=predict_doc)  # fmt: skip
+        router.add_api_route(base + ":classify_image", classify_image, methods=["POST"], tags=["Image"],
+                             summary="Top-k labels for one PNG/JPEG", openapi_extra=image_doc)  # fmt: skip
+
+    # --- KServe V2 ------------------------------------------------------------------------
+    async def server_metadata() -> Response:
+        return _json(
+            {"name": "convnet-serving", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+        )
+
+    async def live() -> Response:
+        return _json({"live": True})
+
+    async def ready() -> Response:
+        is_ready = dp.ready()
+        return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        try:
+            dp.resolve(name, _version(version))
+        except ServingError as exc:
+            if exc.status != "UNAVAILABLE":
+                raise
+            return _json({"name": name, "ready": False}, 503)
+        return _json({"name": name, "ready": True})
+
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        mv = dp.resolve(name, _version(version))
+        assert mv.runtime is not None
+        entry = dp.repository.entry(name)
+        return _json(
+            {
+                "name": name,
+                "versions": [str(v.version) for v in entry.available()],
+                "platform": "onnxruntime_onnx",
+                "inputs": _v2_tensors(mv.runtime.inputs),
+                "outputs": _v2_tensors(mv.runtime.outputs),
+            }
+        )
+
+    async def infer(request: Request, name: str, version: str | None = None) -> Response:
+        with dp.observe("v2", name) as record:
+            mv = dp.resolve(name, _version(version))
+            record.version = str(mv.version)
+            decoded = v2.decode_infer(await request.body(), request.headers.get(v2.HEADER_LENGTH))
+            outputs = await dp.predict(
+                mv,
+                decoded.inputs,
+                deadline=dp.deadline(_timeout(request)),
+                output_filter=decoded.outputs,
+            )
+            body, header_length = v2.encode_infer(name, mv.version, outputs, decoded)
+            if header_length is None:
+                return Response(body, media_type=JSON)
+            return Response(
+                body,
+                media_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(header_length)},
+            )
+
+    router.add_api_route("/v2", server_metadata, methods=["GET"], tags=["KServe V2"])
+    router.add_api_route("/v2/health/live", live, methods=["GET"], tags=["KServe V2"])
+    router.add_api_route("/v2/health/ready", ready, methods=["GET"], tags=["KServe V2"])
+    for suffix in ("", "/versions/{version}"):
+        base = "/v2/models/{name}" + suffix
+        router.add_api_route(base, model_metadata, methods=["GET"], tags=["KServe V2"])
+        router.add_api_route(base + "/ready", model_ready, methods=["GET"], tags=["KServe V2"])
+        router.add_api_route(base + "/infer", infer, methods=["POST"], tags=["KServe V2"])
+
+    # --- operations -----------------------------------------------------------------------
+    async def metrics() -> Response:
+        return Response(dp.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    router.add_api_route("/metrics", metrics, methods=["GET"], tags=["Operations"])
+    app.include_router(router)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        api_keys=settings.api_keys,
+        exempt_health=settings.auth_exempt_health,
+    )
+    return app

@@ -1,0 +1,94 @@
+"""Pure ASGI middleware (no per-request task like BaseHTTPMiddleware): body limit and API keys."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from serving.errors import PayloadTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: paths that need no API key when ``auth_exempt_health`` is on (probes and scrapers).
+EXEMPT_PREFIXES = ("/v2/health/", "/metrics")
+
+
+def key_matches(candidate: str, keys: list[bytes]) -> bool:
+    """Constant-time comparison against every key (no early exit that would leak which matched)."""
+    given = candidate.encode()
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key)
+    return matched
+
+
+class GatewayMiddleware:
+    """Rejects bodies over ``max_body_bytes`` (413) and requests without a valid API key (401)."""
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, api_keys: list[str], exempt_health: bool
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.keys = [key.encode() for key in api_keys]
+        self.exempt = EXEMPT_PREFIXES if exempt_health else ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if self.keys and not scope["path"].startswith(self.exempt):
+            token = headers.get(b"x-api-key", b"").decode("latin-1")
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            if auth.lower().startswith("bearer "):
+                token = auth[7:].strip()
+            if not token or not key_matches(token, self.keys):
+                await _reply(send, 401, "missing or invalid API key (Authorization: Bearer <key> or x-api-key)",
+                             [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                return
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            await _reply(
+                send,
+                413,
+                f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} bytes",
+            )
+            return
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            receive = self._counting(receive)
+        await self.app(scope, receive, send)
+
+    def _counting(self, receive: Receive) -> Receive:
+        """For chunked bodies (no Content-Length): count while reading, fail past the limit."""
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"request body exceeds the limit of {self.max_body_bytes} bytes"
+                )
+            return message
+
+        return counted
+
+
+async def _reply(
+    send: Send, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send(
+        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,5 @@
+"""Model runtimes: numpy in, numpy out. ``base.ModelRuntime`` is the interface."""
+
+from serving.runtimes.base import ModelRuntime, TensorSpec
+
+__all__ = ["ModelRuntime", "TensorSpec"]

@@ -1,0 +1,53 @@
+"""The runtime interface: load a model, describe its tensors, predict on numpy dicts.
+
+A runtime is synchronous and blocking; the batcher calls ``predict`` from a worker thread, never on
+the event loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and shape of one model input or output (-1 = any size)."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    def describe_shape(self) -> str:
+        """Shape as ``[-1, 28, 28, 1]`` for error messages."""
+        return "[" + ", ".join(str(dim) for dim in self.shape) + "]"
+
+
+class ModelRuntime(abc.ABC):
+    """One loaded model version."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    #: where compute runs, e.g. "CUDAExecutionProvider"; reported in logs, status and metrics.
+    provider: str = "unknown"
+
+    @abc.abstractmethod
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model on a batch; inputs are already validated against ``self.inputs``."""
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run zero-filled batches once so the first real request does not pay for setup."""
+        for batch in batch_sizes:
+            feeds = {
+                spec.name: np.zeros(
+                    (batch, *[dim if dim > 0 else 1 for dim in spec.shape[1:]]), dtype=spec.dtype
+                )
+                for spec in self.inputs
+            }
+            self.predict(feeds)
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free memory on GC
+        """Release resources (sessions, GPU memory)."""

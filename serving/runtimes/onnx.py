@@ -1,0 +1,212 @@
+"""ONNX Runtime: provider choice, session options, IO binding on GPUs, warmup.
+
+Provider choice: TensorRT, CUDA, CPU in that order as installed and allowed; the provider that is
+really active is read from ``session.get_providers()`` after creation, because onnxruntime-gpu
+lists CUDA and TensorRT as available even where their libraries cannot load (it then falls back to
+CPU with an error log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.runtimes.base import ModelRuntime, TensorSpec
+
+log = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+GPU_PROVIDERS = (TENSORRT, CUDA)
+
+# GPU providers that really came up in this process: None until the first session tells us. Later
+# sessions only ask for these, so a GPU-less host pays for (and logs) the failed attempt once.
+_working_gpu_providers: set[str] | None = None
+_probe_lock = threading.Lock()
+
+# ONNX Runtime's type strings -> numpy, for building TensorSpecs from session metadata.
+_ORT_TYPES: dict[str, np.dtype[Any]] = {
+    f"tensor({name})": np.dtype(np_type)
+    for name, np_type in {
+        "float": np.float32,
+        "float16": np.float16,
+        "double": np.float64,
+        "int8": np.int8,
+        "int16": np.int16,
+        "int32": np.int32,
+        "int64": np.int64,
+        "uint8": np.uint8,
+        "uint16": np.uint16,
+        "uint32": np.uint32,
+        "uint64": np.uint64,
+        "bool": np.bool_,
+        "string": np.object_,
+    }.items()
+}
+
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """Session and provider options (a subset of the gateway settings)."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    tensorrt: bool = True
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    allow_spinning: bool = False
+    graph_optimization: str = "all"
+    cuda_prefer_nhwc: bool = True
+    gpu_mem_limit_mb: int = 0
+    cuda_graph: bool = False
+    device_id: int = 0
+
+
+def _spec(node: Any) -> TensorSpec:
+    dtype = _ORT_TYPES.get(node.type)
+    if dtype is None:
+        raise ValueError(f"tensor {node.name!r} has unsupported type {node.type}")
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in node.shape)
+    return TensorSpec(node.name, dtype, shape)
+
+
+def candidate_providers(options: OnnxOptions) -> list[tuple[str, dict[str, Any]]]:
+    """Providers to ask for, best first, with their options; CPU always last."""
+    available = set(ort.get_available_providers())
+    if _working_gpu_providers is not None:
+        available &= _working_gpu_providers | {CPU}
+    wanted: list[tuple[str, dict[str, Any]]] = []
+    if options.device != "cpu":
+        cuda_options: dict[str, Any] = {
+            "device_id": options.device_id,
+            "prefer_nhwc": "1" if options.cuda_prefer_nhwc else "0",
+        }
+        if options.gpu_mem_limit_mb > 0:
+            cuda_options["gpu_mem_limit"] = options.gpu_mem_limit_mb * 1024 * 1024
+            cuda_options["arena_extend_strategy"] = "kSameAsRequested"
+        if options.cuda_graph:
+            cuda_options["enable_cuda_graph"] = "1"
+        if options.tensorrt and TENSORRT in available and not options.cuda_graph:
+            wanted.append(
+                (
+                    TENSORRT,
+                    {
+                        "device_id": options.device_id,
+                        "trt_fp16_enable": options.precision == "fp16",
+                    },
+                )
+            )
+        if CUDA in available:
+            wanted.append((CUDA, cuda_options))
+    wanted.append((CPU, {}))
+    return wanted
+
+
+def session_options(options: OnnxOptions) -> ort.SessionOptions:
+    """SessionOptions from the settings; spinning off by default (see ARCHITECTURE's traps)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
+    so.intra_op_num_threads = options.intra_op_threads
+    so.inter_op_num_threads = options.inter_op_threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    spinning = "1" if options.allow_spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    so.log_severity_level = 3  # provider fallback errors are reported by us, once, as a warning
+    return so
+
+
+class OnnxRuntime(ModelRuntime):
+    """An ONNX model version on the best provider that really loads."""
+
+    def __init__(self, version_dir: str | Path, options: OnnxOptions | None = None) -> None:
+        self.options = options or OnnxOptions()
+        version_dir = Path(version_dir)
+        fp32_path = version_dir / "model.onnx"
+        fp16_path = version_dir / "model.fp16.onnx"
+        providers = candidate_providers(self.options)
+        use_fp16 = self.options.precision == "fp16" and fp16_path.exists() and len(providers) > 1
+        self.session = self._create(fp16_path if use_fp16 else fp32_path, providers)
+        self.provider = self.session.get_providers()[0]
+        if use_fp16 and self.provider not in GPU_PROVIDERS:
+            # fp16 kernels on a CPU are slower than fp32; the GPU did not come up, so use fp32.
+            self.session = self._create(fp32_path, [(CPU, {})])
+            self.provider = CPU
+            use_fp16 = False
+        if self.options.device == "cuda" and self.provider not in GPU_PROVIDERS:
+            raise RuntimeError(f"device=cuda but ONNX Runtime came up on {self.provider}")
+        self.model_file = fp16_path if use_fp16 else fp32_path
+        self.inputs = [_spec(node) for node in self.session.get_inputs()]
+        self.outputs = [_spec(node) for node in self.session.get_outputs()]
+        self._output_names = [spec.name for spec in self.outputs]
+        self._on_gpu = self.provider in GPU_PROVIDERS
+
+    def _create(
+        self, path: Path, providers: list[tuple[str, dict[str, Any]]]
+    ) -> ort.InferenceSession:
+        global _working_gpu_providers
+        asks_gpu = any(name in GPU_PROVIDERS for name, _ in providers)
+        if not asks_gpu or _working_gpu_providers is not None:
+            return self._session(path, providers)
+        with _probe_lock:
+            # First GPU attempt in this process: silence ONNX Runtime's fallback noise (C++ error
+            # logs and Python prints) and remember what really loaded.
+            ort.set_default_logger_severity(4)
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    session = self._session(path, providers)
+            finally:
+                ort.set_default_logger_severity(2)
+            active = session.get_providers()
+            _working_gpu_providers = {name for name in active if name in GPU_PROVIDERS}
+            failed = [name for name, _ in providers if name in GPU_PROVIDERS and name not in active]
+            if failed:
+                log.warning("ONNX Runtime lists %s but they did not load here", ", ".join(failed))
+            return session
+
+    def _session(
+        self, path: Path, providers: list[tuple[str, dict[str, Any]]]
+    ) -> ort.InferenceSession:
+        return ort.InferenceSession(
+            str(path),
+            sess_options=session_options(self.options),
+            providers=[name for name, _ in providers],
+            provider_options=[opts for _, opts in providers],
+        )
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch. On a GPU, IO binding lets outputs land in pinned host memory in one copy."""
+        if self._on_gpu:
+            return self._predict_io_binding(inputs)
+        results = self.session.run(self._output_names, inputs)
+        return dict(zip(self._output_names, results, strict=True))
+
+    def _predict_io_binding(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self._output_names:
+            binding.bind_output(name, "cuda", self.options.device_id)
+        self.session.run_with_iobinding(binding)
+        results = binding.copy_outputs_to_cpu()
+        return dict(zip(self._output_names, results, strict=True))
+
+    def close(self) -> None:
+        """Drop the session so its memory (host or GPU arena) is freed."""
+        self.__dict__.pop("session", None)

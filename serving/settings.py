@@ -1,0 +1,166 @@
+"""Typed gateway settings: environment variables with the ``SERVING_`` prefix, CLI overrides.
+
+Every field documents itself; ``python -m serving --help`` is generated from these descriptions, so
+an option cannot exist without help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+IntCommaList = Annotated[list[int], NoDecode]
+
+
+def _split_commas(value: Any) -> Any:
+    """Accept ``"a,b"`` from the environment or CLI as well as a real list."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class ServingSettings(BaseSettings):
+    """All gateway options. Environment: ``SERVING_<FIELD>``; CLI: ``--<field-with-dashes>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVING_", extra="ignore")
+
+    # --- where and how to listen -----------------------------------------------------------
+    repository: Path = Field(
+        Path("model_repository"), description="Model repository directory (one folder per model)."
+    )
+    host: str = Field("0.0.0.0", description="Address both servers bind to.")
+    http_port: int = Field(8501, description="REST port (TF Serving's default 8501; 0 = any free).")
+    grpc_port: int = Field(
+        8500, description="gRPC port (TF Serving's default 8500; 0 = any free; -1 = no gRPC)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    # --- compute ---------------------------------------------------------------------------
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto",
+        description="auto: TensorRT/CUDA when they really load, else CPU; cuda: require a GPU.",
+    )
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp32", description="fp16 loads model.fp16.onnx when a GPU provider is active."
+    )
+    tensorrt: bool = Field(True, description="Allow the TensorRT provider when it is available.")
+    intra_op_threads: int = Field(
+        1, description="ONNX Runtime intra-op threads per session (0 = one per core)."
+    )
+    inter_op_threads: int = Field(1, description="ONNX Runtime inter-op threads per session.")
+    allow_spinning: bool = Field(
+        False,
+        description="Let ONNX Runtime worker threads spin while idle (burns CPU on small hosts).",
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ONNX Runtime graph optimisation level."
+    )
+    cuda_prefer_nhwc: bool = Field(True, description="CUDA provider: prefer NHWC kernels.")
+    gpu_mem_limit_mb: int = Field(0, description="CUDA memory arena limit in MiB (0 = no limit).")
+    cuda_graph: bool = Field(
+        False, description="CUDA graphs (pads every batch to max_batch_size so shapes are fixed)."
+    )
+    max_concurrent_inferences: int = Field(
+        1, description="Concurrent ONNX Runtime executions per model version."
+    )
+    warmup: bool = Field(True, description="Run warmup inferences before a version is ready.")
+    # --- dynamic batching ------------------------------------------------------------------
+    batching: bool = Field(True, description="Dynamic batching (merge concurrent requests).")
+    max_batch_size: int = Field(32, description="Largest merged batch, in rows.")
+    batch_timeout_us: int = Field(
+        0,
+        description="How long a batch waits for more rows once compute is free (0 = take what is queued).",
+    )
+    preferred_batch_sizes: IntCommaList = Field(
+        default_factory=list, description="Comma list; a batch reaching one is dispatched at once."
+    )
+    max_queue_size: int = Field(
+        256, description="Queued requests per model before new ones get 429 RESOURCE_EXHAUSTED."
+    )
+    # --- limits ----------------------------------------------------------------------------
+    max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body (413 above).")
+    max_request_batch: int = Field(1024, description="Largest batch one request may carry.")
+    request_timeout_s: float = Field(
+        30.0,
+        description="Default deadline of a request (REST header x-request-timeout-ms overrides).",
+    )
+    drain_timeout_s: float = Field(
+        30.0, description="SIGTERM: how long in-flight requests may finish."
+    )
+    # --- repository ------------------------------------------------------------------------
+    model_config_file: Path | None = Field(
+        None,
+        description="TF Serving models.config (default: <repository>/models.config if present).",
+    )
+    version_policy: Literal["latest", "all", "specific"] = Field(
+        "latest", description="Versions to serve when models.config says nothing."
+    )
+    num_versions: int = Field(1, description="latest policy: how many newest versions to serve.")
+    versions: IntCommaList = Field(
+        default_factory=list, description="specific policy: comma list of versions."
+    )
+    labels: CommaList = Field(
+        default_factory=list,
+        description="Version labels, comma list of model:label=version (override models.config).",
+    )
+    poll_interval_s: float = Field(
+        5.0, description="Seconds between repository scans for new/removed versions (0 = off)."
+    )
+    # --- auth and extras -------------------------------------------------------------------
+    api_keys: CommaList = Field(
+        default_factory=list, description="Comma list of API keys; empty = no authentication."
+    )
+    auth_exempt_health: bool = Field(
+        True, description="Health, readiness and /metrics need no API key."
+    )
+    image_top_k: int = Field(5, description="Default number of labels the image endpoint returns.")
+
+    _split = field_validator(
+        "preferred_batch_sizes", "versions", "labels", "api_keys", mode="before"
+    )(_split_commas)
+
+    def label_map(self) -> dict[str, dict[str, int]]:
+        """Parse ``labels`` into ``{model: {label: version}}``."""
+        result: dict[str, dict[str, int]] = {}
+        for entry in self.labels:
+            try:
+                model, rest = entry.split(":", 1)
+                label, version = rest.split("=", 1)
+                result.setdefault(model, {})[label] = int(version)
+            except ValueError as exc:
+                raise ValueError(f"label {entry!r} is not model:label=version") from exc
+        return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one option per settings field, help taken from the field."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving",
+        description="FastAPI + ONNX Runtime gateway speaking TF Serving REST/gRPC and KServe V2. "
+        "Every option can also be set as SERVING_<OPTION> in the environment.",
+    )
+    for name, field in ServingSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = f"SERVING_{name.upper()}"
+        default = field.get_default(call_default_factory=True)
+        help_text = f"{field.description} [env {env}; default {default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                help=help_text,
+            )  # fmt: skip
+        else:
+            parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def settings_from_args(argv: list[str] | None = None) -> ServingSettings:
+    """Settings from the environment, with the CLI options given in ``argv`` taking precedence."""
+    args = build_parser().parse_args(argv)
+    return ServingSettings(**vars(args))
