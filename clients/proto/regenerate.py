@@ -6,8 +6,10 @@ Public API:
 - ``generate(out_dir)``: run grpcio-tools' protoc, writing ``clients/proto/*_pb2.py[i]`` under
   ``out_dir`` (the repository root regenerates in place; a temporary directory lets a test compare).
 
-Run ``python -m clients.proto.regenerate`` (or ``make proto``). grpcio-tools is a dev dependency;
-nothing in the client imports this module.
+Run ``python -m clients.proto.regenerate [OUT_DIR]`` (``make proto`` regenerates in place).
+grpcio-tools is a dev dependency; nothing in the client imports this module. Run it in its own
+process where TensorFlow is loaded: grpcio-tools' in-process protoc and TensorFlow's bundled
+protobuf library crash together (segmentation fault).
 """
 
 from __future__ import annotations
@@ -40,5 +42,6 @@ def generate(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(REPO_ROOT)
-    print(f"regenerated {len(PROTO_FILES)} proto modules under {PROTO_DIR}", file=sys.stderr)
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO_ROOT
+    generate(out)
+    print(f"generated {len(PROTO_FILES)} proto modules under {out}", file=sys.stderr)

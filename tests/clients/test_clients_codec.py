@@ -1,0 +1,177 @@
+"""The dtype table, the TensorProto codec, the V2 binary helpers and the status table."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from clients import codec, v2, wire
+from clients.errors import (
+    EXCEPTION_FOR_STATUS,
+    InternalError,
+    InvalidInput,
+    ModelNotFound,
+    ServerBusy,
+    Status,
+    Unavailable,
+    error_for_grpc,
+    error_for_http,
+)
+
+ROUND_TRIP_DTYPES = [
+    np.uint8, np.uint16, np.uint32, np.uint64, np.int8, np.int16, np.int32, np.int64,
+    np.float16, np.float32, np.float64, np.bool_, np.complex64, np.complex128,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ROUND_TRIP_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_numeric_tensors_round_trip_as_tensor_content(dtype: type) -> None:
+    array = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
+    proto = codec.ndarray_to_tensor_proto(array)
+    assert proto.tensor_content == array.tobytes()
+    assert not proto.float_val and not proto.int_val  # no per-element lists
+    assert [d.size for d in proto.tensor_shape.dim] == [2, 3, 4]
+    decoded = codec.tensor_proto_to_ndarray(proto)
+    assert decoded.dtype == array.dtype
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_decoding_tensor_content_does_not_copy_again() -> None:
+    proto = codec.ndarray_to_tensor_proto(np.ones((64, 28, 28, 1), np.uint8))
+    decoded = codec.tensor_proto_to_ndarray(proto)
+    assert not decoded.flags.writeable and not decoded.flags.owndata  # a view on the bytes
+
+
+def test_non_contiguous_and_big_endian_arrays_encode_as_their_values() -> None:
+    base = np.arange(12, dtype=np.int32).reshape(3, 4)
+    for array in (base.T, base.astype(">i4"), base[:, ::2]):
+        decoded = codec.tensor_proto_to_ndarray(codec.ndarray_to_tensor_proto(array))
+        np.testing.assert_array_equal(decoded, array)
+
+
+def test_strings_travel_as_string_val_and_decode_to_bytes() -> None:
+    proto = codec.ndarray_to_tensor_proto(np.array([["a", "bc"], ["é", ""]]))
+    assert list(proto.string_val) == [b"a", b"bc", "é".encode(), b""]
+    assert proto.dtype == wire.DataType.DT_STRING and not proto.tensor_content
+    decoded = codec.tensor_proto_to_ndarray(proto)
+    assert decoded.dtype == object and decoded.shape == (2, 2)
+    assert decoded[1, 0] == "é".encode()
+
+
+def test_typed_value_fields_decode_and_short_lists_fill() -> None:
+    shape = wire.TensorShapeProto(
+        dim=[wire.TensorShapeProto.Dim(size=2), wire.TensorShapeProto.Dim(size=2)]
+    )
+    cases = [
+        (wire.TensorProto(dtype=wire.DataType.DT_FLOAT, tensor_shape=shape, float_val=[1, 2, 3, 4]), [[1, 2], [3, 4]]),
+        (wire.TensorProto(dtype=wire.DataType.DT_INT64, tensor_shape=shape, int64_val=[7]), [[7, 7], [7, 7]]),
+        (wire.TensorProto(dtype=wire.DataType.DT_UINT8, tensor_shape=shape, int_val=[1, 2]), [[1, 2], [2, 2]]),
+        (wire.TensorProto(dtype=wire.DataType.DT_BOOL, tensor_shape=shape, bool_val=[True, False, True, True]), [[1, 0], [1, 1]]),
+        (wire.TensorProto(dtype=wire.DataType.DT_HALF, tensor_shape=shape, half_val=[0x3C00]), [[1, 1], [1, 1]]),
+        (wire.TensorProto(dtype=wire.DataType.DT_DOUBLE, tensor_shape=shape), [[0, 0], [0, 0]]),
+    ]  # fmt: skip
+    for proto, expected in cases:
+        decoded = codec.tensor_proto_to_ndarray(proto)
+        assert decoded.dtype == codec.numpy_dtype(proto.dtype)
+        np.testing.assert_array_equal(decoded, np.array(expected))
+
+
+def test_malformed_tensors_are_rejected() -> None:
+    proto = codec.ndarray_to_tensor_proto(np.ones((2, 2), np.float32))
+    proto.tensor_content = proto.tensor_content[:-1]
+    with pytest.raises(ValueError, match="bytes"):
+        codec.tensor_proto_to_ndarray(proto)
+    with pytest.raises(TypeError):
+        codec.tensor_proto_to_ndarray(wire.TensorProto(dtype=wire.DataType.DT_RESOURCE))
+    with pytest.raises(TypeError):
+        codec.ndarray_to_tensor_proto(np.array(["2026-11-26"], dtype="datetime64[D]"))
+
+
+def test_the_dtype_table_maps_both_ways() -> None:
+    for entry in codec.DTYPES:
+        assert codec.numpy_dtype(entry.tf) == entry.numpy
+        assert codec.tf_dtype(entry.numpy) == entry.tf
+        assert codec.numpy_dtype_from_tf_name(entry.tf_name) == entry.numpy
+        if entry.v2 is not None:
+            assert codec.numpy_dtype_from_v2(entry.v2) == entry.numpy
+            assert codec.v2_datatype(entry.numpy) == entry.v2
+    assert codec.tf_dtype_name(np.float32) == "DT_FLOAT"
+    assert codec.v2_datatype(np.dtype("U3")) == "BYTES"
+
+
+def test_v2_binary_body_layout_follows_the_extension() -> None:
+    image = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+    words = np.array([b"ab", b""], dtype=object)
+    body, headers = v2.encode_tensors("inputs", {"image": image, "words": words})
+    header_length = int(headers[v2.HEADER_LENGTH])
+    header = json.loads(body[:header_length])
+    assert header["inputs"] == [
+        {
+            "name": "image",
+            "shape": [1, 2, 3],
+            "datatype": "UINT8",
+            "parameters": {"binary_data_size": 6},
+        },
+        {
+            "name": "words",
+            "shape": [2],
+            "datatype": "BYTES",
+            "parameters": {"binary_data_size": 10},
+        },
+    ]
+    assert body[header_length:] == image.tobytes() + struct.pack("<I", 2) + b"ab" + struct.pack(
+        "<I", 0
+    )
+    decoded, _ = v2.decode_tensors("inputs", body, header_length)
+    np.testing.assert_array_equal(decoded["image"], image)
+    assert list(decoded["words"]) == [b"ab", b""]
+
+
+def test_v2_json_bodies_decode_with_nested_or_flat_data() -> None:
+    body = json.dumps(
+        {"outputs": [
+            {"name": "p", "shape": [2, 2], "datatype": "FP32", "data": [[0.5, 0.5], [1, 0]]},
+            {"name": "s", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
+        ]}
+    ).encode()  # fmt: skip
+    decoded, _ = v2.decode_tensors("outputs", body)
+    assert decoded["p"].dtype == np.float32 and decoded["p"].shape == (2, 2)
+    assert decoded["s"][0] == b"hi"
+    encoded, headers = v2.encode_tensors("outputs", {"p": decoded["p"]}, binary=False)
+    assert headers == {"Content-Type": "application/json"}
+    assert json.loads(encoded)["outputs"][0]["data"] == [0.5, 0.5, 1.0, 0.0]
+    with pytest.raises(ValueError):
+        v2.decode_tensors("outputs", body[:10] + b"x", 5)
+
+
+def test_status_table_matches_tf_serving_http_mapping() -> None:
+    expected = {
+        Status.INVALID_ARGUMENT: (400, 3), Status.NOT_FOUND: (404, 5),
+        Status.RESOURCE_EXHAUSTED: (429, 8), Status.UNAVAILABLE: (503, 14),
+        Status.DEADLINE_EXCEEDED: (504, 4), Status.UNAUTHENTICATED: (401, 16),
+        Status.INTERNAL: (500, 13), Status.UNIMPLEMENTED: (501, 12),
+    }  # fmt: skip
+    for status, (http_status, grpc_code) in expected.items():
+        assert (status.http_status, status.grpc_code) == (http_status, grpc_code)
+        assert Status.from_http_status(http_status) is status
+        assert Status.from_grpc_code(grpc_code) is status
+    assert Status.from_http_status(502) is Status.UNAVAILABLE
+    assert {s for s in Status if s.retryable} == {Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED}
+    assert set(EXCEPTION_FOR_STATUS) == set(Status) - {Status.OK}
+
+
+def test_http_and_grpc_failures_decode_to_the_same_exception() -> None:
+    pairs = [
+        (error_for_http(404, '{"error": "Servable not found"}'), error_for_grpc(5, "Servable not found"), ModelNotFound),
+        (error_for_http(400, '{"detail": "bad"}'), error_for_grpc(3, "bad"), InvalidInput),
+        (error_for_http(429, "busy"), error_for_grpc(8, "busy"), ServerBusy),
+        (error_for_http(503, ""), error_for_grpc(14, None), Unavailable),
+        (error_for_http(500, "<html>"), error_for_grpc(13, "<html>"), InternalError),
+    ]  # fmt: skip
+    for over_http, over_grpc, exception in pairs:
+        assert type(over_http) is type(over_grpc) is exception
+        assert over_http.status is over_grpc.status
+    assert error_for_http(404, '{"error": "Servable not found"}').message == "Servable not found"
