@@ -1,0 +1,60 @@
+"""Fixtures for gateway tests: tiny deterministic repositories and running gateways."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, Path(__file__).parent):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from serving_harness import RunningGateway, gateway_settings  # noqa: E402
+
+from tests.tiny_models import (  # noqa: E402
+    linear_classifier,
+    write_models_config,
+    write_version,
+)
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny`` versions 1 and 2 (different weights), labels stable=1 and canary=2, all served."""
+    root = tmp_path_factory.mktemp("repo")
+    for version in (1, 2):
+        write_version(root, MODEL, version, linear_classifier(seed=version))
+    write_models_config(
+        root, [MODEL], labels={MODEL: {"stable": 1, "canary": 2}}, policies={MODEL: "all {}"}
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_repo: Path) -> Iterator[RunningGateway]:
+    """One running gateway over ``tiny_repo`` shared by a test module."""
+    running = RunningGateway(gateway_settings(tiny_repo)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Callable[..., RunningGateway]]:
+    """Factory: ``start_gateway(repo, **settings)``; every gateway is stopped at teardown."""
+    started: list[RunningGateway] = []
+
+    def start(repository: Path, **overrides: Any) -> RunningGateway:
+        running = RunningGateway(gateway_settings(repository, **overrides)).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

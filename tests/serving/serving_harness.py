@@ -1,0 +1,97 @@
+"""Run a real gateway (HTTP + gRPC on 127.0.0.1, port 0) in a background thread for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from serving.gateway import Gateway
+from serving.settings import ServingSettings
+
+
+def gateway_settings(repository: Path, **overrides: Any) -> ServingSettings:
+    """Settings for a test gateway: loopback, any free ports, CPU, no background polling."""
+    values: dict[str, Any] = {
+        "repository": repository,
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "grpc_port": 0,
+        "device": "cpu",
+        "poll_interval_s": 0,
+        "log_level": "warning",
+        "drain_timeout_s": 10,
+    }
+    values.update(overrides)
+    return ServingSettings(**values)
+
+
+class RunningGateway:
+    """A started Gateway whose event loop runs in its own thread."""
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self.settings = settings
+        self.gateway: Gateway | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> RunningGateway:
+        """Start and return once both ports are open (raises what start() raised)."""
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self.loop = loop
+            self.gateway = Gateway(self.settings)
+            try:
+                loop.run_until_complete(self.gateway.start())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="gateway", daemon=True)
+        self._thread.start()
+        started.wait(60)
+        if failure:
+            raise failure[0]
+        return self
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        """Run a coroutine on the gateway's loop (e.g. ``repository.sync()``)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        """Graceful stop, then end the loop thread."""
+        if self.loop is None or self.gateway is None or self._thread is None:
+            return
+        if self._thread.is_alive():
+            self.run(self.gateway.stop())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(30)
+
+    @property
+    def http_url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        assert self.gateway is not None
+        return f"http://127.0.0.1:{self.gateway.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``127.0.0.1:<port>``."""
+        assert self.gateway is not None
+        return f"127.0.0.1:{self.gateway.grpc_port}"
+
+    def metrics_text(self) -> str:
+        """The Prometheus exposition, read in-process."""
+        assert self.gateway is not None
+        return self.gateway.metrics.render().decode()

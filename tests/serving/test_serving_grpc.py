@@ -1,0 +1,107 @@
+"""TF Serving gRPC compatibility: the stock tensorflow-serving-api stubs call the gateway, and
+our own client works over every transport."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serving_harness import RunningGateway
+
+from tests.tiny_models import reference_predict, sample_images
+
+MODEL = "tiny"
+
+
+def reference(repo: Path, version: int, images: np.ndarray) -> np.ndarray:
+    return reference_predict(repo / MODEL / str(version) / "model.onnx", images)
+
+
+@pytest.fixture(scope="module")
+def channel(gateway: RunningGateway) -> grpc.Channel:
+    with grpc.insecure_channel(gateway.grpc_target) as chan:
+        yield chan
+
+
+def test_stock_stubs_predict_metadata_status(channel: grpc.Channel, tiny_repo: Path) -> None:
+    tf = pytest.importorskip("tensorflow")
+    from tensorflow_serving.apis import (
+        get_model_metadata_pb2,
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    images = sample_images(4, seed=11)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images))
+    response = stub.Predict(request, timeout=10)
+    probabilities = tf.make_ndarray(response.outputs["probabilities"])
+    np.testing.assert_allclose(probabilities, reference(tiny_repo, 2, images), rtol=1e-6)
+    assert response.model_spec.version.value == 2
+
+    # Version by label and by number; output_filter.
+    request.model_spec.version_label = "stable"
+    request.output_filter.append("probabilities")
+    response = stub.Predict(request, timeout=10)
+    assert response.model_spec.version.value == 1
+    np.testing.assert_allclose(
+        tf.make_ndarray(response.outputs["probabilities"]), reference(tiny_repo, 1, images), rtol=1e-6
+    )
+    request.model_spec.version.value = 2
+    assert stub.Predict(request, timeout=10).model_spec.version.value == 2
+
+    meta_request = get_model_metadata_pb2.GetModelMetadataRequest()
+    meta_request.model_spec.name = MODEL
+    meta_request.metadata_field.append("signature_def")
+    meta = stub.GetModelMetadata(meta_request, timeout=10)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert meta.metadata["signature_def"].Unpack(signatures)
+    signature = signatures.signature_def["serving_default"]
+    assert signature.inputs["image"].dtype == tf.uint8.as_datatype_enum
+    assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [-1, 28, 28, 1]
+    assert signature.method_name == "tensorflow/serving/predict"
+
+    status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = MODEL
+    status = status_stub.GetModelStatus(status_request, timeout=10)
+    assert sorted((s.version, s.state) for s in status.model_version_status) == [(1, 30), (2, 30)]
+
+    # Errors carry TF Serving's codes.
+    request.model_spec.name = "missing"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Predict(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "model 'missing' not found" in caught.value.details()
+
+
+def test_grpc_health_service(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tensorflow.serving.PredictionService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("transport", ["rest", "v2", "grpc"])
+def test_our_client_over_every_transport(gateway: RunningGateway, tiny_repo: Path, transport: str) -> None:
+    from clients import Client
+
+    target = f"grpc://{gateway.grpc_target}" if transport == "grpc" else gateway.http_url
+    protocol = "v2" if transport == "v2" else None
+    images = sample_images(3, seed=12)
+    with Client(target, protocol=protocol, timeout=10) as client:
+        probabilities = client.predict(MODEL, images, version=1)
+        np.testing.assert_allclose(np.asarray(probabilities), reference(tiny_repo, 1, images), rtol=1e-6)
+        assert client.ready(MODEL)
+        assert any(state.available for state in client.status(MODEL))
+        top = client.classify(MODEL, list(images[:1]), top_k=2)
+        expected = reference(tiny_repo, 2, images[:1])[0]
+        assert top[0][0][1] == pytest.approx(float(expected.max()), rel=1e-5)
