@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-images", type=int, default=1024, help="test images cycled through")
     run.add_argument(
         "--image-path",
-        default="/v1/models/{model}:classify",
+        default="/v1/models/{model}{suffix}:classify_image?top_k=1",
         help="image endpoint path template ({model}, {suffix})",
     )
     run.add_argument("--max-accuracy-drop", type=float, default=0.01)

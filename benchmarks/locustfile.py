@@ -43,6 +43,7 @@ from clients.codec import tensor_proto_to_ndarray  # noqa: E402
 from clients.wire import PREDICT_METHOD, PredictResponse, build_predict_request  # noqa: E402
 
 CONFIG_ENV = "BENCH_CONFIG"
+IMAGE_PATH = "/v1/models/{model}{suffix}:classify_image?top_k=1"
 
 
 def load_config() -> dict[str, Any]:
@@ -316,48 +317,32 @@ class V2User(_HttpModelUser):
 
 
 class ImageUser(_HttpModelUser):
-    """The gateway's image endpoint: encoded PNG files, one request per image batch."""
+    """The gateway's image endpoint: one PNG file per request, the top-1 answer checked."""
 
     def on_start(self) -> None:
         config = load_config()
-        template = config.get("image_path", "/v1/models/{model}:classify")
+        template = config.get("image_path", IMAGE_PATH)
         self.url = template.format(model=config["model"], suffix=model_path_suffix(config))
-        self.request_name = f"image:{config['model']}"
-        self.field = config.get("image_field", "file")
-        self.boundary = "convnetservingbenchmarkboundary"
-        self.headers = {"Content-Type": f"multipart/form-data; boundary={self.boundary}"}
+        self.request_name = f"image:{config['model']}:classify_image"
+        self.headers = {"Content-Type": "image/png"}
         self.start_cycle(payloads("image", self.encode))
 
     def encode(self, batch: np.ndarray) -> bytes:
         from PIL import Image
 
-        parts = []
-        for i, image in enumerate(batch):
-            buffer = io.BytesIO()
-            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
-                buffer, format="PNG"
-            )
-            parts.append(
-                f'--{self.boundary}\r\nContent-Disposition: form-data; name="{self.field}";'
-                f' filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
-                + buffer.getvalue()
-                + b"\r\n"
-            )
-        return b"".join(parts) + f"--{self.boundary}--\r\n".encode()
+        if len(batch) != 1:
+            raise ValueError("the image endpoint takes one image per request")
+        image = batch[0]
+        buffer = io.BytesIO()
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+        return buffer.getvalue()
 
     def parse(self, response: Any) -> np.ndarray:
-        answer = json.loads(response.content)
-        rows = answer.get("predictions", answer)
-        if isinstance(rows, dict):
-            rows = [rows]
-        # One row per image: class probabilities, or the top class index.
-        first = rows[0]
-        if isinstance(first, dict) and "probabilities" in first:
-            return np.asarray([row["probabilities"] for row in rows], np.float32)
-        if isinstance(first, dict) and "class_index" in first:
-            indices = np.asarray([row["class_index"] for row in rows])
-            return np.eye(len(workload().model_to_dataset), dtype=np.float32)[indices]
-        return np.asarray(rows, np.float32)
+        # {"predictions": [{"label", "index", "score"}, ...]}, best first, for the one image.
+        best = json.loads(response.content)["predictions"][0]
+        scores = np.zeros((1, len(workload().model_to_dataset)), np.float32)
+        scores[0, int(best["index"])] = 1.0
+        return scores
 
 
 # --------------------------------------------------------------------------- gRPC user
@@ -393,11 +378,12 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
 
 
 def grpc_address(host: str) -> str:
-    """``grpc://h:p``, ``http://h:p`` or ``h:p`` -> ``h:p``."""
-    for prefix in ("grpc://", "http://", "https://"):
-        if host.startswith(prefix):
-            return host[len(prefix) :].rstrip("/")
-    return host
+    """``grpc://h:p`` or ``h:p`` -> ``h:p``; ``http://h:8501`` -> ``h:8500`` (TF Serving's pair)."""
+    if host.startswith(("http://", "https://")):
+        address = host.split("://", 1)[1].rstrip("/")
+        hostname, _, port = address.rpartition(":")
+        return f"{hostname}:8500" if port == "8501" else address
+    return host.removeprefix("grpc://").rstrip("/")
 
 
 class GrpcUser(User, CheckedUser):
@@ -413,7 +399,7 @@ class GrpcUser(User, CheckedUser):
         self.version = config.get("version")
         self.label = config.get("label")
         channel = grpc.insecure_channel(
-            grpc_address(self.host or config["target"]),
+            config.get("grpc_target") or grpc_address(self.host or config["target"]),
             options=[
                 ("grpc.max_receive_message_length", 256 << 20),
                 ("grpc.max_send_message_length", 256 << 20),

@@ -76,8 +76,7 @@ class RunConfig:
     dataset: str = "mnist"
     num_images: int = 1024
     seed: int = 0
-    image_path: str = "/v1/models/{model}:classify"
-    image_field: str = "file"
+    image_path: str = "/v1/models/{model}{suffix}:classify_image?top_k=1"
     input_name: str = "image"
     output_name: str = "probabilities"
     ceiling_seconds: float = 1.0
@@ -97,6 +96,8 @@ class RunConfig:
                 f"payload format for {self.protocol} must be one of"
                 f" {', '.join(PAYLOAD_FORMATS[self.protocol])}"
             )
+        if self.protocol == "image" and self.images_per_request != 1:
+            raise ValueError("the image endpoint takes one image per request")
         if self.images_per_request < 1 or self.users < 1 or self.processes < 1:
             raise ValueError("users, processes and images per request must be at least 1")
 
@@ -371,7 +372,6 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
         "data_path": str(data_path.resolve()),
         "samples_dir": str(samples_dir.resolve()),
         "image_path": config.image_path,
-        "image_field": config.image_field,
         "input_name": config.input_name,
         "output_name": config.output_name,
     }
