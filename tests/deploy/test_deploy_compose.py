@@ -8,6 +8,7 @@ its `!reset` tags, and renders the final model, which the structural checks then
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,34 @@ def test_prometheus_scrapes_both_servers_where_they_listen(
         (target,) = jobs[name]["static_configs"][0]["targets"]
         host, port = target.split(":")
         assert host == name and int(port) in container_ports[name]
+
+
+def _serving_settings(
+    monkeypatch: pytest.MonkeyPatch, environment: dict[str, Any], argv: list[str]
+):
+    """What the gateway would run with: the real settings loader, env plus CLI."""
+    from serving.settings import ServingSettings, settings_from_args
+
+    fields = ServingSettings.model_fields
+    unknown = {k for k in environment if k.removeprefix("SERVING_").lower() not in fields}
+    assert not unknown, f"not gateway settings: {unknown}"
+    with monkeypatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("SERVING_")]:
+            patch.delenv(key)
+        for key, value in environment.items():
+            patch.setenv(key, value or "")
+        return settings_from_args(argv)
+
+
+def test_gateway_environment_is_real_settings(
+    monkeypatch: pytest.MonkeyPatch, gpu_model: dict[str, Any], cpu_model: dict[str, Any]
+):
+    """Every SERVING_* variable compose sets is a gateway setting and parses."""
+    gpu = gpu_model["services"]["gateway"]
+    settings = _serving_settings(monkeypatch, gpu["environment"], gpu.get("command") or [])
+    assert settings.device == "cuda" and str(settings.repository) == "/models"
+    assert settings.http_port == 8501 and settings.grpc_port == 8500
+    assert settings.api_keys == []
+    cpu = cpu_model["services"]["gateway"]
+    settings = _serving_settings(monkeypatch, cpu["environment"], cpu.get("command") or [])
+    assert settings.device == "cpu"

@@ -228,3 +228,20 @@ def test_locust_with_data_prepares_what_the_locustfile_reads(repo_root: Path, tm
     with np.load(config["data_path"]) as data:
         assert len(data["images"]) == 64
     assert Path(config["samples_dir"]).is_dir()
+
+
+@pytest.mark.parametrize("name", ["gateway", "gateway-cpu"])
+def test_gateway_image_environment_is_real_settings(name: str, repo_root: Path):
+    """The image configures the gateway through SERVING_* variables the settings really read."""
+    from serving.settings import ServingSettings
+
+    steps = final_stage(instructions(repo_root / DOCKERFILES[name]))
+    env_text = " ".join(rest for keyword, rest in steps if keyword == "ENV")
+    variables = dict(re.findall(r"(SERVING_\w+)=(\S+)", env_text))
+    assert {"SERVING_REPOSITORY", "SERVING_DEVICE"} <= set(variables)
+    settings = ServingSettings(
+        **{key.removeprefix("SERVING_").lower(): value for key, value in variables.items()}
+    )
+    assert str(settings.repository) == "/models"
+    assert settings.device == ("cpu" if name == "gateway-cpu" else "auto")
+    assert not [rest for keyword, rest in steps if keyword == "CMD"], "CMD would override the ENV"

@@ -202,3 +202,18 @@ def test_kserve_inference_services(documents: list[tuple[str, dict[str, Any]]]):
     gateway = find(documents, "InferenceService", "convnet-gateway")
     (container,) = gateway["spec"]["predictor"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def test_gateway_arguments_parse_with_the_gateway_cli(documents: list[tuple[str, dict[str, Any]]]):
+    """The Deployment's and KServe's gateway arguments are accepted by the real settings parser."""
+    from serving.settings import build_parser
+
+    deployment = find(documents, "Deployment", "gateway")
+    kserve = find(documents, "InferenceService", "convnet-gateway")
+    for container, port in (
+        (deployment["spec"]["template"]["spec"]["containers"][0], 8501),
+        (kserve["spec"]["predictor"]["containers"][0], 8080),
+    ):
+        args = build_parser().parse_args(container["args"])
+        assert int(args.http_port) == port and args.device == "cuda"
+        assert args.repository == container["volumeMounts"][0]["mountPath"]
