@@ -151,9 +151,10 @@ def test_trainer_entrypoint_passes_shellcheck(shellcheck: str, repo_root: Path):
 
 
 def _run_entrypoint(
-    repo_root: Path, repository: Path, bin_dir: Path
+    repo_root: Path, repository: Path, bin_dir: Path, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
+        **extra,
         "PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin",
         "REPOSITORY": str(repository),
         "TRAIN_EPOCHS": "2",
@@ -189,14 +190,26 @@ def test_trainer_skips_a_populated_repository(repo_root: Path, tmp_path: Path):
 
 def test_trainer_trains_an_empty_repository(repo_root: Path, tmp_path: Path):
     """It calls the training CLI with the documented arguments, then insists on a result."""
+    from training.__main__ import build_parser
+
     repository = tmp_path / "models"
     log = tmp_path / "calls.txt"
     _recording_python(tmp_path / "bin", log)
-    result = _run_entrypoint(repo_root, repository, tmp_path / "bin")
-    assert log.read_text().split() == [
+    result = _run_entrypoint(repo_root, repository, tmp_path / "bin", EXPORT_RESNET50="1")
+    train, export = (line.split() for line in log.read_text().splitlines())
+    assert train == [
         "-m", "training", "train", "--model", "lenet", "--dataset", "mnist",
         "--epochs", "2", "--repository", str(repository),
     ]  # fmt: skip
+    # ... which the real training CLI accepts.
+    args = build_parser().parse_args(train[2:])
+    assert (args.command, args.model, args.epochs) == ("train", "lenet", 2)
+    args = build_parser().parse_args(export[2:])
+    assert (args.command, args.model, args.repository) == (
+        "export",
+        "resnet50_imagenet",
+        str(repository),
+    )
     # The probe wrote no model, so the script must report failure rather than claim success.
     assert result.returncode == 1
     assert "no servable version" in result.stderr
