@@ -196,6 +196,8 @@ def validate_inputs(inputs: dict[str, np.ndarray], specs: list[TensorSpec], max_
                 f"input '{spec.name}' expects dtype {spec.dtype}, received {array.dtype}"
             )
         shape = array.shape
+        if shape and shape[0] == 0:
+            raise InvalidArgument(f"input '{spec.name}' has an empty batch (0 rows)")
         if len(shape) != len(spec.shape) or any(
             want >= 0 and got != want for want, got in zip(spec.shape, shape, strict=False)
         ):
@@ -204,8 +206,6 @@ def validate_inputs(inputs: dict[str, np.ndarray], specs: list[TensorSpec], max_
                 f"[{', '.join(str(d) for d in shape)}]"
             )
         rows = shape[0] if shape else 1
-        if rows == 0:
-            raise InvalidArgument(f"input '{spec.name}' has an empty batch (0 rows)")
         if rows > max_batch:
             raise InvalidArgument(
                 f"input '{spec.name}' has a batch of {rows} rows; the limit is {max_batch} per request"

@@ -6,6 +6,7 @@ only (no TensorFlow), so they take milliseconds to make.
 
 - ``linear_classifier``: Cast -> scale -> Reshape -> MatMul -> Add -> Softmax.
 - ``lenet_like``: LeNet-5 shaped convolutional net (Conv/Relu/MaxPool x2, three Gemm layers).
+- ``batch_one_classifier``: claims a dynamic batch, fails in ONNX Runtime for batches above 1.
 - ``slow_classifier``: a deliberately expensive graph (repeated 1024x1024 MatMuls) for overload,
   deadline and drain tests, where a request must stay in compute for a while.
 - ``write_version`` / ``write_repository`` / ``write_models_config``: folders as training writes
@@ -123,6 +124,16 @@ def lenet_like(classes: int = 10, seed: int = 0) -> onnx.ModelProto:
     ]
     graph = helper.make_graph(nodes, "lenet_like", [image], [probabilities], initializers)
     return _finish(graph)
+
+
+def batch_one_classifier(classes: int = 10, seed: int = 0) -> onnx.ModelProto:
+    """Declares a dynamic batch but reshapes to ``[1, 784]`` inside: any batch above 1 fails in
+    ONNX Runtime. Used to test that a failing batch fails only its own requests (and 500s)."""
+    model = linear_classifier(classes=classes, seed=seed)
+    for init in model.graph.initializer:
+        if init.name == "flat_shape":
+            init.CopyFrom(numpy_helper.from_array(np.array([1, 784], dtype=np.int64), "flat_shape"))
+    return model
 
 
 def slow_classifier(classes: int = 10, repeats: int = 8, rows: int = 256) -> onnx.ModelProto:
