@@ -143,6 +143,10 @@ def _retry_after(reply: httpx.Response) -> float | None:
         return None  # an HTTP date: rare for servers like ours, fall back to backoff
 
 
+def _serialize(request: Any) -> bytes:
+    return request if isinstance(request, bytes) else request.SerializeToString()  # type: ignore[no-any-return]
+
+
 def _grpc_error(error: grpc.RpcError) -> ServingError:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
@@ -341,7 +345,7 @@ class Client:
         if method is None:
             method = self._channel.unary_unary(
                 call.method,
-                request_serializer=lambda message: message.SerializeToString(),
+                request_serializer=_serialize,
                 response_deserializer=call.response_type.FromString,
             )
             self._callables[call.method] = method
@@ -549,7 +553,7 @@ class AsyncClient:
         if method is None:
             method = self._grpc_channel().unary_unary(
                 call.method,
-                request_serializer=lambda message: message.SerializeToString(),
+                request_serializer=_serialize,
                 response_deserializer=call.response_type.FromString,
             )
             self._callables[call.method] = method

@@ -114,7 +114,7 @@ class GrpcCall(Generic[T]):
     """One unary gRPC call by method path and how to read its reply."""
 
     method: str
-    request: Message
+    request: Message | bytes  # bytes: already serialized (the predict fast path)
     response_type: type[Message]
     parse: Callable[[Any], T]
 
@@ -499,7 +499,7 @@ class GrpcProtocol:
         output_filter: list[str] | None,
     ) -> GrpcCall[Outputs]:
         """``tensorflow.serving.PredictionService/Predict``."""
-        request = wire.build_predict_request(
+        request = wire.encode_predict_request(
             model,
             inputs,
             version=version,

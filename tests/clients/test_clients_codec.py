@@ -175,3 +175,35 @@ def test_http_and_grpc_failures_decode_to_the_same_exception() -> None:
         assert type(over_http) is type(over_grpc) is exception
         assert over_http.status is over_grpc.status
     assert error_for_http(404, '{"error": "Servable not found"}').message == "Servable not found"
+
+
+@pytest.mark.parametrize(
+    "request_args",
+    [
+        {
+            "model": "lenet",
+            "inputs": {"image": np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28, 1)},
+        },
+        {
+            "model": "m",
+            "inputs": {
+                "empty": np.zeros((0, 3), np.float32),
+                "words": np.array([b"x", b"", "é"], dtype=object),
+                "transposed": np.arange(6, dtype=">i4").reshape(2, 3).T,
+                "zero_dim": np.zeros((2, 0), np.int64),
+            },
+            "version": 3,
+            "output_filter": ["p", "q"],
+        },
+        {
+            "model": "m",
+            "inputs": {"scalar": np.array(-1, np.int64)},
+            "label": "stable",
+            "signature": None,
+        },
+    ],
+    ids=["image", "mixed", "scalar"],
+)
+def test_hand_serialized_predict_request_parses_to_the_protobuf_message(request_args: dict) -> None:
+    raw = wire.encode_predict_request(**request_args)
+    assert wire.PredictRequest.FromString(raw) == wire.build_predict_request(**request_args)
