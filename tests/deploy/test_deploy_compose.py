@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +255,42 @@ def test_gateway_environment_is_real_settings(
     cpu = cpu_model["services"]["gateway"]
     settings = _serving_settings(monkeypatch, cpu["environment"], cpu.get("command") or [])
     assert settings.device == "cpu"
+
+
+def _run_healthcheck(test: list[str], port: int) -> int:
+    """Run a compose healthcheck's CMD here, pointed at `port` instead of the container's 8501."""
+    assert test[0] == "CMD"
+    command = [part.replace("127.0.0.1:8501", f"127.0.0.1:{port}") for part in test[1:]]
+    command = [part.replace("127.0.0.1/8501", f"127.0.0.1/{port}") for part in command]
+    if command[0] == "python":
+        command[0] = sys.executable
+    return subprocess.run(command, capture_output=True, timeout=30).returncode
+
+
+TFSERVING_STATUS = (
+    '{"model_version_status": [{"version": "1", "state": "%s", "status": {"error_code": "OK"}}]}'
+)
+
+
+@pytest.mark.parametrize(("state", "healthy"), [("AVAILABLE", True), ("LOADING", False)])
+def test_tfserving_healthcheck_waits_for_an_available_version(
+    gpu_model: dict[str, Any], status_server: type, state: str, healthy: bool
+):
+    """The bash /dev/tcp check, run against a loopback server answering like TF Serving."""
+    test = gpu_model["services"]["tfserving"]["healthcheck"]["test"]
+    body = {
+        "model_version_status": [{"version": "1", "state": state, "status": {"error_code": "OK"}}]
+    }
+    with status_server(200, json.dumps(body)) as server:
+        assert (_run_healthcheck(test, server.port) == 0) is healthy
+    assert server.paths == ["/v1/models/lenet"]
+
+
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_gateway_healthcheck_follows_v2_readiness(
+    gpu_model: dict[str, Any], status_server: type, status: int, healthy: bool
+):
+    test = gpu_model["services"]["gateway"]["healthcheck"]["test"]
+    with status_server(status, "{}") as server:
+        assert (_run_healthcheck(test, server.port) == 0) is healthy
+    assert server.paths == ["/v2/health/ready"]

@@ -8,6 +8,7 @@ KServe's InferenceService is a custom resource whose schema is not shipped; its 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,23 @@ def test_gateway_arguments_parse_with_the_gateway_cli(documents: list[tuple[str,
         args = build_parser().parse_args(container["args"])
         assert int(args.http_port) == port and args.device == "cuda"
         assert args.repository == container["volumeMounts"][0]["mountPath"]
+
+
+@pytest.mark.parametrize(("state", "ready"), [("AVAILABLE", True), ("LOADING", False)])
+def test_tfserving_readiness_waits_for_an_available_version(
+    documents: list[tuple[str, dict[str, Any]]], status_server: type, state: str, ready: bool
+):
+    """The exec probe, run against a loopback server answering like TF Serving."""
+    import subprocess
+
+    (container,) = find(documents, "Deployment", "tfserving")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    command = container["readinessProbe"]["exec"]["command"]
+    assert command == container["startupProbe"]["exec"]["command"]
+    body = json.dumps({"model_version_status": [{"version": "1", "state": state}]})
+    with status_server(200, body) as server:
+        local = [part.replace("127.0.0.1/8501", f"127.0.0.1/{server.port}") for part in command]
+        code = subprocess.run(local, capture_output=True, timeout=30).returncode
+    assert (code == 0) is ready
+    assert server.paths == ["/v1/models/lenet"]
