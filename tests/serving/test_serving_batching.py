@@ -30,7 +30,12 @@ def batch_stats(metrics: str, model: str) -> tuple[float, float]:
 async def _fire(url: str, requests: list[np.ndarray]) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         return await asyncio.gather(
-            *[client.post(f"/v1/models/{MODEL}/versions/1:predict", json={"instances": r.tolist()}) for r in requests]
+            *[
+                client.post(
+                    f"/v1/models/{MODEL}/versions/1:predict", json={"instances": r.tolist()}
+                )
+                for r in requests
+            ]
         )
 
 
@@ -39,7 +44,9 @@ def test_concurrent_requests_are_merged_and_split(
     start_gateway, tiny_repo: Path, batching: bool
 ) -> None:
     # A long batch window makes merging certain (no timing assumption about the client).
-    gateway: RunningGateway = start_gateway(tiny_repo, batching=batching, batch_timeout_us=300_000, max_batch_size=64)
+    gateway: RunningGateway = start_gateway(
+        tiny_repo, batching=batching, batch_timeout_us=300_000, max_batch_size=64
+    )
     rng = np.random.default_rng(0)
     requests = [sample_images(int(rng.integers(1, 4)), seed=100 + i) for i in range(24)]
     replies = asyncio.run(_fire(gateway.http_url, requests))
@@ -62,7 +69,9 @@ def test_failing_batch_fails_only_its_requests(tmp_path: Path) -> None:
     a later single request still succeeds."""
     write_version(tmp_path, "one", 1, batch_one_classifier())
     runtime = OnnxRuntime(tmp_path / "one" / "1", OnnxOptions(device="cpu"))
-    batcher = DynamicBatcher(runtime, "one", 1, BatchingConfig(batch_timeout_us=200_000, max_batch_size=8))
+    batcher = DynamicBatcher(
+        runtime, "one", 1, BatchingConfig(batch_timeout_us=200_000, max_batch_size=8)
+    )
 
     async def scenario() -> tuple[list[object], object]:
         deadline = time.monotonic() + 30

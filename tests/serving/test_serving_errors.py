@@ -20,7 +20,6 @@ from PIL import Image
 from serving_harness import RunningGateway, gateway_settings
 
 from clients import wire
-from clients.codec import ndarray_to_tensor_proto
 from tests.tiny_models import (
     batch_one_classifier,
     linear_classifier,
@@ -43,7 +42,9 @@ def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     write_version(root, "one", 1, batch_one_classifier())
     write_models_config(root, [MODEL, "one"], labels={MODEL: {"stable": 1}})
     # max_batch_size=1: warmup runs batch 1 only, so the "one" model loads (and fails later, at 2 rows).
-    settings = gateway_settings(root, max_body_bytes=MAX_BODY, max_request_batch=MAX_BATCH, max_batch_size=1)
+    settings = gateway_settings(
+        root, max_body_bytes=MAX_BODY, max_request_batch=MAX_BATCH, max_batch_size=1
+    )
     running = RunningGateway(settings).start()
     yield running
     running.stop()
@@ -117,7 +118,12 @@ REST_CASES: list[tuple[str, str, str, dict[str, Any], int, str]] = [
     ids=[case[0] for case in REST_CASES],
 )
 def test_rest_malformed_request(
-    strict_gateway: RunningGateway, method: str, path: str, kwargs: dict[str, Any], status: int, words: str
+    strict_gateway: RunningGateway,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    words: str,
 ) -> None:
     with httpx.Client(base_url=strict_gateway.http_url, timeout=10) as http:
         reply = http.request(method, path, **kwargs)
@@ -130,7 +136,9 @@ def test_rest_malformed_request(
 def _rpc(channel: grpc.Channel, method: str, request: Any) -> Any:
     types = wire.METHODS[method]
     call = channel.unary_unary(
-        method, request_serializer=types.request_type.SerializeToString, response_deserializer=types.response_type.FromString
+        method,
+        request_serializer=types.request_type.SerializeToString,
+        response_deserializer=types.response_type.FromString,
     )
     return call(request, timeout=10)
 
@@ -171,11 +179,17 @@ GRPC_CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
     ids=[case[0] for case in GRPC_CASES],
 )
 def test_grpc_malformed_request(
-    strict_gateway: RunningGateway, method: str, request_message: Any, code: grpc.StatusCode, words: str
+    strict_gateway: RunningGateway,
+    method: str,
+    request_message: Any,
+    code: grpc.StatusCode,
+    words: str,
 ) -> None:
-    with grpc.insecure_channel(strict_gateway.grpc_target) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            _rpc(channel, method, request_message)
+    with (
+        grpc.insecure_channel(strict_gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        _rpc(channel, method, request_message)
     assert caught.value.code() == code
     assert words in (caught.value.details() or ""), caught.value.details()
 
@@ -200,7 +214,10 @@ def test_unexpected_failure_is_500_with_logged_request_id(
     assert request_id, message
     assert "onnxruntime" not in message.lower() and "Traceback" not in message
     assert request_id.group(1) in caplog.text
-    with grpc.insecure_channel(strict_gateway.grpc_target) as channel, pytest.raises(grpc.RpcError) as caught:
+    with (
+        grpc.insecure_channel(strict_gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
         _rpc(channel, wire.PREDICT_METHOD, _predict("one", inputs={"image": sample_images(2)}))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "request id" in (caught.value.details() or "")
@@ -227,7 +244,10 @@ def test_api_keys(tmp_path: Path, start_gateway: Any) -> None:
         denied = http.post(PREDICT, json=body, headers={"x-api-key": "wrong"})
         assert denied.status_code == 401 and "API key" in denied.json()["error"]
         assert http.post(PREDICT, json=body, headers={"x-api-key": "k-two"}).status_code == 200
-        assert http.post(PREDICT, json=body, headers={"Authorization": "Bearer k-one"}).status_code == 200
+        assert (
+            http.post(PREDICT, json=body, headers={"Authorization": "Bearer k-one"}).status_code
+            == 200
+        )
         assert http.get("/v2/health/ready").status_code == 200  # probes need no key
         assert http.get("/metrics").status_code == 200
     request = _predict()
@@ -244,5 +264,7 @@ def test_api_keys(tmp_path: Path, start_gateway: Any) -> None:
         assert "probabilities" in response.outputs
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
         assert health.status == health_pb2.HealthCheckResponse.SERVING

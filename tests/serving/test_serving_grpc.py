@@ -53,7 +53,9 @@ def test_stock_stubs_predict_metadata_status(channel: grpc.Channel, tiny_repo: P
     response = stub.Predict(request, timeout=10)
     assert response.model_spec.version.value == 1
     np.testing.assert_allclose(
-        tf.make_ndarray(response.outputs["probabilities"]), reference(tiny_repo, 1, images), rtol=1e-6
+        tf.make_ndarray(response.outputs["probabilities"]),
+        reference(tiny_repo, 1, images),
+        rtol=1e-6,
     )
     request.model_spec.version.value = 2
     assert stub.Predict(request, timeout=10).model_spec.version.value == 2
@@ -91,7 +93,9 @@ def test_grpc_health_service(channel: grpc.Channel) -> None:
 
 
 @pytest.mark.parametrize("transport", ["rest", "v2", "grpc"])
-def test_our_client_over_every_transport(gateway: RunningGateway, tiny_repo: Path, transport: str) -> None:
+def test_our_client_over_every_transport(
+    gateway: RunningGateway, tiny_repo: Path, transport: str
+) -> None:
     from clients import Client
 
     target = f"grpc://{gateway.grpc_target}" if transport == "grpc" else gateway.http_url
@@ -99,7 +103,9 @@ def test_our_client_over_every_transport(gateway: RunningGateway, tiny_repo: Pat
     images = sample_images(3, seed=12)
     with Client(target, protocol=protocol, timeout=10) as client:
         probabilities = client.predict(MODEL, images, version=1)
-        np.testing.assert_allclose(np.asarray(probabilities), reference(tiny_repo, 1, images), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(probabilities), reference(tiny_repo, 1, images), rtol=1e-6
+        )
         assert client.ready(MODEL)
         assert any(state.available for state in client.status(MODEL))
         top = client.classify(MODEL, list(images[:1]), top_k=2)

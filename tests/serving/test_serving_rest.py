@@ -99,15 +99,28 @@ def test_v2_json_infer(http: httpx.Client, tiny_repo: Path) -> None:
     images = sample_images(2, seed=5)
     body = {
         "id": "r1",
-        "inputs": [{"name": "image", "shape": [2, 28, 28, 1], "datatype": "UINT8", "data": images.ravel().tolist()}],
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [2, 28, 28, 1],
+                "datatype": "UINT8",
+                "data": images.ravel().tolist(),
+            }
+        ],
     }
     reply = http.post(f"/v2/models/{MODEL}/versions/1/infer", json=body)
     assert reply.status_code == 200, reply.text
     result = reply.json()
     assert result["model_name"] == MODEL and result["model_version"] == "1" and result["id"] == "r1"
     (output,) = result["outputs"]
-    assert output["name"] == "probabilities" and output["datatype"] == "FP32" and output["shape"] == [2, 10]
-    np.testing.assert_allclose(np.array(output["data"]).reshape(2, 10), reference(tiny_repo, 1, images), rtol=1e-6)
+    assert (
+        output["name"] == "probabilities"
+        and output["datatype"] == "FP32"
+        and output["shape"] == [2, 10]
+    )
+    np.testing.assert_allclose(
+        np.array(output["data"]).reshape(2, 10), reference(tiny_repo, 1, images), rtol=1e-6
+    )
 
 
 def test_v2_binary_infer(http: httpx.Client, tiny_repo: Path) -> None:
@@ -122,7 +135,10 @@ def test_v2_binary_infer(http: httpx.Client, tiny_repo: Path) -> None:
     reply = http.post(
         f"/v2/models/{MODEL}/infer",
         content=header + images.tobytes(),
-        headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "content-type": "application/octet-stream",
+        },
     )
     assert reply.status_code == 200, reply.text
     json_length = int(reply.headers["inference-header-content-length"])
@@ -158,7 +174,9 @@ def test_image_endpoint_raw_and_multipart(http: httpx.Client, tiny_repo: Path) -
     expected = reference(tiny_repo, 2, image)[0]
     top = np.argsort(-expected)[:3]
     reply = http.post(
-        f"/v1/models/{MODEL}:classify_image?top_k=3", content=_png(image[0]), headers={"content-type": "image/png"}
+        f"/v1/models/{MODEL}:classify_image?top_k=3",
+        content=_png(image[0]),
+        headers={"content-type": "image/png"},
     )
     assert reply.status_code == 200, reply.text
     predictions = reply.json()["predictions"]
@@ -180,7 +198,10 @@ def test_metrics_and_docs(http: httpx.Client) -> None:
     text = http.get("/metrics").text
     assert 'serving_requests_total{model="tiny",protocol="rest",status="OK",version="2"}' in text
     assert "serving_batch_size_bucket" in text
-    assert 'serving_model_provider{model="tiny",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    assert (
+        'serving_model_provider{model="tiny",provider="CPUExecutionProvider",version="1"} 1.0'
+        in text
+    )
     assert "serving_compute_latency_seconds" in text and "serving_queue_depth" in text
     assert http.get("/docs").status_code == 200
     paths = http.get("/openapi.json").json()["paths"]

@@ -1,0 +1,176 @@
+"""Overload answers 429 / RESOURCE_EXHAUSTED at once; deadlines answer 504 / DEADLINE_EXCEEDED;
+SIGTERM lets in-flight requests finish before the process exits."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from serving_harness import RunningGateway
+
+from clients import wire
+from tests.tiny_models import sample_images, slow_classifier, write_version
+
+ROOT = Path(__file__).resolve().parents[2]
+SLOW = "slow"
+
+
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("slow")
+    write_version(root, SLOW, 1, slow_classifier(repeats=12))
+    return root
+
+
+def test_full_queue_gets_429_before_queued_work_finishes(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway: RunningGateway = start_gateway(slow_repo, batching=False, max_queue_size=2)
+    body = {"instances": sample_images(1).tolist()}
+
+    async def burst() -> list[tuple[int, str]]:
+        finished: list[tuple[int, str]] = []
+        async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as client:
+
+            async def one() -> None:
+                reply = await client.post(f"/v1/models/{SLOW}:predict", json=body)
+                finished.append((reply.status_code, reply.text))
+
+            await asyncio.gather(*[one() for _ in range(12)])
+        return finished
+
+    finished = asyncio.run(burst())
+    codes = [code for code, _ in finished]
+    assert set(codes) == {200, 429}, codes
+    assert all("queue is full" in text for code, text in finished if code == 429)
+    # Promptly: every rejection came back before the last accepted request was computed.
+    last_ok = max(i for i, code in enumerate(codes) if code == 200)
+    assert all(i < last_ok for i, code in enumerate(codes) if code == 429), codes
+
+
+def test_full_queue_grpc_resource_exhausted(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway: RunningGateway = start_gateway(slow_repo, batching=False, max_queue_size=1)
+    request = wire.build_predict_request(SLOW, {"image": sample_images(1)})
+
+    async def burst() -> list[grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
+            call = channel.unary_unary(
+                wire.PREDICT_METHOD,
+                request_serializer=wire.PredictRequest.SerializeToString,
+                response_deserializer=wire.PredictResponse.FromString,
+            )
+
+            async def one() -> grpc.StatusCode:
+                try:
+                    await call(request, timeout=60)
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+                return grpc.StatusCode.OK
+
+            return await asyncio.gather(*[one() for _ in range(10)])
+
+    codes = asyncio.run(burst())
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+
+
+def test_deadlines(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway: RunningGateway = start_gateway(slow_repo, batching=False)
+    body = {"instances": sample_images(4).tolist()}
+    reply = httpx.post(
+        f"{gateway.http_url}/v1/models/{SLOW}:predict",
+        json=body,
+        headers={"x-request-timeout-ms": "1"},
+        timeout=30,
+    )
+    assert reply.status_code == 504
+    assert "deadline exceeded" in reply.json()["error"]
+    request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        call = channel.unary_unary(
+            wire.PREDICT_METHOD,
+            request_serializer=wire.PredictRequest.SerializeToString,
+            response_deserializer=wire.PredictResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=0.005)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The server is fine afterwards.
+        assert "probabilities" in call(request, timeout=60).outputs
+
+
+def _start_process(repo: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
+    env = {**os.environ, "SERVING_LOG_LEVEL": "info", "SERVING_POLL_INTERVAL_S": "0"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
+         "--http-port", "0", "--grpc-port", "0", "--no-batching", "--device", "cpu"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    url = None
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+            url = match.group(1)
+        if "gRPC" in line and " on " in line:
+            break
+    assert url, "".join(lines)
+    # Keep reading the log so the pipe never fills.
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+    reader.start()
+    return process, url, lines
+
+
+def test_sigterm_drains_in_flight_requests(slow_repo: Path) -> None:
+    process, url, log_lines = _start_process(slow_repo)
+    try:
+        body = {"instances": sample_images(2).tolist()}
+        results: list[int | str] = []
+
+        def call() -> None:
+            try:
+                results.append(
+                    httpx.post(f"{url}/v1/models/{SLOW}:predict", json=body, timeout=60).status_code
+                )
+            except httpx.HTTPError as exc:
+                results.append(repr(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        # Wait (by observation, not by time) until every request is inside the gateway.
+        end = time.monotonic() + 60
+        while True:
+            metrics = httpx.get(f"{url}/metrics", timeout=10).text
+            depth = re.search(rf'serving_queue_depth{{model="{SLOW}"}} ([0-9.]+)', metrics)
+            done = re.search(
+                rf'serving_requests_total{{model="{SLOW}",protocol="rest",status="OK",version="1"}} ([0-9.]+)',
+                metrics,
+            )
+            inside = (
+                (float(depth.group(1)) if depth else 0) + 1 + (float(done.group(1)) if done else 0)
+            )
+            if inside >= 6 or time.monotonic() > end:
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert results == [200] * 6, results
+    log_text = "".join(log_lines)
+    assert "draining" in log_text
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/v2/health/live", timeout=5)
