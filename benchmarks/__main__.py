@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--version", type=int)
     accuracy.add_argument("--label")
     accuracy.add_argument("--batch-size", type=int, default=256)
-    accuracy.add_argument("--limit", type=int, help="first N test images only")
+    accuracy.add_argument("--limit", type=int, help="a seeded random N test images only")
     accuracy.add_argument(
         "--allow-difference",
         action="store_true",

@@ -69,8 +69,11 @@ def check_accuracy(config: AccuracyConfig) -> dict[str, Any]:
     from rich.progress import Progress
 
     images, labels, class_names = load_test_set(config.dataset)
-    if config.limit:
-        images, labels = images[: config.limit], labels[: config.limit]
+    if config.limit and config.limit < len(images):
+        # A seeded random subset, not the first N: MNIST's test set is ordered by writer group
+        # and its first images are harder, which would bias the comparison with training.
+        chosen = np.sort(np.random.default_rng(0).permutation(len(images))[: config.limit])
+        images, labels = images[chosen], labels[chosen]
     model_files = find_model(config.repository, config.model, config.version)
     model_classes = model_files.class_names if model_files else None
     mapping = model_to_dataset_classes(

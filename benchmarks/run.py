@@ -26,6 +26,7 @@ import numpy as np
 from benchmarks import metrics
 from benchmarks.ceiling import ceiling_for, measure_ceiling
 from benchmarks.prepare import find_model, prepare_test_data
+from benchmarks.servers import child_env
 
 PROTOCOLS = ("rest", "v2", "grpc", "image")
 USER_CLASS = {"rest": "RestUser", "v2": "V2User", "grpc": "GrpcUser", "image": "ImageUser"}
@@ -379,10 +380,7 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
     config_path.write_text(json.dumps(locust_config, indent=2))
     csv_prefix = out / "locust"
     command = locust_command(config, csv_prefix)
-    env = dict(os.environ)
-    env["BENCH_CONFIG"] = str(config_path.resolve())
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
+    env = child_env({"BENCH_CONFIG": str(config_path.resolve())})
     exit_code = _run_locust(config, command, env, out)
 
     results = collect_results(config, data_path, data_summary, samples_dir, csv_prefix, ceiling)
@@ -470,14 +468,14 @@ def collect_results(
         reasons.append(f"{samples['answer_errors']} answers could not be read")
 
     run_config = asdict(config)
-    import locust  # the parent may import it: it has not imported requests before
+    from importlib.metadata import version as package_version
 
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "run",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
-        "config": run_config | {"locust_version": locust.__version__},
+        "config": run_config | {"locust_version": package_version("locust")},
         "server": config.server_name or config.target,
         "data": {k: v for k, v in data_summary.items() if k != "class_names"},
         "throughput": throughput,
