@@ -22,6 +22,7 @@ accepted on the way in (encoded as UTF-8).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -195,7 +196,7 @@ def tensor_proto_to_ndarray(proto: TensorProto) -> np.ndarray[Any, Any]:
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     if any(size < 0 for size in shape):
         raise ValueError(f"tensor shape {shape} is not fully defined")
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     content = proto.tensor_content
     if content and entry is not _STRING:
         expected = count * entry.numpy.itemsize
