@@ -33,6 +33,22 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -ra
 
+# The comparison report on the servers that are up: TF Serving (e.g. `docker compose up`) and the
+# gateway at the addresses below; with neither up, the sweep starts the gateway from
+# model_repository itself, batching on and off. More options: BENCH_ARGS="--users 1,8,32 ...".
+TFSERVING_URL ?= http://127.0.0.1:8501
+TFSERVING_GRPC ?= 127.0.0.1:8500
+GATEWAY_URL ?= http://127.0.0.1:9501
+GATEWAY_GRPC ?= 127.0.0.1:9500
+BENCH_MODEL ?= lenet
+BENCH_OUT ?= reports/bench
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m benchmarks sweep --model $(BENCH_MODEL) --repository model_repository \
+	  --target tfserving=$(TFSERVING_URL),$(TFSERVING_GRPC) \
+	  --target gateway=$(GATEWAY_URL),$(GATEWAY_GRPC) \
+	  --skip-down --start-gateway --out $(BENCH_OUT) $(BENCH_ARGS)
+
 # Deployment files (compose, Dockerfiles, Kubernetes, Prometheus, Grafana) checked by real validators.
 check-deploy: setup
 	$(PY) -m pytest -q -ra tests/deploy

@@ -125,6 +125,11 @@ def check_accuracy(config: AccuracyConfig) -> dict[str, Any]:
         "images_per_s": len(images) / elapsed if elapsed else None,
         "accuracy": accuracy,
         "equals_offline": equals_offline,
+        # Flat summary for callers such as the demo (the full metrics are under "accuracy").
+        "served": {"accuracy": accuracy["accuracy"]},
+        "offline": {"accuracy": accuracy["offline_accuracy"]},
+        "agreement": accuracy["agreement"],
+        "passed": not reasons,
         "failure": bool(reasons),
         "failure_reasons": sorted(set(reasons), key=reasons.index),
     }

@@ -319,7 +319,8 @@ def plot_sweep(runs: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax.set_ylabel("images/s" if metric == "throughput" else "p99 latency (ms)")
     ax.set_title("Throughput vs concurrency" if metric == "throughput" else "p99 vs concurrency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if series:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

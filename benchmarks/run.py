@@ -493,6 +493,7 @@ def collect_results(
             "details": ceiling,
         },
         "locust": read_locust_stats(csv_prefix) | {"workers_with_samples": samples["workers"]},
+        "passed": not reasons,
         "failure": bool(reasons),
         "failure_reasons": reasons,
     }

@@ -108,10 +108,16 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
             providers="CPUExecutionProvider",
         )
     runs: list[dict[str, Any]] = []
+    problems: list[str] = []
     for server in servers:
         runs += _run_server(config, server, ceiling, out)
     if config.start_gateway and (not config.skip_down or not servers):
-        for batching in config.batching:
+        if model_files is None:
+            problems.append(
+                f"no model {config.model!r} in {config.repository} to start the gateway with:"
+                f" train one first (make demo, or python -m training train --model {config.model})"
+            )
+        for batching in config.batching if model_files else []:
             log = out / f"gateway-batching-{'on' if batching else 'off'}.log"
             with gateway(
                 config.repository, batching, config.gateway_args, config.model, log_path=log
@@ -123,6 +129,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         for run in runs
         for reason in run["failure_reasons"]
     ]
+    reasons += problems
     if not runs:
         reasons.append("no scenario ran: no target was up")
     sweep = {
@@ -135,6 +142,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
         "warmup_s": config.warmup_s,
         "ceiling": ceiling,
         "runs": runs,
+        "passed": not reasons,
         "failure": bool(reasons),
         "failure_reasons": reasons,
     }
