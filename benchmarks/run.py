@@ -310,6 +310,12 @@ def _run_locust(config: RunConfig, command: list[str], env: dict[str, str], out:
             total=total,
             status="starting",
         )
+        if progress.disable:  # no terminal (CI, logs): one line per run instead of a bar
+            print(
+                f"locust: {config.protocol} {label} users={config.users}"
+                f" k={config.images_per_request} for {total:g} s",
+                flush=True,
+            )
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         started = time.monotonic()
         while process.poll() is None:
