@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         / build["ours: encode_predict_request (serialized)"],
         "request build, tf.make_tensor_proto alone/ours": build["stock: tf.make_tensor_proto"]
         / build["ours: encode_predict_request (serialized)"],
+        "request build, tf.make_tensor_proto(dtype, shape) alone/ours": build[
+            "stock: tf.make_tensor_proto(dtype=tf.uint8, shape=...)"
+        ]
+        / build["ours: encode_predict_request (serialized)"],
         "tensor encode, stock/ours": build["stock: tf.make_tensor_proto"]
         / build["ours: ndarray_to_tensor_proto"],
         "tensor decode, stock/ours": decode["stock: tf.make_ndarray"]
