@@ -203,7 +203,18 @@ def build_predict_request(
 # check that protobuf parses the result into the same message build_predict_request makes.
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    # Short forms first: keys and lengths of a request are small, and this runs several times
+    # per request.
+    if 0 <= value < 0x80:
+        return _ONE_BYTE[value]
+    if 0 <= value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if 0 <= value < 0x200000:
+        return bytes((value & 0x7F | 0x80, (value >> 7) & 0x7F | 0x80, value >> 14))
     if value < 0:
         value += 1 << 64  # negative int64: ten bytes of two's complement, as protobuf writes it
     out = bytearray()
@@ -235,6 +246,8 @@ def _model_spec_bytes(
 
 
 _CONTENT_KEY = _varint(4 << 3 | 2)  # TensorProto.tensor_content
+_INPUTS_KEY = _varint(2 << 3 | 2)  # PredictRequest.inputs (a map entry)
+_MAP_VALUE_KEY = _varint(2 << 3 | 2)  # the entry's value
 _SHAPE_CACHE: dict[tuple[int, ...], bytes] = {}
 
 
@@ -286,9 +299,9 @@ def encode_predict_request(
         tensor = _tensor_parts(as_ndarray(value))
         tensor_length = sum(len(part) for part in tensor)
         key = _field(1, name.encode("utf-8"))
-        value_head = _varint(2 << 3 | 2) + _varint(tensor_length)
+        value_head = _MAP_VALUE_KEY + _varint(tensor_length)
         entry_length = len(key) + len(value_head) + tensor_length
-        parts += [_varint(2 << 3 | 2), _varint(entry_length), key, value_head, *tensor]
+        parts += [_INPUTS_KEY, _varint(entry_length), key, value_head, *tensor]
     for name in output_filter or []:
         parts.append(_field(3, name.encode("utf-8")))
     return b"".join(parts)

@@ -207,3 +207,12 @@ def test_http_and_grpc_failures_decode_to_the_same_exception() -> None:
 def test_hand_serialized_predict_request_parses_to_the_protobuf_message(request_args: dict) -> None:
     raw = wire.encode_predict_request(**request_args)
     assert wire.PredictRequest.FromString(raw) == wire.build_predict_request(**request_args)
+
+
+@pytest.mark.parametrize(
+    "value", [1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**40, -1, -(2**63)]
+)
+def test_hand_written_varints_match_protobuf(value: int) -> None:
+    from google.protobuf.wrappers_pb2 import Int64Value
+
+    assert Int64Value(value=value).SerializeToString() == b"\x08" + wire._varint(value)
