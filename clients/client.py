@@ -371,7 +371,11 @@ class Client:
         outputs: list[str] | None = None,
         timeout: float | None = None,
     ) -> Outputs:
-        """Run the model: ``inputs`` is an array (one-input models) or ``{name: array}``."""
+        """Run the model: ``inputs`` is an array (one-input models) or ``{name: array}``.
+
+        Returns an ndarray for a single output, else ``{name: ndarray}``. Over TF Serving REST the
+        JSON carries no dtype: floats come back as float64 and integers as int64.
+        """
         self._settings.check_inputs(inputs)
         if not isinstance(inputs, Mapping) and self._settings.protocol.needs_input_names:
             metadata = self.metadata(model, version=version, label=label)
@@ -577,7 +581,11 @@ class AsyncClient:
         outputs: list[str] | None = None,
         timeout: float | None = None,
     ) -> Outputs:
-        """Run the model: ``inputs`` is an array (one-input models) or ``{name: array}``."""
+        """Run the model: ``inputs`` is an array (one-input models) or ``{name: array}``.
+
+        Returns an ndarray for a single output, else ``{name: ndarray}``. Over TF Serving REST the
+        JSON carries no dtype: floats come back as float64 and integers as int64.
+        """
         self._settings.check_inputs(inputs)
         if not isinstance(inputs, Mapping) and self._settings.protocol.needs_input_names:
             metadata = await self.metadata(model, version=version, label=label)
