@@ -119,10 +119,25 @@ class GrpcCall(Generic[T]):
     parse: Callable[[Any], T]
 
 
+try:  # optional: orjson writes and reads TF Serving's nested lists about 3x faster
+    import orjson
+
+    def _json_dumps(body: Any) -> bytes:
+        return orjson.dumps(body)
+
+    _parse_json: Any = orjson.loads
+except ImportError:  # pragma: no cover - depends on the installed extras
+
+    def _json_dumps(body: Any) -> bytes:
+        return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+    _parse_json = json.loads
+
+
 def _json_loads(content: bytes) -> Any:
     try:
-        return json.loads(content)
-    except ValueError as error:
+        return _parse_json(content)
+    except ValueError as error:  # orjson.JSONDecodeError is a ValueError too
         raise InternalError(f"server sent malformed JSON: {error}") from None
 
 
@@ -301,7 +316,7 @@ class RestProtocol:
             "POST",
             _model_path("/v1/models", model, version, label) + ":predict",
             parse,
-            body=json.dumps(body, separators=(",", ":")).encode("utf-8"),
+            body=_json_dumps(body),
             headers={"Content-Type": "application/json"},
         )
 
