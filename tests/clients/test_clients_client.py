@@ -253,3 +253,15 @@ def test_async_client_has_the_same_surface(servers: LoopbackServers, transport: 
 
     asyncio.run(scenario())
     assert servers.behaviour.predict_calls >= 4  # includes the retried first attempt
+
+
+def test_retry_policy_backs_off_exponentially_within_bounds() -> None:
+    policy = RetryPolicy(attempts=5, backoff_s=0.1, multiplier=2.0, max_backoff_s=0.5)
+    busy = ServerBusy("queue full")
+    assert [policy.delay(busy, attempt) for attempt in range(5)] == [0.1, 0.2, 0.4, 0.5, None]
+    assert policy.delay(busy, 0, retry_after_s=0.3) == 0.3  # the server's Retry-After wins
+    assert policy.delay(busy, 0, retry_after_s=9.0) == 0.5  # but never past the cap
+    assert policy.delay(InvalidInput("bad"), 0) is None
+    assert RetryPolicy(retry_on=frozenset({Status.DEADLINE_EXCEEDED})).delay(
+        DeadlineExceeded("slow"), 0
+    ) == pytest.approx(0.05)
