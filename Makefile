@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $(STAMP)
 
 demo: setup
-	$(PY) -m training demo
+	$(PY) -m benchmarks.demo
 
 test: setup
 	$(PY) -m pytest -q -ra
