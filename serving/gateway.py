@@ -86,6 +86,8 @@ class Gateway:
         self.metrics = GatewayMetrics()
         options = onnx_options(settings)
         warm_sizes = tuple(sorted({1, settings.max_batch_size if settings.batching else 1}))
+        if settings.cuda_graph:  # every batch is padded to one size; the first run captures it
+            warm_sizes = (settings.max_batch_size,)
 
         def load(path: Path) -> ModelRuntime:
             runtime = OnnxRuntime(path, options)

@@ -119,6 +119,9 @@ class ServingSettings(BaseSettings):
     auth_exempt_health: bool = Field(
         True, description="Health, readiness and /metrics need no API key."
     )
+    http_fast_path: bool = Field(
+        True, description="Serve :predict and /infer in pure ASGI, bypassing FastAPI's routing."
+    )
     image_top_k: int = Field(5, description="Default number of labels the image endpoint returns.")
 
     _split = field_validator(

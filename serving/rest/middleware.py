@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 
+from serving.dataplane import DataPlane
 from serving.errors import PayloadTooLarge
+from serving.rest.inference import fast_path
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -30,12 +32,20 @@ def key_matches(candidate: str, keys: list[bytes]) -> bool:
 
 
 class GatewayMiddleware:
-    """Rejects bodies over ``max_body_bytes`` (413) and requests without a valid API key (401)."""
+    """Rejects bodies over ``max_body_bytes`` (413) and requests without a valid API key (401);
+    serves the hot inference routes directly when given the dataplane."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, api_keys: list[str], exempt_health: bool
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        api_keys: list[str],
+        exempt_health: bool,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.app = app
+        #: when set, :predict and /infer are served here without FastAPI (see rest/inference.py)
+        self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
         self.keys = [key.encode() for key in api_keys]
         self.exempt = EXEMPT_PREFIXES if exempt_health else ()
@@ -61,6 +71,14 @@ class GatewayMiddleware:
                 413,
                 f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} bytes",
             )
+            return
+        if self.dataplane is not None and await fast_path(
+            self.dataplane,
+            scope,
+            receive,
+            send,
+            self.max_body_bytes,  # type: ignore[arg-type]
+        ):
             return
         if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
             receive = self._counting(receive)

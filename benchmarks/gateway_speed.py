@@ -1,0 +1,423 @@
+"""Gateway speed, side by side in one run, on loopback.
+
+LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-like model from
+``tests/tiny_models.py``), single-image requests, concurrency 1 and 32:
+
+- in-process ONNX Runtime (the ceiling: no network, no serialisation);
+- our gateway with batching on and off, over REST JSON (TF Serving row format), KServe V2 binary
+  and TF Serving gRPC;
+- a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
+  lists in and out, default session options);
+- idle/low-load CPU of the gateway for ONNX Runtime thread settings (spinning on/off).
+
+HTTP load comes from Debian's ``wrk`` (C, one thread, Lua script for the POST body) so the client
+does not hide server speed; gRPC load from an asyncio grpc.aio client sending pre-serialised
+requests. Both share the machine's cores with the server: on a 2-core host these are lower bounds.
+
+    python benchmarks/gateway_speed.py [--duration 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PREDICT_PATH = "/v1/models/{model}:predict"
+INFER_PATH = "/v2/models/{model}/infer"
+
+
+@dataclass
+class Result:
+    """One measured scenario."""
+
+    server: str
+    protocol: str
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    server_cpu_percent: float | None = None
+
+
+# --- model -------------------------------------------------------------------------------------
+def prepare_repository(work: Path) -> tuple[Path, str, str]:
+    """A repository with one LeNet version; returns (repository, model name, description)."""
+    trained = ROOT / "model_repository" / "lenet"
+    versions = sorted(
+        (p for p in trained.glob("[0-9]*") if (p / "model.onnx").exists()), key=lambda p: int(p.name)
+    ) if trained.exists() else []  # fmt: skip
+    repo = work / "repo"
+    if versions:
+        target = repo / "lenet" / versions[-1].name
+        target.mkdir(parents=True)
+        shutil.copy(versions[-1] / "model.onnx", target / "model.onnx")
+        if (versions[-1] / "metadata.json").exists():
+            shutil.copy(versions[-1] / "metadata.json", target / "metadata.json")
+        return repo, "lenet", f"trained LeNet ({versions[-1]})"
+    from tests.tiny_models import lenet_like, write_version
+
+    write_version(repo, "lenet", 1, lenet_like())
+    return repo, "lenet", "LeNet-like ONNX from tests/tiny_models.py (no trained export found)"
+
+
+def model_file(repo: Path) -> Path:
+    return next(repo.glob("lenet/*/model.onnx"))
+
+
+def one_image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(1, 28, 28, 1), dtype=np.uint8)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+class Server:
+    """A server subprocess; ``url`` / ``grpc`` parsed from its log."""
+
+    def __init__(self, command: list[str], wait_for: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.url = ""
+        self.grpc = ""
+        assert self.process.stdout is not None
+        end = time.monotonic() + 120
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if match := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+                self.url = match.group(1)
+            if match := re.search(r"gRPC .* on (127\.0\.0\.1:\d+)", line):
+                self.grpc = match.group(1)
+            if wait_for in line or time.monotonic() > end:
+                break
+        if not self.url:
+            if match := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(self.lines)):
+                self.url = match.group(1)
+        if self.process.poll() is not None or not self.url:
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout or []), daemon=True).start()
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+# --- load generators ---------------------------------------------------------------------------
+WRK_LUA = """
+local f = io.open(os.getenv("WRK_BODY"), "rb")
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("WRK_CTYPE")
+local hl = os.getenv("WRK_HEADER_LENGTH")
+if hl and hl ~= "" then wrk.headers["Inference-Header-Content-Length"] = hl end
+"""
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([0-9.]+)(us|ms|s)", text)
+    assert match, text
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(url: str, body: bytes, content_type: str, concurrency: int, duration: float, work: Path,
+        header_length: int | None = None, pid: int | None = None) -> tuple[float, float, float, int, float | None]:  # fmt: skip
+    """(requests/s, p50 ms, p99 ms, errors, server CPU %) from one wrk run."""
+    body_file = work / "body.bin"
+    body_file.write_bytes(body)
+    script = work / "post.lua"
+    script.write_text(WRK_LUA)
+    env = {**os.environ, "WRK_BODY": str(body_file), "WRK_CTYPE": content_type,
+           "WRK_HEADER_LENGTH": str(header_length) if header_length is not None else ""}  # fmt: skip
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--latency", "-s", str(script), url],
+        env=env, capture_output=True, text=True, timeout=duration + 60, check=True,
+    ).stdout  # fmt: skip
+    elapsed = time.monotonic() - started
+    cpu = (cpu_seconds(pid) - cpu_before) / elapsed * 100 if pid else None
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return rps, p50, p99, errors, cpu
+
+
+async def _grpc_load(target: str, request: bytes, concurrency: int, duration: float) -> tuple[list[float], int, float]:
+    import grpc
+
+    from clients import wire
+
+    latencies: list[float] = []
+    errors = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary(wire.PREDICT_METHOD)  # bytes in, bytes out: minimal client cost
+        await call(request, timeout=30)
+        end = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < end:
+                start = time.perf_counter()
+                try:
+                    await call(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+        return latencies, errors, time.perf_counter() - started
+
+
+def grpc_bench(target: str, concurrency: int, duration: float, pid: int) -> tuple[float, float, float, int, float]:
+    from clients import wire
+
+    request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    try:
+        import uvloop
+
+        latencies, errors, elapsed = uvloop.run(_grpc_load(target, request, concurrency, duration))
+    except ImportError:
+        latencies, errors, elapsed = asyncio.run(_grpc_load(target, request, concurrency, duration))
+    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
+    return len(latencies) / elapsed, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, errors, cpu
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+def in_process_ceiling(repo: Path, duration: float) -> list[Result]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model_file(repo)), options, providers=["CPUExecutionProvider"])
+    results = []
+    for batch in (1, 32):
+        images = np.repeat(one_image(), batch, axis=0)
+        latencies: list[float] = []
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            session.run(None, {"image": images})
+            latencies.append(time.perf_counter() - start)
+        total = sum(latencies)
+        results.append(Result(f"in-process ORT (batch {batch})", "numpy", 1, batch * len(latencies) / total,
+                              percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, 0))  # fmt: skip
+    return results
+
+
+def rest_json_body() -> bytes:
+    return json.dumps({"instances": one_image().tolist()}).encode()
+
+
+def v2_binary_body() -> tuple[bytes, int]:
+    image = one_image()
+    header = json.dumps({
+        "inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
+                    "parameters": {"binary_data_size": image.nbytes}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    return header + image.tobytes(), len(header)
+
+
+def gateway_scenarios(repo: Path, name: str, extra: list[str], duration: float, work: Path,
+                      concurrencies: tuple[int, ...]) -> list[Result]:  # fmt: skip
+    server = Server(
+        [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
+         "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0",
+         *extra],
+        wait_for="gRPC", env={"SERVING_LOG_LEVEL": "info"},
+    )  # fmt: skip
+    pid = server.process.pid
+    results = []
+    try:
+        v2_body, v2_header = v2_binary_body()
+        for concurrency in concurrencies:
+            rps, p50, p99, err, cpu = wrk(server.url + PREDICT_PATH.format(model="lenet"), rest_json_body(),
+                                          "application/json", concurrency, duration, work, pid=pid)  # fmt: skip
+            results.append(Result(name, "REST JSON", concurrency, rps, p50, p99, err, cpu))
+            rps, p50, p99, err, cpu = wrk(server.url + INFER_PATH.format(model="lenet"), v2_body,
+                                          "application/octet-stream", concurrency, duration, work, v2_header, pid)  # fmt: skip
+            results.append(Result(name, "V2 binary", concurrency, rps, p50, p99, err, cpu))
+            rps, p50, p99, err, cpu = grpc_bench(server.grpc, concurrency, duration, pid)
+            results.append(Result(name, "gRPC", concurrency, rps, p50, p99, err, cpu))
+    finally:
+        server.stop()
+    return results
+
+
+NAIVE_APP = '''
+import sys
+import numpy as np
+import onnxruntime as ort
+import uvicorn
+from fastapi import FastAPI
+
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+app = FastAPI()
+
+
+@app.post("/v1/models/lenet:predict")
+async def predict(body: dict):
+    images = np.array(body["instances"], dtype=np.uint8)
+    (probabilities,) = session.run(None, {"image": images})
+    return {"predictions": probabilities.tolist()}
+
+
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
+'''
+
+
+def naive_scenarios(repo: Path, duration: float, work: Path, concurrencies: tuple[int, ...]) -> list[Result]:
+    script = work / "naive_app.py"
+    script.write_text(NAIVE_APP)
+    port = free_port()
+    server = Server([sys.executable, str(script), str(model_file(repo)), str(port)], wait_for="Uvicorn running")
+    results = []
+    try:
+        for concurrency in concurrencies:
+            rps, p50, p99, err, cpu = wrk(f"{server.url}/v1/models/lenet:predict", rest_json_body(),
+                                          "application/json", concurrency, duration, work, pid=server.process.pid)  # fmt: skip
+            results.append(Result("naive FastAPI+ORT", "REST JSON", concurrency, rps, p50, p99, err, cpu))
+    finally:
+        server.stop()
+    return results
+
+
+def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
+    """Low load (one client, gRPC) with several ONNX Runtime thread settings: CPU the server burns."""
+    results = []
+    for label, extra in (
+        ("intra-op 1 (default)", []),
+        ("intra-op 0 (all cores), spinning on", ["--intra-op-threads", "0", "--allow-spinning"]),
+        ("intra-op 0 (all cores), spinning off", ["--intra-op-threads", "0", "--no-allow-spinning"]),
+    ):
+        server = Server(
+            [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
+             "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0", *extra],
+            wait_for="gRPC",
+        )  # fmt: skip
+        try:
+            rps, p50, p99, err, cpu = grpc_bench(server.grpc, 1, duration, server.process.pid)
+            results.append(Result(f"gateway, {label}", "gRPC", 1, rps, p50, p99, err, cpu))
+            # Idle: no requests at all for `duration` seconds.
+            before, started = cpu_seconds(server.process.pid), time.monotonic()
+            time.sleep(duration)
+            idle = (cpu_seconds(server.process.pid) - before) / (time.monotonic() - started) * 100
+            results.append(Result(f"gateway, {label}, idle", "-", 0, 0, float("nan"), float("nan"), 0, idle))
+        finally:
+            server.stop()
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| server | protocol | concurrency | requests/s | p50 ms | p99 ms | errors | server CPU % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        cpu = f"{r.server_cpu_percent:.0f}" if r.server_cpu_percent is not None else "-"
+        lines.append(f"| {r.server} | {r.protocol} | {r.concurrency} | {r.requests_per_s:,.0f} | "
+                     f"{r.p50_ms:.3f} | {r.p99_ms:.3f} | {r.errors} | {cpu} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def ratios(results: list[Result]) -> list[str]:
+    def rps(server: str, protocol: str, concurrency: int) -> float:
+        for r in results:
+            if r.server == server and r.protocol == protocol and r.concurrency == concurrency:
+                return r.requests_per_s
+        return float("nan")
+
+    lines = []
+    for protocol in ("REST JSON", "V2 binary", "gRPC"):
+        on, off = rps("gateway, batching on", protocol, 32), rps("gateway, batching off", protocol, 32)
+        lines.append(f"- batching on / off at concurrency 32, {protocol}: {on / off:.2f}x")
+    naive = rps("naive FastAPI+ORT", "REST JSON", 32)
+    for protocol in ("REST JSON", "V2 binary", "gRPC"):
+        lines.append(f"- gateway (batching on, {protocol}) / naive FastAPI+ORT (REST JSON) at concurrency 32: "
+                     f"{rps('gateway, batching on', protocol, 32) / naive:.2f}x")  # fmt: skip
+    grpc_p50 = [r.p50_ms for r in results if r.server == "gateway, batching on" and r.protocol == "gRPC" and r.concurrency == 1]
+    if grpc_p50:
+        lines.append(f"- gRPC p50 at concurrency 1 (batching on): {grpc_p50[0]:.3f} ms")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--skip-spinning", action="store_true", help="leave out the thread-setting runs")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found (Debian package 'wrk'; `make setup` installs it as root)")
+    concurrencies = (1, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        repo, _, description = prepare_repository(work)
+        print(f"model: {description}; {args.duration:g} s per measurement; {os.cpu_count()} CPUs", flush=True)
+        results = in_process_ceiling(repo, args.duration)
+        results += gateway_scenarios(repo, "gateway, batching on", [], args.duration, work, concurrencies)
+        results += gateway_scenarios(repo, "gateway, batching off", ["--no-batching"], args.duration, work, concurrencies)
+        results += naive_scenarios(repo, args.duration, work, concurrencies)
+        if not args.skip_spinning:
+            results += spinning_scenarios(repo, args.duration, work)
+    print(table(results))
+    print()
+    print("\n".join(ratios(results)))
+    if args.json:
+        args.json.write_text(json.dumps({"model": description, "results": [asdict(r) for r in results]}, indent=2))
+    _ = statistics  # percentiles come from numpy; statistics kept for readers extending this
+
+
+if __name__ == "__main__":
+    main()

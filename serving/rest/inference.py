@@ -1,0 +1,173 @@
+"""The two hot HTTP routes, TF Serving ``:predict`` and KServe V2 ``/infer``, as plain functions
+of (path parameters, headers, body), plus a pure-ASGI fast path that serves them without FastAPI's
+per-request routing and dependency machinery (a sizeable share of a sub-millisecond request).
+
+The FastAPI routes call the same functions, so ``/docs`` describes exactly what the fast path does.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.codecs import tfserving, v2
+from serving.dataplane import DataPlane
+from serving.errors import InvalidArgument, ServingError, as_serving_error
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+PREDICT_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?:predict$"
+)
+INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+
+
+@dataclass
+class RawResponse:
+    """Status, body and headers, independent of the web framework."""
+
+    status: int
+    body: bytes
+    content_type: bytes = JSON
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def parse_version(value: str | None) -> int | None:
+    """A version path parameter as an int (InvalidArgument otherwise)."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"version '{value}' is not an integer") from None
+
+
+def parse_timeout(header: str | None) -> float | None:
+    """``x-request-timeout-ms`` in seconds."""
+    if header is None:
+        return None
+    try:
+        return float(header) / 1000.0
+    except ValueError:
+        raise InvalidArgument(f"x-request-timeout-ms '{header}' is not a number") from None
+
+
+def error_response(exc: BaseException, context: str) -> RawResponse:
+    """``{"error": message}`` with the error's HTTP status (500 + logged request id if unexpected)."""
+    error = exc if isinstance(exc, ServingError) else as_serving_error(exc, log, context)
+    return RawResponse(error.http_status, tfserving.error_body(error.message))
+
+
+async def predict(
+    dp: DataPlane,
+    name: str,
+    version: str | None,
+    label: str | None,
+    body: bytes,
+    headers: Mapping[str, str],
+) -> RawResponse:
+    """TF Serving ``:predict`` (row or columnar)."""
+    try:
+        with dp.observe("rest", name) as record:
+            mv = dp.resolve(name, parse_version(version), label)
+            record.version = str(mv.version)
+            assert mv.runtime is not None
+            decoded = tfserving.decode_predict(body, mv.runtime.inputs)
+            outputs = await dp.predict(
+                mv,
+                decoded.inputs,
+                deadline=dp.deadline(parse_timeout(headers.get("x-request-timeout-ms"))),
+                signature_name=decoded.signature_name,
+            )
+            return RawResponse(200, tfserving.encode_predict(outputs, decoded.row_format))
+    except Exception as exc:
+        return error_response(exc, f"POST predict {name}")
+
+
+async def infer(
+    dp: DataPlane, name: str, version: str | None, body: bytes, headers: Mapping[str, str]
+) -> RawResponse:
+    """KServe V2 ``/infer`` (JSON, or JSON + binary tensors)."""
+    try:
+        with dp.observe("v2", name) as record:
+            mv = dp.resolve(name, parse_version(version))
+            record.version = str(mv.version)
+            decoded = v2.decode_infer(body, headers.get(v2.HEADER_LENGTH))
+            outputs = await dp.predict(
+                mv,
+                decoded.inputs,
+                deadline=dp.deadline(parse_timeout(headers.get("x-request-timeout-ms"))),
+                output_filter=decoded.outputs,
+            )
+            payload, header_length = v2.encode_infer(name, mv.version, outputs, decoded)
+            if header_length is None:
+                return RawResponse(200, payload)
+            return RawResponse(
+                200,
+                payload,
+                b"application/octet-stream",
+                [(b"inference-header-content-length", str(header_length).encode())],
+            )
+    except Exception as exc:
+        return error_response(exc, f"POST infer {name}")
+
+
+class _Headers(dict[str, str]):
+    """Lower-case header names -> values, built once from the ASGI scope."""
+
+
+async def fast_path(dp: DataPlane, scope: Any, receive: Any, send: Any, body_limit: int) -> bool:
+    """Serve ``scope`` if it is a hot inference route; False to let FastAPI handle it."""
+    if scope["method"] != "POST":
+        return False
+    path = scope["path"]
+    match = PREDICT_PATH.match(path) if path.startswith("/v1/") else INFER_PATH.match(path)
+    if match is None:
+        return False
+    headers = _Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return True
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > body_limit:
+            response = RawResponse(
+                413, tfserving.error_body(f"request body exceeds the limit of {body_limit} bytes")
+            )
+            await _send(send, response)
+            return True
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    groups = match.groupdict()
+    if "label" in groups:
+        response = await predict(
+            dp, groups["name"], groups["version"], groups["label"], body, headers
+        )
+    else:
+        response = await infer(dp, groups["name"], groups["version"], body, headers)
+    await _send(send, response)
+    return True
+
+
+async def _send(send: Any, response: RawResponse) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [
+                (b"content-type", response.content_type),
+                (b"content-length", str(len(response.body)).encode()),
+                *response.headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
