@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,6 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -109,7 +107,9 @@ def percentile(values: list[float], q: float) -> float:
 class Server:
     """A server subprocess; ``url`` / ``grpc`` parsed from its log."""
 
-    def __init__(self, command: list[str], wait_for: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, command: list[str], wait_for: str, env: dict[str, str] | None = None
+    ) -> None:
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})},
@@ -127,12 +127,15 @@ class Server:
                 self.grpc = match.group(1)
             if wait_for in line or time.monotonic() > end:
                 break
-        if not self.url:
-            if match := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(self.lines)):
-                self.url = match.group(1)
+        if not self.url and (
+            match := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(self.lines))
+        ):
+            self.url = match.group(1)
         if self.process.poll() is not None or not self.url:
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
-        threading.Thread(target=lambda: self.lines.extend(self.process.stdout or []), daemon=True).start()
+        threading.Thread(
+            target=lambda: self.lines.extend(self.process.stdout or []), daemon=True
+        ).start()
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -179,17 +182,21 @@ def wrk(url: str, body: bytes, content_type: str, concurrency: int, duration: fl
     elapsed = time.monotonic() - started
     cpu = (cpu_seconds(pid) - cpu_before) / elapsed * 100 if pid else None
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     errors = int(bad.group(1)) if bad else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
     return rps, p50, p99, errors, cpu
 
 
-async def _grpc_load(target: str, request: bytes, concurrency: int, duration: float) -> tuple[list[float], int, float]:
+async def _grpc_load(
+    target: str, request: bytes, concurrency: int, duration: float
+) -> tuple[list[float], int, float]:
     import grpc
 
     from clients import wire
@@ -217,7 +224,9 @@ async def _grpc_load(target: str, request: bytes, concurrency: int, duration: fl
         return latencies, errors, time.perf_counter() - started
 
 
-def grpc_bench(target: str, concurrency: int, duration: float, pid: int) -> tuple[float, float, float, int, float]:
+def grpc_bench(
+    target: str, concurrency: int, duration: float, pid: int
+) -> tuple[float, float, float, int, float]:
     from clients import wire
 
     request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
@@ -229,7 +238,13 @@ def grpc_bench(target: str, concurrency: int, duration: float, pid: int) -> tupl
     except ImportError:
         latencies, errors, elapsed = asyncio.run(_grpc_load(target, request, concurrency, duration))
     cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
-    return len(latencies) / elapsed, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, errors, cpu
+    return (
+        len(latencies) / elapsed,
+        percentile(latencies, 50) * 1000,
+        percentile(latencies, 99) * 1000,
+        errors,
+        cpu,
+    )
 
 
 # --- scenarios ---------------------------------------------------------------------------------
@@ -239,7 +254,9 @@ def in_process_ceiling(repo: Path, duration: float) -> list[Result]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model_file(repo)), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_file(repo)), options, providers=["CPUExecutionProvider"]
+    )
     results = []
     for batch in (1, 32):
         images = np.repeat(one_image(), batch, axis=0)
@@ -269,33 +286,91 @@ def v2_binary_body() -> tuple[bytes, int]:
     return header + image.tobytes(), len(header)
 
 
-def gateway_scenarios(repo: Path, name: str, extra: list[str], duration: float, work: Path,
-                      concurrencies: tuple[int, ...]) -> list[Result]:  # fmt: skip
-    server = Server(
+def start_gateway(repo: Path, extra: list[str]) -> Server:
+    return Server(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
-         "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0",
-         *extra],
-        wait_for="gRPC", env={"SERVING_LOG_LEVEL": "info"},
+         "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0", *extra],
+        wait_for="gRPC",
     )  # fmt: skip
+
+
+def measure(
+    server: Server, protocol: str, concurrency: int, duration: float, work: Path
+) -> tuple[float, float, float, int, float | None]:
+    """One measurement of one protocol against one running server."""
     pid = server.process.pid
-    results = []
+    if protocol == "REST JSON":
+        path = PREDICT_PATH.format(model="lenet")
+        return wrk(
+            server.url + path,
+            rest_json_body(),
+            "application/json",
+            concurrency,
+            duration,
+            work,
+            pid=pid,
+        )
+    if protocol == "V2 binary":
+        body, header_length = v2_binary_body()
+        path = INFER_PATH.format(model="lenet")
+        return wrk(
+            server.url + path,
+            body,
+            "application/octet-stream",
+            concurrency,
+            duration,
+            work,
+            header_length,
+            pid,
+        )
+    return grpc_bench(server.grpc, concurrency, duration, pid)
+
+
+def side_by_side(
+    repo: Path, duration: float, work: Path, rounds: int, concurrencies: tuple[int, ...]
+) -> list[Result]:
+    """Every server runs at once; the scenarios are interleaved round by round and the median
+    round is reported, so a neighbour's burst of load hits all of them alike."""
+    servers = {
+        "gateway, batching on": start_gateway(repo, []),
+        "gateway, batching off": start_gateway(repo, ["--no-batching"]),
+    }
+    script = work / "naive_app.py"
+    script.write_text(NAIVE_APP)
+    servers["naive FastAPI+ORT"] = Server(
+        [sys.executable, str(script), str(model_file(repo)), str(free_port())],
+        wait_for="Uvicorn running",
+    )
+    plan = [
+        (name, protocol, concurrency)
+        for concurrency in concurrencies
+        for name in servers
+        for protocol in (
+            ("REST JSON",) if name.startswith("naive") else ("REST JSON", "V2 binary", "gRPC")
+        )
+    ]
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float, int, float | None]]] = {
+        k: [] for k in plan
+    }
     try:
-        v2_body, v2_header = v2_binary_body()
-        for concurrency in concurrencies:
-            rps, p50, p99, err, cpu = wrk(server.url + PREDICT_PATH.format(model="lenet"), rest_json_body(),
-                                          "application/json", concurrency, duration, work, pid=pid)  # fmt: skip
-            results.append(Result(name, "REST JSON", concurrency, rps, p50, p99, err, cpu))
-            rps, p50, p99, err, cpu = wrk(server.url + INFER_PATH.format(model="lenet"), v2_body,
-                                          "application/octet-stream", concurrency, duration, work, v2_header, pid)  # fmt: skip
-            results.append(Result(name, "V2 binary", concurrency, rps, p50, p99, err, cpu))
-            rps, p50, p99, err, cpu = grpc_bench(server.grpc, concurrency, duration, pid)
-            results.append(Result(name, "gRPC", concurrency, rps, p50, p99, err, cpu))
+        for round_number in range(rounds):
+            for key in plan:
+                samples[key].append(measure(servers[key[0]], key[1], key[2], duration, work))
+            print(f"round {round_number + 1}/{rounds} done", flush=True)
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
+    results = []
+    for (name, protocol, concurrency), runs in samples.items():
+        runs.sort(key=lambda run: run[0])
+        rps, p50, p99, _errors, cpu = runs[len(runs) // 2]
+        results.append(
+            Result(name, protocol, concurrency, rps, p50, p99, sum(r[3] for r in runs), cpu)
+        )
     return results
 
 
-NAIVE_APP = '''
+NAIVE_APP = """
 import sys
 import numpy as np
 import onnxruntime as ort
@@ -314,46 +389,25 @@ async def predict(body: dict):
 
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
-'''
-
-
-def naive_scenarios(repo: Path, duration: float, work: Path, concurrencies: tuple[int, ...]) -> list[Result]:
-    script = work / "naive_app.py"
-    script.write_text(NAIVE_APP)
-    port = free_port()
-    server = Server([sys.executable, str(script), str(model_file(repo)), str(port)], wait_for="Uvicorn running")
-    results = []
-    try:
-        for concurrency in concurrencies:
-            rps, p50, p99, err, cpu = wrk(f"{server.url}/v1/models/lenet:predict", rest_json_body(),
-                                          "application/json", concurrency, duration, work, pid=server.process.pid)  # fmt: skip
-            results.append(Result("naive FastAPI+ORT", "REST JSON", concurrency, rps, p50, p99, err, cpu))
-    finally:
-        server.stop()
-    return results
+"""
 
 
 def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
-    """Low load (one client, gRPC) with several ONNX Runtime thread settings: CPU the server burns."""
+    """One gRPC client (low load) with several ONNX Runtime thread settings: the CPU the server
+    burns and what it gets for it (ARCHITECTURE's trap: an idle spinning thread pool)."""
     results = []
     for label, extra in (
         ("intra-op 1 (default)", []),
         ("intra-op 0 (all cores), spinning on", ["--intra-op-threads", "0", "--allow-spinning"]),
-        ("intra-op 0 (all cores), spinning off", ["--intra-op-threads", "0", "--no-allow-spinning"]),
+        (
+            "intra-op 0 (all cores), spinning off",
+            ["--intra-op-threads", "0", "--no-allow-spinning"],
+        ),
     ):
-        server = Server(
-            [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
-             "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0", *extra],
-            wait_for="gRPC",
-        )  # fmt: skip
+        server = start_gateway(repo, extra)
         try:
             rps, p50, p99, err, cpu = grpc_bench(server.grpc, 1, duration, server.process.pid)
             results.append(Result(f"gateway, {label}", "gRPC", 1, rps, p50, p99, err, cpu))
-            # Idle: no requests at all for `duration` seconds.
-            before, started = cpu_seconds(server.process.pid), time.monotonic()
-            time.sleep(duration)
-            idle = (cpu_seconds(server.process.pid) - before) / (time.monotonic() - started) * 100
-            results.append(Result(f"gateway, {label}, idle", "-", 0, 0, float("nan"), float("nan"), 0, idle))
         finally:
             server.stop()
     return results
@@ -380,23 +434,37 @@ def ratios(results: list[Result]) -> list[str]:
 
     lines = []
     for protocol in ("REST JSON", "V2 binary", "gRPC"):
-        on, off = rps("gateway, batching on", protocol, 32), rps("gateway, batching off", protocol, 32)
+        on, off = (
+            rps("gateway, batching on", protocol, 32),
+            rps("gateway, batching off", protocol, 32),
+        )
         lines.append(f"- batching on / off at concurrency 32, {protocol}: {on / off:.2f}x")
     naive = rps("naive FastAPI+ORT", "REST JSON", 32)
     for protocol in ("REST JSON", "V2 binary", "gRPC"):
         lines.append(f"- gateway (batching on, {protocol}) / naive FastAPI+ORT (REST JSON) at concurrency 32: "
                      f"{rps('gateway, batching on', protocol, 32) / naive:.2f}x")  # fmt: skip
-    grpc_p50 = [r.p50_ms for r in results if r.server == "gateway, batching on" and r.protocol == "gRPC" and r.concurrency == 1]
+    grpc_p50 = [
+        r.p50_ms
+        for r in results
+        if r.server == "gateway, batching on" and r.protocol == "gRPC" and r.concurrency == 1
+    ]
     if grpc_p50:
         lines.append(f"- gRPC p50 at concurrency 1 (batching on): {grpc_p50[0]:.3f} ms")
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (whole)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds (median reported)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--skip-spinning", action="store_true", help="leave out the thread-setting runs")
+    parser.add_argument(
+        "--skip-spinning", action="store_true", help="leave out the thread-setting runs"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found (Debian package 'wrk'; `make setup` installs it as root)")
@@ -404,19 +472,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         repo, _, description = prepare_repository(work)
-        print(f"model: {description}; {args.duration:g} s per measurement; {os.cpu_count()} CPUs", flush=True)
+        print(
+            f"model: {description}; {args.duration:g} s per measurement; {os.cpu_count()} CPUs",
+            flush=True,
+        )
         results = in_process_ceiling(repo, args.duration)
-        results += gateway_scenarios(repo, "gateway, batching on", [], args.duration, work, concurrencies)
-        results += gateway_scenarios(repo, "gateway, batching off", ["--no-batching"], args.duration, work, concurrencies)
-        results += naive_scenarios(repo, args.duration, work, concurrencies)
+        results += side_by_side(repo, args.duration, work, args.rounds, concurrencies)
         if not args.skip_spinning:
             results += spinning_scenarios(repo, args.duration, work)
     print(table(results))
     print()
     print("\n".join(ratios(results)))
     if args.json:
-        args.json.write_text(json.dumps({"model": description, "results": [asdict(r) for r in results]}, indent=2))
-    _ = statistics  # percentiles come from numpy; statistics kept for readers extending this
+        args.json.write_text(
+            json.dumps({"model": description, "results": [asdict(r) for r in results]}, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""Settings (environment + CLI), version policies, models.config labels, provider selection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from serving_harness import RunningGateway
+
+from serving.repository import VersionPolicy, parse_models_config
+from serving.runtimes.onnx import CPU, OnnxOptions, OnnxRuntime
+from serving.settings import ServingSettings, settings_from_args
+from tests.tiny_models import linear_classifier, write_models_config, write_version
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_documents_every_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(result.stdout.split())
+    for name in ServingSettings.model_fields:
+        assert f"--{name.replace('_', '-')}" in text, name
+        assert f"SERVING_{name.upper()}" in text, name
+
+
+def test_environment_then_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVING_HTTP_PORT", "9000")
+    monkeypatch.setenv("SERVING_BATCHING", "false")
+    monkeypatch.setenv("SERVING_API_KEYS", "a,b")
+    monkeypatch.setenv("SERVING_PREFERRED_BATCH_SIZES", "4,8")
+    settings = settings_from_args(["--http-port", "9100", "--labels", "m:stable=1,m:canary=2"])
+    assert settings.http_port == 9100  # the CLI wins over the environment
+    assert settings.batching is False
+    assert settings.api_keys == ["a", "b"]
+    assert settings.preferred_batch_sizes == [4, 8]
+    assert settings.label_map() == {"m": {"stable": 1, "canary": 2}}
+    assert settings.grpc_port == 8500 and ServingSettings.model_fields["http_port"].default == 8501
+
+
+def test_version_policies() -> None:
+    versions = {1, 2, 3, 5}
+    assert VersionPolicy("latest").select(versions) == {5}
+    assert VersionPolicy("latest", num_versions=2).select(versions) == {3, 5}
+    assert VersionPolicy("all").select(versions) == versions
+    assert VersionPolicy("specific", versions=frozenset({2, 3, 9})).select(versions) == {2, 3}
+
+
+def test_models_config_parses_policies_and_labels(tmp_path: Path) -> None:
+    path = write_models_config(
+        tmp_path,
+        ["a", "b"],
+        labels={"a": {"stable": 1}},
+        policies={"a": "specific { versions: 1 versions: 3 }"},
+    )
+    parsed = parse_models_config(path.read_text())
+    policy, labels, folder = parsed["a"]
+    assert policy == VersionPolicy("specific", versions=frozenset({1, 3}))
+    assert labels == {"stable": 1} and folder == "a"
+    assert parsed["b"][0] is None
+
+
+def test_specific_policy_and_setting_labels_in_a_gateway(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    for version in (1, 2, 3):
+        write_version(tmp_path, "m", version, linear_classifier(seed=version))
+    write_models_config(
+        tmp_path,
+        ["m"],
+        labels={"m": {"stable": 1}},
+        policies={"m": "specific { versions: 1 versions: 2 }"},
+    )
+    gateway: RunningGateway = start_gateway(tmp_path, labels=["m:canary=2"])
+    assert gateway.gateway is not None
+    entry = gateway.gateway.repository.entry("m")
+    assert sorted(v.version for v in entry.available()) == [1, 2]
+    assert entry.labels == {"stable": 1, "canary": 2}
+    assert gateway.gateway.repository.resolve("m", label="canary").version == 2
+    assert gateway.gateway.repository.resolve("m").version == 2
+
+
+def test_cpu_provider_decided_after_creation(tmp_path: Path) -> None:
+    version_dir = write_version(tmp_path, "m", 1, linear_classifier())
+    (version_dir / "model.fp16.onnx").write_bytes((version_dir / "model.onnx").read_bytes())
+    runtime = OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="auto", precision="fp16"))
+    # No usable GPU here: whatever ONNX Runtime lists, the session runs on the CPU with fp32.
+    assert runtime.provider == CPU
+    assert runtime.model_file.name == "model.onnx"
+    if "CUDAExecutionProvider" not in runtime.session.get_providers():
+        with pytest.raises(RuntimeError, match="device=cuda"):
+            OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
