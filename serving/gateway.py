@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1.health import aio as health_aio
 
 from serving.batching import BatchingConfig
 from serving.dataplane import DataPlane, Limits
@@ -116,7 +116,7 @@ class Gateway:
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._grpc: grpc.aio.Server | None = None
-        self._health: HealthServicer | None = None
+        self._health: health_aio.HealthServicer | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from clients import wire
 from clients.codec import ndarray_to_tensor_proto, tensor_proto_to_ndarray, tf_dtype
@@ -185,7 +185,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 def build_grpc_server(
     dataplane: DataPlane, settings: ServingSettings
-) -> tuple[grpc.aio.Server, HealthServicer]:
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     """A grpc.aio server with TF Serving's services and the standard health service (not started)."""
     interceptors = (
         [ApiKeyInterceptor(settings.api_keys, settings.auth_exempt_health)]
@@ -227,7 +227,6 @@ def build_grpc_server(
             ),
         )
     )
-    health = HealthServicer()
+    health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    _ = health_pb2  # status enums live there; imported for callers' convenience
     return server, health
