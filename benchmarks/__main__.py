@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="in-process ONNX Runtime measurement before the run (0: skip)",
     )
+    run.add_argument(
+        "--ceiling-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of the ceiling (the gateway's default is 1)",
+    )
     run.add_argument("--name", help="server name in the report (default: the target)")
     run.add_argument("--out", default="reports/run")
     run.add_argument(
@@ -119,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop targets that are not up; start the gateway only if none is",
     )
     sweep.add_argument("--ceiling-seconds", type=float, default=2.0)
+    sweep.add_argument(
+        "--ceiling-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of the ceiling (the gateway's default is 1)",
+    )
     sweep.add_argument("--max-error-ratio", type=float, default=0.01)
     sweep.add_argument("--out", default="reports/sweep")
     sweep.add_argument(
@@ -184,6 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         image_path=args.image_path,
         ceiling_seconds=0.2 if args.dry_run else args.ceiling_seconds,
+        ceiling_intra_op_threads=args.ceiling_threads,
         max_accuracy_drop=args.max_accuracy_drop,
         min_agreement=args.min_agreement,
         max_error_ratio=args.max_error_ratio,
@@ -220,6 +233,7 @@ def _sweep(args: argparse.Namespace) -> int:
         gateway_args=args.gateway_arg,
         skip_down=args.skip_down,
         ceiling_seconds=args.ceiling_seconds,
+        ceiling_intra_op_threads=args.ceiling_threads,
         max_error_ratio=args.max_error_ratio,
     )
     if args.dry_run:

@@ -37,6 +37,7 @@ import gevent  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
+from locust.runners import WorkerRunner  # noqa: E402
 
 from clients import v2 as v2_wire  # noqa: E402
 from clients.codec import tensor_proto_to_ndarray  # noqa: E402
@@ -109,11 +110,18 @@ RECORDER = Recorder()
 @events.test_start.add_listener
 def _on_test_start(environment: Any, **_: Any) -> None:
     RECORDER.test_start = time.time()
-    warmup = float(load_config().get("warmup_s", 0))
+    config = load_config()
+    warmup = float(config.get("warmup_s", 0))
     if warmup > 0:
         # Locust has no warm-up phase: its statistics restart once the warm-up is over. Every
         # process resets, so a worker's not yet reported pre-warm-up counts are dropped too.
         gevent.spawn_later(warmup, environment.stats.reset_all)
+    duration = config.get("duration_s")
+    if duration and not isinstance(environment.runner, WorkerRunner):
+        # Locust's --run-time clock starts before the test does (a master first waits for its
+        # workers), so the run is ended from here, warm-up + duration after the real start;
+        # --run-time stays only as a safety net.
+        gevent.spawn_later(warmup + float(duration), environment.runner.quit)
 
 
 @events.test_stop.add_listener

@@ -295,7 +295,7 @@ def _series_key(run: dict[str, Any]) -> str:
     extra = cfg.get("extra") or {}
     batching = extra.get("batching")
     label = f"{run['server']} {cfg['protocol']}"
-    if batching is not None:
+    if batching is not None and "batching" not in str(run["server"]):
         label += f" batching={'on' if batching else 'off'}"
     return label + f" k={cfg['images_per_request']}"
 
@@ -368,14 +368,17 @@ def write_sweep_report(sweep: dict[str, Any], out: Path) -> None:
     if sweep.get("ceiling"):
         lines += [
             "",
-            "In-process ONNX Runtime ceiling:",
+            f"In-process ONNX Runtime ceiling on {sweep['ceiling']['providers'][0]},"
+            f" {sweep['ceiling']['intra_op_threads'] or 'default'} intra-op thread(s);"
+            " images/s from the median run, sustained over the whole measurement:",
             "",
-            "| batch | images/s | p50 ms |",
-            "|---|---|---|",
+            "| batch | images/s | sustained images/s | p50 ms |",
+            "|---|---|---|---|",
         ]
         for row in sweep["ceiling"]["results"]:
             lines.append(
                 f"| {row['batch_size']} | {_fmt(row['images_per_s'], 1)}"
+                f" | {_fmt(row.get('images_per_s_sustained'), 1)}"
                 f" | {_fmt(row['latency_ms_p50'], 3)} |"
             )
     lines += ["", "## Plots", ""]

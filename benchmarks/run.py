@@ -40,6 +40,7 @@ PAYLOAD_FORMATS = {
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 SCHEMA_VERSION = 1
+RUN_TIME_SLACK_S = 30
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -81,6 +82,8 @@ class RunConfig:
     input_name: str = "image"
     output_name: str = "probabilities"
     ceiling_seconds: float = 1.0
+    # One intra-op thread, as the gateway runs by default (SERVING_INTRA_OP_THREADS=1).
+    ceiling_intra_op_threads: int = 1
     max_accuracy_drop: float = 0.01
     min_agreement: float = 0.99
     max_error_ratio: float = 0.01
@@ -97,6 +100,8 @@ class RunConfig:
                 f"payload format for {self.protocol} must be one of"
                 f" {', '.join(PAYLOAD_FORMATS[self.protocol])}"
             )
+        if self.protocol == "v2" and self.label:
+            raise ValueError("KServe V2 has no version labels: give --version instead")
         if self.protocol == "image" and self.images_per_request != 1:
             raise ValueError("the image endpoint takes one image per request")
         if self.images_per_request < 1 or self.users < 1 or self.processes < 1:
@@ -117,7 +122,8 @@ def locust_command(config: RunConfig, csv_prefix: Path) -> list[str]:
         "--spawn-rate",
         str(config.spawn_rate),
         "--run-time",
-        f"{math.ceil(config.warmup_s + config.duration_s)}s",
+        # A safety net only: the locustfile ends the run warm-up + duration after it started.
+        f"{math.ceil(config.warmup_s + config.duration_s) + RUN_TIME_SLACK_S}s",
         "--host",
         config.target,
         "--csv",
@@ -292,7 +298,8 @@ def _run_locust(config: RunConfig, command: list[str], env: dict[str, str], out:
     total = config.warmup_s + config.duration_s
     stats_csv = out / "locust_stats.csv"
     log_path = out / "locust.log"
-    deadline = time.monotonic() + total + 120.0  # start-up, stop timeout and CSV writing
+    # start-up, the --run-time safety net, the stop timeout and CSV writing
+    deadline = time.monotonic() + total + RUN_TIME_SLACK_S + 90.0
     with (
         log_path.open("wb") as log,
         Progress(
@@ -363,7 +370,8 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
             model_files.onnx_path,
             [config.images_per_request],
             config.ceiling_seconds,
-            providers="CPUExecutionProvider",
+            providers="auto",
+            intra_op_threads=config.ceiling_intra_op_threads,
             images=sample,
         )
 
@@ -376,6 +384,7 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
         "payload_format": config.payload_format,
         "images_per_request": config.images_per_request,
         "warmup_s": config.warmup_s,
+        "duration_s": config.duration_s,
         "data_path": str(data_path.resolve()),
         "samples_dir": str(samples_dir.resolve()),
         "image_path": config.image_path,
@@ -392,6 +401,11 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
     results = collect_results(config, data_path, data_summary, samples_dir, csv_prefix, ceiling)
     results["locust"]["exit_code"] = exit_code
     results["locust"]["command"] = command
+    if exit_code not in (0, 1):  # 1 only says some requests failed, which is judged above
+        results["failure_reasons"].append(
+            f"locust exited with {exit_code}; see {out / 'locust.log'}"
+        )
+        results["failure"], results["passed"] = True, False
     write_run_report(results, out)
     return results
 
@@ -416,23 +430,28 @@ def collect_results(
     if test_start is not None:
         window_start = test_start + config.warmup_s
         window_end = window_start + duration
+        if len(end_times):
+            # The earliest worker's start opens the window; a run that ended a little sooner
+            # (a later worker, a slow start) is measured over the time it really ran.
+            window_end = max(window_start, min(window_end, float(end_times.max())))
         in_window = (end_times >= window_start) & (end_times <= window_end)
     else:
         window_start = window_end = 0.0
         in_window = np.zeros(len(end_times), bool)
+    window = window_end - window_start
     measured_ok = in_window & success
     requests_ok = int(measured_ok.sum())
     failures = int((in_window & ~success).sum())
     images_ok = int(samples["images"][measured_ok].sum())
     total_in_window = requests_ok + failures
     throughput = {
-        "requests_per_s": requests_ok / duration if duration else 0.0,
-        "images_per_s": images_ok / duration if duration else 0.0,
+        "requests_per_s": requests_ok / window if window > 0 else 0.0,
+        "images_per_s": images_ok / window if window > 0 else 0.0,
         "requests": requests_ok,
         "images": images_ok,
         "failures": failures,
         "error_ratio": failures / total_in_window if total_in_window else 0.0,
-        "window_s": duration,
+        "window_s": window,
     }
     latency = metrics.latency_summary_ms(samples["latency"][measured_ok])
     latency["source"] = "time.perf_counter per request, successful requests after warm-up"

@@ -40,6 +40,7 @@ class SweepConfig:
     gateway_args: list[str] = field(default_factory=list)
     skip_down: bool = False
     ceiling_seconds: float = 2.0
+    ceiling_intra_op_threads: int = 1
     max_error_ratio: float = 0.01
 
 
@@ -105,7 +106,8 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
             model_files.onnx_path,
             sorted(set(config.images_per_request)),
             config.ceiling_seconds,
-            providers="CPUExecutionProvider",
+            providers="auto",
+            intra_op_threads=config.ceiling_intra_op_threads,
         )
     runs: list[dict[str, Any]] = []
     problems: list[str] = []

@@ -197,3 +197,26 @@ def test_sweep_writes_one_comparison_report(
         with Image.open(tmp_path / name) as image:
             image.verify()
     assert "| gateway | grpc |" in (tmp_path / "report.md").read_text()
+
+
+def test_unreachable_target_is_a_failure_not_a_silent_zero(tmp_path: Path) -> None:
+    from benchmarks.servers import free_port
+
+    config = RunConfig(
+        target=f"http://127.0.0.1:{free_port()}",
+        model=MODEL,
+        protocol="v2",
+        out=str(tmp_path),
+        users=1,
+        spawn_rate=1.0,
+        duration_s=1.0,
+        warmup_s=0.0,
+        num_images=16,
+        repository=str(tmp_path / "no-repository"),
+    )
+    results = run_benchmark(config)
+    assert results["failure"] is True
+    assert results["throughput"]["requests"] == 0
+    assert results["throughput"]["error_ratio"] == 1.0
+    assert "no successful requests in the measured window" in results["failure_reasons"]
+    validate_report(tmp_path)
