@@ -4,7 +4,7 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 ``tests/tiny_models.py``), single-image requests, concurrency 1 and 32:
 
 - in-process ONNX Runtime (the ceiling: no network, no serialisation);
-- our gateway with batching on and off, over REST JSON (TF Serving row format), KServe V2 binary
+- our gateway with batching on and off (and once without its pure-ASGI fast path), over REST JSON (TF Serving row format), KServe V2 binary
   and TF Serving gRPC;
 - a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
   lists in and out, default session options);
@@ -334,6 +334,8 @@ def side_by_side(
     servers = {
         "gateway, batching on": start_gateway(repo, []),
         "gateway, batching off": start_gateway(repo, ["--no-batching"]),
+        # the same gateway without its pure-ASGI fast path: every request through FastAPI routing
+        "gateway, batching on, FastAPI routing": start_gateway(repo, ["--no-http-fast-path"]),
     }
     script = work / "naive_app.py"
     script.write_text(NAIVE_APP)
@@ -341,13 +343,15 @@ def side_by_side(
         [sys.executable, str(script), str(model_file(repo)), str(free_port())],
         wait_for="Uvicorn running",
     )
+    protocols = {
+        "naive FastAPI+ORT": ("REST JSON",),
+        "gateway, batching on, FastAPI routing": ("REST JSON", "V2 binary"),
+    }
     plan = [
         (name, protocol, concurrency)
         for concurrency in concurrencies
         for name in servers
-        for protocol in (
-            ("REST JSON",) if name.startswith("naive") else ("REST JSON", "V2 binary", "gRPC")
-        )
+        for protocol in protocols.get(name, ("REST JSON", "V2 binary", "gRPC"))
     ]
     samples: dict[tuple[str, str, int], list[tuple[float, float, float, int, float | None]]] = {
         k: [] for k in plan
@@ -439,6 +443,12 @@ def ratios(results: list[Result]) -> list[str]:
             rps("gateway, batching off", protocol, 32),
         )
         lines.append(f"- batching on / off at concurrency 32, {protocol}: {on / off:.2f}x")
+    for protocol in ("REST JSON", "V2 binary"):
+        fast = rps("gateway, batching on", protocol, 32)
+        routed = rps("gateway, batching on, FastAPI routing", protocol, 32)
+        lines.append(
+            f"- fast path / FastAPI routing at concurrency 32, {protocol}: {fast / routed:.2f}x"
+        )
     naive = rps("naive FastAPI+ORT", "REST JSON", 32)
     for protocol in ("REST JSON", "V2 binary", "gRPC"):
         lines.append(f"- gateway (batching on, {protocol}) / naive FastAPI+ORT (REST JSON) at concurrency 32: "
