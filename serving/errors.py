@@ -1,7 +1,8 @@
 """One error hierarchy for the gateway.
 
 Every error carries its canonical status name (gRPC's vocabulary, as TF Serving uses it); the HTTP
-status and the gRPC code both come from :data:`STATUS_TABLE`, so the two transports never disagree.
+status and the gRPC code both come from :data:`STATUS_TABLE` (built on ``clients.errors.Status``),
+so the two transports, and the client, never disagree.
 """
 
 from __future__ import annotations
@@ -11,25 +12,17 @@ import uuid
 
 import grpc
 
-#: canonical status -> (HTTP status, gRPC code). TF Serving's REST mapping, plus 413 and 401.
-STATUS_TABLE: dict[str, tuple[int, grpc.StatusCode]] = {
-    "OK": (200, grpc.StatusCode.OK),
-    "INVALID_ARGUMENT": (400, grpc.StatusCode.INVALID_ARGUMENT),
-    "FAILED_PRECONDITION": (400, grpc.StatusCode.FAILED_PRECONDITION),
-    "UNAUTHENTICATED": (401, grpc.StatusCode.UNAUTHENTICATED),
-    "NOT_FOUND": (404, grpc.StatusCode.NOT_FOUND),
-    "PAYLOAD_TOO_LARGE": (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    "RESOURCE_EXHAUSTED": (429, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    "INTERNAL": (500, grpc.StatusCode.INTERNAL),
-    "UNIMPLEMENTED": (501, grpc.StatusCode.UNIMPLEMENTED),
-    "UNAVAILABLE": (503, grpc.StatusCode.UNAVAILABLE),
-    "DEADLINE_EXCEEDED": (504, grpc.StatusCode.DEADLINE_EXCEEDED),
-}
+from clients.errors import Status
 
-#: inverse direction for gRPC codes (first name wins), derived from the table above.
-STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, str] = {}
-for _name, (_http, _code) in STATUS_TABLE.items():
-    STATUS_BY_GRPC_CODE.setdefault(_code, _name)
+_GRPC_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+#: canonical status -> (HTTP status, gRPC code), derived from the clients' normalised table
+#: (TF Serving's REST mapping), so server and client read statuses the same way.
+STATUS_TABLE: dict[str, tuple[int, grpc.StatusCode]] = {
+    status.name: (status.http_status, _GRPC_BY_NUMBER[status.grpc_code]) for status in Status
+}
+# The gateway's one refinement: an oversize body is HTTP 413 (gRPC itself says RESOURCE_EXHAUSTED).
+STATUS_TABLE["PAYLOAD_TOO_LARGE"] = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class ServingError(Exception):
