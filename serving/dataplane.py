@@ -170,6 +170,8 @@ class DataPlane:
             if mv is None:
                 raise NotFound(f"version {wanted} of model '{model}' not found")
             return [mv]
+        if not entry.versions:
+            self.repository.resolve(model)  # raises NotFound: the model has no versions
         return sorted(entry.versions.values(), key=lambda mv: mv.version, reverse=True)
 
 

@@ -178,6 +178,8 @@ class ModelRepository:
             return mv
         available = entry.available()
         if not available:
+            if not entry.versions:
+                raise NotFound(f"model '{name}' has no versions (nothing under {entry.path.name}/)")
             raise Unavailable(f"model '{name}' has no version ready")
         return available[0]
 
@@ -190,8 +192,12 @@ class ModelRepository:
         return entry
 
     def ready(self) -> bool:
-        """Every model has at least one AVAILABLE version (and there is a model)."""
-        return bool(self.models) and all(entry.available() for entry in self.models.values())
+        """Every model with versions on disk has one AVAILABLE (and there is such a model).
+
+        A model that models.config names but training has not exported yet does not hold the
+        whole gateway back from readiness; a model whose every version failed does."""
+        with_versions = [entry for entry in self.models.values() if entry.versions]
+        return bool(with_versions) and all(entry.available() for entry in with_versions)
 
     # --- scanning -----------------------------------------------------------------------------
     def _read_config(self) -> None:

@@ -96,3 +96,14 @@ def test_cpu_provider_decided_after_creation(tmp_path: Path) -> None:
     if "CUDAExecutionProvider" not in runtime.session.get_providers():
         with pytest.raises(RuntimeError, match="device=cuda"):
             OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
+
+
+def test_model_named_in_config_but_not_exported(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    write_version(tmp_path, "m", 1, linear_classifier())
+    write_models_config(tmp_path, ["m", "ghost"])
+    gateway: RunningGateway = start_gateway(tmp_path)
+    assert httpx.get(f"{gateway.http_url}/v2/health/ready", timeout=10).json() == {"ready": True}
+    reply = httpx.get(f"{gateway.http_url}/v1/models/ghost", timeout=10)
+    assert reply.status_code == 404 and "model 'ghost' has no versions" in reply.json()["error"]
