@@ -206,3 +206,27 @@ def test_metrics_and_docs(http: httpx.Client) -> None:
     assert http.get("/docs").status_code == 200
     paths = http.get("/openapi.json").json()["paths"]
     assert "/v1/models/{name}:predict" in paths and "/v2/models/{name}/infer" in paths
+
+
+def test_fastapi_routes_answer_like_the_fast_path(tiny_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """With --no-http-fast-path the same handlers run behind FastAPI's routing: same answers."""
+    routed: RunningGateway = start_gateway(tiny_repo, http_fast_path=False)
+    fast: RunningGateway = start_gateway(tiny_repo)
+    images = sample_images(2, seed=8)
+    header = json.dumps(
+        {"inputs": [{"name": "image", "shape": [2, 28, 28, 1], "datatype": "UINT8",
+                     "parameters": {"binary_data_size": images.nbytes}}]}
+    ).encode()  # fmt: skip
+    requests = [
+        ("/v1/models/tiny/versions/1:predict", {"json": {"instances": images.tolist()}}),
+        ("/v1/models/tiny/labels/canary:predict", {"json": {"inputs": images.tolist()}}),
+        ("/v2/models/tiny/infer", {"content": header + images.tobytes(),
+                                   "headers": {"Inference-Header-Content-Length": str(len(header))}}),
+        ("/v1/models/tiny:predict", {"json": {"instances": [[1, 2]]}}),
+        ("/v1/models/nope:predict", {"json": {"instances": images.tolist()}}),
+    ]  # fmt: skip
+    for path, kwargs in requests:
+        answers = [httpx.post(gw.http_url + path, timeout=10, **kwargs) for gw in (routed, fast)]
+        assert answers[0].status_code == answers[1].status_code, path
+        assert answers[0].content == answers[1].content, path
+        assert answers[0].headers["content-type"] == answers[1].headers["content-type"], path
