@@ -3,7 +3,8 @@
 LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-like model from
 ``tests/tiny_models.py``), single-image requests, concurrency 1 and 32:
 
-- in-process ONNX Runtime (the ceiling: no network, no serialisation);
+- in-process ONNX Runtime (the ceiling: no network, no serialisation), and the gateway's
+  DynamicBatcher alone (32 asyncio callers, batching on and off, no transport);
 - our gateway with batching on and off (and once without its pure-ASGI fast path), over REST JSON (TF Serving row format), KServe V2 binary
   and TF Serving gRPC;
 - a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
@@ -34,6 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -417,6 +419,43 @@ def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
     return results
 
 
+def batcher_scenarios(repo: Path, duration: float) -> list[Result]:
+    """The batching layer alone: 32 asyncio callers on one DynamicBatcher over ONNX Runtime, no
+    transport. Shows what batching saves before HTTP/gRPC handling dilutes it."""
+    from serving.batching import BatchingConfig, DynamicBatcher
+    from serving.metrics import GatewayMetrics
+    from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+
+    async def run(merge: bool) -> Result:
+        runtime = OnnxRuntime(model_file(repo).parent, OnnxOptions(device="cpu"))
+        batcher = DynamicBatcher(runtime, "lenet", 1, BatchingConfig(merge=merge), GatewayMetrics())
+        image = {"image": one_image()}
+        latencies: list[float] = []
+        end = time.perf_counter() + duration
+
+        async def caller() -> None:
+            while time.perf_counter() < end:
+                start = time.perf_counter()
+                await batcher.infer(image, time.monotonic() + 30)
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*[caller() for _ in range(32)])
+        elapsed = time.perf_counter() - started
+        batcher.close()
+        name = f"in-process DynamicBatcher, batching {'on' if merge else 'off'}"
+        return Result(name, "numpy", 32, len(latencies) / elapsed,
+                      percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, 0)  # fmt: skip
+
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return [runner(run(merge)) for merge in (True, False)]
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| server | protocol | concurrency | requests/s | p50 ms | p99 ms | errors | server CPU % |",
@@ -475,6 +514,9 @@ def main() -> None:
     parser.add_argument(
         "--skip-spinning", action="store_true", help="leave out the thread-setting runs"
     )
+    parser.add_argument(
+        "--batcher-only", action="store_true", help="only the in-process ceiling and batcher runs"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found (Debian package 'wrk'; `make setup` installs it as root)")
@@ -487,6 +529,10 @@ def main() -> None:
             flush=True,
         )
         results = in_process_ceiling(repo, args.duration)
+        results += batcher_scenarios(repo, args.duration)
+        if args.batcher_only:
+            print(table(results))
+            return
         results += side_by_side(repo, args.duration, work, args.rounds, concurrencies)
         if not args.skip_spinning:
             results += spinning_scenarios(repo, args.duration, work)
