@@ -157,6 +157,8 @@ class OnnxRuntime(ModelRuntime):
         self._output_names = [spec.name for spec in self.outputs]
         self._on_gpu = self.provider in GPU_PROVIDERS
         self._graph: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+        #: where IO binding places device buffers; "cuda" on GPUs ("cpu" lets tests run the path)
+        self.io_device = "cuda"
 
     def _create(
         self, path: Path, providers: list[tuple[str, dict[str, Any]]]
@@ -209,7 +211,7 @@ class OnnxRuntime(ModelRuntime):
             graph_inputs = {}
             for name, array in inputs.items():
                 value = ort.OrtValue.ortvalue_from_numpy(
-                    np.ascontiguousarray(array), "cuda", device
+                    np.ascontiguousarray(array), self.io_device, device
                 )
                 binding.bind_ortvalue_input(name, value)
                 graph_inputs[name] = value
@@ -221,7 +223,9 @@ class OnnxRuntime(ModelRuntime):
                     raise RuntimeError(
                         f"cuda_graph needs fixed output shapes; {spec.name} is {shape}"
                     )
-                value = ort.OrtValue.ortvalue_from_shape_and_type(shape, spec.dtype, "cuda", device)
+                value = ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, spec.dtype, self.io_device, device
+                )
                 binding.bind_ortvalue_output(spec.name, value)
                 graph_outputs[spec.name] = value
             self._graph = (binding, graph_inputs, graph_outputs)
@@ -240,7 +244,7 @@ class OnnxRuntime(ModelRuntime):
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in self._output_names:
-            binding.bind_output(name, "cuda", self.options.device_id)
+            binding.bind_output(name, self.io_device, self.options.device_id)
         self.session.run_with_iobinding(binding)
         results = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, results, strict=True))

@@ -107,3 +107,24 @@ def test_model_named_in_config_but_not_exported(tmp_path: Path, start_gateway) -
     assert httpx.get(f"{gateway.http_url}/v2/health/ready", timeout=10).json() == {"ready": True}
     reply = httpx.get(f"{gateway.http_url}/v1/models/ghost", timeout=10)
     assert reply.status_code == 404 and "model 'ghost' has no versions" in reply.json()["error"]
+
+
+def test_io_binding_paths_match_plain_run(tmp_path: Path) -> None:
+    """The GPU code paths (IO binding; CUDA-graph style fixed buffers updated in place) run on
+    the CPU device here and must give what session.run gives."""
+    import numpy as np
+
+    from tests.tiny_models import reference_predict, sample_images
+
+    write_version(tmp_path, "m", 1, linear_classifier())
+    runtime = OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cpu"))
+    runtime.io_device = "cpu"
+    expected = reference_predict(tmp_path / "m" / "1" / "model.onnx", sample_images(4, seed=3))
+    bound = runtime._predict_io_binding({"image": sample_images(4, seed=3)})
+    np.testing.assert_allclose(bound["probabilities"], expected, rtol=1e-6)
+    for seed in (3, 4):  # the second call reuses the buffers bound by the first
+        graph = runtime._predict_cuda_graph({"image": sample_images(4, seed=seed)})
+        want = reference_predict(tmp_path / "m" / "1" / "model.onnx", sample_images(4, seed=seed))
+        np.testing.assert_allclose(graph["probabilities"], want, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="captured for"):
+        runtime._predict_cuda_graph({"image": sample_images(2)})
