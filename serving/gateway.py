@@ -136,6 +136,7 @@ class Gateway:
         config = uvicorn.Config(
             self.app,
             log_level=s.log_level,
+            log_config=None,  # uvicorn's loggers go through ours (one format in the log)
             access_log=False,
             lifespan="off",
             http="httptools" if _has("httptools") else "h11",

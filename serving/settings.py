@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         env = f"SERVING_{name.upper()}"
         default = field.get_default(call_default_factory=True)
-        help_text = f"{field.description} [env {env}; default {default!r}]"
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{field.description} [env {env}; default: {shown}]"
         if field.annotation is bool:
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
