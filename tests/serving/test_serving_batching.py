@@ -13,6 +13,7 @@ import pytest
 from serving_harness import RunningGateway
 
 from serving.batching import BatchingConfig, DynamicBatcher
+from serving.metrics import GatewayMetrics
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
 from tests.tiny_models import batch_one_classifier, reference_predict, sample_images, write_version
 
@@ -86,4 +87,45 @@ def test_failing_batch_fails_only_its_requests(tmp_path: Path) -> None:
     assert all(isinstance(result, Exception) for result in merged)
     expected = reference_predict(tmp_path / "one" / "1" / "model.onnx", sample_images(1, seed=9))
     np.testing.assert_allclose(alone["probabilities"], expected, rtol=1e-6)  # type: ignore[index]
+    batcher.close()
+
+
+def test_only_compatible_shapes_are_merged(tmp_path: Path) -> None:
+    """A model with a dynamic feature axis: requests of different widths queue together but run
+    in separate batches, and every caller gets its own sums."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)],
+        "row_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "width"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_version(tmp_path, "sum", 1, model.SerializeToString())
+    assert onnx.load(tmp_path / "sum" / "1" / "model.onnx")
+    metrics = GatewayMetrics()
+    runtime = OnnxRuntime(tmp_path / "sum" / "1", OnnxOptions(device="cpu"))
+    batcher = DynamicBatcher(
+        runtime, "sum", 1, BatchingConfig(batch_timeout_us=200_000, max_batch_size=64), metrics
+    )
+    rng = np.random.default_rng(0)
+    requests = [
+        rng.random((int(rng.integers(1, 4)), 3 if i % 2 else 5), dtype=np.float32)
+        for i in range(12)
+    ]
+
+    async def scenario() -> list[dict[str, np.ndarray]]:
+        deadline = time.monotonic() + 30
+        return await asyncio.gather(*[batcher.infer({"x": r}, deadline) for r in requests])
+
+    results = asyncio.run(scenario())
+    for request, result in zip(requests, results, strict=True):
+        np.testing.assert_allclose(result["y"], request.sum(axis=1, keepdims=True), rtol=1e-6)
+    batches, rows = batch_stats(metrics.render().decode(), "sum")
+    assert rows == sum(len(r) for r in requests)
+    assert 2 <= batches < len(requests)  # merged, but never across widths
     batcher.close()
