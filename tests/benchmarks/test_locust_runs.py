@@ -103,7 +103,9 @@ def test_v2_batches_over_two_locust_processes(
 def test_grpc_calls_appear_in_locust_statistics(
     served_gateway: Server, trained_repository: Path, tmp_path: Path
 ) -> None:
-    results = run_benchmark(short_run(served_gateway, trained_repository, tmp_path, "grpc"))
+    results = run_benchmark(
+        short_run(served_gateway, trained_repository, tmp_path, "grpc", version=1)
+    )
     grpc_rows = [e for e in results["locust"]["entries"] if e["type"] == "grpc"]
     assert [row["name"] for row in grpc_rows] == [PREDICT_METHOD]
     assert grpc_rows[0]["requests"] > 0
@@ -116,7 +118,11 @@ def test_grpc_calls_appear_in_locust_statistics(
 def test_image_endpoint_answers_are_checked(
     served_gateway: Server, trained_repository: Path, tmp_path: Path
 ) -> None:
-    results = run_benchmark(short_run(served_gateway, trained_repository, tmp_path, "image"))
+    # An explicit version goes into the URL (/v1/models/lenet/versions/1:classify_image).
+    results = run_benchmark(
+        short_run(served_gateway, trained_repository, tmp_path, "image", version=1)
+    )
+    assert results["locust"]["aggregated"]["failures"] == 0
     assert results["failure"] is False, results["failure_reasons"]
     assert results["accuracy"]["count"] > 0
     assert results["accuracy"]["agreement"] == 1.0
