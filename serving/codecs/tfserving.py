@@ -164,8 +164,7 @@ def _decode_rows(
                 f"model has several inputs ({names}): each instance must be an object"
             )
         spec = specs[0]
-        if _is_b64(instances[0]):
-            return {spec.name: to_array(instances, spec, batch=True)}
+        # A list of values (or of b64 objects) is the batch itself.
         return {spec.name: to_array(instances, spec, batch=True)}
     columns: dict[str, list[Any]] = {}
     for index, instance in enumerate(instances):
