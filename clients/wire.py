@@ -18,6 +18,9 @@ Public API:
   ``pack_signature_def_map(msg) -> Any`` and ``unpack_signature_def_map(any) -> SignatureDefMap``
   (by TF Serving's type URL, which ``Any.Pack`` would not write for our package name).
 - ``PREDICT_METHOD_NAME`` = ``"tensorflow/serving/predict"`` (SignatureDef.method_name).
+- ``CLASS_NAMES_FIELD`` = ``"class_names"``: the extra model-metadata entry our gateway adds next to
+  ``signature_def`` (a ``google.protobuf.ListValue`` of strings in ``Any``; stock clients ignore
+  it); ``pack_class_names(names) -> Any`` and ``unpack_class_names(any) -> list[str]``.
 - ``model_spec(name, version=None, label=None, signature=None) -> ModelSpec``.
 - ``build_predict_request(model, inputs, *, version, label, signature, output_filter)``: the
   ``PredictRequest`` message.
@@ -40,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, struct_pb2
 from google.protobuf.message import Message
 
 from clients.codec import as_ndarray, ndarray_to_tensor_proto, tf_dtype
@@ -68,6 +71,7 @@ from clients.proto.predict_pb2 import ModelSpec, PredictRequest, PredictResponse
 from clients.proto.tensor_pb2 import DataType, TensorProto, TensorShapeProto
 
 __all__ = [
+    "CLASS_NAMES_FIELD",
     "GET_MODEL_METADATA_METHOD",
     "GET_MODEL_STATUS_METHOD",
     "METHODS",
@@ -100,7 +104,9 @@ __all__ = [
     "build_predict_request",
     "encode_predict_request",
     "model_spec",
+    "pack_class_names",
     "pack_signature_def_map",
+    "unpack_class_names",
     "unpack_signature_def_map",
 ]
 
@@ -112,6 +118,7 @@ GET_MODEL_STATUS_METHOD = f"/{MODEL_SERVICE}/GetModelStatus"
 
 SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+CLASS_NAMES_FIELD = "class_names"
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,21 @@ def unpack_signature_def_map(packed: any_pb2.Any) -> SignatureDefMap:
     signatures = SignatureDefMap()
     signatures.ParseFromString(packed.value)
     return signatures
+
+
+def pack_class_names(names: list[str]) -> any_pb2.Any:
+    """Pack a model's class names (index order) into ``Any`` as a ``ListValue`` of strings."""
+    packed = any_pb2.Any()
+    packed.Pack(struct_pb2.ListValue(values=[struct_pb2.Value(string_value=n) for n in names]))
+    return packed
+
+
+def unpack_class_names(packed: any_pb2.Any) -> list[str]:
+    """The class names ``pack_class_names`` packed; ``ValueError`` for any other message."""
+    values = struct_pb2.ListValue()
+    if not packed.Unpack(values):
+        raise ValueError(f"not a ListValue of class names: {packed.type_url!r}")
+    return [value.string_value for value in values.values]
 
 
 def model_spec(
@@ -233,13 +255,14 @@ def _field(number: int, payload: bytes) -> bytes:
 _SPEC_CACHE: dict[tuple[str, int | None, str | None, str | None], bytes] = {}
 
 
-def _model_spec_bytes(
+def _model_spec_field(
     model: str, version: int | None, label: str | None, signature: str | None
 ) -> bytes:
+    """``PredictRequest.model_spec`` (field 1), serialized with its key and length."""
     key = (model, version, label, signature)
     cached = _SPEC_CACHE.get(key)
     if cached is None:
-        cached = model_spec(model, version, label, signature).SerializeToString()
+        cached = _field(1, model_spec(model, version, label, signature).SerializeToString())
         if len(_SPEC_CACHE) < 1024:  # a client talks to few models; bound it anyway
             _SPEC_CACHE[key] = cached
     return cached
@@ -291,17 +314,45 @@ def encode_predict_request(
     signature: str | None = "serving_default",
     output_filter: list[str] | None = None,
 ) -> bytes:
-    """A serialized ``PredictRequest``, equal to ``build_predict_request(...)``'s message."""
-    parts: list[bytes | memoryview] = [
-        _field(1, _model_spec_bytes(model, version, label, signature))
-    ]
+    """A serialized ``PredictRequest``, equal to ``build_predict_request(...)``'s message.
+
+    A request's framing depends only on the model spec and each input's name, dtype and shape,
+    which repeat from call to call, so it is cached and a numeric input costs one copy of its bytes
+    (into the joined result) and a few dictionary lookups.
+    """
+    spec = _SPEC_CACHE.get((model, version, label, signature))
+    if spec is None:
+        spec = _model_spec_field(model, version, label, signature)
+    parts: list[Any] = [spec]  # bytes, memoryviews and C-contiguous arrays: buffers join takes
     for name, value in inputs.items():
-        tensor = _tensor_parts(as_ndarray(value))
-        tensor_length = sum(len(part) for part in tensor)
-        key = _field(1, name.encode("utf-8"))
-        value_head = _MAP_VALUE_KEY + _varint(tensor_length)
-        entry_length = len(key) + len(value_head) + tensor_length
-        parts += [_INPUTS_KEY, _varint(entry_length), key, value_head, *tensor]
-    for name in output_filter or []:
-        parts.append(_field(3, name.encode("utf-8")))
+        if type(value) is np.ndarray and value.flags.c_contiguous:
+            head = _INPUT_HEAD_CACHE.get((name, value.dtype, value.shape))
+            if head is not None:
+                # A C-contiguous array exports its buffer as is: join copies it straight in.
+                parts += (head, value)
+                continue
+        parts += _input_entry_parts(name, as_ndarray(value))
+    if output_filter:
+        parts += [_field(3, name.encode("utf-8")) for name in output_filter]
     return b"".join(parts)
+
+
+def _input_entry_parts(name: str, array: np.ndarray) -> list[bytes | memoryview]:
+    """One ``inputs`` map entry, serialized in pieces; caches the framing of numeric inputs."""
+    tensor = _tensor_parts(array)
+    tensor_length = sum(len(part) for part in tensor)
+    key = _field(1, name.encode("utf-8"))
+    value_head = _MAP_VALUE_KEY + _varint(tensor_length)
+    entry_length = len(key) + len(value_head) + tensor_length
+    head: list[bytes | memoryview] = [_INPUTS_KEY, _varint(entry_length), key, value_head]
+    numeric_content = (
+        array.dtype.kind not in "OSU" and array.dtype.byteorder != ">" and len(tensor) == 4
+    )
+    if numeric_content and array.flags.c_contiguous and len(_INPUT_HEAD_CACHE) < 1024:
+        # Everything before the tensor's bytes: entry key and length, name, TensorProto's dtype,
+        # shape and content key and length. Bounded: a client sees few distinct inputs.
+        _INPUT_HEAD_CACHE[(name, array.dtype, array.shape)] = b"".join(head + tensor[:3])
+    return head + tensor
+
+
+_INPUT_HEAD_CACHE: dict[tuple[str, np.dtype[Any], tuple[int, ...]], bytes] = {}

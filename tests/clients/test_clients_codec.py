@@ -209,6 +209,27 @@ def test_hand_serialized_predict_request_parses_to_the_protobuf_message(request_
     assert wire.PredictRequest.FromString(raw) == wire.build_predict_request(**request_args)
 
 
+def test_cached_request_framing_stays_correct_for_every_layout_of_one_shape() -> None:
+    # The framing of an input is cached by name, dtype and shape after its first request; later
+    # requests with other layouts, byte orders or contents under that key must still be right.
+    batch = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    same_key_arrays = [
+        batch,
+        batch + 1,  # new contents, same framing
+        np.asfortranarray(batch),  # same shape and dtype, not C-contiguous
+        batch[::-1],  # negative strides
+        batch.astype(">f4"),  # equal shape, other byte order
+        batch.astype(np.float64),  # other dtype
+        batch.reshape(5, 4, 3),  # other shape, same byte count
+    ]
+    for _ in range(2):  # the second round runs with every framing already cached
+        for array in same_key_arrays:
+            raw = wire.encode_predict_request("cached", {"x": array}, version=2)
+            parsed = wire.PredictRequest.FromString(raw)
+            assert parsed == wire.build_predict_request("cached", {"x": array}, version=2)
+            np.testing.assert_array_equal(codec.tensor_proto_to_ndarray(parsed.inputs["x"]), array)
+
+
 @pytest.mark.parametrize(
     "value", [1, 127, 128, 16383, 16384, 2**21 - 1, 2**21, 2**40, -1, -(2**63)]
 )
