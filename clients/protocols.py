@@ -475,11 +475,17 @@ def _metadata_from_grpc(response: wire.GetModelMetadataResponse) -> ModelMetadat
                 outputs={k: _spec_from_tensor_info(k, v) for k, v in sig.outputs.items()},
                 method_name=sig.method_name,
             )
+    class_names = None
+    if (
+        wire.CLASS_NAMES_FIELD in response.metadata
+    ):  # our gateway's extra entry; TF Serving has none
+        class_names = wire.unpack_class_names(response.metadata[wire.CLASS_NAMES_FIELD]) or None
     spec = response.model_spec
     return ModelMetadata(
         name=spec.name,
         version=spec.version.value if spec.HasField("version") else None,
         signatures=signatures,
+        class_names=class_names,
     )
 
 

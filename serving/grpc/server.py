@@ -89,28 +89,37 @@ class PredictionServicer:
             return response
 
     async def get_model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """``PredictionService/GetModelMetadata`` (``signature_def``)."""
+        """``PredictionService/GetModelMetadata`` (``signature_def``, plus ``class_names``)."""
         return await self._guard(self._metadata, request, context, "GetModelMetadata")
 
     async def _metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        fields = list(request.metadata_field)
+        fields = set(request.metadata_field)
         if not fields:
             raise InvalidArgument(
                 "GetModelMetadataRequest must name a metadata_field ('signature_def')"
             )
-        unsupported = [field for field in fields if field != "signature_def"]
+        unsupported = sorted(fields - {"signature_def", wire.CLASS_NAMES_FIELD})
         if unsupported:
             raise InvalidArgument(
-                f"metadata_field {unsupported[0]!r} is not supported; use 'signature_def'"
+                f"metadata_field {unsupported[0]!r} is not supported; "
+                f"use 'signature_def' or '{wire.CLASS_NAMES_FIELD}'"
             )
         spec = request.model_spec
         mv = self.dp.resolve(spec.name, *_version_choice(spec))
         response = wire.GetModelMetadataResponse()
         response.model_spec.name = spec.name
         response.model_spec.version.value = mv.version
-        response.metadata["signature_def"].CopyFrom(
-            wire.pack_signature_def_map(signature_def_map(mv))
-        )
+        if "signature_def" in fields:
+            response.metadata["signature_def"].CopyFrom(
+                wire.pack_signature_def_map(signature_def_map(mv))
+            )
+        # Class names ride along with signature_def, so a client that asks TF Serving's question
+        # can still label its answers; stock clients ignore the extra map entry.
+        class_names = mv.metadata.get("class_names")
+        if class_names:
+            response.metadata[wire.CLASS_NAMES_FIELD].CopyFrom(
+                wire.pack_class_names([str(name) for name in class_names])
+            )
         return response
 
     async def get_model_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -129,6 +129,16 @@ def signature_def_json(mv: ModelVersion) -> dict[str, Any]:
     }
 
 
+def _class_names(mv: ModelVersion) -> dict[str, list[str]]:
+    """``{"class_names": [...]}`` from the version's metadata.json, or ``{}`` when it has none.
+
+    TF Serving's metadata carries no labels; we add them (an extra key stock clients ignore) so a
+    client can turn probabilities into labels without a side file.
+    """
+    names = mv.metadata.get("class_names")
+    return {"class_names": [str(name) for name in names]} if names else {}
+
+
 def _v2_tensors(specs: Any) -> list[dict[str, Any]]:
     return [
         {"name": s.name, "datatype": v2_datatype(s.dtype), "shape": list(s.shape)} for s in specs
@@ -172,7 +182,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         return _json(
             {
                 "model_spec": {"name": name, "signature_name": "", "version": str(mv.version)},
-                "metadata": {"signature_def": signature_def_json(mv)},
+                "metadata": {"signature_def": signature_def_json(mv), **_class_names(mv)},
             }
         )
 
@@ -266,6 +276,8 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
                 "platform": "onnxruntime_onnx",
                 "inputs": _v2_tensors(mv.runtime.inputs),
                 "outputs": _v2_tensors(mv.runtime.outputs),
+                # Open Inference Protocol's optional "parameters" object; clients ignore unknowns.
+                "parameters": _class_names(mv),
             }
         )
 

@@ -171,13 +171,17 @@ def test_metadata_status_health_and_classify_over_every_transport(
         images = sample_images(2, seed=5)
         names = [f"digit-{i}" for i in range(10)]
         top = client.classify(MODEL, list(images), top_k=3, version=1, class_names=names)
+        # Without names the client labels answers from the gateway's metadata (metadata.json).
+        assert client.metadata(MODEL, version=1).class_names == [f"class_{i}" for i in range(10)]
+        from_metadata = client.classify(MODEL, list(images), top_k=1, version=1)
     expected = reference(repository, 1, images)
-    for row, probabilities in zip(top, expected, strict=True):
+    for row, labelled, probabilities in zip(top, from_metadata, expected, strict=True):
         assert len(row) == 3
         assert row[0] == (
             f"digit-{int(probabilities.argmax())}",
             pytest.approx(float(probabilities.max()), rel=1e-5),
         )
+        assert labelled[0][0] == f"class_{int(probabilities.argmax())}"
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -246,7 +250,8 @@ def test_cli_against_the_gateway(
         ]
         assert cli_main([*args, str(path)]) == 0
         (result,) = json.loads(capsys.readouterr().out)
-        assert result["top_k"][0]["label"] == str(int(expected.argmax()))
+        # Labelled from the gateway's metadata (the tiny repository names them class_<i>).
+        assert result["top_k"][0]["label"] == f"class_{int(expected.argmax())}"
     target, _ = gateway.target("rest")
     assert cli_main(["status", "--target", target, "--model", "missing"]) == 4
     capsys.readouterr()

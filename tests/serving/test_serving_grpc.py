@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_harness import RunningGateway
 
@@ -70,6 +71,13 @@ def test_stock_stubs_predict_metadata_status(channel: grpc.Channel, tiny_repo: P
     assert signature.inputs["image"].dtype == tf.uint8.as_datatype_enum
     assert [d.size for d in signature.inputs["image"].tensor_shape.dim] == [-1, 28, 28, 1]
     assert signature.method_name == "tensorflow/serving/predict"
+    # The extra class_names entry unpacks with protobuf's own ListValue, no code of ours needed.
+    labels = struct_pb2.ListValue()
+    assert meta.metadata["class_names"].Unpack(labels)
+    assert [value.string_value for value in labels.values] == [f"class_{i}" for i in range(10)]
+    meta_request.metadata_field[:] = ["class_names"]
+    only_labels = stub.GetModelMetadata(meta_request, timeout=10)
+    assert list(only_labels.metadata) == ["class_names"]
 
     status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
     status_request = get_model_status_pb2.GetModelStatusRequest()

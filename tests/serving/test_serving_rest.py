@@ -47,6 +47,8 @@ def test_metadata_is_tf_serving_signature_def(http: httpx.Client) -> None:
     assert [d["size"] for d in image["tensor_shape"]["dim"]] == ["-1", "28", "28", "1"]
     assert signature["outputs"]["probabilities"]["dtype"] == "DT_FLOAT"
     assert signature["method_name"] == "tensorflow/serving/predict"
+    # Our addition: the labels from metadata.json, next to signature_def.
+    assert body["metadata"]["class_names"] == [f"class_{i}" for i in range(10)]
 
 
 def test_row_format_gets_predictions(http: httpx.Client, tiny_repo: Path) -> None:
@@ -157,6 +159,7 @@ def test_v2_health_and_metadata(http: httpx.Client) -> None:
     meta = http.get(f"/v2/models/{MODEL}").json()
     assert meta["versions"] == ["2", "1"]
     assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
+    assert meta["parameters"]["class_names"] == [f"class_{i}" for i in range(10)]
     assert http.get("/v2").json()["extensions"] == ["binary_tensor_data"]
 
 
