@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import gc
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,26 @@ class PredictRequest:
     inputs: dict[str, np.ndarray]
     row_format: bool
     signature_name: str
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector while a JSON body is parsed and converted.
+
+    A 28x28x1 image in TF Serving's row format parses into some 800 nested lists, all alive until
+    numpy has copied them: enough allocations to trigger a collection on nearly every request, and
+    each collection that reaches the older generations walks the whole server heap (the profiled
+    gateway spent 45% of its REST JSON time in ``orjson.loads``, against 10% for the parse itself
+    alone). The lists hold no cycles, so reference counting frees them; pausing costs nothing.
+    """
+    if not gc.isenabled():  # already paused by an enclosing caller
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def loads(body: bytes) -> Any:
@@ -85,6 +109,10 @@ def to_array(value: Any, spec: TensorSpec, batch: bool) -> np.ndarray:
             ) from None
     if isinstance(value, dict):
         raise InvalidArgument(f"input '{spec.name}': expected a list of numbers, got an object")
+    if batch:
+        regular = _regular_batch(value, spec.shape[1:])
+        if regular is not None:
+            return cast(regular, spec)
     try:
         array = np.asarray(value)
     except ValueError:
@@ -92,6 +120,31 @@ def to_array(value: Any, spec: TensorSpec, batch: bool) -> np.ndarray:
             f"input '{spec.name}': ragged nested lists (rows of different lengths)"
         ) from None
     return cast(array, spec)
+
+
+def _regular_batch(value: Any, element_shape: tuple[int, ...]) -> np.ndarray | None:
+    """Nested lists of exactly ``[n, *element_shape]`` numbers as an array, else None.
+
+    ``np.asarray`` spends most of its time discovering the shape of deeply nested lists (an image
+    in row format is 1 + 28 + 784 lists, the innermost of one pixel each: 60 us here). When the
+    model's per-instance shape is fixed, checking every level's lengths against it and converting
+    the flattened numbers is faster (44 us). Anything else (ragged rows, strings, objects, numbers
+    at the wrong depth) returns None, and the caller's exact ``np.asarray`` path reports it.
+    """
+    if not isinstance(value, list) or not value or not all(size > 0 for size in element_shape):
+        return None
+    level: list[Any] = value
+    try:
+        for size in element_shape:
+            if set(map(len, level)) != {size}:
+                return None
+            level = list(itertools.chain.from_iterable(level))
+        flat = np.array(level)
+    except (TypeError, ValueError):  # a number where a list should be, or lists at the leaves
+        return None
+    if flat.ndim != 1 or flat.dtype.kind not in "biuf":  # lists or strings at the leaves
+        return None
+    return flat.reshape(len(value), *element_shape)
 
 
 def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
@@ -128,6 +181,11 @@ def _kind_name(array: np.ndarray) -> str:
 
 def decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
     """Decode a ``:predict`` body into batch-major arrays keyed by input name."""
+    with gc_paused():
+        return _decode_predict(body, specs)
+
+
+def _decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
     payload = loads(body)
     if not isinstance(payload, dict):
         raise InvalidArgument("request body must be a JSON object with 'instances' or 'inputs'")

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from clients.codec import numpy_dtype_from_v2, v2_datatype
-from serving.codecs.tfserving import loads
+from serving.codecs.tfserving import gc_paused, loads
 from serving.errors import InvalidArgument
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -71,6 +71,11 @@ def _decode_bytes_elements(data: bytes, count: int, name: str) -> np.ndarray:
 
 def decode_infer(body: bytes, header_length: str | None = None) -> InferRequest:
     """Decode a ``/v2/models/{m}/infer`` body (JSON, or JSON + binary tensors)."""
+    with gc_paused():  # JSON "data" lists: see gc_paused
+        return _decode_infer(body, header_length)
+
+
+def _decode_infer(body: bytes, header_length: str | None) -> InferRequest:
     header, binary = _split_body(body, header_length)
     payload = loads(header)
     if not isinstance(payload, dict):
