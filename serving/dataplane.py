@@ -6,6 +6,7 @@ the answer; everything both transports need lives here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -64,6 +65,10 @@ class DataPlane:
             status = "OK"
         except ServingError as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            # The client went away (gRPC cancel or deadline, HTTP disconnect): not a server fault.
+            status = "CANCELLED"
             raise
         finally:
             self.inflight -= 1

@@ -174,3 +174,36 @@ def test_sigterm_drains_in_flight_requests(slow_repo: Path) -> None:
     assert "draining" in log_text
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/v2/health/live", timeout=5)
+
+
+def test_cancelled_calls_count_as_cancelled(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway: RunningGateway = start_gateway(slow_repo, batching=False)
+    request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        call = channel.unary_unary(
+            wire.PREDICT_METHOD,
+            request_serializer=wire.PredictRequest.SerializeToString,
+            response_deserializer=wire.PredictResponse.FromString,
+        )
+        futures = [call.future(request, timeout=60) for _ in range(4)]
+        time.sleep(0.3)  # one computing, the rest queued in the gateway
+        for future in futures:
+            future.cancel()
+
+    def counts() -> dict[str, float]:
+        text = httpx.get(f"{gateway.http_url}/metrics", timeout=10).text
+        found: dict[str, float] = {}
+        for status, value in re.findall(
+            r'^serving_requests_total\{[^}]*protocol="grpc",status="(\w+)"[^}]*\} (\S+)$',
+            text,
+            re.M,
+        ):
+            found[status] = found.get(status, 0.0) + float(value)
+        return found
+
+    deadline = time.monotonic() + 30
+    while counts().get("CANCELLED", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    final = counts()
+    assert final.get("CANCELLED", 0) >= 1, final
+    assert "INTERNAL" not in final, final
