@@ -12,12 +12,17 @@ from serving.settings import settings_from_args
 
 def main(argv: list[str] | None = None) -> int:
     """Parse options (environment SERVING_*, then CLI), serve until SIGTERM/SIGINT."""
+    argv = sys.argv[1:] if argv is None else argv
     settings = settings_from_args(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
+    if settings.workers != 1:
+        from serving.workers import Supervisor
+
+        return Supervisor(settings, argv).run()
     try:
         import uvloop
 

@@ -129,6 +129,8 @@ class Gateway:
             socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM
         )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if s.reuse_port:  # worker processes of one gateway: the kernel spreads connections
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((s.host, s.http_port))
         sock.listen(2048)
         sock.setblocking(False)

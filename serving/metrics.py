@@ -1,10 +1,20 @@
-"""Prometheus metrics of one gateway instance (own registry, so several can live in one process)."""
+"""Prometheus metrics of one gateway instance (own registry, so several can live in one process).
+
+With ``--workers N`` every worker process writes its values to files under
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, set up by the supervisor
+before the workers import anything), and ``/metrics``, whichever worker answers it, reports the
+sum over the live workers; gauges say how they combine (``multiprocess_mode``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond buckets: a LeNet request is served in well under a millisecond.
 LATENCY_BUCKETS = (
@@ -51,16 +61,18 @@ class GatewayMetrics:
             ["model"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge(
-            "serving_queue_depth", "Requests waiting for compute.", ["model"], registry=r
-        )
+            "serving_queue_depth", "Requests waiting for compute.", ["model"], registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.model_state = Gauge(
             "serving_model_state",
             "Model version state (TF Serving numbers: 30 AVAILABLE, 20 LOADING, 0 ERROR).",
             ["model", "version"], registry=r,
+            multiprocess_mode="livemin",  # with workers: the least ready of them
         )  # fmt: skip
         self.model_provider = Gauge(
             "serving_model_provider", "1 for the execution provider a model version runs on.",
-            ["model", "version", "provider"], registry=r,
+            ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
     def set_state(self, model: str, version: int, state: str) -> None:
@@ -68,7 +80,12 @@ class GatewayMetrics:
         self.model_state.labels(model, str(version)).set(STATE_NUMBERS.get(state, 0))
 
     def forget_version(self, model: str, version: int, provider: str | None) -> None:
-        """Drop the series of an unloaded version."""
+        """Drop the series of an unloaded version (multiprocess mode cannot drop a series: the
+        version reads END and its provider 0 instead)."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            self.set_state(model, version, "END")
+            self.model_provider.labels(model, str(version), provider or "").set(0)
+            return
         for metric, labels in (
             (self.model_state, (model, str(version))),
             (self.model_provider, (model, str(version), provider or "")),
@@ -77,5 +94,9 @@ class GatewayMetrics:
                 metric.remove(*labels)
 
     def render(self) -> bytes:
-        """Prometheus text exposition."""
+        """Prometheus text exposition (of every live worker in multiprocess mode)."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            combined = CollectorRegistry()
+            MultiProcessCollector(combined)
+            return generate_latest(combined)
         return generate_latest(self.registry)

@@ -41,6 +41,15 @@ class ServingSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
+    workers: int = Field(
+        1,
+        description="Gateway processes sharing both ports (SO_REUSEPORT); each loads every model "
+        "and batches on its own; /metrics sums them. 0 = one per CPU core. On a GPU each worker "
+        "holds its own CUDA context and copy of the models.",
+    )
+    reuse_port: bool = Field(
+        False, description="Bind with SO_REUSEPORT (set by --workers for its worker processes)."
+    )
     # --- compute ---------------------------------------------------------------------------
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto",

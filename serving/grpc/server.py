@@ -206,7 +206,9 @@ def build_grpc_server(
         options=[
             ("grpc.max_receive_message_length", settings.max_body_bytes),
             ("grpc.max_send_message_length", settings.max_body_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless worker processes share the port: a stale gateway must not silently
+            # split a new one's traffic.
+            ("grpc.so_reuseport", int(settings.reuse_port)),
         ],
     )
     servicer = PredictionServicer(dataplane)

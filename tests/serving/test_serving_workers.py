@@ -1,0 +1,128 @@
+"""``--workers N``: worker processes share both ports, /metrics sums them, SIGTERM drains them all,
+and a worker that dies takes the gateway down (exit 1) instead of leaving it half-sized."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+
+from clients import wire
+from clients.codec import tensor_proto_to_ndarray
+from tests.tiny_models import reference_predict, sample_images
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "tiny"
+
+
+class Supervised:
+    """``python -m serving --workers 2`` on ephemeral ports, its log collected."""
+
+    def __init__(self, repo: Path) -> None:
+        env = {**os.environ, "SERVING_POLL_INTERVAL_S": "0", "SERVING_DRAIN_TIMEOUT_S": "10"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
+             "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--workers", "2"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        assert self.process.stdout is not None
+        ready = None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            ready = re.search(r"all 2 workers ready: HTTP on (http://\S+), gRPC on (\S+)", line)
+            if ready:
+                break
+        assert ready, "".join(self.lines)
+        self.http_url, self.grpc_target = ready.group(1), ready.group(2)
+        threading.Thread(
+            target=lambda: self.lines.extend(self.process.stdout or []), daemon=True
+        ).start()
+
+    def workers(self) -> list[int]:
+        """PIDs of the supervisor's children."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+
+
+@pytest.fixture
+def supervised(tiny_repo: Path) -> Iterator[Supervised]:
+    running = Supervised(tiny_repo)
+    yield running
+    running.stop()
+
+
+def _requests_total(http_url: str) -> dict[tuple[str, str], float]:
+    # A fresh connection each time: any worker may answer.
+    text = httpx.get(f"{http_url}/metrics", timeout=10).text
+    totals: dict[tuple[str, str], float] = {}
+    for protocol, status, value in re.findall(
+        r'^serving_requests_total\{[^}]*protocol="(\w+)",status="(\w+)"[^}]*\} (\S+)$', text, re.M
+    ):
+        totals[(protocol, status)] = totals.get((protocol, status), 0.0) + float(value)
+    return totals
+
+
+def test_workers_share_ports_and_metrics_sum_over_them(
+    supervised: Supervised, tiny_repo: Path
+) -> None:
+    assert len(supervised.workers()) == 2
+    images = sample_images(3, seed=11)
+    expected = reference_predict(tiny_repo / MODEL / "2" / "model.onnx", images)
+    for _ in range(24):  # a new connection per request: the kernel spreads them over workers
+        reply = httpx.post(
+            f"{supervised.http_url}/v1/models/{MODEL}:predict",
+            json={"instances": images.tolist()},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_allclose(reply.json()["predictions"], expected, rtol=1e-5, atol=1e-7)
+    request = wire.build_predict_request(MODEL, {"image": images})
+    for _ in range(8):
+        with grpc.insecure_channel(supervised.grpc_target) as channel:
+            call = channel.unary_unary(
+                wire.PREDICT_METHOD,
+                request_serializer=wire.PredictRequest.SerializeToString,
+                response_deserializer=wire.PredictResponse.FromString,
+            )
+            outputs = call(request, timeout=30).outputs
+        np.testing.assert_allclose(
+            tensor_proto_to_ndarray(outputs["probabilities"]), expected, rtol=1e-5, atol=1e-7
+        )
+    # Whichever worker answers /metrics, it reports every worker's requests.
+    for _ in range(6):
+        totals = _requests_total(supervised.http_url)
+        assert totals.get(("rest", "OK")) == 24 and totals.get(("grpc", "OK")) == 8, totals
+
+
+def test_sigterm_stops_every_worker(supervised: Supervised) -> None:
+    workers = supervised.workers()
+    supervised.process.send_signal(signal.SIGTERM)
+    assert supervised.process.wait(60) == 0, "".join(supervised.lines)
+    # The supervisor waited for (and so reaped) each worker before exiting.
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    log = "".join(supervised.lines)
+    assert log.count("INFO serving: stopped") == 2, log
+
+
+def test_a_dead_worker_stops_the_gateway(supervised: Supervised) -> None:
+    first, second = supervised.workers()
+    os.kill(first, signal.SIGKILL)
+    assert supervised.process.wait(60) == 1
+    assert not Path(f"/proc/{second}").exists()  # stopped and reaped, not left serving alone
+    assert "exited with -9; stopping the others" in "".join(supervised.lines)
