@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the project uses; installed by `setup` when running as root and missing.
-APT_PACKAGES := dataset-fashion-mnist wrk docker-compose prometheus shellcheck
+APT_PACKAGES := dataset-fashion-mnist wrk nghttp2-client docker-compose prometheus shellcheck
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: setup demo test lint format proto check-deploy bench clean

@@ -5,15 +5,19 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 
 - in-process ONNX Runtime (the ceiling: no network, no serialisation), and the gateway's
   DynamicBatcher alone (32 asyncio callers, batching on and off, no transport);
-- our gateway with batching on and off (and once without its pure-ASGI fast path), over REST JSON (TF Serving row format), KServe V2 binary
-  and TF Serving gRPC;
+- our gateway with batching on and off (and once without its pure-ASGI fast path, and once with
+  ``--workers`` one per core), over REST JSON (TF Serving row format), KServe V2 binary and TF
+  Serving gRPC;
 - a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
   lists in and out, default session options);
 - idle/low-load CPU of the gateway for ONNX Runtime thread settings (spinning on/off).
 
 HTTP load comes from Debian's ``wrk`` (C, one thread, Lua script for the POST body) so the client
-does not hide server speed; gRPC load from an asyncio grpc.aio client sending pre-serialised
-requests. Both share the machine's cores with the server: on a 2-core host these are lower bounds.
+does not hide server speed; gRPC load from nghttp2's ``h2load`` (C; Debian ``nghttp2-client``; one
+HTTP/2 connection with as many streams as the concurrency, pre-framed Predict requests, gRPC
+statuses checked through the gateway's request counter), or, without it, an asyncio grpc.aio client
+in this process, which on a small host is itself the bottleneck. Both share the machine's cores
+with the server: on a 2-core host these are lower bounds.
 
     python benchmarks/gateway_speed.py [--duration 5] [--json out.json]
 """
@@ -226,9 +230,62 @@ async def _grpc_load(
         return latencies, errors, time.perf_counter() - started
 
 
+def grpc_status_counts(metrics_url: str) -> dict[str, float]:
+    """The gateway's gRPC request counter so far, by gRPC status name.
+
+    h2load sees only HTTP/2 statuses (always 200 for gRPC), so the gRPC status of its requests
+    comes from the gateway's own ``serving_requests_total``, read before and after a run.
+    """
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+        text = reply.read().decode()
+    pattern = r'^serving_requests_total\{[^}]*protocol="grpc",status="(\w+)"[^}]*\} (\S+)$'
+    counts: dict[str, float] = {}
+    for status, value in re.findall(pattern, text, re.M):
+        counts[status] = counts.get(status, 0.0) + float(value)
+    return counts
+
+
+def grpc_failures(metrics_url: str) -> float:
+    """gRPC requests answered with a status other than OK or CANCELLED (a client hanging up)."""
+    counts = grpc_status_counts(metrics_url)
+    return sum(value for status, value in counts.items() if status not in ("OK", "CANCELLED"))
+
+
+def h2load_grpc(target: str, concurrency: int, duration: float, work: Path, pid: int,
+                metrics_url: str | None = None) -> tuple[float, float, float, int, float]:  # fmt: skip
+    """gRPC Predict load from nghttp2's ``h2load`` (C): one HTTP/2 connection carrying
+    ``concurrency`` streams, like one grpc channel with that many calls in flight."""
+    from clients import wire
+
+    request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
+    body_file = work / "grpc_request.bin"
+    body_file.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)  # gRPC frame
+    log_file = work / "h2load.log"
+    log_file.unlink(missing_ok=True)
+    failed_before = grpc_failures(metrics_url) if metrics_url else 0.0
+    cpu_before, started = cpu_seconds(pid), time.monotonic()
+    out = subprocess.run(
+        ["h2load", "-c1", f"-m{concurrency}", f"-D{duration:g}", "--warm-up-time=1",
+         f"--log-file={log_file}", "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "-d", str(body_file), f"http://{target}{wire.PREDICT_METHOD}"],
+        capture_output=True, text=True, timeout=duration + 60, check=True,
+    ).stdout  # fmt: skip
+    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
+    rps = float(re.search(r"finished in \S+, ([0-9.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
+    latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
+    errors = sum(1 for row in rows if row[1] != "200")
+    if metrics_url:
+        errors += int(grpc_failures(metrics_url) - failed_before)
+    return rps, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, errors, cpu
+
+
 def grpc_bench(
     target: str, concurrency: int, duration: float, pid: int
 ) -> tuple[float, float, float, int, float]:
+    """gRPC Predict load from a grpc.aio client in this process (when h2load is missing)."""
     from clients import wire
 
     request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
@@ -292,8 +349,12 @@ def start_gateway(repo: Path, extra: list[str]) -> Server:
     return Server(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
          "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0", *extra],
-        wait_for="gRPC",
+        wait_for="workers ready" if "--workers" in extra else "gRPC",
     )  # fmt: skip
+
+
+WORKERS = os.cpu_count() or 1
+MULTI = f"gateway, batching on, {WORKERS} workers"
 
 
 def measure(
@@ -325,6 +386,8 @@ def measure(
             header_length,
             pid,
         )
+    if shutil.which("h2load"):
+        return h2load_grpc(server.grpc, concurrency, duration, work, pid, server.url + "/metrics")
     return grpc_bench(server.grpc, concurrency, duration, pid)
 
 
@@ -339,6 +402,8 @@ def side_by_side(
         # the same gateway without its pure-ASGI fast path: every request through FastAPI routing
         "gateway, batching on, FastAPI routing": start_gateway(repo, ["--no-http-fast-path"]),
     }
+    if WORKERS > 1:  # one process per core, as --workers 0 would start
+        servers[MULTI] = start_gateway(repo, ["--workers", str(WORKERS)])
     script = work / "naive_app.py"
     script.write_text(NAIVE_APP)
     servers["naive FastAPI+ORT"] = Server(
@@ -489,9 +554,12 @@ def ratios(results: list[Result]) -> list[str]:
             f"- fast path / FastAPI routing at concurrency 32, {protocol}: {fast / routed:.2f}x"
         )
     naive = rps("naive FastAPI+ORT", "REST JSON", 32)
-    for protocol in ("REST JSON", "V2 binary", "gRPC"):
-        lines.append(f"- gateway (batching on, {protocol}) / naive FastAPI+ORT (REST JSON) at concurrency 32: "
-                     f"{rps('gateway, batching on', protocol, 32) / naive:.2f}x")  # fmt: skip
+    for server in ("gateway, batching on", MULTI):
+        for protocol in ("REST JSON", "V2 binary", "gRPC"):
+            ours = rps(server, protocol, 32)
+            if ours == ours:  # measured (not NaN)
+                lines.append(f"- {server}, {protocol} / naive FastAPI+ORT (REST JSON) at concurrency 32: "
+                             f"{ours / naive:.2f}x")  # fmt: skip
     grpc_p50 = [
         r.p50_ms
         for r in results
