@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving.workers import Supervisor
 
         return Supervisor(settings, argv).run()
+    if settings.reuse_port:
+        from serving.workers import follow_supervisor
+
+        follow_supervisor()
     try:
         import uvloop
 

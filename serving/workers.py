@@ -32,8 +32,25 @@ from serving.settings import ServingSettings
 
 log = logging.getLogger("serving.workers")
 
+#: The supervisor's pid, in each worker's environment.
+SUPERVISOR_ENV = "SERVING_SUPERVISOR_PID"
 #: A worker is ready once it logs where gRPC listens (or, without gRPC, where HTTP does).
 READY_LINE = re.compile(r"(gRPC|HTTP) \(.*\) on \S+")
+
+
+def follow_supervisor() -> None:
+    """In a worker: receive SIGTERM (and drain) when the supervisor dies, even by SIGKILL, rather
+    than serve on as an orphan nobody will stop. Linux's parent-death signal; a no-op elsewhere."""
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, "0"))
+    if not supervisor:
+        return
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_count(settings: ServingSettings) -> int:
@@ -77,7 +94,7 @@ class Supervisor:
             reserved.append(reserve_port(s.host, s.grpc_port))
             grpc_port = reserved[1].getsockname()[1]
         metrics_dir = Path(tempfile.mkdtemp(prefix="serving-metrics-"))
-        env = {**os.environ, MULTIPROCESS_ENV: str(metrics_dir)}
+        env = {**os.environ, MULTIPROCESS_ENV: str(metrics_dir), SUPERVISOR_ENV: str(os.getpid())}
         # The CLI wins over the environment, and a later option over an earlier one.
         command = [
             sys.executable, "-m", "serving", *self.argv, "--workers", "1", "--reuse-port",

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,22 @@ def test_a_dead_worker_stops_the_gateway(supervised: Supervised) -> None:
     assert supervised.process.wait(60) == 1
     assert not Path(f"/proc/{second}").exists()  # stopped and reaped, not left serving alone
     assert "exited with -9; stopping the others" in "".join(supervised.lines)
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> None:
+    workers = supervised.workers()
+    supervised.process.kill()  # SIGKILL: no chance to stop them itself
+    supervised.process.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in workers)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan that exited may wait for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
