@@ -101,9 +101,13 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all threads)."""
+    """User + system CPU seconds of a process (all threads) and of its live child processes
+    (the workers of ``--workers``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    child_pids = children.read_text().split() if children.exists() else []
+    return own + sum(cpu_seconds(int(child)) for child in child_pids)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,8 +118,12 @@ class Server:
     """A server subprocess; ``url`` / ``grpc`` parsed from its log."""
 
     def __init__(
-        self, command: list[str], wait_for: str, env: dict[str, str] | None = None
-    ) -> None:
+        self, command: list[str], wait_for: str, env: dict[str, str] | None = None,
+        connections: int = 1,
+    ) -> None:  # fmt: skip
+        #: gRPC load: HTTP/2 connections to spread the streams over (the kernel hands each
+        #: connection to one worker process, so a multi-worker gateway needs one per worker).
+        self.connections = connections
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, **(env or {})},
@@ -254,9 +262,11 @@ def grpc_failures(metrics_url: str) -> float:
 
 
 def h2load_grpc(target: str, concurrency: int, duration: float, work: Path, pid: int,
-                metrics_url: str | None = None) -> tuple[float, float, float, int, float]:  # fmt: skip
-    """gRPC Predict load from nghttp2's ``h2load`` (C): one HTTP/2 connection carrying
-    ``concurrency`` streams, like one grpc channel with that many calls in flight."""
+                metrics_url: str | None = None, connections: int = 1,
+                ) -> tuple[float, float, float, int, float]:  # fmt: skip
+    """gRPC Predict load from nghttp2's ``h2load`` (C): ``connections`` HTTP/2 connections (1: like
+    one grpc channel) sharing ``concurrency`` streams in flight."""
+    connections = max(1, min(connections, concurrency))
     from clients import wire
 
     request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
@@ -267,7 +277,7 @@ def h2load_grpc(target: str, concurrency: int, duration: float, work: Path, pid:
     failed_before = grpc_failures(metrics_url) if metrics_url else 0.0
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     out = subprocess.run(
-        ["h2load", "-c1", f"-m{concurrency}", f"-D{duration:g}", "--warm-up-time=1",
+        ["h2load", f"-c{connections}", f"-m{concurrency // connections}", f"-D{duration:g}", "--warm-up-time=1",
          f"--log-file={log_file}", "-H", "content-type: application/grpc", "-H", "te: trailers",
          "-d", str(body_file), f"http://{target}{wire.PREDICT_METHOD}"],
         capture_output=True, text=True, timeout=duration + 60, check=True,
@@ -345,11 +355,13 @@ def v2_binary_body() -> tuple[bytes, int]:
     return header + image.tobytes(), len(header)
 
 
-def start_gateway(repo: Path, extra: list[str]) -> Server:
+def start_gateway(repo: Path, extra: list[str], workers: int = 1) -> Server:
+    workers_option = ["--workers", str(workers)] if workers != 1 else []
     return Server(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
-         "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0", *extra],
-        wait_for="workers ready" if "--workers" in extra else "gRPC",
+         "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0",
+         *extra, *workers_option],
+        wait_for="workers ready" if workers != 1 else "gRPC", connections=workers,
     )  # fmt: skip
 
 
@@ -387,7 +399,8 @@ def measure(
             pid,
         )
     if shutil.which("h2load"):
-        return h2load_grpc(server.grpc, concurrency, duration, work, pid, server.url + "/metrics")
+        return h2load_grpc(server.grpc, concurrency, duration, work, pid, server.url + "/metrics",
+                           server.connections)  # fmt: skip
     return grpc_bench(server.grpc, concurrency, duration, pid)
 
 
@@ -403,7 +416,7 @@ def side_by_side(
         "gateway, batching on, FastAPI routing": start_gateway(repo, ["--no-http-fast-path"]),
     }
     if WORKERS > 1:  # one process per core, as --workers 0 would start
-        servers[MULTI] = start_gateway(repo, ["--workers", str(WORKERS)])
+        servers[MULTI] = start_gateway(repo, [], workers=WORKERS)
     script = work / "naive_app.py"
     script.write_text(NAIVE_APP)
     servers["naive FastAPI+ORT"] = Server(
