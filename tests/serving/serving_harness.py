@@ -8,8 +8,18 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from clients import wire
 from serving.gateway import Gateway
 from serving.settings import ServingSettings
+
+
+def predict_call(channel: Any) -> Any:
+    """TF Serving's ``Predict`` on a grpc (or grpc.aio) channel, with our wire messages."""
+    return channel.unary_unary(
+        wire.PREDICT_METHOD,
+        request_serializer=wire.PredictRequest.SerializeToString,
+        response_deserializer=wire.PredictResponse.FromString,
+    )
 
 
 def gateway_settings(repository: Path, **overrides: Any) -> ServingSettings:

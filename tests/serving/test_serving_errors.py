@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import RunningGateway, gateway_settings
+from serving_harness import RunningGateway, gateway_settings, predict_call
 
 from clients import wire
 from tests.tiny_models import (
@@ -252,11 +252,7 @@ def test_api_keys(tmp_path: Path, start_gateway: Any) -> None:
         assert http.get("/metrics").status_code == 200
     request = _predict()
     with grpc.insecure_channel(gateway.grpc_target) as channel:
-        call = channel.unary_unary(
-            wire.PREDICT_METHOD,
-            request_serializer=wire.PredictRequest.SerializeToString,
-            response_deserializer=wire.PredictResponse.FromString,
-        )
+        call = predict_call(channel)
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from serving_harness import RunningGateway
+from serving_harness import RunningGateway, predict_call
 
 from clients import wire
 from tests.tiny_models import sample_images, slow_classifier, write_version
@@ -62,11 +62,7 @@ def test_full_queue_grpc_resource_exhausted(slow_repo: Path, start_gateway) -> N
 
     async def burst() -> list[grpc.StatusCode]:
         async with grpc.aio.insecure_channel(gateway.grpc_target) as channel:
-            call = channel.unary_unary(
-                wire.PREDICT_METHOD,
-                request_serializer=wire.PredictRequest.SerializeToString,
-                response_deserializer=wire.PredictResponse.FromString,
-            )
+            call = predict_call(channel)
 
             async def one() -> grpc.StatusCode:
                 try:
@@ -94,11 +90,7 @@ def test_deadlines(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-u
     assert "deadline exceeded" in reply.json()["error"]
     request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
     with grpc.insecure_channel(gateway.grpc_target) as channel:
-        call = channel.unary_unary(
-            wire.PREDICT_METHOD,
-            request_serializer=wire.PredictRequest.SerializeToString,
-            response_deserializer=wire.PredictResponse.FromString,
-        )
+        call = predict_call(channel)
         with pytest.raises(grpc.RpcError) as caught:
             call(request, timeout=0.005)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -180,11 +172,7 @@ def test_cancelled_calls_count_as_cancelled(slow_repo: Path, start_gateway) -> N
     gateway: RunningGateway = start_gateway(slow_repo, batching=False)
     request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
     with grpc.insecure_channel(gateway.grpc_target) as channel:
-        call = channel.unary_unary(
-            wire.PREDICT_METHOD,
-            request_serializer=wire.PredictRequest.SerializeToString,
-            response_deserializer=wire.PredictResponse.FromString,
-        )
+        call = predict_call(channel)
         futures = [call.future(request, timeout=60) for _ in range(4)]
         time.sleep(0.3)  # one computing, the rest queued in the gateway
         for future in futures:

@@ -17,6 +17,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from serving_harness import predict_call
 
 from clients import wire
 from clients.codec import tensor_proto_to_ndarray
@@ -96,11 +97,7 @@ def test_workers_share_ports_and_metrics_sum_over_them(
     request = wire.build_predict_request(MODEL, {"image": images})
     for _ in range(8):
         with grpc.insecure_channel(supervised.grpc_target) as channel:
-            call = channel.unary_unary(
-                wire.PREDICT_METHOD,
-                request_serializer=wire.PredictRequest.SerializeToString,
-                response_deserializer=wire.PredictResponse.FromString,
-            )
+            call = predict_call(channel)
             outputs = call(request, timeout=30).outputs
         np.testing.assert_allclose(
             tensor_proto_to_ndarray(outputs["probabilities"]), expected, rtol=1e-5, atol=1e-7
