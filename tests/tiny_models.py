@@ -301,3 +301,14 @@ def reference_predict(model_path: str | os.PathLike[str], images: np.ndarray) ->
     session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     (result,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
     return np.asarray(result)
+
+
+def write_labelled_pair(root: Path, model: str) -> Path:
+    """``model`` versions 1 and 2 (different weights), labels stable=1 and canary=2, all served:
+    the repository the gateway and client tests share."""
+    for version in (1, 2):
+        write_version(root, model, version, linear_classifier(seed=version))
+    write_models_config(
+        root, [model], labels={model: {"stable": 1, "canary": 2}}, policies={model: "all {}"}
+    )
+    return root

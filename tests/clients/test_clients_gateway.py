@@ -37,11 +37,9 @@ from clients.cli import main as cli_main  # noqa: E402
 from serving.gateway import Gateway  # noqa: E402
 from serving.settings import ServingSettings  # noqa: E402
 from tests.tiny_models import (  # noqa: E402
-    linear_classifier,
     reference_predict,
     sample_images,
-    write_models_config,
-    write_version,
+    write_labelled_pair,
 )
 
 MODEL = "tiny"
@@ -106,13 +104,7 @@ class GatewayThread:
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("client-repo")
-    for version in (1, 2):
-        write_version(root, MODEL, version, linear_classifier(seed=version))
-    write_models_config(
-        root, [MODEL], labels={MODEL: {"stable": 1, "canary": 2}}, policies={MODEL: "all {}"}
-    )
-    return root
+    return write_labelled_pair(tmp_path_factory.mktemp("client-repo"), MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,7 @@ for path in (ROOT, Path(__file__).parent):
 from serving_harness import RunningGateway, gateway_settings  # noqa: E402
 
 from tests.tiny_models import (  # noqa: E402
-    linear_classifier,
-    write_models_config,
-    write_version,
+    write_labelled_pair,
 )
 
 MODEL = "tiny"
@@ -28,13 +26,7 @@ MODEL = "tiny"
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny`` versions 1 and 2 (different weights), labels stable=1 and canary=2, all served."""
-    root = tmp_path_factory.mktemp("repo")
-    for version in (1, 2):
-        write_version(root, MODEL, version, linear_classifier(seed=version))
-    write_models_config(
-        root, [MODEL], labels={MODEL: {"stable": 1, "canary": 2}}, policies={MODEL: "all {}"}
-    )
-    return root
+    return write_labelled_pair(tmp_path_factory.mktemp("repo"), MODEL)
 
 
 @pytest.fixture(scope="module")
