@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 CommaList = Annotated[list[str], NoDecode]
@@ -43,6 +43,7 @@ class ServingSettings(BaseSettings):
     )
     workers: int = Field(
         1,
+        ge=0,
         description="Gateway processes sharing both ports (SO_REUSEPORT); each loads every model "
         "and batches on its own; /metrics sums them. 0 = one per CPU core. On a GPU each worker "
         "holds its own CUDA context and copy of the models.",
@@ -174,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: list[str] | None = None) -> ServingSettings:
-    """Settings from the environment, with the CLI options given in ``argv`` taking precedence."""
-    args = build_parser().parse_args(argv)
-    return ServingSettings(**vars(args))
+    """Settings from the environment, with the CLI options given in ``argv`` taking precedence.
+
+    An invalid value exits with status 2 and one line per problem naming the option, as argparse
+    does for unknown options, rather than a traceback.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return ServingSettings(**vars(args))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{str(error['loc'][0]).replace('_', '-')} (env SERVING_{str(error['loc'][0]).upper()}): "
+            f"{error['msg']}"
+            for error in exc.errors()
+        )
+        parser.error(problems)

@@ -46,6 +46,18 @@ def test_environment_then_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.grpc_port == 8500 and ServingSettings.model_fields["http_port"].default == 8501
 
 
+def test_invalid_values_exit_2_naming_option_and_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SERVING_MAX_BATCH_SIZE", "lots")
+    with pytest.raises(SystemExit) as exited:
+        settings_from_args(["--workers", "-1"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--workers (env SERVING_WORKERS): Input should be greater than or equal to 0" in error
+    assert "--max-batch-size (env SERVING_MAX_BATCH_SIZE): Input should be a valid integer" in error
+
+
 def test_version_policies() -> None:
     versions = {1, 2, 3, 5}
     assert VersionPolicy("latest").select(versions) == {5}
