@@ -476,9 +476,7 @@ def _metadata_from_grpc(response: wire.GetModelMetadataResponse) -> ModelMetadat
                 method_name=sig.method_name,
             )
     class_names = None
-    if (
-        wire.CLASS_NAMES_FIELD in response.metadata
-    ):  # our gateway's extra entry; TF Serving has none
+    if wire.CLASS_NAMES_FIELD in response.metadata:  # our gateway's addition; TF Serving has none
         class_names = wire.unpack_class_names(response.metadata[wire.CLASS_NAMES_FIELD]) or None
     spec = response.model_spec
     return ModelMetadata(

@@ -320,6 +320,7 @@ def encode_predict_request(
     which repeat from call to call, so it is cached and a numeric input costs one copy of its bytes
     (into the joined result) and a few dictionary lookups.
     """
+    # The cache is read inline on this hot path; _model_spec_field fills it on a miss.
     spec = _SPEC_CACHE.get((model, version, label, signature))
     if spec is None:
         spec = _model_spec_field(model, version, label, signature)

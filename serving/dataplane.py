@@ -148,7 +148,7 @@ class DataPlane:
         pixels = decode_image(image, ImageSpec.from_metadata(mv.metadata, spec.shape))
         outputs = await self.predict(mv, {spec.name: pixels[None]}, deadline=deadline)
         scores = np.asarray(next(iter(outputs.values()))[0], dtype=np.float64).ravel()
-        names = mv.metadata.get("class_names") or [str(i) for i in range(scores.size)]
+        names = mv.class_names or [str(i) for i in range(scores.size)]
         if top_k < 1:
             raise InvalidArgument(f"top_k must be at least 1, got {top_k}")
         order = np.argsort(-scores, kind="stable")[:top_k]

@@ -65,6 +65,11 @@ class ModelVersion:
     fingerprint: tuple[int, int] = (0, 0)
     inflight: int = 0
 
+    @property
+    def class_names(self) -> list[str]:
+        """Labels in output order from metadata.json (``[]`` when it names none)."""
+        return [str(name) for name in self.metadata.get("class_names") or []]
+
 
 @dataclass
 class ModelEntry:

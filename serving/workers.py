@@ -54,9 +54,7 @@ def follow_supervisor() -> None:
 
 
 def worker_count(settings: ServingSettings) -> int:
-    """``workers``, with 0 meaning one per CPU core available to this process."""
-    if settings.workers < 0:
-        raise ValueError(f"workers must be 0 (one per core) or more, not {settings.workers}")
+    """``workers`` (validated >= 0 by the settings), with 0 meaning one per CPU core available."""
     if settings.workers:
         return settings.workers
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

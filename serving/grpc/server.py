@@ -115,10 +115,9 @@ class PredictionServicer:
             )
         # Class names ride along with signature_def, so a client that asks TF Serving's question
         # can still label its answers; stock clients ignore the extra map entry.
-        class_names = mv.metadata.get("class_names")
-        if class_names:
+        if mv.class_names:
             response.metadata[wire.CLASS_NAMES_FIELD].CopyFrom(
-                wire.pack_class_names([str(name) for name in class_names])
+                wire.pack_class_names(mv.class_names)
             )
         return response
 

@@ -135,8 +135,7 @@ def _class_names(mv: ModelVersion) -> dict[str, list[str]]:
     TF Serving's metadata carries no labels; we add them (an extra key stock clients ignore) so a
     client can turn probabilities into labels without a side file.
     """
-    names = mv.metadata.get("class_names")
-    return {"class_names": [str(name) for name in names]} if names else {}
+    return {"class_names": mv.class_names} if mv.class_names else {}
 
 
 def _v2_tensors(specs: Any) -> list[dict[str, Any]]:
