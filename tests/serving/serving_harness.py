@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from clients import wire
 from serving.gateway import Gateway
 from serving.settings import ServingSettings
+
+
+def requests_total(http_url: str) -> dict[tuple[str, str], float]:
+    """``serving_requests_total`` from ``/metrics`` (a new connection each call), summed over
+    models and versions, by (protocol, status)."""
+    text = httpx.get(f"{http_url}/metrics", timeout=10).text
+    totals: dict[tuple[str, str], float] = {}
+    for protocol, status, value in re.findall(
+        r'^serving_requests_total\{[^}]*protocol="(\w+)",status="(\w+)"[^}]*\} (\S+)$', text, re.M
+    ):
+        totals[(protocol, status)] = totals.get((protocol, status), 0.0) + float(value)
+    return totals
 
 
 def predict_call(channel: Any) -> Any:

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from serving_harness import RunningGateway, predict_call
+from serving_harness import RunningGateway, predict_call, requests_total
 
 from clients import wire
 from tests.tiny_models import sample_images, slow_classifier, write_version
@@ -179,15 +179,8 @@ def test_cancelled_calls_count_as_cancelled(slow_repo: Path, start_gateway) -> N
             future.cancel()
 
     def counts() -> dict[str, float]:
-        text = httpx.get(f"{gateway.http_url}/metrics", timeout=10).text
-        found: dict[str, float] = {}
-        for status, value in re.findall(
-            r'^serving_requests_total\{[^}]*protocol="grpc",status="(\w+)"[^}]*\} (\S+)$',
-            text,
-            re.M,
-        ):
-            found[status] = found.get(status, 0.0) + float(value)
-        return found
+        return {status: n for (protocol, status), n in requests_total(gateway.http_url).items()
+                if protocol == "grpc"}  # fmt: skip
 
     deadline = time.monotonic() + 30
     while counts().get("CANCELLED", 0) < 1 and time.monotonic() < deadline:

@@ -17,7 +17,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from serving_harness import predict_call
+from serving_harness import predict_call, requests_total
 
 from clients import wire
 from clients.codec import tensor_proto_to_ndarray
@@ -69,17 +69,6 @@ def supervised(tiny_repo: Path) -> Iterator[Supervised]:
     running.stop()
 
 
-def _requests_total(http_url: str) -> dict[tuple[str, str], float]:
-    # A fresh connection each time: any worker may answer.
-    text = httpx.get(f"{http_url}/metrics", timeout=10).text
-    totals: dict[tuple[str, str], float] = {}
-    for protocol, status, value in re.findall(
-        r'^serving_requests_total\{[^}]*protocol="(\w+)",status="(\w+)"[^}]*\} (\S+)$', text, re.M
-    ):
-        totals[(protocol, status)] = totals.get((protocol, status), 0.0) + float(value)
-    return totals
-
-
 def test_workers_share_ports_and_metrics_sum_over_them(
     supervised: Supervised, tiny_repo: Path
 ) -> None:
@@ -104,7 +93,7 @@ def test_workers_share_ports_and_metrics_sum_over_them(
         )
     # Whichever worker answers /metrics, it reports every worker's requests.
     for _ in range(6):
-        totals = _requests_total(supervised.http_url)
+        totals = requests_total(supervised.http_url)  # any worker may answer
         assert totals.get(("rest", "OK")) == 24 and totals.get(("grpc", "OK")) == 8, totals
 
 
