@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving.codecs import regular_json
 from serving.codecs.images import ImageSpec, decode_image, looks_like_image
 from serving.errors import InvalidArgument
 from serving.runtimes.base import TensorSpec
@@ -186,6 +187,13 @@ def decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
 
 
 def _decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
+    if len(specs) == 1:  # the common body, one regular numeric tensor: no Python lists at all
+        simple = regular_json.decode_single_tensor(body, specs[0])
+        if simple is not None:
+            array, row_format, signature = simple
+            return PredictRequest(
+                {specs[0].name: cast(array, specs[0])}, row_format, signature or DEFAULT_SIGNATURE
+            )
     payload = loads(body)
     if not isinstance(payload, dict):
         raise InvalidArgument("request body must be a JSON object with 'instances' or 'inputs'")

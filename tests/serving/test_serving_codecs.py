@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.codecs import tfserving
+from serving.codecs import regular_json, tfserving
 from serving.errors import InvalidArgument
 from serving.runtimes.base import TensorSpec
 
@@ -77,3 +77,113 @@ def test_json_decoding_leaves_the_garbage_collector_as_it_found_it() -> None:
         assert not gc.isenabled()  # a caller's own pause is kept
     finally:
         gc.enable()
+
+
+# Whole request bodies, as bytes: whitespace, key order and escapes matter to the simdjson path.
+IMAGE = b"[[[1], [2], [3]], [[4], [5], [6]]]"
+BODIES: dict[str, bytes] = {
+    "rows": b'{"instances": [' + IMAGE + b"]}",
+    "rows, minified": b'{"instances":[[[[1],[2],[3]],[[4],[5],[6]]]]}',
+    "rows, spaced and wrapped": b'\n { "instances" :\t[ [ [[1] ,[2],[3]],\r\n[[4],[5],[6] ] ] ] }\n',
+    "rows, three instances": b'{"instances": [' + b", ".join([IMAGE] * 3) + b"]}",
+    "rows, escaped key": b'{"inst\\u0061nces": [' + IMAGE + b"]}",
+    "rows + signature_name": b'{"signature_name": "serving_default", "instances": ['
+    + IMAGE
+    + b"]}",
+    "rows + unknown signature": b'{"instances": [' + IMAGE + b'], "signature_name": "other"}',
+    "rows + signature_name not a string": b'{"instances": [' + IMAGE + b'], "signature_name": 3}',
+    "rows + an unknown key": b'{"instances": [' + IMAGE + b'], "extra": 1}',
+    "rows, duplicate key": b'{"instances": [[[[9]]]], "instances": [' + IMAGE + b"]}",
+    "rows and columns": b'{"instances": [' + IMAGE + b'], "inputs": [' + IMAGE + b"]}",
+    "columns, list": b'{"inputs": [' + IMAGE + b"]}",
+    "columns, by name": b'{"inputs": {"x": [' + IMAGE + b"]}}",
+    "columns, wrong name": b'{"inputs": {"y": [' + IMAGE + b"]}}",
+    "columns, two names": b'{"inputs": {"x": [' + IMAGE + b'], "y": 1}}',
+    "floats": b'{"instances": [[[[1.5], [2e0], [-3E-1]], [[4], [5], [-0]]]]}',
+    "a float among ints": b'{"instances": [[[[1.0], [2], [3]], [[4], [5], [6]]]]}',
+    "negative": b'{"instances": [[[[-1], [2], [3]], [[4], [5], [6]]]]}',
+    "out of uint8 range": b'{"instances": [[[[300], [2], [3]], [[4], [5], [6]]]]}',
+    "beyond int64": b'{"instances": [[[[18446744073709551615], [2], [3]], [[4], [5], [6]]]]}',
+    "beyond float64's exact integers": b'{"instances": [[[[9007199254740993], [2], [3]], [[4], [5], [6]]]]}',
+    "bools": b'{"instances": [[[[true], [false], [true]], [[1], [0], [1]]]]}',
+    "null": b'{"instances": [[[[null], [2], [3]], [[4], [5], [6]]]]}',
+    "digit strings": b'{"instances": [[[["1"], ["2"], ["3"]], [["4"], ["5"], ["6"]]]]}',
+    "ragged, same count": b'{"instances": [[[[1], [2]], [[3], [4], [5], [6]]]]}',
+    "ragged, first path regular": b'{"instances": [[[[1], [2], [3]], [[4], [5, 6]]]]}',
+    "an empty leaf list": b'{"instances": [[[[1], [2], [3]], [[4], [], [5, 6]]]]}',
+    "an empty leaf, same skeleton": b'{"instances": [[[[1], [2], [3]], [[4], [5], []]]]}',
+    "empty instances": b'{"instances": []}',
+    "wrong instance shape": b'{"instances": [[[1, 2, 3], [4, 5, 6]]]}',
+    "b64": b'{"instances": [{"b64": "AQIDBAUG"}]}',
+    "named instance": b'{"instances": [{"x": ' + IMAGE + b"}]}",
+    "a number": b'{"instances": 7}',
+    "a list at the top": b"[" + IMAGE + b"]",
+    "truncated": b'{"instances": [' + IMAGE,
+    "trailing comma": b'{"instances": [[[[1], [2], [3]], [[4], [5], [6],]]]}',
+    "leading zero": b'{"instances": [[[[01], [2], [3]], [[4], [5], [6]]]]}',
+    "NaN": b'{"instances": [[[[NaN], [2], [3]], [[4], [5], [6]]]]}',
+    "empty body": b"",
+}
+
+
+def _decode_body(body: bytes, spec: TensorSpec) -> tuple[str, Any]:
+    try:
+        decoded = tfserving.decode_predict(body, [spec])
+    except InvalidArgument as exc:
+        return "error", exc.message
+    return "ok", (decoded.inputs, decoded.row_format, decoded.signature_name)
+
+
+# Huge integers cast to float16 overflow to inf on both paths (numpy warns; the answers agree).
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.int64, np.float16, np.float32, np.bool_])
+@pytest.mark.parametrize("name", list(BODIES))
+def test_simdjson_path_answers_exactly_like_the_general_path(
+    name: str, dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = TensorSpec("x", np.dtype(dtype), (-1, 2, 3, 1))
+    fast = _decode_body(BODIES[name], spec)
+    monkeypatch.setattr(regular_json, "decode_single_tensor", lambda body, spec: None)
+    general = _decode_body(BODIES[name], spec)
+    assert fast[0] == general[0], (fast, general)
+    if fast[0] == "error":
+        assert fast[1] == general[1]
+        return
+    (fast_inputs, *fast_rest), (general_inputs, *general_rest) = fast[1], general[1]
+    assert fast_rest == general_rest
+    assert fast_inputs.keys() == general_inputs.keys()
+    for key, array in fast_inputs.items():
+        assert array.dtype == general_inputs[key].dtype
+        np.testing.assert_array_equal(array, general_inputs[key])
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["rows", "rows, minified", "rows, spaced and wrapped", "rows, three instances",
+     "rows, escaped key", "rows + signature_name", "columns, list", "columns, by name",
+     "negative", "out of uint8 range"],
+)  # fmt: skip
+def test_simdjson_path_takes_the_regular_bodies(name: str) -> None:
+    spec = TensorSpec("x", np.dtype(np.uint8), (-1, 2, 3, 1))
+    decoded = regular_json.decode_single_tensor(BODIES[name], spec)
+    assert decoded is not None
+    array, row_format, _ = decoded
+    assert array.dtype == np.int64 and array.shape[1:] == (2, 3, 1)
+    assert row_format == (not name.startswith("columns"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["rows, duplicate key", "ragged, same count", "ragged, first path regular",
+     "an empty leaf, same skeleton", "a float among ints", "bools", "beyond int64", "truncated"],
+)  # fmt: skip
+def test_simdjson_path_leaves_the_rest_to_the_general_path(name: str) -> None:
+    spec = TensorSpec("x", np.dtype(np.int64), (-1, 2, 3, 1))
+    assert regular_json.decode_single_tensor(BODIES[name], spec) is None
+
+
+def test_simdjson_parser_survives_a_document_kept_alive() -> None:
+    spec = TensorSpec("x", np.dtype(np.uint8), (-1, 2, 3, 1))
+    kept = regular_json._parse(BODIES["rows"])  # a proxy into the parser's document stays alive
+    assert regular_json.decode_single_tensor(BODIES["rows"], spec) is not None
+    assert kept is not None
