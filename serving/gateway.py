@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -173,6 +174,7 @@ class Gateway:
                 self.grpc_port,
             )
         self.repository.start_polling(s.poll_interval_s)
+        freeze_startup_heap()
 
     async def stop(self) -> None:
         """Graceful drain: stop taking connections, finish in-flight requests, unload models."""
@@ -208,6 +210,22 @@ class Gateway:
             waiters.append(wait_http)  # type: ignore[arg-type]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         await self.stop()
+
+
+def freeze_startup_heap() -> None:
+    """Take what startup allocated (modules, models, servers) out of the cyclic collector's scans.
+
+    Those objects live as long as the process, yet every full collection walked all of them: on
+    the profiled gateway a generation-2 collection took 30 to 44 ms and found nothing, and under
+    load one ran every second or so, which was the whole 40 ms p99 at concurrency 32 (4.4 to
+    4.8 ms with the collector off). ``gc.freeze()`` moves them to a generation that is never
+    scanned; reference counting still frees them. Collected first, so no garbage is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info(
+        "%d startup objects frozen out of the garbage collector's scans", gc.get_freeze_count()
+    )
 
 
 def _has(module: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -108,6 +109,18 @@ def test_cpu_provider_decided_after_creation(tmp_path: Path) -> None:
     if "CUDAExecutionProvider" not in runtime.session.get_providers():
         with pytest.raises(RuntimeError, match="device=cuda"):
             OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
+
+
+def test_startup_heap_is_frozen_out_of_collector_scans(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    write_version(tmp_path, "m", 1, linear_classifier(seed=1))
+    gateway: RunningGateway = start_gateway(tmp_path)
+    assert gateway.gateway is not None
+    served = gateway.gateway.repository.resolve("m")
+    # gc.get_objects() lists only the generations a collection scans; frozen objects are not there
+    scanned = gc.get_objects()
+    assert gc.get_freeze_count() > 0
+    assert not any(obj is served for obj in scanned)
+    assert not any(obj is gateway.gateway.app for obj in scanned)
 
 
 def test_model_named_in_config_but_not_exported(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
