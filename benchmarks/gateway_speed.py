@@ -10,6 +10,8 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
   Serving gRPC;
 - a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
   lists in and out, default session options);
+- grpc.aio alone: a server whose Predict returns a prepared reply without reading the request,
+  on uvloop like the gateway: the ceiling of the gRPC transport in one Python process;
 - idle/low-load CPU of the gateway for ONNX Runtime thread settings (spinning on/off).
 
 HTTP load comes from Debian's ``wrk`` (C, one thread, Lua script for the POST body) so the client
@@ -145,7 +147,7 @@ class Server:
             match := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", "".join(self.lines))
         ):
             self.url = match.group(1)
-        if self.process.poll() is not None or not self.url:
+        if self.process.poll() is not None or not (self.url or self.grpc):
             raise RuntimeError("server did not start:\n" + "".join(self.lines))
         threading.Thread(
             target=lambda: self.lines.extend(self.process.stdout or []), daemon=True
@@ -399,7 +401,8 @@ def measure(
             pid,
         )
     if shutil.which("h2load"):
-        return h2load_grpc(server.grpc, concurrency, duration, work, pid, server.url + "/metrics",
+        metrics_url = server.url + "/metrics" if server.url else None  # grpc.aio alone has none
+        return h2load_grpc(server.grpc, concurrency, duration, work, pid, metrics_url,
                            server.connections)  # fmt: skip
     return grpc_bench(server.grpc, concurrency, duration, pid)
 
@@ -423,8 +426,10 @@ def side_by_side(
         [sys.executable, str(script), str(model_file(repo)), str(free_port())],
         wait_for="Uvicorn running",
     )
+    servers[GRPC_ALONE] = start_grpc_aio_alone(work)
     protocols = {
         "naive FastAPI+ORT": ("REST JSON",),
+        GRPC_ALONE: ("gRPC",),
         "gateway, batching on, FastAPI routing": ("REST JSON", "V2 binary"),
     }
     plan = [
@@ -474,6 +479,55 @@ async def predict(body: dict):
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
 """
+
+
+GRPC_ALONE = "grpc.aio alone, no-op Predict"
+GRPC_AIO_ALONE_APP = """
+import asyncio
+import sys
+
+import grpc
+import numpy as np
+from clients import wire
+from clients.codec import ndarray_to_tensor_proto
+
+# The gateway's reply to one image, serialised once: the handler neither parses nor computes.
+reply = wire.PredictResponse()
+reply.outputs["probabilities"].CopyFrom(ndarray_to_tensor_proto(np.full((1, 10), 0.1, np.float32)))
+reply.model_spec.name = "lenet"
+REPLY = reply.SerializeToString()
+
+
+async def predict(request, context):
+    return REPLY
+
+
+async def main():
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(predict)  # bytes in, bytes out
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(wire.PREDICTION_SERVICE, {"Predict": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"gRPC (grpc.aio alone) on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+
+try:
+    import uvloop
+
+    uvloop.run(main())
+except ImportError:
+    asyncio.run(main())
+"""
+
+
+def start_grpc_aio_alone(work: Path) -> Server:
+    """The transport-ceiling server (``GRPC_AIO_ALONE_APP``), importing ``clients`` from here."""
+    script = work / "grpc_aio_alone.py"
+    script.write_text(GRPC_AIO_ALONE_APP)
+    return Server([sys.executable, str(script)], wait_for="gRPC", env={"PYTHONPATH": str(ROOT)})
 
 
 def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
@@ -573,6 +627,11 @@ def ratios(results: list[Result]) -> list[str]:
             if ours == ours:  # measured (not NaN)
                 lines.append(f"- {server}, {protocol} / naive FastAPI+ORT (REST JSON) at concurrency 32: "
                              f"{ours / naive:.2f}x")  # fmt: skip
+    alone = rps(GRPC_ALONE, "gRPC", 32)
+    for server in ("gateway, batching on", "gateway, batching off"):
+        ours = rps(server, "gRPC", 32)
+        lines.append(f"- {server}, gRPC / grpc.aio alone (no-op Predict) at concurrency 32: "
+                     f"{ours / alone:.2f}")  # fmt: skip
     grpc_p50 = [
         r.p50_ms
         for r in results

@@ -33,3 +33,24 @@ def test_h2load_grpc_load_is_counted_and_checked_by_the_gateway(
         assert ok >= answered > 0
     finally:
         server.stop()
+
+
+def test_grpc_aio_alone_answers_predict_like_the_gateway(tmp_path: Path) -> None:
+    """The transport-ceiling server must be a real Predict endpoint, or its number means nothing."""
+    import grpc
+    import numpy as np
+
+    from clients import wire
+    from tests.serving.serving_harness import predict_call
+
+    server = gateway_speed.start_grpc_aio_alone(tmp_path)
+    try:
+        assert server.grpc and not server.url
+        request = wire.build_predict_request("lenet", {"image": gateway_speed.one_image()})
+        with grpc.insecure_channel(server.grpc) as channel:
+            reply = predict_call(channel)(request, timeout=10)
+        assert reply.model_spec.name == "lenet"
+        probabilities = np.frombuffer(reply.outputs["probabilities"].tensor_content, np.float32)
+        assert probabilities.shape == (10,) and np.isclose(probabilities.sum(), 1.0)
+    finally:
+        server.stop()
