@@ -187,3 +187,16 @@ def test_simdjson_parser_survives_a_document_kept_alive() -> None:
     kept = regular_json._parse(BODIES["rows"])  # a proxy into the parser's document stays alive
     assert regular_json.decode_single_tensor(BODIES["rows"], spec) is not None
     assert kept is not None
+
+
+def test_big_bodies_do_not_grow_the_shared_simdjson_parser() -> None:
+    small = BODIES["rows"]
+    big = b'{"instances": [' + b", ".join([IMAGE] * 40_000) + b"]}"  # over 1 MiB
+    assert len(small) <= regular_json.SHARED_PARSER_MAX_BYTES < len(big)
+    shared = regular_json._parser_for(small)
+    assert regular_json._parser_for(small) is shared
+    assert regular_json._parser_for(big) is not shared  # a parser of its own, freed after
+    spec = TensorSpec("x", np.dtype(np.uint8), (-1, 2, 3, 1))
+    decoded = regular_json.decode_single_tensor(big, spec)
+    assert decoded is not None and decoded[0].shape == (40_000, 2, 3, 1)
+    assert regular_json._parser_for(small) is shared
