@@ -51,6 +51,14 @@ def element_skeleton(shape: tuple[int, ...]) -> bytes:
     return text
 
 
+def skeleton_length(shape: list[int]) -> int:
+    """``len`` of the skeleton of ``shape``, without building it: brackets plus commas."""
+    length = 0
+    for size in reversed(shape):
+        length = 2 + size * length + (size - 1)
+    return length
+
+
 def _skeleton(shape: list[int]) -> bytes:
     # The per-element part is cached; the batch dimension, which varies, is joined per request.
     return b"[" + b",".join([element_skeleton(tuple(shape[1:]))] * shape[0]) + b"]"
@@ -158,6 +166,11 @@ def _regular_numbers(
             return None
         shape.append(size)
         level = level[0]
+    # The shape comes from the first element of each level only: a small body can claim a huge
+    # one ([[1, ...1000 numbers], [], [], ...]). A regular body is at least as long as its
+    # skeleton, so check that before building it.
+    if skeleton_length(shape) > len(body):
+        return None
     if not _has_skeleton(value, _skeleton(shape), body, body_skeleton_prefix):
         return None
     try:

@@ -200,3 +200,23 @@ def test_big_bodies_do_not_grow_the_shared_simdjson_parser() -> None:
     decoded = regular_json.decode_single_tensor(big, spec)
     assert decoded is not None and decoded[0].shape == (40_000, 2, 3, 1)
     assert regular_json._parser_for(small) is shared
+
+
+def test_a_small_body_claiming_a_huge_shape_is_not_expanded() -> None:
+    # First element of each level 1,000 long, every other element empty: 9 KB of body that would
+    # claim 10**9 numbers. The skeleton (a gigabyte) must never be built.
+    first = b"[" + b",".join([b"[" + b",".join([b"1"] * 1000) + b"]"] + [b"[]"] * 999) + b"]"
+    body = b'{"instances": [' + b",".join([first] + [b"[]"] * 999) + b"]}"
+    assert len(body) < 20_000
+    assert regular_json.skeleton_length([1000, 1000, 1000]) > 10**9
+    spec = TensorSpec("x", np.dtype(np.uint8), (-1, 1000, 1000))
+    regular_json.element_skeleton.cache_clear()
+    assert regular_json.decode_single_tensor(body, spec) is None
+    assert regular_json.element_skeleton.cache_info().currsize == 0  # nothing built
+    with pytest.raises(InvalidArgument, match="ragged"):
+        tfserving.decode_predict(body, [spec])
+
+
+@pytest.mark.parametrize("shape", [[1], [3], [2, 3], [2, 3, 1], [4, 1, 5, 2]])
+def test_skeleton_length_matches_the_skeleton(shape: list[int]) -> None:
+    assert regular_json.skeleton_length(shape) == len(regular_json._skeleton(shape))
