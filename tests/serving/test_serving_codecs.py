@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,15 +49,42 @@ def test_regular_batch_fast_path_answers_exactly_like_numpy(
     name: str, dtype: type, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = TensorSpec("x", np.dtype(dtype), (-1, 2, 3, 1))
-    fast = _decode(BATCHES[name], spec)
-    monkeypatch.setattr(tfserving, "_regular_batch", lambda value, shape: None)
-    exact = _decode(BATCHES[name], spec)
-    assert fast[0] == exact[0], (fast, exact)
-    if fast[0] == "ok":
-        assert fast[1].dtype == exact[1].dtype and fast[1].shape == exact[1].shape
-        np.testing.assert_array_equal(fast[1], exact[1])
+    no_fast_path = functools.partial(monkeypatch.setattr, tfserving, "_regular_batch", _never)
+    _same_both_ways(_decode, BATCHES[name], spec, no_fast_path)
+
+
+def _never(*args: Any) -> None:
+    """Stands in for a fast path that never applies."""
+    return None
+
+
+def _same_both_ways(
+    decode: Callable[[Any, TensorSpec], tuple[str, Any]], value: Any, spec: TensorSpec,
+    disable_fast_path: Callable[[], None],
+) -> None:  # fmt: skip
+    """``decode`` gives the same outcome (answer or error message) before and after the patch."""
+    fast = decode(value, spec)
+    disable_fast_path()
+    general = decode(value, spec)
+    assert fast[0] == general[0], (fast, general)
+    _assert_same(fast[1], general[1])
+
+
+def _assert_same(fast: Any, general: Any) -> None:
+    """Equal, arrays down to dtype and shape, through dicts and tuples."""
+    if isinstance(fast, np.ndarray):
+        assert fast.dtype == general.dtype and fast.shape == general.shape
+        np.testing.assert_array_equal(fast, general)
+    elif isinstance(fast, dict):
+        assert fast.keys() == general.keys()
+        for key in fast:
+            _assert_same(fast[key], general[key])
+    elif isinstance(fast, tuple):
+        assert len(fast) == len(general)
+        for one, other in zip(fast, general, strict=True):
+            _assert_same(one, other)
     else:
-        assert fast[1] == exact[1]
+        assert fast == general
 
 
 def test_the_fast_path_is_taken_for_a_regular_batch() -> None:
@@ -142,19 +171,10 @@ def test_simdjson_path_answers_exactly_like_the_general_path(
     name: str, dtype: type, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = TensorSpec("x", np.dtype(dtype), (-1, 2, 3, 1))
-    fast = _decode_body(BODIES[name], spec)
-    monkeypatch.setattr(regular_json, "decode_single_tensor", lambda body, spec: None)
-    general = _decode_body(BODIES[name], spec)
-    assert fast[0] == general[0], (fast, general)
-    if fast[0] == "error":
-        assert fast[1] == general[1]
-        return
-    (fast_inputs, *fast_rest), (general_inputs, *general_rest) = fast[1], general[1]
-    assert fast_rest == general_rest
-    assert fast_inputs.keys() == general_inputs.keys()
-    for key, array in fast_inputs.items():
-        assert array.dtype == general_inputs[key].dtype
-        np.testing.assert_array_equal(array, general_inputs[key])
+    no_fast_path = functools.partial(
+        monkeypatch.setattr, regular_json, "decode_single_tensor", _never
+    )
+    _same_both_ways(_decode_body, BODIES[name], spec, no_fast_path)
 
 
 @pytest.mark.parametrize(
