@@ -65,6 +65,8 @@ def batching_config(settings: ServingSettings) -> BatchingConfig:
         merge=settings.batching,
         max_batch_size=settings.max_batch_size,
         batch_timeout_us=settings.batch_timeout_us,
+        peer_wait_us=settings.batch_peer_wait_us,
+        peer_idle_us=settings.batch_peer_idle_us,
         preferred_batch_sizes=tuple(settings.preferred_batch_sizes),
         max_queue_size=settings.max_queue_size,
         max_concurrent=settings.max_concurrent_inferences,

@@ -87,6 +87,16 @@ class ServingSettings(BaseSettings):
         0,
         description="How long a batch waits for more rows once compute is free (0 = take what is queued).",
     )
+    batch_peer_wait_us: int = Field(
+        3000,
+        ge=0,
+        description="With batch_timeout_us 0 and requests queueing up (last batch over one row): "
+        "once compute is free, wait up to this long for as many rows as were recently in flight "
+        "together. One client at a time never waits. 0 = take what is queued.",
+    )
+    batch_peer_idle_us: int = Field(
+        1000, ge=0, description="A peer wait also ends after this long without a new request."
+    )
     preferred_batch_sizes: IntCommaList = Field(
         default_factory=list, description="Comma list; a batch reaching one is dispatched at once."
     )

@@ -15,7 +15,13 @@ from serving_harness import RunningGateway
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.metrics import GatewayMetrics
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
-from tests.tiny_models import batch_one_classifier, reference_predict, sample_images, write_version
+from tests.tiny_models import (
+    batch_one_classifier,
+    linear_classifier,
+    reference_predict,
+    sample_images,
+    write_version,
+)
 
 MODEL = "tiny"
 
@@ -128,4 +134,81 @@ def test_only_compatible_shapes_are_merged(tmp_path: Path) -> None:
     batches, rows = batch_stats(metrics.render().decode(), "sum")
     assert rows == sum(len(r) for r in requests)
     assert 2 <= batches < len(requests)  # merged, but never across widths
+    batcher.close()
+
+
+def _peer_batcher(tmp_path: Path, peer_wait_us: int, peer_idle_us: int) -> DynamicBatcher:
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    runtime = OnnxRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"))
+    config = BatchingConfig(peer_wait_us=peer_wait_us, peer_idle_us=peer_idle_us)
+    return DynamicBatcher(runtime, MODEL, 1, config, GatewayMetrics())
+
+
+async def _staggered_rounds(batcher: DynamicBatcher, callers: int, rounds: int) -> None:
+    """``callers`` clients in lock step. The first round arrives at once (requests queue up, as
+    under load); in later rounds the clients arrive 20 ms apart, far apart compared with a tiny
+    model's compute, so without waiting each would mostly run alone."""
+
+    async def client(index: int) -> None:
+        for round_number in range(rounds):
+            await asyncio.sleep(0.020 * index if round_number else 0)
+            image = sample_images(1, seed=100 * round_number + index)
+            result = await batcher.infer({"image": image}, time.monotonic() + 60)
+            assert result["probabilities"].shape == (1, 10)
+
+    await asyncio.wait_for(asyncio.gather(*[client(i) for i in range(callers)]), 30)
+
+
+def _batches(batcher: DynamicBatcher) -> tuple[float, float]:
+    assert batcher.metrics is not None
+    return batch_stats(batcher.metrics.render().decode(), MODEL)
+
+
+@pytest.mark.parametrize("peer_wait_us", [0, 20_000_000])
+def test_peer_wait_gathers_staggered_lock_step_callers(tmp_path: Path, peer_wait_us: int) -> None:
+    # Idle gap 0.5 s: longer than the 20 ms stagger, so a wait lasts until all 6 are queued; the
+    # 20 s cap is never what ends it (the whole scenario must finish within 30 s).
+    batcher = _peer_batcher(tmp_path, peer_wait_us, peer_idle_us=500_000)
+    asyncio.run(_staggered_rounds(batcher, callers=6, rounds=5))
+    batches, rows = _batches(batcher)
+    assert rows == 30
+    if peer_wait_us:
+        # Round one runs as one or two batches; every later round is one batch of 6.
+        assert batches <= 8, batches
+    else:
+        # The same load without waiting: most of the 24 later requests run alone (a stalled
+        # event loop on a busy machine can let a few meet).
+        assert batches >= 14, batches
+    batcher.close()
+
+
+def test_peer_wait_never_delays_one_caller_at_a_time(tmp_path: Path) -> None:
+    # With a 20 s cap and a 20 s idle gap, any wait at all would blow the 30 s budget below.
+    batcher = _peer_batcher(tmp_path, peer_wait_us=20_000_000, peer_idle_us=20_000_000)
+
+    async def one_at_a_time() -> None:
+        for seed in range(20):
+            await batcher.infer({"image": sample_images(1, seed=seed)}, time.monotonic() + 60)
+
+    asyncio.run(asyncio.wait_for(one_at_a_time(), 30))
+    assert _batches(batcher) == (20, 20)
+    batcher.close()
+
+
+def test_peer_wait_ends_after_the_idle_gap_when_peers_stop_coming(tmp_path: Path) -> None:
+    # Six callers teach the batcher a concurrency of 6 in merged batches; then one caller goes on
+    # alone. Its first batch waits for peers that never come; the idle gap (0.5 s), not the 20 s
+    # cap, ends it, and after a batch of one nothing waits.
+    batcher = _peer_batcher(tmp_path, peer_wait_us=20_000_000, peer_idle_us=500_000)
+
+    async def scenario() -> float:
+        await _staggered_rounds(batcher, callers=6, rounds=3)
+        started = time.monotonic()
+        for seed in range(20):
+            await batcher.infer({"image": sample_images(1, seed=seed)}, time.monotonic() + 60)
+        return time.monotonic() - started
+
+    alone = asyncio.run(asyncio.wait_for(scenario(), 30))
+    # One idle gap (0.5 s), then batches of one never wait: 20 waits would be 10 s.
+    assert alone < 5, alone
     batcher.close()
