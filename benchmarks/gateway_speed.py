@@ -16,7 +16,8 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 
 HTTP load comes from Debian's ``wrk`` (C, one thread, Lua script for the POST body) so the client
 does not hide server speed; gRPC load from nghttp2's ``h2load`` (C; Debian ``nghttp2-client``; one
-HTTP/2 connection with as many streams as the concurrency, pre-framed Predict requests, gRPC
+HTTP/2 connection with as many streams as the concurrency, four per worker for a multi-worker
+gateway, pre-framed Predict requests, gRPC
 statuses checked through the gateway's request counter), or, without it, an asyncio grpc.aio client
 in this process, which on a small host is itself the bottleneck. Both share the machine's cores
 with the server: on a 2-core host these are lower bounds.
@@ -124,7 +125,7 @@ class Server:
         connections: int = 1,
     ) -> None:  # fmt: skip
         #: gRPC load: HTTP/2 connections to spread the streams over (the kernel hands each
-        #: connection to one worker process, so a multi-worker gateway needs one per worker).
+        #: connection to one worker process, so a multi-worker gateway needs several per worker).
         self.connections = connections
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -363,7 +364,11 @@ def start_gateway(repo: Path, extra: list[str], workers: int = 1) -> Server:
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
          "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0",
          *extra, *workers_option],
-        wait_for="workers ready" if workers != 1 else "gRPC", connections=workers,
+        wait_for="workers ready" if workers != 1 else "gRPC",
+        # The kernel hashes each connection to one worker: with one connection per worker, two
+        # often land on the same one. Four per worker spread the streams (on one process the
+        # connection count made no difference: -c1 -m32 and -c32 -m1 measured alike).
+        connections=1 if workers == 1 else 4 * workers,
     )  # fmt: skip
 
 
