@@ -6,17 +6,18 @@ the model computes, the next batch accumulates on its own. ``batch_timeout_us`` 
 for more rows once a slot is free; ``preferred_batch_sizes`` end that wait early. Only requests whose
 inputs agree on dtype and non-batch shape are merged. A failing batch fails only its own requests.
 
-Without an explicit timeout, the batcher waits for peers (``peer_wait_us``) when requests are
-queueing up (the last batch had more than one row): once a slot frees it waits until as many rows
-are queued as were recently inside the batcher at once (the load's concurrency, the peak over the
-last 0.5 to 1 s), until no request has arrived for ``peer_idle_us``, or until ``peer_wait_us``
-has passed. One client at a time never waits (batches
-of one); 32 clients in lock step get batches of 16 to 32 instead of the 3 or 4 that happen to be
-queued when compute frees. That matters most where requests trickle in one at a time (grpc.aio
-hands calls to the event loop singly): each batch costs a worker-thread handoff and its GIL
-traffic, so fewer, fuller batches leave more CPU for the transport. The cost: a batch that follows
-a merged one can wait up to ``peer_idle_us`` for peers that do not come (load dropping, or sparse
-arrivals), and up to ``peer_wait_us`` while arrivals keep trickling in below the peak.
+Without an explicit timeout, the batcher waits for peers (``peer_wait_us``) when the event loop is
+the bottleneck (its thread at least ``peer_min_loop_busy`` busy over the last 0.5 s window) and
+requests are queueing up (the last batch had more than one row): once a slot frees it waits until
+as many rows are queued as were recently inside the batcher at once (the load's concurrency, the
+peak over the last 0.5 to 1 s), until no request has arrived for ``peer_idle_us``, or until
+``peer_wait_us`` has passed. One client at a time never waits (batches of one), nor do clients
+slower than the gateway (the loop is not saturated); 32 gRPC clients get batches of about 16
+instead of the 3 or 4 that happen to be queued when compute frees. That matters most where
+requests trickle in one at a time (grpc.aio hands calls to the event loop singly): each batch
+costs a worker-thread handoff and its GIL traffic, so fewer, fuller batches leave more CPU for the
+transport. The cost: a batch can wait up to ``peer_idle_us`` for peers that do not come, and up
+to ``peer_wait_us`` while arrivals keep trickling in below the peak.
 
 With ``merge=False`` (batching off) the same queue, bound and deadlines apply, one request per call.
 """
@@ -196,6 +197,8 @@ class DynamicBatcher:
             self._previous_peak_rows, self._peak_rows = (0 if quiet else self._peak_rows), 0
             # How busy this (the event loop's) thread was: waiting only pays when the loop is
             # the bottleneck. With hysteresis, since waiting itself makes the loop less busy.
+            # CPU time, not time runnable (schedstat): counting the run-queue wait made a loop
+            # that shares 2 cores with 16 Locust users look saturated every other window.
             cpu = time.thread_time()
             busy = 0.0 if quiet else (cpu - self._window_cpu) / (now - self._window_start)
             if busy >= self.config.peer_min_loop_busy:

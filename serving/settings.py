@@ -90,9 +90,10 @@ class ServingSettings(BaseSettings):
     batch_peer_wait_us: int = Field(
         3000,
         ge=0,
-        description="With batch_timeout_us 0 and requests queueing up (last batch over one row): "
-        "once compute is free, wait up to this long for as many rows as were recently in flight "
-        "together. One client at a time never waits. 0 = take what is queued.",
+        description="With batch_timeout_us 0, while the event loop is saturated (its thread 80%% "
+        "busy) and requests queue up (last batch over one row): once compute is free, wait up to "
+        "this long for as many rows as were recently in flight together. One client at a time "
+        "never waits. 0 = take what is queued.",
     )
     batch_peer_idle_us: int = Field(
         1000, ge=0, description="A peer wait also ends after this long without a new request."
