@@ -13,7 +13,8 @@ Public API:
 - ``tensor_proto_to_ndarray(proto) -> np.ndarray``: reads ``tensor_content`` without a further copy
   (the array is read-only) and also the typed ``*_val`` fields other clients send (a short list is
   padded with its last value, as TensorFlow does). String tensors decode to object arrays of bytes,
-  as ``tf.make_ndarray`` does.
+  as ``tf.make_ndarray`` does. Stricter than TensorFlow: values outside the dtype's range, in
+  another dtype's field, or both typed values and ``tensor_content`` are a ``ValueError``.
 - ``as_ndarray(value)``: coerce lists, scalars, str and bytes into an ndarray (str -> bytes).
 
 String tensors are numpy object arrays of ``bytes``; ``str`` elements and ``U``/``S`` arrays are
@@ -165,8 +166,29 @@ def ndarray_to_tensor_proto(array: Any) -> TensorProto:
     return TensorProto(dtype=entry.tf, tensor_shape=shape, tensor_content=array.tobytes())
 
 
+#: Typed value fields wider than their dtype: (field's numpy type, the dtype's value range).
+#: TensorFlow truncates such values silently (int_val 300 as DT_UINT8 reads 44); we refuse them.
+_NARROW_RANGES: dict[int, tuple[int, int]] = {
+    DataType.DT_INT8: (-(2**7), 2**7 - 1),
+    DataType.DT_INT16: (-(2**15), 2**15 - 1),
+    DataType.DT_UINT8: (0, 2**8 - 1),
+    DataType.DT_UINT16: (0, 2**16 - 1),
+    DataType.DT_HALF: (0, 2**16 - 1),  # half_val holds the 16-bit patterns in an int32
+}
+
+
 def _typed_values(proto: TensorProto, entry: DtypeEntry, count: int) -> np.ndarray[Any, Any]:
     values: Any = getattr(proto, entry.val_field)
+    narrow = _NARROW_RANGES.get(entry.tf)
+    if narrow is not None and len(values):
+        wide = np.asarray(values, dtype=np.int64)
+        low, high = narrow
+        if wide.min() < low or wide.max() > high:
+            raise ValueError(
+                f"{entry.val_field} holds values in [{wide.min()}, {wide.max()}]; "
+                f"{entry.tf_name} takes [{low}, {high}]"
+            )
+        values = wide
     if entry.tf == DataType.DT_HALF:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
     elif entry.tf in (DataType.DT_COMPLEX64, DataType.DT_COMPLEX128):
@@ -188,21 +210,35 @@ def _typed_values(proto: TensorProto, entry: DtypeEntry, count: int) -> np.ndarr
 
 
 def tensor_proto_to_ndarray(proto: TensorProto) -> np.ndarray[Any, Any]:
-    """Decode a ``TensorProto`` (``tensor_content`` or typed value fields) into an ndarray."""
+    """Decode a ``TensorProto`` (``tensor_content`` or typed value fields) into an ndarray.
+
+    Strict where TensorFlow is lenient: values in another dtype's field, ``tensor_content``
+    together with typed values, and typed values outside the dtype's range are ``ValueError``.
+    A tensor with fewer values than elements is padded with its last value (none: zeros), so
+    a caller that does not trust ``proto`` checks its shape before calling this.
+    """
     try:
         entry = _BY_TF[proto.dtype]
     except KeyError:
         raise TypeError(f"unsupported TensorFlow dtype {proto.dtype}") from None
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     if any(size < 0 for size in shape):
-        raise ValueError(f"tensor shape {shape} is not fully defined")
+        raise ValueError(f"tensor shape {list(shape)} is not fully defined")
     count = math.prod(shape)
+    typed = [field.name for field, _ in proto.ListFields() if field.name.endswith("_val")]
+    foreign = [name for name in typed if name != entry.val_field]
+    if foreign:
+        raise ValueError(
+            f"{entry.tf_name} values go in {entry.val_field} or tensor_content, not {foreign[0]}"
+        )
     content = proto.tensor_content
     if content and entry is not _STRING:
+        if typed:
+            raise ValueError(f"tensor has both tensor_content and {typed[0]}; send one")
         expected = count * entry.numpy.itemsize
         if len(content) != expected:
             raise ValueError(
-                f"tensor_content has {len(content)} bytes, shape {shape} needs {expected}"
+                f"tensor_content has {len(content)} bytes, shape {list(shape)} needs {expected}"
             )
         return np.frombuffer(content, dtype=entry.numpy.newbyteorder("<")).reshape(shape)
     return _typed_values(proto, entry, count).reshape(shape)

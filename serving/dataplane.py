@@ -15,14 +15,26 @@ from typing import Any
 
 import numpy as np
 
-from serving.codecs.images import ImageSpec, decode_image
-from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable
+from serving.codecs import images
+from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable, shown
 from serving.metrics import GatewayMetrics
+from serving.offload import DecodePool
 from serving.repository import ModelRepository, ModelVersion
-from serving.runtimes.base import TensorSpec
+from serving.validation import InputLimits, validate_inputs
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
+
+
+#: The metrics' model label of requests for a model that is not in the repository: request
+#: names never become label values, so bogus names cannot grow the number of series.
+UNKNOWN_MODEL = "_unknown"
+
+#: Images up to this many bytes have their header read on the event loop (tens of microseconds),
+#: and those declaring at most INLINE_IMAGE_PIXELS are decoded there too (well under a
+#: millisecond); every other image is decoded in the bounded pool.
+INLINE_IMAGE_BYTES = 64 * 1024
+INLINE_IMAGE_PIXELS = 128 * 128
 
 
 @dataclass
@@ -34,10 +46,14 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class Limits:
-    """Per-request limits."""
+    """Per-request limits and the decode pool's size."""
 
     max_request_batch: int = 1024
     request_timeout_s: float = 30.0
+    max_tensor_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 0
+    decode_threads: int = 1
+    decode_queue: int = 64
 
 
 class DataPlane:
@@ -49,6 +65,10 @@ class DataPlane:
         self.repository = repository
         self.metrics = metrics
         self.limits = limits
+        self.input_limits = InputLimits(
+            limits.max_request_batch, limits.max_tensor_bytes, limits.max_image_pixels
+        )
+        self.decode_pool = DecodePool(limits.decode_threads, limits.decode_queue)
         self.accepting = True  # False while draining on SIGTERM: readiness goes false
         self.inflight = 0
 
@@ -72,16 +92,23 @@ class DataPlane:
             raise
         finally:
             self.inflight -= 1
+            if not record.version and model not in self.repository.models:
+                model = UNKNOWN_MODEL
             self.metrics.requests.labels(model, record.version, protocol, status).inc()
             self.metrics.request_latency.labels(model, protocol).observe(
                 time.perf_counter() - start
             )
 
     def deadline(self, timeout_s: float | None) -> float:
-        """A monotonic deadline from a client timeout (None = the server default)."""
-        if timeout_s is None or timeout_s <= 0:
+        """A monotonic deadline from a client timeout (None = the server default), capped at ten
+        times the default; a timeout already spent (<= 0) gives a deadline that has passed."""
+        if timeout_s is None:
             timeout_s = self.limits.request_timeout_s
         return time.monotonic() + min(timeout_s, self.limits.request_timeout_s * 10)
+
+    def close(self) -> None:
+        """Release what the dataplane itself holds (the decode pool); models are the repository's."""
+        self.decode_pool.close()
 
     # --- lookups ------------------------------------------------------------------------------
     def resolve(
@@ -109,11 +136,11 @@ class DataPlane:
         """Validate ``inputs`` against ``mv``'s spec and run them (batched) on its runtime."""
         if signature_name not in (None, "", DEFAULT_SIGNATURE):
             raise InvalidArgument(
-                f"signature '{signature_name}' not found; model '{mv.model}' has '{DEFAULT_SIGNATURE}'"
+                f"signature {shown(signature_name)} not found; model '{mv.model}' has '{DEFAULT_SIGNATURE}'"
             )
         assert mv.runtime is not None and mv.batcher is not None
         outputs_wanted = self._check_output_filter(mv, output_filter)
-        validate_inputs(inputs, mv.runtime.inputs, self.limits.max_request_batch)
+        validate_inputs(inputs, mv.runtime.inputs, self.input_limits)
         mv.inflight += 1
         try:
             outputs = await mv.batcher.infer(inputs, deadline)
@@ -132,7 +159,7 @@ class DataPlane:
         unknown = [name for name in output_filter if name not in known]
         if unknown:
             raise InvalidArgument(
-                f"output_filter names unknown output {', '.join(repr(n) for n in unknown)}; "
+                f"output_filter names unknown output {', '.join(shown(n) for n in unknown)}; "
                 f"model outputs: {', '.join(known)}"
             )
         return list(dict.fromkeys(output_filter))
@@ -142,15 +169,17 @@ class DataPlane:
     ) -> list[dict[str, Any]]:
         """Decode and preprocess one image per the model's metadata; top-k labels with scores."""
         assert mv.runtime is not None
+        if top_k < 1:
+            raise InvalidArgument(f"top_k must be at least 1, got {top_k}")
         spec = mv.runtime.inputs[0]
         if len(mv.runtime.inputs) != 1 or spec.dtype != np.uint8 or len(spec.shape) != 4:
             raise InvalidArgument(f"model '{mv.model}' does not take a single uint8 NHWC image")
-        pixels = decode_image(image, ImageSpec.from_metadata(mv.metadata, spec.shape))
+        pixels = await self.decode_image(
+            image, images.ImageSpec.from_metadata(mv.metadata, spec.shape)
+        )
         outputs = await self.predict(mv, {spec.name: pixels[None]}, deadline=deadline)
         scores = np.asarray(next(iter(outputs.values()))[0], dtype=np.float64).ravel()
         names = mv.class_names or [str(i) for i in range(scores.size)]
-        if top_k < 1:
-            raise InvalidArgument(f"top_k must be at least 1, got {top_k}")
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [
             {
@@ -160,6 +189,14 @@ class DataPlane:
             }
             for i in order
         ]
+
+    async def decode_image(self, data: bytes, spec: images.ImageSpec) -> np.ndarray:
+        """``images.decode_image`` within the pixel limit: small images inline, others in the
+        decode pool (429 when it is full)."""
+        limit = images.pixel_limit(spec, self.limits.max_image_pixels)
+        if len(data) <= INLINE_IMAGE_BYTES and images.declared_pixels(data) <= INLINE_IMAGE_PIXELS:
+            return images.decode_image(data, spec, limit)
+        return await self.decode_pool.run(images.decode_image, data, spec, limit)
 
     # --- descriptions -------------------------------------------------------------------------
     def statuses(
@@ -178,45 +215,3 @@ class DataPlane:
         if not entry.versions:
             self.repository.resolve(model)  # raises NotFound: the model has no versions
         return sorted(entry.versions.values(), key=lambda mv: mv.version, reverse=True)
-
-
-def validate_inputs(inputs: dict[str, np.ndarray], specs: list[TensorSpec], max_batch: int) -> None:
-    """Names, dtypes, shapes and batch size against the model's spec, with messages that say
-    what was expected and what was received."""
-    by_name = {spec.name: spec for spec in specs}
-    unknown = sorted(set(inputs) - set(by_name))
-    if unknown:
-        raise InvalidArgument(
-            f"unknown input {', '.join(repr(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
-        )
-    batch: int | None = None
-    for spec in specs:
-        array = inputs.get(spec.name)
-        if array is None:
-            raise InvalidArgument(
-                f"missing input '{spec.name}' ({spec.dtype} {spec.describe_shape()})"
-            )
-        if array.dtype != spec.dtype and not (
-            spec.dtype == np.object_ and array.dtype.kind in "OS"
-        ):
-            raise InvalidArgument(
-                f"input '{spec.name}' expects dtype {spec.dtype}, received {array.dtype}"
-            )
-        shape = array.shape
-        if shape and shape[0] == 0:
-            raise InvalidArgument(f"input '{spec.name}' has an empty batch (0 rows)")
-        if len(shape) != len(spec.shape) or any(
-            want >= 0 and got != want for want, got in zip(spec.shape, shape, strict=False)
-        ):
-            raise InvalidArgument(
-                f"input '{spec.name}' expects shape {spec.describe_shape()}, received "
-                f"[{', '.join(str(d) for d in shape)}]"
-            )
-        rows = shape[0] if shape else 1
-        if rows > max_batch:
-            raise InvalidArgument(
-                f"input '{spec.name}' has a batch of {rows} rows; the limit is {max_batch} per request"
-            )
-        if batch is not None and rows != batch:
-            raise InvalidArgument(f"inputs disagree on the batch size ({batch} vs {rows})")
-        batch = rows

@@ -21,8 +21,27 @@ _GRPC_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 STATUS_TABLE: dict[str, tuple[int, grpc.StatusCode]] = {
     status.name: (status.http_status, _GRPC_BY_NUMBER[status.grpc_code]) for status in Status
 }
-# The gateway's one refinement: an oversize body is HTTP 413 (gRPC itself says RESOURCE_EXHAUSTED).
+# The gateway's refinements: an oversize body is HTTP 413 (gRPC itself says RESOURCE_EXHAUSTED);
+# the HTTP layer's own refusals keep their statuses (405 wrong method, 431 request head too large).
 STATUS_TABLE["PAYLOAD_TOO_LARGE"] = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
+STATUS_TABLE["METHOD_NOT_ALLOWED"] = (405, grpc.StatusCode.UNIMPLEMENTED)
+STATUS_TABLE["HEADERS_TOO_LARGE"] = (431, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+#: HTTP status -> canonical status name; where several share one, TF Serving's mapping wins.
+_STATUS_BY_HTTP: dict[int, str] = {}
+for _name, (_http, _) in STATUS_TABLE.items():
+    _STATUS_BY_HTTP.setdefault(_http, _name)
+for _status in Status:  # the canonical name of each HTTP status, as the client reads it back
+    _STATUS_BY_HTTP[_status.http_status] = Status.from_http_status(_status.http_status).name
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A client-supplied value quoted for an error message, cut to ``limit`` characters: an error
+    never echoes a huge request back (a 100 KB model name would not even fit gRPC's trailers)."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return f"'{text}'"
 
 
 class ServingError(Exception):
@@ -97,6 +116,23 @@ class InternalError(ServingError):
     """An unexpected failure; the message carries only a request id, never internals."""
 
     status = "INTERNAL"
+
+
+class HttpError(ServingError):
+    """A refusal the HTTP layer makes itself (unknown route 404, wrong method 405, a malformed
+    multipart form 400): it keeps the framework's status and gets the gateway's error body."""
+
+    def __init__(self, message: str, http_status: int) -> None:
+        super().__init__(message)
+        self._http_status = http_status
+        self.status = _STATUS_BY_HTTP.get(
+            http_status, "INVALID_ARGUMENT" if http_status < 500 else "INTERNAL"
+        )
+
+    @property
+    def http_status(self) -> int:
+        """The framework's HTTP status."""
+        return self._http_status
 
 
 def as_serving_error(exc: BaseException, logger: logging.Logger, context: str) -> ServingError:

@@ -16,6 +16,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvicorn
@@ -111,7 +112,14 @@ class Gateway:
         self.dataplane = DataPlane(
             self.repository,
             self.metrics,
-            Limits(settings.max_request_batch, settings.request_timeout_s),
+            Limits(
+                max_request_batch=settings.max_request_batch,
+                request_timeout_s=settings.request_timeout_s,
+                max_tensor_bytes=settings.max_body_bytes,
+                max_image_pixels=settings.max_image_pixels,
+                decode_threads=settings.decode_threads,
+                decode_queue=settings.decode_queue,
+            ),
         )
         self.app = create_app(self.dataplane, settings)
         self.http_port: int | None = None
@@ -144,7 +152,8 @@ class Gateway:
             log_config=None,  # uvicorn's loggers go through ours (one format in the log)
             access_log=False,
             lifespan="off",
-            http="httptools" if _has("httptools") else "h11",
+            http=_http_protocol(s.max_header_bytes),
+            h11_max_incomplete_event_size=s.max_header_bytes,
             loop="none",
             timeout_graceful_shutdown=int(s.drain_timeout_s),
             backlog=2048,
@@ -197,6 +206,7 @@ class Gateway:
             waits.append(self._http_task)
         await asyncio.gather(*waits, return_exceptions=True)
         await self.repository.close()
+        self.dataplane.close()
         log.info("stopped")
 
     async def serve_forever(self) -> None:
@@ -228,6 +238,16 @@ def freeze_startup_heap() -> None:
     log.info(
         "%d startup objects frozen out of the garbage collector's scans", gc.get_freeze_count()
     )
+
+
+def _http_protocol(max_header_bytes: int) -> Any:
+    """httptools with a bound on request heads; without httptools, h11 (bounded by uvicorn's
+    ``h11_max_incomplete_event_size``)."""
+    if not _has("httptools"):
+        return "h11"
+    from serving.rest.protocol import bounded_protocol
+
+    return bounded_protocol(max_header_bytes)
 
 
 def _has(module: str) -> bool:

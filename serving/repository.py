@@ -24,7 +24,7 @@ from google.protobuf import text_format
 
 from clients.proto.model_server_config_pb2 import ModelServerConfig
 from serving.batching import BatchingConfig, DynamicBatcher
-from serving.errors import NotFound, Unavailable
+from serving.errors import NotFound, Unavailable, shown
 from serving.metrics import GatewayMetrics
 from serving.runtimes.base import ModelRuntime
 
@@ -162,11 +162,13 @@ class ModelRepository:
         entry = self.models.get(name)
         if entry is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise NotFound(f"model '{name}' not found (models: {known})")
+            raise NotFound(f"model {shown(name)} not found (models: {known})")
         if label is not None:
             if label not in entry.labels:
                 known = ", ".join(sorted(entry.labels)) or "none"
-                raise NotFound(f"label '{label}' of model '{name}' not found (labels: {known})")
+                raise NotFound(
+                    f"label {shown(label)} of model '{name}' not found (labels: {known})"
+                )
             version = entry.labels[label]
         if version is not None:
             mv = entry.versions.get(version)
@@ -193,7 +195,7 @@ class ModelRepository:
         entry = self.models.get(name)
         if entry is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise NotFound(f"model '{name}' not found (models: {known})")
+            raise NotFound(f"model {shown(name)} not found (models: {known})")
         return entry
 
     def ready(self) -> bool:

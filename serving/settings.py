@@ -106,7 +106,27 @@ class ServingSettings(BaseSettings):
     )
     # --- limits ----------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body (413 above).")
-    max_request_batch: int = Field(1024, description="Largest batch one request may carry.")
+    max_request_batch: int = Field(1024, ge=1, description="Largest batch one request may carry.")
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="Largest HTTP request line plus headers (431 above; the connection closes).",
+    )
+    max_image_pixels: int = Field(
+        0,
+        ge=0,
+        description="Largest image (width x height, read from its header before decoding; 413 "
+        "above). 0 = 256x the model's input pixels, at least 2048x2048.",
+    )
+    decode_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads decoding big images and base64 bodies off the event loop, at low "
+        "CPU priority.",
+    )
+    decode_queue: int = Field(
+        64, ge=0, description="Decodes that may wait for a decode thread (429 beyond)."
+    )
     request_timeout_s: float = Field(
         30.0,
         description="Default deadline of a request (REST header x-request-timeout-ms overrides).",

@@ -6,6 +6,7 @@ only (no TensorFlow), so they take milliseconds to make.
 
 - ``linear_classifier``: Cast -> scale -> Reshape -> MatMul -> Add -> Softmax.
 - ``lenet_like``: LeNet-5 shaped convolutional net (Conv/Relu/MaxPool x2, three Gemm layers).
+- ``any_size_classifier``: any height and width (``[-1, -1, -1, 1]``), for per-input byte limits.
 - ``batch_one_classifier``: claims a dynamic batch, fails in ONNX Runtime for batches above 1.
 - ``slow_classifier``: a deliberately expensive graph (repeated 1024x1024 MatMuls) for overload,
   deadline and drain tests, where a request must stay in compute for a while.
@@ -134,6 +135,30 @@ def batch_one_classifier(classes: int = 10, seed: int = 0) -> onnx.ModelProto:
         if init.name == "flat_shape":
             init.CopyFrom(numpy_helper.from_array(np.array([1, 784], dtype=np.int64), "flat_shape"))
     return model
+
+
+def any_size_classifier(classes: int = 10) -> onnx.ModelProto:
+    """Takes uint8 images of any height and width (``[-1, -1, -1, 1]``): softmax of the mean
+    pixel times a fixed row. For limits that a fixed input shape cannot show (bytes per input)."""
+    image = helper.make_tensor_value_info(
+        INPUT_NAME, TensorProto.UINT8, ["batch", "height", "width", 1]
+    )
+    probabilities = helper.make_tensor_value_info(
+        OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes]
+    )
+    nodes = [
+        helper.make_node("Cast", [INPUT_NAME], ["x_float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x_float"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "axis1"], ["column"]),  # [N, 1]
+        helper.make_node("MatMul", ["column", "row"], ["logits"]),  # [N, classes]
+        helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=-1),
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.linspace(-1, 1, classes, dtype=np.float32)[None], "row"),
+    ]
+    graph = helper.make_graph(nodes, "any_size", [image], [probabilities], initializers)
+    return _finish(graph)
 
 
 def slow_classifier(classes: int = 10, repeats: int = 8, rows: int = 256) -> onnx.ModelProto:

@@ -1,4 +1,11 @@
-"""PNG/JPEG bytes -> uint8 NHWC arrays, following a model's ``preprocessing`` metadata."""
+"""PNG/JPEG bytes -> uint8 NHWC arrays, following a model's ``preprocessing`` metadata.
+
+An encoded image is the one input whose cost is not bounded by its size: a 69-byte PNG can
+declare 30000x30000 pixels, a 140 KB one 12000x12000. So the declared size is read from the header
+and checked against a pixel limit before anything is decoded (:func:`declared_pixels`,
+:func:`pixel_limit`); the dataplane decodes small images inline and big ones in a bounded pool
+off the event loop.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +14,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from serving.errors import InvalidArgument
+from serving.errors import InvalidArgument, PayloadTooLarge
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
+FORMATS = ("PNG", "JPEG")
+
+# Every image's declared size is checked against the gateway's own limit (pixel_limit) before
+# anything is decoded; Pillow's process-wide bomb check (a warning above 89 megapixels, an error
+# above 179) would only pre-empt it with another message, or refuse what an operator allowed.
+Image.MAX_IMAGE_PIXELS = None
+
+#: The derived pixel limit (``--max-image-pixels 0``): this many pixels per pixel of the model's
+#: input, and never less than MIN_DERIVED_PIXELS (2048 x 2048).
+DERIVED_PIXELS_PER_INPUT_PIXEL = 256
+MIN_DERIVED_PIXELS = 2048 * 2048
 
 
 @dataclass(frozen=True)
@@ -39,27 +57,67 @@ class ImageSpec:
         return cls(height, width, int(channels))
 
 
+def pixel_limit(spec: ImageSpec, configured: int) -> int:
+    """The most pixels an image for ``spec`` may declare: ``configured``, or derived when 0."""
+    if configured > 0:
+        return configured
+    return max(MIN_DERIVED_PIXELS, DERIVED_PIXELS_PER_INPUT_PIXEL * spec.height * spec.width)
+
+
 def looks_like_image(data: bytes) -> bool:
     """True for PNG or JPEG magic bytes."""
     return data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC)
 
 
-def decode_image(data: bytes, spec: ImageSpec) -> np.ndarray:
-    """Decode, convert the colour mode and resize; returns uint8 ``[H, W, C]``."""
+def _open(data: bytes) -> Image.Image:
+    """The image's header parsed (nothing decoded yet); InvalidArgument if it is not PNG/JPEG."""
     if not data:
         raise InvalidArgument("image is empty")
+    if not looks_like_image(data):
+        raise InvalidArgument("cannot decode image: PNG or JPEG expected")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format not in ("PNG", "JPEG"):
-                raise InvalidArgument(f"image format {image.format} is not supported (PNG or JPEG)")
-            converted = image.convert("L" if spec.channels == 1 else "RGB")
+        return Image.open(io.BytesIO(data), formats=FORMATS)
+    except Exception as exc:  # anything Pillow raises on these bytes means they are not an image
+        raise InvalidArgument(f"cannot decode image (PNG or JPEG expected): {exc}") from None
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels "
+            "(--max-image-pixels)"
+        )
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares them, without decoding any pixel."""
+    with _open(data) as image:
+        width, height = image.size
+    return width * height
+
+
+def decode_image(data: bytes, spec: ImageSpec, max_pixels: int) -> np.ndarray:
+    """Decode, convert the colour mode and resize; returns uint8 ``[H, W, C]``.
+
+    The declared size is checked against ``max_pixels`` before decoding (413 above it). A JPEG
+    much larger than the target is decoded at a reduced scale (libjpeg's DCT scaling, never below
+    the target size), which halves its cost or better.
+    """
+    with _open(data) as image:
+        _check_pixels(image, max_pixels)
+        mode = "L" if spec.channels == 1 else "RGB"
+        try:
+            if image.format == "JPEG":
+                image.draft(mode, (spec.width, spec.height))
+            converted = image.convert(mode)
             if converted.size != (spec.width, spec.height):
                 converted = converted.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
             array = np.asarray(converted, dtype=np.uint8)
-    except InvalidArgument:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InvalidArgument(f"cannot decode image (PNG or JPEG expected): {exc}") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # truncated or corrupt data: Pillow's errors vary by codec
+            raise InvalidArgument(f"cannot decode image (PNG or JPEG expected): {exc}") from None
     if array.ndim == 2:
         array = array[:, :, None]
     return array

@@ -80,14 +80,22 @@ def _parser_for(body: bytes) -> simdjson.Parser:
 
 
 def _parse(body: bytes) -> object:
+    """The parsed document; ValueError for anything simdjson refuses (the general path words it)."""
     parser = _parser_for(body)
     try:
         return parser.parse(body)
-    except RuntimeError:
-        # simdjson refuses to reuse a parser while proxies into its last document live (only if
+    except RuntimeError as exc:
+        # simdjson reports documents it refuses (integers beyond 64 bits, nesting too deep) as
+        # RuntimeError with its error code in the message.
+        if "re-use" not in str(exc):
+            raise ValueError(str(exc)) from None
+        # It also refuses to reuse a parser while proxies into its last document live (only if
         # an earlier caller kept one, e.g. in a traceback): start a fresh parser.
         _local.parser = simdjson.Parser()
-        return _local.parser.parse(body)
+        try:
+            return _local.parser.parse(body)
+        except RuntimeError as again:
+            raise ValueError(str(again)) from None
 
 
 def decode_single_tensor(
@@ -103,7 +111,7 @@ def decode_single_tensor(
         return None
     try:
         doc = _parse(body)
-    except ValueError:  # invalid JSON: the general path words the error
+    except ValueError:  # invalid or refused JSON: the general path words the error
         return None
     if not isinstance(doc, simdjson.Object):
         return None
@@ -162,7 +170,7 @@ def _regular_numbers(
     level: object = value
     while isinstance(level, simdjson.Array):  # the shape along the first element of each level
         size = len(level)
-        if size == 0:
+        if size == 0 or len(shape) == len(spec.shape):  # empty, or deeper than the input's rank
             return None
         shape.append(size)
         level = level[0]

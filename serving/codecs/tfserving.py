@@ -19,11 +19,13 @@ import numpy as np
 import orjson
 
 from serving.codecs import regular_json
-from serving.codecs.images import ImageSpec, decode_image, looks_like_image
-from serving.errors import InvalidArgument
+from serving.codecs.images import ImageSpec, decode_image, looks_like_image, pixel_limit
+from serving.errors import InvalidArgument, shown
 from serving.runtimes.base import TensorSpec
+from serving.validation import InputLimits
 
 DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_LIMITS = InputLimits()
 
 
 @dataclass
@@ -65,7 +67,14 @@ def loads(body: bytes) -> Any:
         raise InvalidArgument(f"malformed JSON: {exc}") from None
 
 
-def _b64(value: dict[str, Any], spec: TensorSpec) -> np.ndarray:
+def has_b64(body: bytes) -> bool:
+    """Whether a body may hold ``{"b64": ...}`` values, whose decoding (base64, images) is heavy
+    enough to belong off the event loop. Cheap and conservative: a key spelled with escapes is
+    missed, and then only costs event-loop time, never correctness."""
+    return b'"b64"' in body
+
+
+def _b64(value: dict[str, Any], spec: TensorSpec, limits: InputLimits) -> np.ndarray:
     """One ``{"b64": ...}`` element: bytes for string inputs, image or raw bytes for numeric ones."""
     encoded = value.get("b64")
     if not isinstance(encoded, str) or len(value) != 1:
@@ -79,8 +88,8 @@ def _b64(value: dict[str, Any], spec: TensorSpec) -> np.ndarray:
     element_shape = spec.shape[1:]
     # A numeric input: accept an encoded image (decoded per the input shape) or raw tensor bytes.
     if looks_like_image(data) and len(element_shape) == 3 and spec.dtype == np.uint8:
-        height, width, channels = element_shape
-        return decode_image(data, ImageSpec(height, width, channels))
+        image = ImageSpec(*element_shape)
+        return decode_image(data, image, pixel_limit(image, limits.max_image_pixels))
     if all(dim > 0 for dim in element_shape):
         expected = int(np.prod(element_shape)) * spec.dtype.itemsize
         if len(data) == expected:
@@ -96,20 +105,42 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and "b64" in value
 
 
-def to_array(value: Any, spec: TensorSpec, batch: bool) -> np.ndarray:
+def _check_rows(count: int, spec: TensorSpec, limits: InputLimits) -> None:
+    """The batch limit, checked on the JSON list before any element is converted."""
+    if count > limits.max_batch:
+        raise InvalidArgument(
+            f"input '{spec.name}' has a batch of {count} rows; the limit is {limits.max_batch} "
+            "per request"
+        )
+
+
+def to_array(
+    value: Any, spec: TensorSpec, batch: bool, limits: InputLimits = DEFAULT_LIMITS
+) -> np.ndarray:
     """A JSON value -> ndarray of the spec's dtype (integers stay integers; no silent rounding)."""
+    if batch and isinstance(value, list):
+        _check_rows(len(value), spec, limits)
     if _is_b64(value):
-        array = _b64(value, spec)
+        array = _b64(value, spec, limits)
         return array[None] if batch else array
     if isinstance(value, list) and value and _is_b64(value[0]):
         try:
-            return np.stack([_b64(item, spec) for item in value])
+            return np.stack([_b64(item, spec, limits) for item in value])
         except ValueError as exc:
             raise InvalidArgument(
                 f"input '{spec.name}': b64 values differ in shape: {exc}"
             ) from None
     if isinstance(value, dict):
         raise InvalidArgument(f"input '{spec.name}': expected a list of numbers, got an object")
+    depth, level = 0, value
+    while isinstance(level, list) and level:
+        depth, level = depth + 1, level[0]
+    rank = len(spec.shape) if batch else len(spec.shape) - 1
+    if depth > rank:  # numpy would refuse beyond 64 dimensions with a misleading message
+        raise InvalidArgument(
+            f"input '{spec.name}' expects shape {spec.describe_shape()}, received lists nested "
+            f"{depth} deep"
+        )
     if batch:
         regular = _regular_batch(value, spec.shape[1:])
         if regular is not None:
@@ -158,11 +189,17 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise InvalidArgument(
             f"input '{spec.name}' expects {spec.dtype} numbers, got {_kind_name(array)} values"
         )
+    if array.dtype.kind == "b" and spec.dtype.kind != "b":
+        raise InvalidArgument(
+            f"input '{spec.name}' expects {spec.dtype} numbers, got true/false values"
+        )
     if spec.dtype.kind in "iu":
-        if array.dtype.kind not in "iub":
+        if array.dtype.kind not in "iu":
             raise InvalidArgument(
                 f"input '{spec.name}' expects {spec.dtype}, got {_kind_name(array)} values"
-            )
+                + (" (numbers with a fraction or an exponent, or integers beyond 64 bits)"
+                   if array.dtype.kind == "f" else "")
+            )  # fmt: skip
         info = np.iinfo(spec.dtype)
         if array.size and (array.min() < info.min or array.max() > info.max):
             raise InvalidArgument(
@@ -180,17 +217,38 @@ def _kind_name(array: np.ndarray) -> str:
     )  # fmt: skip
 
 
-def decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
-    """Decode a ``:predict`` body into batch-major arrays keyed by input name."""
+def contains_bool(value: Any) -> bool:
+    """Whether a JSON value holds true/false anywhere (iterative: nesting can be 1,024 deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bool:
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict) and not _is_b64(item):
+            stack.extend(item.values())
+    return False
+
+
+def decode_predict(
+    body: bytes, specs: list[TensorSpec], limits: InputLimits | None = None
+) -> PredictRequest:
+    """Decode a ``:predict`` body into batch-major arrays keyed by input name.
+
+    Nothing is converted before the batch limit is checked on the JSON itself; JSON true/false
+    are numbers only for bool inputs (numpy would silently read them as 0 and 1).
+    """
     with gc_paused():
-        return _decode_predict(body, specs)
+        return _decode_predict(body, specs, limits or InputLimits())
 
 
-def _decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
+def _decode_predict(body: bytes, specs: list[TensorSpec], limits: InputLimits) -> PredictRequest:
     if len(specs) == 1:  # the common body, one regular numeric tensor: no Python lists at all
         simple = regular_json.decode_single_tensor(body, specs[0])
         if simple is not None:
             array, row_format, signature = simple
+            _check_rows(len(array), specs[0], limits)
             return PredictRequest(
                 {specs[0].name: cast(array, specs[0])}, row_format, signature or DEFAULT_SIGNATURE
             )
@@ -208,20 +266,31 @@ def _decode_predict(body: bytes, specs: list[TensorSpec]) -> PredictRequest:
             "request needs 'instances' (row format) or 'inputs' (columnar format)"
         )
     by_name = {spec.name: spec for spec in specs}
+    values = payload["instances"] if has_rows else payload["inputs"]
+    if (
+        (b"true" in body or b"false" in body)
+        and all(spec.dtype.kind != "b" for spec in specs)
+        and contains_bool(values)
+    ):
+        raise InvalidArgument(
+            f"model inputs take numbers ({', '.join(f'{s.name}: {s.dtype}' for s in specs)}); "
+            "JSON true/false are not numbers"
+        )
     if has_rows:
-        inputs = _decode_rows(payload["instances"], specs, by_name)
+        inputs = _decode_rows(values, specs, by_name, limits)
     else:
-        inputs = _decode_columns(payload["inputs"], specs, by_name)
+        inputs = _decode_columns(values, specs, by_name, limits)
     return PredictRequest(inputs, has_rows, signature)
 
 
 def _decode_rows(
-    instances: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec]
+    instances: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec], limits: InputLimits
 ) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise InvalidArgument("'instances' must be a list with one element per instance")
     if not instances:
         raise InvalidArgument("'instances' is empty; send at least one instance")
+    _check_rows(len(instances), specs[0], limits)
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
     if not named:
         if len(specs) != 1:
@@ -231,7 +300,7 @@ def _decode_rows(
             )
         spec = specs[0]
         # A list of values (or of b64 objects) is the batch itself.
-        return {spec.name: to_array(instances, spec, batch=True)}
+        return {spec.name: to_array(instances, spec, batch=True, limits=limits)}
     columns: dict[str, list[Any]] = {}
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict) or _is_b64(instance):
@@ -245,29 +314,34 @@ def _decode_rows(
             raise InvalidArgument(f"input '{name}' is missing from some instances")
         spec = by_name[name]
         try:
-            inputs[name] = np.stack([to_array(value, spec, batch=False) for value in values])
+            inputs[name] = np.stack(
+                [to_array(value, spec, batch=False, limits=limits) for value in values]
+            )
         except ValueError:
             raise InvalidArgument(f"input '{name}': instances differ in shape") from None
     return inputs
 
 
 def _decode_columns(
-    columns: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec]
+    columns: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec], limits: InputLimits
 ) -> dict[str, np.ndarray]:
     if isinstance(columns, dict) and not _is_b64(columns):
         _check_names(columns, by_name)
-        return {name: to_array(value, by_name[name], batch=True) for name, value in columns.items()}
+        return {
+            name: to_array(value, by_name[name], batch=True, limits=limits)
+            for name, value in columns.items()
+        }
     if len(specs) != 1:
         names = ", ".join(by_name)
         raise InvalidArgument(f"model has several inputs ({names}): 'inputs' must be an object")
-    return {specs[0].name: to_array(columns, specs[0], batch=True)}
+    return {specs[0].name: to_array(columns, specs[0], batch=True, limits=limits)}
 
 
 def _check_names(given: dict[str, Any], by_name: dict[str, TensorSpec]) -> None:
     unknown = sorted(set(given) - set(by_name))
     if unknown:
         raise InvalidArgument(
-            f"unknown input {', '.join(repr(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
+            f"unknown input {', '.join(shown(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
         )
 
 

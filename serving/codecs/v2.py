@@ -8,6 +8,7 @@ BYTES tensors are 4-byte little-endian length-prefixed elements.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,10 @@ import numpy as np
 import orjson
 
 from clients.codec import numpy_dtype_from_v2, v2_datatype
-from serving.codecs.tfserving import gc_paused, loads
-from serving.errors import InvalidArgument
+from serving.codecs.tfserving import contains_bool, gc_paused, loads
+from serving.errors import InvalidArgument, shown
+from serving.runtimes.base import TensorSpec
+from serving.validation import InputLimits, check_declared
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -37,13 +40,13 @@ class InferRequest:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        length = int(header_length)
-    except ValueError:
+    text = header_length.strip()
+    if not (text.isascii() and text.isdigit()):
         raise InvalidArgument(
-            f"Inference-Header-Content-Length {header_length!r} is not a number"
-        ) from None
-    if length < 0 or length > len(body):
+            f"Inference-Header-Content-Length {header_length[:40]!r} is not a non-negative integer"
+        )
+    length = int(text)
+    if length > len(body):
         raise InvalidArgument(
             f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes"
         )
@@ -54,35 +57,96 @@ def _decode_bytes_elements(data: bytes, count: int, name: str) -> np.ndarray:
     elements: list[bytes] = []
     offset = 0
     while offset < len(data):
-        if offset + 4 > len(data):
-            raise InvalidArgument(f"input '{name}': truncated BYTES element length")
+        if offset + 4 > len(data) or len(elements) == count:
+            break
         (size,) = struct.unpack_from("<I", data, offset)
         offset += 4
+        if offset + size > len(data):
+            raise InvalidArgument(
+                f"input {shown(name)}: BYTES element {len(elements)} is truncated"
+            )
         elements.append(data[offset : offset + size])
         offset += size
     if offset != len(data) or len(elements) != count:
         raise InvalidArgument(
-            f"input '{name}': BYTES data holds {len(elements)} elements, shape needs {count}"
+            f"input {shown(name)}: BYTES data holds {len(elements)} elements in {len(data)} bytes, "
+            f"shape needs {count}"
         )
     array = np.empty(count, dtype=object)
     array[:] = elements
     return array
 
 
-def decode_infer(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Decode a ``/v2/models/{m}/infer`` body (JSON, or JSON + binary tensors)."""
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """An optional JSON object (``parameters``): ``{}`` when absent, 400 when not an object."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{where} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _flag(parameters: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{where}.{key} must be true or false")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: Triton's parameters for features this gateway does not provide: refused, never ignored.
+_UNSUPPORTED_PARAMETERS = {
+    "shared_memory_region": "shared-memory inputs and outputs are not supported",
+    "shared_memory_byte_size": "shared-memory inputs and outputs are not supported",
+    "shared_memory_offset": "shared-memory inputs and outputs are not supported",
+    "classification": "the classification extension is not supported",
+}
+
+
+def _refuse_unsupported(parameters: dict[str, Any], where: str) -> None:
+    for key, reason in _UNSUPPORTED_PARAMETERS.items():
+        if key in parameters:
+            raise InvalidArgument(f"{where}.{key}: {reason}")
+
+
+def decode_infer(
+    body: bytes,
+    header_length: str | None = None,
+    specs: list[TensorSpec] | None = None,
+    limits: InputLimits | None = None,
+) -> InferRequest:
+    """Decode a ``/v2/models/{m}/infer`` body (JSON, or JSON + binary tensors).
+
+    With the model's ``specs``, each input's declared name, datatype and shape are checked
+    against them (and ``limits``) before its data is read, so a request that claims a shape it
+    does not carry is refused without allocating it. Parameters follow Triton: known ones must
+    have their types, binary data excludes ``data``, shared memory and classification are refused.
+    """
     with gc_paused():  # JSON "data" lists: see gc_paused
-        return _decode_infer(body, header_length)
+        return _decode_infer(body, header_length, specs, limits or InputLimits())
 
 
-def _decode_infer(body: bytes, header_length: str | None) -> InferRequest:
+def _decode_infer(
+    body: bytes, header_length: str | None, specs: list[TensorSpec] | None, limits: InputLimits
+) -> InferRequest:
     header, binary = _split_body(body, header_length)
     payload = loads(header)
     if not isinstance(payload, dict):
         raise InvalidArgument("V2 infer body must be a JSON object with 'inputs'")
+    request_id = payload.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidArgument("'id' must be a string")
+    request_params = _object(payload.get("parameters"), "parameters")
+    _refuse_unsupported(request_params, "parameters")
+    binary_default = _flag(request_params, "binary_data_output", "parameters", False)
     raw_inputs = payload.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidArgument("V2 infer request needs a non-empty 'inputs' list")
+    by_name = {spec.name: spec for spec in specs} if specs is not None else None
+    may_hold_bools = b"true" in header or b"false" in header
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for index, item in enumerate(raw_inputs):
@@ -91,30 +155,35 @@ def _decode_infer(body: bytes, header_length: str | None) -> InferRequest:
         name, shape, datatype = item.get("name"), item.get("shape"), item.get("datatype")
         if not isinstance(name, str) or not name:
             raise InvalidArgument(f"inputs[{index}] needs a 'name'")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if name in inputs:
+            raise InvalidArgument(f"input {shown(name)} appears twice")
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise InvalidArgument(
-                f"input '{name}': 'shape' must be a list of non-negative integers"
+                f"input {shown(name)}: 'shape' must be a list of non-negative integers"
             )
         if not isinstance(datatype, str):
-            raise InvalidArgument(f"input '{name}' needs a 'datatype' such as UINT8 or FP32")
+            raise InvalidArgument(f"input {shown(name)} needs a 'datatype' such as UINT8 or FP32")
         try:
             dtype = numpy_dtype_from_v2(datatype)
         except TypeError:
-            raise InvalidArgument(f"input '{name}': unknown datatype {datatype!r}") from None
-        if name in inputs:
-            raise InvalidArgument(f"input '{name}' appears twice")
-        count = int(np.prod(shape, dtype=np.int64))
-        parameters = item.get("parameters") or {}
-        binary_size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+            raise InvalidArgument(
+                f"input {shown(name)}: unknown datatype {datatype[:40]!r}"
+            ) from None
+        if by_name is not None:
+            check_declared(by_name, name, dtype, shape, limits)
+        count = math.prod(shape)
+        parameters = _object(item.get("parameters"), f"input {shown(name)}: parameters")
+        _refuse_unsupported(parameters, f"input {shown(name)}: parameters")
+        binary_size = parameters.get("binary_data_size")
         if binary_size is not None:
-            if (
-                not isinstance(binary_size, int)
-                or binary_size < 0
-                or offset + binary_size > len(binary)
-            ):
+            if item.get("data") is not None:
                 raise InvalidArgument(
-                    f"input '{name}': binary_data_size {binary_size} exceeds the {len(binary) - offset} "
-                    "binary bytes left in the body"
+                    f"input {shown(name)} has both 'data' and parameters.binary_data_size; send one"
+                )
+            if not _is_int(binary_size) or binary_size < 0 or offset + binary_size > len(binary):
+                raise InvalidArgument(
+                    f"input {shown(name)}: binary_data_size {str(binary_size)[:40]} exceeds the "
+                    f"{len(binary) - offset} binary bytes left in the body"
                 )
             chunk = binary[offset : offset + binary_size]
             offset += binary_size
@@ -124,71 +193,80 @@ def _decode_infer(body: bytes, header_length: str | None) -> InferRequest:
                 expected = count * dtype.itemsize
                 if len(chunk) != expected:
                     raise InvalidArgument(
-                        f"input '{name}': {len(chunk)} binary bytes, but {datatype} {shape} needs {expected}"
+                        f"input {shown(name)}: {len(chunk)} binary bytes, but {datatype} {shape} needs {expected}"
                     )
                 array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
         else:
-            if "data" not in item:
-                raise InvalidArgument(f"input '{name}' has neither 'data' nor binary_data_size")
-            array = _json_data(item["data"], dtype, shape, name, datatype)
+            if item.get("data") is None:
+                raise InvalidArgument(
+                    f"input {shown(name)} has neither 'data' nor binary_data_size"
+                )
+            array = _json_data(item["data"], dtype, shape, name, datatype, may_hold_bools)
         inputs[name] = array
     if offset != len(binary):
         raise InvalidArgument(f"{len(binary) - offset} binary bytes after the last binary input")
-    request_params = payload.get("parameters") or {}
-    binary_default = (
-        bool(request_params.get("binary_data_output", False))
-        if isinstance(request_params, dict)
-        else False
-    )
     outputs, binary_outputs = None, set()
     raw_outputs = payload.get("outputs")
     if raw_outputs is not None:
         if not isinstance(raw_outputs, list):
             raise InvalidArgument("'outputs' must be a list of {\"name\": ...} objects")
         outputs = []
-        for item in raw_outputs:
+        for index, item in enumerate(raw_outputs):
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise InvalidArgument("each entry of 'outputs' needs a 'name'")
+                raise InvalidArgument(f"outputs[{index}] needs a 'name'")
+            where = f"outputs[{index}].parameters"
+            params = _object(item.get("parameters"), where)
+            _refuse_unsupported(params, where)
             outputs.append(item["name"])
-            params = item.get("parameters") or {}
-            if params.get("binary_data", binary_default):
+            if _flag(params, "binary_data", where, binary_default):
                 binary_outputs.add(item["name"])
-    request_id = payload.get("id")
-    return InferRequest(
-        inputs,
-        str(request_id) if request_id is not None else None,
-        outputs,
-        binary_outputs,
-        binary_default,
-    )
+    return InferRequest(inputs, request_id, outputs, binary_outputs, binary_default)
 
 
 def _json_data(
-    data: Any, dtype: np.dtype[Any], shape: list[int], name: str, datatype: str
+    data: Any,
+    dtype: np.dtype[Any],
+    shape: list[int],
+    name: str,
+    datatype: str,
+    may_hold_bools: bool,
 ) -> np.ndarray:
+    if not isinstance(data, list):
+        raise InvalidArgument(f"input {shown(name)}: 'data' must be a list")
     if dtype == np.object_:
         flat = np.asarray(data, dtype=object).ravel()
+        if not all(isinstance(v, str) for v in flat):
+            raise InvalidArgument(f"input {shown(name)}: BYTES 'data' must hold strings")
         values = np.empty(flat.size, dtype=object)
-        values[:] = [v.encode() if isinstance(v, str) else v for v in flat]
+        values[:] = [v.encode() for v in flat]
         array = values
     else:
+        if dtype.kind != "b" and may_hold_bools and contains_bool(data):
+            raise InvalidArgument(
+                f"input {shown(name)} is {datatype}: 'data' must hold numbers, not true/false"
+            )
         try:
             array = np.asarray(data)
         except ValueError:
-            raise InvalidArgument(f"input '{name}': ragged 'data'") from None
-        if array.dtype.kind not in "iufb":
-            raise InvalidArgument(f"input '{name}': 'data' must hold numbers for {datatype}")
+            raise InvalidArgument(f"input {shown(name)}: ragged 'data'") from None
+        if dtype.kind == "b":
+            if array.size and array.dtype.kind != "b":
+                raise InvalidArgument(f"input {shown(name)} is BOOL: 'data' must hold true/false")
+        elif array.dtype.kind not in "iuf":
+            raise InvalidArgument(f"input {shown(name)}: 'data' must hold numbers for {datatype}")
         if dtype.kind in "iu" and array.dtype.kind == "f":
-            raise InvalidArgument(f"input '{name}' is {datatype} but 'data' holds floats")
+            raise InvalidArgument(f"input {shown(name)} is {datatype} but 'data' holds floats")
         if dtype.kind in "iu" and array.size:
             info = np.iinfo(dtype)
             if array.min() < info.min or array.max() > info.max:
-                raise InvalidArgument(f"input '{name}': values out of range for {datatype}")
+                raise InvalidArgument(
+                    f"input {shown(name)}: values out of range for {datatype} [{info.min}, {info.max}]"
+                )
         array = array.astype(dtype).ravel()
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if array.size != count:
         raise InvalidArgument(
-            f"input '{name}': 'data' has {array.size} elements, shape {shape} needs {count}"
+            f"input {shown(name)}: 'data' has {array.size} elements, shape {shape} needs {count}"
         )
     return array.reshape(shape)
 

@@ -12,16 +12,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from clients import wire
-from clients.codec import ndarray_to_tensor_proto, tensor_proto_to_ndarray, tf_dtype
+from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_ndarray, tf_dtype
 from serving.dataplane import DEFAULT_SIGNATURE, DataPlane
 from serving.errors import InvalidArgument, as_serving_error
 from serving.repository import ModelVersion
 from serving.rest.middleware import key_matches
+from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
+from serving.validation import InputLimits, check_declared
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,21 @@ def _version_choice(spec: Any) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _decode_inputs(request: Any) -> dict[str, Any]:
+def _decode_inputs(request: Any, specs: list[TensorSpec], limits: InputLimits) -> dict[str, Any]:
+    """Each input's declared dtype and shape checked against the model before it is decoded:
+    a tensor's typed values may be fewer than its elements (TensorFlow fills the rest), so
+    decoding an unchecked shape could allocate without bound."""
+    by_name = {spec.name: spec for spec in specs}
     inputs = {}
     for name, proto in request.inputs.items():
+        try:
+            dtype = numpy_dtype(proto.dtype)
+        except TypeError as exc:
+            raise InvalidArgument(f"input '{name}': {exc}") from None
+        shape = [dim.size for dim in proto.tensor_shape.dim]
+        if any(size < 0 for size in shape):
+            raise InvalidArgument(f"input '{name}': tensor shape {shape} is not fully defined")
+        check_declared(by_name, name, dtype, shape, limits)
         try:
             inputs[name] = tensor_proto_to_ndarray(proto)
         except (TypeError, ValueError) as exc:
@@ -55,27 +70,38 @@ class PredictionServicer:
         self.dp = dataplane
 
     async def _guard(
-        self, call: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], request: Any,
+        self, call: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], raw: bytes,
         context: grpc.aio.ServicerContext, method: str,
     ) -> Any:  # fmt: skip
+        """The one error boundary of the gRPC transport: parses the request (a malformed message
+        is INVALID_ARGUMENT, not grpc's UNKNOWN), runs ``call``, maps every failure through the
+        status table; only unexpected exceptions become INTERNAL with a logged request id."""
+        types = wire.METHODS[method]
         try:
+            try:
+                request = types.request_type.FromString(raw)
+            except DecodeError:
+                raise InvalidArgument(
+                    f"request is not a valid {types.request_type.DESCRIPTOR.name} message"
+                ) from None
             return await call(request, context)
         except Exception as exc:
-            error = as_serving_error(exc, log, f"gRPC {method}")
+            error = as_serving_error(exc, log, f"gRPC {types.name}")
             await context.abort(error.grpc_code, error.message)
 
-    async def predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """``PredictionService/Predict``."""
-        return await self._guard(self._predict, request, context, "Predict")
+        return await self._guard(self._predict, raw, context, wire.PREDICT_METHOD)
 
     async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         spec = request.model_spec
         with self.dp.observe("grpc", spec.name) as record:
             mv = self.dp.resolve(spec.name, *_version_choice(spec))
             record.version = str(mv.version)
+            assert mv.runtime is not None
             outputs = await self.dp.predict(
                 mv,
-                _decode_inputs(request),
+                _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits),
                 deadline=self.dp.deadline(context.time_remaining()),
                 signature_name=spec.signature_name,
                 output_filter=list(request.output_filter),
@@ -88,9 +114,9 @@ class PredictionServicer:
             response.model_spec.signature_name = DEFAULT_SIGNATURE
             return response
 
-    async def get_model_metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def get_model_metadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """``PredictionService/GetModelMetadata`` (``signature_def``, plus ``class_names``)."""
-        return await self._guard(self._metadata, request, context, "GetModelMetadata")
+        return await self._guard(self._metadata, raw, context, wire.GET_MODEL_METADATA_METHOD)
 
     async def _metadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         fields = set(request.metadata_field)
@@ -121,9 +147,9 @@ class PredictionServicer:
             )
         return response
 
-    async def get_model_status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def get_model_status(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """``ModelService/GetModelStatus``."""
-        return await self._guard(self._status, request, context, "GetModelStatus")
+        return await self._guard(self._status, raw, context, wire.GET_MODEL_STATUS_METHOD)
 
     async def _status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         spec = request.model_spec
@@ -214,10 +240,9 @@ def build_grpc_server(
 
     def unary(method: str, handler: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
         types = wire.METHODS[method]
+        # No request deserializer: the handler parses, inside its error boundary (_guard).
         return grpc.unary_unary_rpc_method_handler(
-            handler,
-            request_deserializer=types.request_type.FromString,
-            response_serializer=types.response_type.SerializeToString,
+            handler, response_serializer=types.response_type.SerializeToString
         )
 
     server.add_generic_rpc_handlers(

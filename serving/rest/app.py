@@ -26,13 +26,13 @@ from fastapi.routing import APIRoute, APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from clients.codec import tf_dtype_name, v2_datatype
-from serving.codecs import tfserving
 from serving.dataplane import DEFAULT_SIGNATURE, PREDICT_METHOD, DataPlane
-from serving.errors import InvalidArgument, ServingError, as_serving_error
+from serving.errors import HttpError, InvalidArgument, ServingError, shown
 from serving.repository import ModelVersion
-from serving.rest import inference
+from serving.rest import inference, openapi
 from serving.rest.middleware import GatewayMiddleware
 from serving.settings import ServingSettings
 
@@ -42,17 +42,29 @@ JSON = "application/json"
 TF_ERROR_CODES = {"AVAILABLE": "OK"}
 
 
-def _error_response(error: ServingError) -> Response:
-    return Response(
-        tfserving.error_body(error.message), status_code=error.http_status, media_type=JSON
-    )
+def _error(exc: BaseException, request: Request) -> Response:
+    """Any exception as the gateway's error response (see ``inference.error_response``)."""
+    if isinstance(exc, RequestValidationError):
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
+            for err in exc.errors()
+        )
+        exc = InvalidArgument(f"invalid request: {details}")
+    elif isinstance(exc, StarletteHTTPException):  # the framework's own 4xx keeps its status
+        detail = str(exc.detail).rstrip(".")
+        response = _raw(inference.error_response(HttpError(
+            f"{detail}: {request.method} {shown(request.url.path)}", exc.status_code
+        ), "http"))  # fmt: skip
+        response.headers.update(exc.headers or {})  # e.g. 405's Allow
+        return response
+    elif isinstance(exc, ClientDisconnect):
+        exc = HttpError("client disconnected before sending the whole body", 400)
+    return _raw(inference.error_response(exc, f"{request.method} {request.url.path}"))
 
 
 class ServingRoute(APIRoute):
-    """Turns every exception into the gateway's error JSON (``{"error": ...}``) with its status.
-
-    Unexpected exceptions become 500 with a request id that is also logged with the traceback.
-    """
+    """Every exception a route raises becomes the gateway's error JSON (``{"error": ...}``) with
+    its status; unexpected ones a 500 with a request id logged with the traceback."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -60,16 +72,8 @@ class ServingRoute(APIRoute):
         async def handle(request: Request) -> Response:
             try:
                 return await handler(request)
-            except RequestValidationError as exc:
-                details = "; ".join(
-                    f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}"
-                    for err in exc.errors()
-                )
-                return _error_response(InvalidArgument(f"invalid request: {details}"))
             except Exception as exc:
-                return _error_response(
-                    as_serving_error(exc, log, f"{request.method} {request.url.path}")
-                )
+                return _error(exc, request)
 
         return handle
 
@@ -144,7 +148,31 @@ def _v2_tensors(specs: Any) -> list[dict[str, Any]]:
     ]
 
 
+def _route(
+    router: APIRouter, path: str, endpoint: Callable[..., Any], method: str, **options: Any
+) -> None:
+    """Add ``endpoint`` at ``path``, keeping of its optional ``version``/``label`` parameters only
+    those the path has: FastAPI would read (and document) the others as query parameters, which
+    the fast path, serving the same routes, ignores."""
+    in_path = openapi.path_parameters(path)
+    signature = inspect.signature(endpoint)
+    parameters = [
+        p for p in signature.parameters.values()
+        if p.name not in ("version", "label") or p.name in in_path
+    ]  # fmt: skip
+
+    async def bound(**kwargs: Any) -> Any:
+        return await endpoint(**kwargs)
+
+    bound.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    bound.__name__ = endpoint.__name__
+    router.add_api_route(path, bound, methods=[method], **options)
+
+
 PREDICT_EXAMPLE = {"instances": [[[[0]] * 28] * 28]}
+#: A multipart image request carries one file; these bound its other form fields.
+MAX_FORM_FIELDS = 16
+MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
 def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
@@ -167,9 +195,11 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _json(
-            {"error": f"{exc.detail}: {request.method} {request.url.path}"}, exc.status_code
-        )
+        return _error(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(exc, request)
 
     # --- TF Serving REST ------------------------------------------------------------------
     async def status(name: str, version: str | None = None, label: str | None = None) -> Response:
@@ -204,11 +234,14 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
             mv = dp.resolve(name, _version(version), label)
             record.version = str(mv.version)
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                form = await request.form()
-                files = [value for value in form.values() if isinstance(value, UploadFile)]
-                if not files:
-                    raise InvalidArgument("multipart request has no file part")
-                image = await files[0].read()
+                # One file and a few fields: anything more is refused while parsing (400).
+                async with request.form(
+                    max_files=1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM_FIELD_BYTES
+                ) as form:
+                    files = [value for value in form.values() if isinstance(value, UploadFile)]
+                    if not files:
+                        raise InvalidArgument("multipart request has no file part")
+                    image = await files[0].read()
             else:
                 image = await request.body()
             top = await dp.classify_image(
@@ -224,23 +257,16 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     predict_doc = {
         "requestBody": {"content": {JSON: {"example": PREDICT_EXAMPLE}}, "required": True}
     }
-    image_doc = {
-        "requestBody": {
-            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}
-        }
-    }
     for suffix in ("", "/versions/{version}", "/labels/{label}"):
         base = "/v1/models/{name}" + suffix
-        router.add_api_route(
-            base, status, methods=["GET"], tags=["TF Serving"], summary="Model status"
+        _route(router, base, status, "GET", tags=["TF Serving"], summary="Model status")
+        _route(
+            router, base + "/metadata", metadata, "GET", tags=["TF Serving"], summary="Signature"
         )
-        router.add_api_route(
-            base + "/metadata", metadata, methods=["GET"], tags=["TF Serving"], summary="Signature"
-        )
-        router.add_api_route(base + ":predict", predict, methods=["POST"], tags=["TF Serving"],
-                             summary="Predict (row or columnar)", openapi_extra=predict_doc)  # fmt: skip
-        router.add_api_route(base + ":classify_image", classify_image, methods=["POST"], tags=["Image"],
-                             summary="Top-k labels for one PNG/JPEG", openapi_extra=image_doc)  # fmt: skip
+        _route(router, base + ":predict", predict, "POST", tags=["TF Serving"],
+               summary="Predict (row or columnar)", openapi_extra=predict_doc)  # fmt: skip
+        _route(router, base + ":classify_image", classify_image, "POST", tags=["Image"],
+               summary="Top-k labels for one PNG/JPEG (raw body or multipart file)")  # fmt: skip
 
     # --- KServe V2 ------------------------------------------------------------------------
     async def server_metadata() -> Response:
@@ -284,23 +310,24 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         raw = await inference.infer(dp, name, version, await request.body(), request.headers)
         return _raw(raw)
 
-    router.add_api_route("/v2", server_metadata, methods=["GET"], tags=["KServe V2"])
-    router.add_api_route("/v2/health/live", live, methods=["GET"], tags=["KServe V2"])
-    router.add_api_route("/v2/health/ready", ready, methods=["GET"], tags=["KServe V2"])
+    _route(router, "/v2", server_metadata, "GET", tags=["KServe V2"])
+    _route(router, "/v2/health/live", live, "GET", tags=["KServe V2"])
+    _route(router, "/v2/health/ready", ready, "GET", tags=["KServe V2"])
     for suffix in ("", "/versions/{version}"):
         base = "/v2/models/{name}" + suffix
-        router.add_api_route(base, model_metadata, methods=["GET"], tags=["KServe V2"])
-        router.add_api_route(base + "/ready", model_ready, methods=["GET"], tags=["KServe V2"])
-        router.add_api_route(base + "/infer", infer, methods=["POST"], tags=["KServe V2"])
+        _route(router, base, model_metadata, "GET", tags=["KServe V2"])
+        _route(router, base + "/ready", model_ready, "GET", tags=["KServe V2"])
+        _route(router, base + "/infer", infer, "POST", tags=["KServe V2"])
 
     # --- operations -----------------------------------------------------------------------
     async def metrics() -> Response:
         return Response(dp.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    router.add_api_route("/metrics", metrics, methods=["GET"], tags=["Operations"])
+    _route(router, "/metrics", metrics, "GET", tags=["Operations"])
     # Starlette tries routes in order: the hot inference routes go first (a stable sort).
     router.routes.sort(key=lambda r: not getattr(r, "path", "").endswith((":predict", "/infer")))
     app.include_router(router)
+    openapi.install(app)
     app.add_middleware(
         GatewayMiddleware,  # type: ignore[arg-type]
         dataplane=dp if settings.http_fast_path else None,

@@ -8,6 +8,7 @@ The FastAPI routes call the same functions, so ``/docs`` describes exactly what 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,13 @@ from typing import Any
 
 from serving.codecs import tfserving, v2
 from serving.dataplane import DataPlane
-from serving.errors import InvalidArgument, ServingError, as_serving_error
+from serving.errors import (
+    InvalidArgument,
+    PayloadTooLarge,
+    ServingError,
+    as_serving_error,
+    shown,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +50,29 @@ def parse_version(value: str | None) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise InvalidArgument(f"version '{value}' is not an integer") from None
+        raise InvalidArgument(f"version {shown(value)} is not an integer") from None
 
 
 def parse_timeout(header: str | None) -> float | None:
-    """``x-request-timeout-ms`` in seconds."""
+    """``x-request-timeout-ms`` in seconds: a positive, finite number of milliseconds."""
     if header is None:
         return None
     try:
-        return float(header) / 1000.0
+        milliseconds = float(header)
     except ValueError:
-        raise InvalidArgument(f"x-request-timeout-ms '{header}' is not a number") from None
+        milliseconds = math.nan
+    if not (math.isfinite(milliseconds) and milliseconds > 0):
+        raise InvalidArgument(
+            f"x-request-timeout-ms {header[:40]!r} is not a positive number of milliseconds"
+        )
+    return milliseconds / 1000.0
 
 
 def error_response(exc: BaseException, context: str) -> RawResponse:
-    """``{"error": message}`` with the error's HTTP status (500 + logged request id if unexpected)."""
+    """The REST error boundary: ``{"error": message}`` with the error's HTTP status from the
+    status table; anything unexpected is a 500 whose message is a request id that is logged with
+    the traceback. Every REST error body, fast path, middleware or FastAPI route, comes from here.
+    """
     error = exc if isinstance(exc, ServingError) else as_serving_error(exc, log, context)
     return RawResponse(error.http_status, tfserving.error_body(error.message))
 
@@ -76,7 +91,12 @@ async def predict(
             mv = dp.resolve(name, parse_version(version), label)
             record.version = str(mv.version)
             assert mv.runtime is not None
-            decoded = tfserving.decode_predict(body, mv.runtime.inputs)
+            if tfserving.has_b64(body):  # base64 and images: heavy, off the event loop
+                decoded = await dp.decode_pool.run(
+                    tfserving.decode_predict, body, mv.runtime.inputs, dp.input_limits
+                )
+            else:
+                decoded = tfserving.decode_predict(body, mv.runtime.inputs, dp.input_limits)
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
@@ -96,7 +116,10 @@ async def infer(
         with dp.observe("v2", name) as record:
             mv = dp.resolve(name, parse_version(version))
             record.version = str(mv.version)
-            decoded = v2.decode_infer(body, headers.get(v2.HEADER_LENGTH))
+            assert mv.runtime is not None
+            decoded = v2.decode_infer(
+                body, headers.get(v2.HEADER_LENGTH), mv.runtime.inputs, dp.input_limits
+            )
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
@@ -139,10 +162,8 @@ async def fast_path(dp: DataPlane, scope: Any, receive: Any, send: Any, body_lim
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > body_limit:
-            response = RawResponse(
-                413, tfserving.error_body(f"request body exceeds the limit of {body_limit} bytes")
-            )
-            await _send(send, response)
+            too_large = PayloadTooLarge(f"request body exceeds the limit of {body_limit} bytes")
+            await send_response(send, error_response(too_large, "body"))
             return True
         chunks.append(chunk)
         more = message.get("more_body", False)
@@ -154,11 +175,12 @@ async def fast_path(dp: DataPlane, scope: Any, receive: Any, send: Any, body_lim
         )
     else:
         response = await infer(dp, groups["name"], groups["version"], body, headers)
-    await _send(send, response)
+    await send_response(send, response)
     return True
 
 
-async def _send(send: Any, response: RawResponse) -> None:
+async def send_response(send: Any, response: RawResponse) -> None:
+    """Send ``response`` over ASGI."""
     await send(
         {
             "type": "http.response.start",

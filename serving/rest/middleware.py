@@ -6,11 +6,9 @@ import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
-
 from serving.dataplane import DataPlane
-from serving.errors import PayloadTooLarge
-from serving.rest.inference import fast_path
+from serving.errors import PayloadTooLarge, Unauthenticated
+from serving.rest.inference import error_response, fast_path, send_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,16 +59,18 @@ class GatewayMiddleware:
             if auth.lower().startswith("bearer "):
                 token = auth[7:].strip()
             if not token or not key_matches(token, self.keys):
-                await _reply(send, 401, "missing or invalid API key (Authorization: Bearer <key> or x-api-key)",
-                             [(b"www-authenticate", b"Bearer")])  # fmt: skip
+                denied = error_response(Unauthenticated(
+                    "missing or invalid API key (Authorization: Bearer <key> or x-api-key)"
+                ), "auth")  # fmt: skip
+                denied.headers.append((b"www-authenticate", b"Bearer"))
+                await send_response(send, denied)
                 return
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            await _reply(
-                send,
-                413,
-                f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} bytes",
+            too_large = PayloadTooLarge(
+                f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} bytes"
             )
+            await send_response(send, error_response(too_large, "body"))
             return
         if self.dataplane is not None and await fast_path(
             self.dataplane,
@@ -99,14 +99,3 @@ class GatewayMiddleware:
             return message
 
         return counted
-
-
-async def _reply(
-    send: Send, status: int, message: str, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = orjson.dumps({"error": message})
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send(
-        {"type": "http.response.start", "status": status, "headers": headers + (extra or [])}
-    )
-    await send({"type": "http.response.body", "body": body})

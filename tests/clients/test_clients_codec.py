@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import numpy as np
@@ -88,6 +89,37 @@ def test_malformed_tensors_are_rejected() -> None:
         codec.tensor_proto_to_ndarray(wire.TensorProto(dtype=wire.DataType.DT_RESOURCE))
     with pytest.raises(TypeError):
         codec.ndarray_to_tensor_proto(np.array(["2026-11-26"], dtype="datetime64[D]"))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "field", "values", "words"),
+    [
+        (wire.DataType.DT_UINT8, "int_val", [300], "DT_UINT8 takes [0, 255]"),
+        (wire.DataType.DT_UINT8, "int_val", [-1], "DT_UINT8 takes [0, 255]"),
+        (wire.DataType.DT_INT8, "int_val", [128], "DT_INT8 takes [-128, 127]"),
+        (wire.DataType.DT_INT16, "int_val", [-40000], "DT_INT16 takes [-32768, 32767]"),
+        (wire.DataType.DT_UINT16, "int_val", [70000], "DT_UINT16 takes [0, 65535]"),
+        (wire.DataType.DT_HALF, "half_val", [70000], "DT_HALF takes [0, 65535]"),
+        (wire.DataType.DT_UINT8, "float_val", [1.0], "not float_val"),
+        (wire.DataType.DT_FLOAT, "int_val", [1], "not int_val"),
+    ],
+)
+def test_typed_values_outside_their_dtype_are_rejected_not_wrapped(
+    dtype: int, field: str, values: list[float], words: str
+) -> None:
+    """TensorFlow would read int_val 300 as DT_UINT8 44; we refuse it, as REST does."""
+    proto = wire.TensorProto(dtype=dtype)  # type: ignore[arg-type]
+    proto.tensor_shape.dim.add(size=1)
+    getattr(proto, field).extend(values)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        codec.tensor_proto_to_ndarray(proto)
+
+
+def test_tensor_content_together_with_typed_values_is_rejected() -> None:
+    proto = codec.ndarray_to_tensor_proto(np.zeros(2, np.uint8))
+    proto.int_val.extend([1, 2])
+    with pytest.raises(ValueError, match="both tensor_content and int_val"):
+        codec.tensor_proto_to_ndarray(proto)
 
 
 def test_the_dtype_table_maps_both_ways() -> None:

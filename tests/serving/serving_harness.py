@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -120,3 +123,50 @@ class RunningGateway:
         """The Prometheus exposition, read in-process."""
         assert self.gateway is not None
         return self.gateway.metrics.render().decode()
+
+
+class GatewayProcess:
+    """``python -m serving`` as its own process on 127.0.0.1 (free ports), its log collected:
+    for tests that need the process's own memory (``rss_mb``) or its exit. It reads the ports
+    from the startup log, so ``options`` must keep ``--log-level`` at info or below."""
+
+    def __init__(self, repository: Path, *options: str) -> None:
+        root = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "SERVING_POLL_INTERVAL_S": "0", "SERVING_DRAIN_TIMEOUT_S": "5"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "serving", "--repository", str(repository),
+             "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0", "--device", "cpu",
+             *options],
+            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        assert self.process.stdout is not None
+        http = grpc_target = None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            http = http or re.search(r"HTTP .* on (http://\S+)", line)
+            grpc_target = grpc_target or re.search(r"gRPC .* on (\S+:\d+)", line)
+            if http and grpc_target:
+                break
+        assert http and grpc_target, "".join(self.lines)
+        self.http_url, self.grpc_target = http.group(1), grpc_target.group(1)
+        threading.Thread(
+            target=lambda: self.lines.extend(self.process.stdout or []), daemon=True
+        ).start()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the gateway process (VmRSS), in MiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        assert match, status
+        return int(match.group(1)) / 1024
+
+    def stop(self) -> None:
+        """SIGTERM (graceful drain), then kill if it does not exit."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)

@@ -1,0 +1,176 @@
+"""The limits that keep one request from hurting the others: the bounded decode pool (big images
+and base64 bodies off the event loop, 429 when full), the pixel limit, the request-head limit, and
+that ordinary traffic (big bodies on keep-alive connections, pipelined requests) is never caught
+by them."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from serving_harness import RunningGateway
+
+from serving.errors import ResourceExhausted, Unavailable
+from serving.offload import DECODE_THREAD_NICENESS, DecodePool
+from tests.tiny_models import linear_classifier, sample_images, write_version
+
+MODEL = "tiny"
+CLASSIFY = f"/v1/models/{MODEL}:classify_image"
+PREDICT = f"/v1/models/{MODEL}:predict"
+
+
+def png(side: int, noise: bool = False) -> bytes:
+    pixels = (
+        np.random.default_rng(side).integers(0, 256, (side, side), np.uint8)
+        if noise
+        else np.full((side, side), 90, np.uint8)
+    )
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+# --- the pool itself ----------------------------------------------------------------------------
+def test_decode_pool_refuses_beyond_threads_plus_queue_and_frees_places() -> None:
+    async def scenario() -> None:
+        pool = DecodePool(threads=1, queue=1)
+        release = threading.Event()
+        running = asyncio.ensure_future(pool.run(release.wait, 10))
+        waiting = asyncio.ensure_future(pool.run(lambda: "second"))
+        await asyncio.sleep(0.05)
+        assert pool.admitted == 2
+        with pytest.raises(ResourceExhausted, match="decoding is at capacity"):
+            await pool.run(lambda: "third")
+        waiting.cancel()  # a caller that goes away before its job started frees its place
+        await asyncio.sleep(0.05)
+        assert pool.admitted == 1
+        release.set()
+        assert await running is True
+        assert pool.admitted == 0
+        assert await pool.run(lambda: "again") == "again"
+        pool.close()
+        with pytest.raises(Unavailable):
+            await pool.run(lambda: None)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="thread niceness is a POSIX notion")
+def test_decode_threads_run_at_lower_cpu_priority() -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def scenario() -> int:
+        pool = DecodePool(threads=1, queue=0)
+        try:
+            return await pool.run(niceness)
+        finally:
+            pool.close()
+
+    assert asyncio.run(scenario()) >= min(19, niceness() + DECODE_THREAD_NICENESS)
+
+
+# --- the pool in the gateway --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("limits")
+    write_version(root, MODEL, 1, linear_classifier())
+    return root
+
+
+def occupy_pool(gateway: RunningGateway) -> threading.Event:
+    """Fill the gateway's decode pool (1 thread, queue 0) with a job that waits for the event."""
+    assert gateway.gateway is not None and gateway.loop is not None
+    pool = gateway.gateway.dataplane.decode_pool
+    release = threading.Event()
+    asyncio.run_coroutine_threadsafe(pool.run(release.wait, 30), gateway.loop)
+    for _ in range(100):
+        if pool.admitted == 1:
+            break
+        threading.Event().wait(0.01)
+    assert pool.admitted == 1
+    return release
+
+
+def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
+    repo: Path, start_gateway: Any
+) -> None:
+    gateway: RunningGateway = start_gateway(repo, decode_threads=1, decode_queue=0)
+    b64_body = json.dumps({"instances": [{"b64": base64.b64encode(png(28)).decode()}]})
+    release = occupy_pool(gateway)
+    try:
+        with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+            busy = http.post(CLASSIFY, content=png(512, noise=True))
+            assert busy.status_code == 429, busy.text
+            assert "decoding is at capacity" in busy.json()["error"]
+            assert http.post(PREDICT, content=b64_body).status_code == 429
+            # Small images are decoded inline: the busy pool does not matter to them.
+            assert http.post(CLASSIFY, content=png(28)).status_code == 200
+            assert (
+                http.post(PREDICT, json={"instances": sample_images(1).tolist()}).status_code == 200
+            )
+    finally:
+        release.set()
+    with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+        assert http.post(CLASSIFY, content=png(512, noise=True)).status_code == 200
+        assert http.post(PREDICT, content=b64_body).status_code == 200
+
+
+def test_pixel_limit_is_configurable(repo: Path, start_gateway: Any) -> None:
+    gateway: RunningGateway = start_gateway(repo, max_image_pixels=1000)
+    with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+        assert http.post(CLASSIFY, content=png(31)).status_code == 200  # 961 pixels
+        refused = http.post(CLASSIFY, content=png(32))  # 1024 pixels
+    assert refused.status_code == 413
+    assert "32x32 pixels exceeds the limit of 1000 pixels" in refused.json()["error"]
+
+
+# --- the request-head limit ---------------------------------------------------------------------
+def raw_exchange(url: str, payload: bytes, answers: int) -> bytes:
+    """Send ``payload`` on one connection, read until ``answers`` responses have begun (or the
+    connection closes or goes quiet for 5 s)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(payload)
+        answer = b""
+        while answer.count(b"HTTP/1.1 ") < answers or not answer.endswith(b"]]}"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return answer
+
+
+def test_big_bodies_and_pipelined_requests_are_not_mistaken_for_big_heads(
+    repo: Path, start_gateway: Any
+) -> None:
+    gateway: RunningGateway = start_gateway(repo)
+    body = json.dumps({"instances": sample_images(8).tolist()}).encode()  # ~25 KB > 16 KiB
+    with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+        for _ in range(5):  # one keep-alive connection
+            assert http.post(PREDICT, content=body).status_code == 200
+    request = (
+        f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    answer = raw_exchange(gateway.http_url, request * 3, 3)  # three requests in one write
+    assert answer.count(b"HTTP/1.1 200 OK") == 3, answer[:300]
+
+
+def test_head_limit_is_configurable(repo: Path, start_gateway: Any) -> None:
+    header = {"x-trace": "t" * 20_000}
+    default: RunningGateway = start_gateway(repo)
+    assert httpx.get(f"{default.http_url}/v2/health/live", headers=header).status_code == 431
+    roomy: RunningGateway = start_gateway(repo, max_header_bytes=64 * 1024)
+    assert httpx.get(f"{roomy.http_url}/v2/health/live", headers=header).status_code == 200
