@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from serving.codecs import images
-from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable, shown
+from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable, shown, shown_list
 from serving.metrics import GatewayMetrics
 from serving.offload import DecodePool
 from serving.repository import ModelRepository, ModelVersion
@@ -159,7 +159,7 @@ class DataPlane:
         unknown = [name for name in output_filter if name not in known]
         if unknown:
             raise InvalidArgument(
-                f"output_filter names unknown output {', '.join(shown(n) for n in unknown)}; "
+                f"output_filter names unknown output {shown_list(unknown)}; "
                 f"model outputs: {', '.join(known)}"
             )
         return list(dict.fromkeys(output_filter))

@@ -44,6 +44,12 @@ def shown(value: object, limit: int = 80) -> str:
     return f"'{text}'"
 
 
+def shown_list(values: list[str], limit: int = 5) -> str:
+    """Client-supplied names for an error message: the first ``limit``, each ``shown``."""
+    names = ", ".join(shown(value) for value in values[:limit])
+    return names + (f" and {len(values) - limit} more" if len(values) > limit else "")
+
+
 class ServingError(Exception):
     """Base of every error the gateway reports to a client; ``message`` is safe to send."""
 

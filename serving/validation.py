@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import InvalidArgument, shown
+from serving.errors import InvalidArgument, shown, shown_list
 from serving.runtimes.base import TensorSpec
 
 
@@ -93,7 +93,7 @@ def validate_inputs(
     unknown = sorted(set(inputs) - set(by_name))
     if unknown:
         raise InvalidArgument(
-            f"unknown input {', '.join(shown(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
+            f"unknown input {shown_list(unknown)}; model inputs: {', '.join(by_name)}"
         )
     batch: int | None = None
     for spec in specs:

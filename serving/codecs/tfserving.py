@@ -20,7 +20,7 @@ import orjson
 
 from serving.codecs import regular_json
 from serving.codecs.images import ImageSpec, decode_image, looks_like_image, pixel_limit
-from serving.errors import InvalidArgument, shown
+from serving.errors import InvalidArgument, shown_list
 from serving.runtimes.base import TensorSpec
 from serving.validation import InputLimits
 
@@ -341,7 +341,7 @@ def _check_names(given: dict[str, Any], by_name: dict[str, TensorSpec]) -> None:
     unknown = sorted(set(given) - set(by_name))
     if unknown:
         raise InvalidArgument(
-            f"unknown input {', '.join(shown(n) for n in unknown)}; model inputs: {', '.join(by_name)}"
+            f"unknown input {shown_list(unknown)}; model inputs: {', '.join(by_name)}"
         )
 
 
