@@ -1,0 +1,128 @@
+"""Happy-path speed of two gateway checkouts side by side (A/B), on loopback.
+
+Two gateways, each started from its own checkout (``--a DIR`` and ``--b DIR``: for example a
+``git worktree`` of the commit before a change, and the working tree), serve the same LeNet
+repository at once (``model_repository/lenet`` if training has exported it, else the LeNet-like
+model of ``tests/tiny_models.py``). For each protocol and concurrency the rounds interleave the two
+(A then B, then B then A, ...), so a neighbour's burst on this shared machine hits both alike; the
+median round of each is reported with the ratio B / A. Load as in ``gateway_speed.py``: Debian's
+``wrk`` for REST JSON and V2 binary, nghttp2's ``h2load`` for gRPC, one 28x28 image per request.
+
+    .venv/bin/python -m benchmarks.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4]
+        [--concurrency 1,32] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.gateway_speed import measure, prepare_repository
+from benchmarks.hostile_speed import gateway_commit, machine, start_gateway
+
+PROTOCOLS = ("REST JSON", "V2 binary", "gRPC")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--a", type=Path, required=True, help="checkout A (the baseline)")
+    parser.add_argument("--b", type=Path, required=True, help="checkout B (the change)")
+    parser.add_argument("--duration", type=float, default=3, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per scenario (median)")
+    parser.add_argument("--concurrency", default="1,32", help="comma list")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None or shutil.which("h2load") is None:
+        sys.exit("wrk and h2load are needed (Debian packages wrk and nghttp2-client)")
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    roots = {"A": args.a.resolve(), "B": args.b.resolve()}
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        repo, _model, description = prepare_repository(work)
+        servers = {name: start_gateway(root, repo, []) for name, root in roots.items()}
+        try:
+            for protocol in PROTOCOLS:
+                for concurrency in concurrencies:
+                    runs: dict[str, list[tuple[float, float, float, int, float | None]]] = {
+                        "A": [],
+                        "B": [],
+                    }
+                    for round_index in range(args.rounds):
+                        order = ("A", "B") if round_index % 2 == 0 else ("B", "A")
+                        for name in order:
+                            runs[name].append(
+                                measure(servers[name], protocol, concurrency, args.duration, work)
+                            )
+                    rows.append(summarise(protocol, concurrency, runs))
+                    row = rows[-1]
+                    print(
+                        f"{protocol:9s} c={concurrency:<3d} A {row['A_requests_per_s']:>9,.0f} "
+                        f"B {row['B_requests_per_s']:>9,.0f} req/s  B/A {row['ratio']:.3f}",
+                        flush=True,
+                    )
+        finally:
+            for server in servers.values():
+                server.stop()
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": machine(),
+        "model": description,
+        "checkouts": {name: f"{root} at {gateway_commit(root)}" for name, root in roots.items()},
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "results": rows,
+    }
+    print()
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def summarise(
+    protocol: str, concurrency: int, runs: dict[str, list[tuple[float, float, float, int, Any]]]
+) -> dict[str, Any]:
+    """Medians over the rounds of one scenario, and B / A of the throughput."""
+    row: dict[str, Any] = {"protocol": protocol, "concurrency": concurrency}
+    for name, results in runs.items():
+        row[f"{name}_requests_per_s"] = statistics.median(r[0] for r in results)
+        row[f"{name}_p50_ms"] = statistics.median(r[1] for r in results)
+        row[f"{name}_p99_ms"] = statistics.median(r[2] for r in results)
+        row[f"{name}_errors"] = sum(r[3] for r in results)
+        row[f"{name}_all_requests_per_s"] = [round(r[0]) for r in results]
+    row["ratio"] = row["B_requests_per_s"] / row["A_requests_per_s"]
+    return row
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"A: {report['checkouts']['A']}",
+        f"B: {report['checkouts']['B']}",
+        f"{report['model']}; {report['rounds']} interleaved rounds of {report['duration_s']:g} s,"
+        " medians",
+        "",
+        "| protocol | concurrency | A req/s | B req/s | B / A | A p50 / p99 ms | B p50 / p99 ms | errors A / B |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['protocol']} | {r['concurrency']} | {r['A_requests_per_s']:,.0f} | "
+            f"{r['B_requests_per_s']:,.0f} | {r['ratio']:.3f} | "
+            f"{r['A_p50_ms']:.3f} / {r['A_p99_ms']:.3f} | {r['B_p50_ms']:.3f} / {r['B_p99_ms']:.3f} | "
+            f"{r['A_errors']} / {r['B_errors']} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
