@@ -13,8 +13,8 @@ Public API:
 - ``tensor_proto_to_ndarray(proto) -> np.ndarray``: reads ``tensor_content`` without a further copy
   (the array is read-only) and also the typed ``*_val`` fields other clients send (a short list is
   padded with its last value, as TensorFlow does). String tensors decode to object arrays of bytes,
-  as ``tf.make_ndarray`` does. Stricter than TensorFlow: values outside the dtype's range, in
-  another dtype's field, or both typed values and ``tensor_content`` are a ``ValueError``.
+  as ``tf.make_ndarray`` does. Stricter than TensorFlow: typed values outside the dtype's range or
+  only in another dtype's field, or beside ``tensor_content``, are a ``ValueError``.
 - ``as_ndarray(value)``: coerce lists, scalars, str and bytes into an ndarray (str -> bytes).
 
 String tensors are numpy object arrays of ``bytes``; ``str`` elements and ``U``/``S`` arrays are
@@ -212,8 +212,9 @@ def _typed_values(proto: TensorProto, entry: DtypeEntry, count: int) -> np.ndarr
 def tensor_proto_to_ndarray(proto: TensorProto) -> np.ndarray[Any, Any]:
     """Decode a ``TensorProto`` (``tensor_content`` or typed value fields) into an ndarray.
 
-    Strict where TensorFlow is lenient: values in another dtype's field, ``tensor_content``
-    together with typed values, and typed values outside the dtype's range are ``ValueError``.
+    Strict where TensorFlow is lenient: typed values in another dtype's field (where they would
+    read as zeros), ``tensor_content`` together with the dtype's own typed values, and typed
+    values outside the dtype's range are ``ValueError``.
     A tensor with fewer values than elements is padded with its last value (none: zeros), so
     a caller that does not trust ``proto`` checks its shape before calling this.
     """
@@ -225,20 +226,25 @@ def tensor_proto_to_ndarray(proto: TensorProto) -> np.ndarray[Any, Any]:
     if any(size < 0 for size in shape):
         raise ValueError(f"tensor shape {list(shape)} is not fully defined")
     count = math.prod(shape)
-    typed = [field.name for field, _ in proto.ListFields() if field.name.endswith("_val")]
-    foreign = [name for name in typed if name != entry.val_field]
-    if foreign:
-        raise ValueError(
-            f"{entry.tf_name} values go in {entry.val_field} or tensor_content, not {foreign[0]}"
-        )
     content = proto.tensor_content
     if content and entry is not _STRING:
-        if typed:
-            raise ValueError(f"tensor has both tensor_content and {typed[0]}; send one")
+        # The content defines the tensor; its own typed values beside it are ambiguous.
+        if len(getattr(proto, entry.val_field)):
+            raise ValueError(f"tensor has both tensor_content and {entry.val_field}; send one")
         expected = count * entry.numpy.itemsize
         if len(content) != expected:
             raise ValueError(
                 f"tensor_content has {len(content)} bytes, shape {list(shape)} needs {expected}"
             )
         return np.frombuffer(content, dtype=entry.numpy.newbyteorder("<")).reshape(shape)
+    # Typed values: those in another dtype's field would otherwise be silently dropped (zeros).
+    foreign = [
+        field.name
+        for field, _ in proto.ListFields()
+        if field.name.endswith("_val") and field.name != entry.val_field
+    ]
+    if foreign:
+        raise ValueError(
+            f"{entry.tf_name} values go in {entry.val_field} or tensor_content, not {foreign[0]}"
+        )
     return _typed_values(proto, entry, count).reshape(shape)

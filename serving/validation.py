@@ -61,22 +61,21 @@ def check_declared(
     spec = specs.get(name)
     if spec is None:
         raise InvalidArgument(f"unknown input {shown(name)}; model inputs: {', '.join(specs)}")
-    if not _dtype_matches(spec, dtype):
+    if dtype != spec.dtype and not _dtype_matches(spec, dtype):
         raise InvalidArgument(f"input '{name}' expects dtype {spec.dtype}, received {dtype}")
-    if shape and shape[0] == 0:
+    rows = shape[0] if shape else 1
+    if rows == 0:
         raise InvalidArgument(f"input '{name}' has an empty batch (0 rows)")
-    if len(shape) != len(spec.shape) or any(
-        want >= 0 and got != want for want, got in zip(spec.shape, shape, strict=False)
-    ):
+    want = spec.shape
+    if len(shape) != len(want) or any(w >= 0 and g != w for w, g in zip(want, shape, strict=False)):
         raise InvalidArgument(
             f"input '{name}' expects shape {spec.describe_shape()}, received {describe_shape(shape)}"
         )
-    rows = shape[0] if shape else 1
     if rows > limits.max_batch:
         raise InvalidArgument(
             f"input '{name}' has a batch of {rows} rows; the limit is {limits.max_batch} per request"
         )
-    size = math.prod(int(dim) for dim in shape) * (dtype.itemsize or 1)
+    size = math.prod(shape) * (dtype.itemsize or 1)  # Python ints: no overflow
     if size > limits.max_tensor_bytes:
         raise InvalidArgument(
             f"input '{name}' of shape {describe_shape(shape)} would take {size} bytes; the limit "
