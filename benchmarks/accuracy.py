@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ def check_accuracy(config: AccuracyConfig) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "accuracy",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "config": asdict(config),
         "images": len(images),

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -498,7 +498,7 @@ def collect_results(
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "run",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "config": run_config | {"locust_version": package_version("locust")},
         "server": config.server_name or config.target,

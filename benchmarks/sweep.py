@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +137,7 @@ def run_sweep(config: SweepConfig) -> dict[str, Any]:
     sweep = {
         "schema_version": SCHEMA_VERSION,
         "kind": "sweep",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "config": {k: v for k, v in vars(config).items()},
         "duration_s": config.duration_s,

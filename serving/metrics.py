@@ -94,7 +94,8 @@ class GatewayMetrics:
                 metric.remove(*labels)
 
     def render(self) -> bytes:
-        """Prometheus text exposition (of every live worker in multiprocess mode)."""
+        """Prometheus text exposition (of every live worker in multiprocess mode, read from their
+        files: blocking, so call it from a worker thread, as ``/metrics`` does)."""
         if os.environ.get(MULTIPROCESS_ENV):
             combined = CollectorRegistry()
             MultiProcessCollector(combined)

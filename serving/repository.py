@@ -5,8 +5,12 @@ Layout (see ARCHITECTURE.md): ``<root>/<model>/<version>/model.onnx`` (+ ``model
 policies and labels. Hot reload polls the folders: a new version is loaded and warmed in a worker
 thread and only then becomes AVAILABLE (the switch is one state change on the event loop); a
 removed version stops taking requests, is drained, then unloaded. A version that fails to load is
-reported (END with an error) and skipped by the policy, so it never displaces a serving version; it
-is retried only when its files change.
+reported (END with an error), its runtime closed, and skipped by the policy, so it never displaces
+a serving version; it is retried only when its files change.
+
+Every filesystem access (models.config, folder listings, stats, metadata.json) runs in a worker
+thread: on a slow or network volume a scan must not stall the requests the event loop serves. The
+loop only applies the result, so ``resolve()`` reads ``models`` without locks.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from serving.runtimes.base import ModelRuntime
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+FP16_MODEL_FILE = "model.fp16.onnx"
+METADATA_FILE = "metadata.json"
+
+#: (mtime_ns, size) of each file a load reads; a failed version is retried when it changes.
+Fingerprint = tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -62,7 +71,7 @@ class ModelVersion:
     runtime: ModelRuntime | None = None
     batcher: DynamicBatcher | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    fingerprint: tuple[int, int] = (0, 0)
+    fingerprint: Fingerprint = ()
     inflight: int = 0
 
     @property
@@ -90,21 +99,79 @@ class ModelEntry:
         )
 
 
+@dataclass(frozen=True)
+class VersionFiles:
+    """A version folder as a scan found it."""
+
+    path: Path
+    fingerprint: Fingerprint
+
+
 RuntimeFactory = Callable[[Path], ModelRuntime]
+ModelsConfig = dict[str, tuple[VersionPolicy | None, dict[str, int], str]]
+#: model -> (its folder, version -> files), as read from disk by one scan
+ScanResult = dict[str, tuple[Path, dict[int, VersionFiles]]]
 
 
-def _fingerprint(version_dir: Path) -> tuple[int, int]:
+def _fingerprint(version_dir: Path) -> Fingerprint:
+    values: list[int] = []
+    for name in (MODEL_FILE, FP16_MODEL_FILE, METADATA_FILE):
+        try:
+            stat = (version_dir / name).stat()
+        except OSError:
+            values += (0, 0)
+        else:
+            values += (stat.st_mtime_ns, stat.st_size)
+    return tuple(values)
+
+
+def read_metadata(version_dir: Path) -> dict[str, Any]:
+    """A version's metadata.json, checked for the shape of the fields the gateway reads
+    (``{}`` when the file is absent); ValueError naming the problem otherwise. Blocking."""
     try:
-        stat = (version_dir / MODEL_FILE).stat()
-    except OSError:
-        return (0, 0)
-    return (stat.st_mtime_ns, stat.st_size)
+        data = (version_dir / METADATA_FILE).read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        metadata = json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{METADATA_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{METADATA_FILE} holds {type(metadata).__name__}, not an object")
+    names = metadata.get("class_names")
+    if names is not None and not isinstance(names, list):
+        raise ValueError(f"{METADATA_FILE}: class_names is not a list")
+    preprocessing = metadata.get("preprocessing")
+    if preprocessing is not None and not isinstance(preprocessing, dict):
+        raise ValueError(f"{METADATA_FILE}: preprocessing is not an object")
+    return metadata
 
 
-def parse_models_config(text: str) -> dict[str, tuple[VersionPolicy | None, dict[str, int], str]]:
+def check_labels(metadata: dict[str, Any], runtime: ModelRuntime) -> None:
+    """ValueError when metadata.json's class_names do not count the classes of the first output
+    (``[-1, classes]``): its labels would be served for the wrong scores."""
+    names = metadata.get("class_names")
+    if not names or not runtime.outputs:
+        return
+    output = runtime.outputs[0]
+    if len(output.shape) == 2 and output.shape[1] > 0 and len(names) != output.shape[1]:
+        raise ValueError(
+            f"{METADATA_FILE} names {len(names)} classes, output '{output.name}' has "
+            f"{output.shape[1]}"
+        )
+
+
+def _close_quietly(runtime: ModelRuntime, what: str) -> None:
+    try:
+        runtime.close()
+    except Exception:  # the load already failed; report this one too, but keep the first error
+        log.exception("closing the runtime of %s failed", what)
+
+
+def parse_models_config(text: str) -> ModelsConfig:
     """models.config text -> {model: (policy or None, labels, folder name)}."""
     config = text_format.Parse(text, ModelServerConfig())
-    result: dict[str, tuple[VersionPolicy | None, dict[str, int], str]] = {}
+    result: ModelsConfig = {}
     for model in config.model_config_list.config:
         policy: VersionPolicy | None = None
         if model.HasField("model_version_policy"):
@@ -149,8 +216,8 @@ class ModelRepository:
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
         self.models: dict[str, ModelEntry] = {}
-        self._failed: dict[tuple[str, int], tuple[int, int]] = {}
-        self._config: dict[str, tuple[VersionPolicy | None, dict[str, int], str]] = {}
+        self._failed: dict[tuple[str, int], Fingerprint] = {}
+        self._config: ModelsConfig = {}
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
 
@@ -206,20 +273,20 @@ class ModelRepository:
         with_versions = [entry for entry in self.models.values() if entry.versions]
         return bool(with_versions) and all(entry.available() for entry in with_versions)
 
-    # --- scanning -----------------------------------------------------------------------------
-    def _read_config(self) -> None:
+    # --- scanning (the blocking part runs in a worker thread) ---------------------------------
+    def _read_config(self, previous: ModelsConfig) -> ModelsConfig:
         path = self.config_file or self.root / "models.config"
         if not path.exists():
-            self._config = {}
-            return
+            return {}
         try:
-            self._config = parse_models_config(path.read_text())
+            return parse_models_config(path.read_text())
         except Exception as exc:  # a half-written or broken config must not stop serving
             log.error("cannot parse %s, keeping the previous one: %s", path, exc)
+            return previous
 
-    def _scan(self) -> dict[str, tuple[Path, dict[int, Path]]]:
-        found: dict[str, tuple[Path, dict[int, Path]]] = {}
-        folders = {name: folder for name, (_, _, folder) in self._config.items()}
+    def _scan(self, config: ModelsConfig) -> ScanResult:
+        found: ScanResult = {}
+        folders = {name: folder for name, (_, _, folder) in config.items()}
         if self.root.is_dir():
             for child in self.root.iterdir():
                 if (
@@ -230,21 +297,25 @@ class ModelRepository:
                     folders.setdefault(child.name, child.name)
         for name, folder in folders.items():
             model_dir = self.root / folder
-            versions: dict[int, Path] = {}
+            versions: dict[int, VersionFiles] = {}
             if model_dir.is_dir():
                 for child in model_dir.iterdir():
                     # Temporary folders (".tmp-3") are not digits; a version needs its ONNX file.
                     if child.name.isdigit() and (child / MODEL_FILE).exists():
-                        versions[int(child.name)] = child
-            if versions or name in self._config:
+                        versions[int(child.name)] = VersionFiles(child, _fingerprint(child))
+            if versions or name in config:
                 found[name] = (model_dir, versions)
         return found
+
+    def _read_disk(self, previous: ModelsConfig) -> tuple[ModelsConfig, ScanResult]:
+        config = self._read_config(previous)
+        return config, self._scan(config)
 
     async def sync(self) -> None:
         """One scan: load new versions, unload removed ones, update labels and policies."""
         async with self._lock:
-            self._read_config()
-            found = self._scan()
+            # Disk in a worker thread; the state changes below stay on the loop.
+            self._config, found = await asyncio.to_thread(self._read_disk, self._config)
             for name, (model_dir, on_disk) in found.items():
                 policy, labels, _ = self._config.get(name, (None, {}, name))
                 entry = self.models.get(name)
@@ -260,16 +331,17 @@ class ModelRepository:
                     del self.models[name]
                     log.info("model %s removed", name)
 
-    async def _sync_model(self, entry: ModelEntry, on_disk: dict[int, Path]) -> None:
+    async def _sync_model(self, entry: ModelEntry, on_disk: dict[int, VersionFiles]) -> None:
         for version in list(entry.versions):
             mv = entry.versions[version]
             if version not in on_disk and mv.state == "END":
                 del entry.versions[version]  # a failed version whose folder is gone
+                self._failed.pop((entry.name, version), None)
         while True:
             candidates = {
                 version
-                for version, path in on_disk.items()
-                if self._failed.get((entry.name, version)) != _fingerprint(path)
+                for version, files in on_disk.items()
+                if self._failed.get((entry.name, version)) != files.fingerprint
             }
             desired = entry.policy.select(candidates)
             to_load = [
@@ -286,25 +358,29 @@ class ModelRepository:
             if mv.state == "AVAILABLE" and mv.version not in desired:
                 await self._unload(entry, mv)
 
-    async def _load(self, entry: ModelEntry, version: int, path: Path) -> bool:
-        mv = ModelVersion(entry.name, version, path, fingerprint=_fingerprint(path))
+    async def _load(self, entry: ModelEntry, version: int, files: VersionFiles) -> bool:
+        path = files.path
+        mv = ModelVersion(entry.name, version, path, fingerprint=files.fingerprint)
         entry.versions[version] = mv
         self._set_state(mv, "LOADING")
         started = time.perf_counter()
+        runtime: ModelRuntime | None = None
         try:
+            # metadata.json first: a broken one fails the version before a session exists.
+            metadata = await asyncio.to_thread(read_metadata, path)
             runtime = await asyncio.to_thread(self.runtime_factory, path)
-            metadata_file = path / "metadata.json"
-            if metadata_file.exists():
-                mv.metadata = json.loads(metadata_file.read_text())
+            check_labels(metadata, runtime)
+            batcher = DynamicBatcher(runtime, entry.name, version, self.batching, self.metrics)
         except Exception as exc:
+            if runtime is not None:  # never served: free its session (and GPU memory) now
+                await asyncio.to_thread(_close_quietly, runtime, f"{entry.name}/{version}")
             mv.state = "END"
             mv.error = f"failed to load: {type(exc).__name__}: {exc}"
             self._failed[(entry.name, version)] = mv.fingerprint
             self._set_state(mv, "END")
             log.error("model %s version %s %s", entry.name, version, mv.error)
             return False
-        mv.runtime = runtime
-        mv.batcher = DynamicBatcher(runtime, entry.name, version, self.batching, self.metrics)
+        mv.metadata, mv.runtime, mv.batcher = metadata, runtime, batcher
         self._set_state(mv, "AVAILABLE")  # the switch: from here on resolve() may return it
         self._failed.pop((entry.name, version), None)
         if self.metrics is not None:

@@ -422,7 +422,7 @@ def build_metadata(
         "seed": request.seed,
         "library_versions": library_versions(),
         "dataset_fingerprint": request.dataset_fingerprint,
-        "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "parity": parity,
         "files": files,
         "note": request.note,

@@ -14,6 +14,7 @@ Deadline: header ``x-request-timeout-ms`` (else the server's ``request_timeout_s
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Coroutine
@@ -321,7 +322,10 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
 
     # --- operations -----------------------------------------------------------------------
     async def metrics() -> Response:
-        return Response(dp.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        # With workers, render() reads one file per worker and metric: never on the loop. The
+        # single-process registry is cheap but thread-safe, so one path serves both modes.
+        body = await asyncio.to_thread(dp.metrics.render)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     _route(router, "/metrics", metrics, "GET", tags=["Operations"])
     # Starlette tries routes in order: the hot inference routes go first (a stable sort).

@@ -50,4 +50,5 @@ class ModelRuntime(abc.ABC):
             self.predict(feeds)
 
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free memory on GC
-        """Release resources (sessions, GPU memory)."""
+        """Release resources (sessions, GPU memory). Called once a version is unloaded, or when
+        its load fails after the runtime was made; may run in a worker thread; should not raise."""

@@ -150,6 +150,7 @@ class OnnxRuntime(ModelRuntime):
             self.provider = CPU
             use_fp16 = False
         if self.options.device == "cuda" and self.provider not in GPU_PROVIDERS:
+            self.close()  # the caller never gets this object to close
             raise RuntimeError(f"device=cuda but ONNX Runtime came up on {self.provider}")
         self.model_file = fp16_path if use_fp16 else fp32_path
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
@@ -250,5 +251,9 @@ class OnnxRuntime(ModelRuntime):
         return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
-        """Drop the session so its memory (host or GPU arena) is freed."""
+        """Drop the session so its memory (host or GPU arena) is freed; idempotent.
+
+        The CUDA graph's IO binding holds the native session (and device buffers) too, so it goes
+        with it: with it kept, the session would outlive ``close``."""
+        self._graph = None
         self.__dict__.pop("session", None)
