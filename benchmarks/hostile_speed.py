@@ -68,7 +68,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -896,7 +896,7 @@ def main() -> None:
     out: dict[str, Any] = {
         "command": shlex.join(sys.orig_argv),
         "cwd": os.getcwd(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "gateway": {
             "root": str(root),

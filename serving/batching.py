@@ -20,6 +20,12 @@ transport. The cost: a batch can wait up to ``peer_idle_us`` for peers that do n
 to ``peer_wait_us`` while arrivals keep trickling in below the peak.
 
 With ``merge=False`` (batching off) the same queue, bound and deadlines apply, one request per call.
+
+Admission (:meth:`DynamicBatcher.admit`, asked by every transport before it decodes): below
+``max_queue_size`` requests join the queue; beyond it a bounded share of arrivals is refused (429
+with a retry hint) and the rest wait in an overflow of ``queue_overflow`` requests, so that under a
+closed-loop flood refusals cannot take over the event loop. ``max_queue_bytes`` bounds the queued
+inputs. The scheduler task is supervised: if it dies, its queue fails at once and it restarts.
 """
 
 from __future__ import annotations
@@ -52,6 +58,16 @@ class BatchingConfig:
     batch_timeout_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_size: int = 256
+    #: bytes of queued inputs; an empty queue takes one request of any size (the body limit
+    #: bounds it).
+    max_queue_bytes: int = 256 * 1024 * 1024
+    #: while max_queue_size requests are queued, arrivals are refused (429) up to this many per
+    #: request admitted; the others join the queue anyway (pushback: they wait instead of
+    #: coming straight back), up to queue_overflow more. A share, not a rate: a refusal costs
+    #: about what an admission costs in transport work, so refusals take a bounded share of the
+    #: event loop whatever the protocol. None = refuse every arrival beyond max_queue_size.
+    refusal_share: float | None = 0.1
+    queue_overflow: int = 1024
     max_concurrent: int = 1
     #: pad every batch to this many rows (CUDA graphs need fixed shapes); None = no padding.
     pad_to: int | None = None
@@ -77,6 +93,7 @@ class _Pending:
     rows: int
     key: tuple[Any, ...]
     future: asyncio.Future[Tensors]
+    nbytes: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -106,6 +123,12 @@ class DynamicBatcher:
         self.config = config
         self.metrics = metrics
         self._queue: collections.deque[_Pending] = collections.deque()
+        self._queued_bytes = 0
+        # Refusal budget: each admission earns refusal_share of a refusal (up to a burst).
+        self._refusal_tokens = 1.0
+        self._refusal_burst = max(1.0, 100 * (config.refusal_share or 0))
+        #: measured rows per second of compute (moving average), for Retry-After.
+        self._rows_per_s = 0.0
         self._pool = ThreadPoolExecutor(
             max_workers=config.max_concurrent, thread_name_prefix=f"ort-{model}-{version}"
         )
@@ -148,31 +171,104 @@ class DynamicBatcher:
         """Nothing queued and nothing computing."""
         return not self._queue and self._busy == 0
 
+    def admit(self, nbytes: int) -> None:
+        """Whether a request of about ``nbytes`` may join the queue: raises ResourceExhausted (or
+        Unavailable) when not, in constant time, so a transport asks before it decodes.
+
+        Below ``max_queue_size`` every request is admitted; at or above it, arrivals are refused
+        up to ``refusal_share`` per admitted request and the rest admitted into the overflow,
+        which is bounded by ``queue_overflow`` requests; ``max_queue_bytes`` bounds the inputs.
+        """
+        if self._closed:
+            raise Unavailable(f"model '{self.model}' version {self.version} is unloading")
+        queued = len(self._queue)
+        config = self.config
+        if queued and self._queued_bytes + nbytes > config.max_queue_bytes:
+            raise self._refusal(f"{self._queued_bytes} bytes queued")
+        if queued < config.max_queue_size:
+            return
+        if queued >= config.max_queue_size + config.queue_overflow or self._take_refusal_token():
+            raise self._refusal(f"{queued} requests waiting")
+
+    def _take_refusal_token(self) -> bool:
+        if self.config.refusal_share is None:
+            return True
+        if self._refusal_tokens >= 1:
+            self._refusal_tokens -= 1
+            return True
+        return False
+
+    def _refusal(self, why: str) -> ResourceExhausted:
+        """429 with how long the queue needs to drain at the measured rate (Retry-After)."""
+        rows = self._queued_rows + self._computing_rows
+        drain_s = rows / self._rows_per_s if self._rows_per_s else 1.0
+        error = ResourceExhausted(f"model '{self.model}' queue is full ({why}); retry later")
+        # At least 100 ms: the measured rate is compute alone, and a retry sooner than that
+        # would only meet the same queue.
+        error.retry_after_s = max(0.1, drain_s)
+        return error
+
     def _start(self) -> None:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self.config.max_concurrent)
+        self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._schedule())
+        self._task.add_done_callback(self._scheduler_ended)
+
+    def _scheduler_ended(self, task: asyncio.Task[None]) -> None:
+        """Supervision: the scheduler only ends by cancellation (close). If it died of a bug,
+        the requests it would have served fail now (503, retryable) instead of waiting for their
+        deadlines, and a new scheduler takes over."""
+        if task.cancelled() or self._closed:
+            return
+        error = task.exception()
+        log.error(
+            "model %s v%s: batch scheduler died, restarting it", self.model, self.version,
+            exc_info=error,
+        )  # fmt: skip
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(
+                    Unavailable(
+                        f"model '{self.model}' version {self.version}: the batch scheduler failed "
+                        "and was restarted; retry"
+                    )
+                )
+        self._queue.clear()
+        self._queued_rows = self._queued_bytes = 0
+        # Slots held by batches still computing come back through _finish.
+        self._slots = asyncio.Semaphore(max(0, self.config.max_concurrent - self._busy))
+        self._start_scheduler()
 
     async def infer(self, inputs: Tensors, deadline: float) -> Tensors:
         """Queue ``inputs`` (batch-major arrays) and wait for this request's rows of the result.
 
         ``deadline`` is a ``time.monotonic()`` instant. Raises ResourceExhausted at once when the
-        queue is full, DeadlineExceeded when the deadline passes first.
+        queue and its overflow are full (transports call :meth:`admit` first, before decoding,
+        where the refusal budget applies), DeadlineExceeded when the deadline passes first.
         """
         if self._closed:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading")
-        if len(self._queue) >= self.config.max_queue_size:
-            raise ResourceExhausted(
-                f"model '{self.model}' queue is full ({len(self._queue)} requests waiting); "
-                "retry later"
-            )
+        nbytes = sum(array.nbytes for array in inputs.values())
+        queued = len(self._queue)
+        if queued >= self.config.max_queue_size + self.config.queue_overflow or (
+            queued and self._queued_bytes + nbytes > self.config.max_queue_bytes
+        ):
+            raise self._refusal(f"{queued} requests, {self._queued_bytes} bytes waiting")
         if self._task is None:
             self._start()
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         rows = next(iter(inputs.values())).shape[0]
-        self._queue.append(_Pending(inputs, rows, _merge_key(inputs), future))
+        self._queue.append(_Pending(inputs, rows, _merge_key(inputs), future, nbytes))
+        self._queued_bytes += nbytes
+        if self.config.refusal_share:
+            self._refusal_tokens = min(
+                self._refusal_burst, self._refusal_tokens + self.config.refusal_share
+            )
         if self.metrics is not None:
             self._depth.set(len(self._queue))
         now = loop.time()
@@ -322,6 +418,7 @@ class DynamicBatcher:
         kept.extend(self._queue)
         self._queue = kept
         self._queued_rows = sum(item.rows for item in kept)
+        self._queued_bytes = sum(item.nbytes for item in kept)
         if self.metrics is not None:
             self._depth.set(len(self._queue))
         return batch
@@ -366,6 +463,8 @@ class DynamicBatcher:
         self._computing_rows -= rows
         assert self._slots is not None
         self._slots.release()
+        if self._closed and self._busy == 0:  # close() left the runtime to the last batch
+            self.runtime.close()
         error = done.exception()
         if error is not None:
             # Only this batch's requests fail; the queue carries on.
@@ -377,6 +476,9 @@ class DynamicBatcher:
                     item.future.set_exception(error)
             return
         outputs, seconds = done.result()
+        if seconds > 0:
+            rate = rows / seconds
+            self._rows_per_s = rate if not self._rows_per_s else 0.9 * self._rows_per_s + 0.1 * rate
         if self.metrics is not None:
             self._batch_size.observe(rows)
             self._compute_latency.observe(seconds)
@@ -400,14 +502,17 @@ class DynamicBatcher:
         return True
 
     def close(self) -> None:
-        """Stop scheduling; queued requests fail with UNAVAILABLE; free the runtime."""
+        """Stop scheduling; queued requests fail with UNAVAILABLE; free the runtime once no batch
+        is computing on it (a batch already running finishes and answers its requests)."""
         self._closed = True
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(Unavailable(f"model '{self.model}' was unloaded"))
         self._queue.clear()
         self._queued_rows = 0
+        self._queued_bytes = 0
         if self._task is not None:
             self._task.cancel()
         self._pool.shutdown(wait=False)
-        self.runtime.close()
+        if self._busy == 0:
+            self.runtime.close()

@@ -69,7 +69,10 @@ class DataPlane:
             limits.max_request_batch, limits.max_tensor_bytes, limits.max_image_pixels
         )
         self.decode_pool = DecodePool(limits.decode_threads, limits.decode_queue)
-        self.accepting = True  # False while draining on SIGTERM: readiness goes false
+        #: SIGTERM: readiness is false while in-flight and arriving requests are still served...
+        self.draining = False
+        #: ...until the listeners are closed and the models are being unloaded.
+        self.stopped = False
         self.inflight = 0
 
     # --- accounting ---------------------------------------------------------------------------
@@ -115,15 +118,21 @@ class DataPlane:
         self, model: str, version: int | None = None, label: str | None = None
     ) -> ModelVersion:
         """The serving version for a request (NotFound / Unavailable otherwise)."""
-        if not self.accepting:
+        if self.stopped:
             raise Unavailable("server is shutting down")
         return self.repository.resolve(model, version, label)
 
     def ready(self) -> bool:
         """Ready for traffic: every model has a version and we are not draining."""
-        return self.accepting and self.repository.ready()
+        return not self.draining and self.repository.ready()
 
     # --- inference ----------------------------------------------------------------------------
+    def admit(self, mv: ModelVersion, nbytes: int) -> None:
+        """Admission before any decoding, in constant time: ResourceExhausted (429, with
+        ``retry_after_s``) when ``mv``'s queue refuses a request of about ``nbytes``."""
+        assert mv.batcher is not None
+        mv.batcher.admit(nbytes)
+
     async def predict(
         self,
         mv: ModelVersion,
@@ -174,6 +183,7 @@ class DataPlane:
         spec = mv.runtime.inputs[0]
         if len(mv.runtime.inputs) != 1 or spec.dtype != np.uint8 or len(spec.shape) != 4:
             raise InvalidArgument(f"model '{mv.model}' does not take a single uint8 NHWC image")
+        self.admit(mv, len(image))
         pixels = await self.decode_image(
             image, images.ImageSpec.from_metadata(mv.metadata, spec.shape)
         )

@@ -98,6 +98,8 @@ class ResourceExhausted(ServingError):
     """The model's queue is full: the client should back off and retry."""
 
     status = "RESOURCE_EXHAUSTED"
+    #: how long the client should wait before retrying (REST Retry-After, gRPC retry pushback).
+    retry_after_s: float | None = None
 
 
 class Unavailable(ServingError):

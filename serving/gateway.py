@@ -16,7 +16,6 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import uvicorn
@@ -29,6 +28,7 @@ from serving.grpc.server import build_grpc_server
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository, VersionPolicy
 from serving.rest.app import create_app
+from serving.rest.protocol import HttpLimits, gateway_protocol
 from serving.runtimes.base import ModelRuntime
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
 from serving.settings import ServingSettings
@@ -70,6 +70,9 @@ def batching_config(settings: ServingSettings) -> BatchingConfig:
         peer_idle_us=settings.batch_peer_idle_us,
         preferred_batch_sizes=tuple(settings.preferred_batch_sizes),
         max_queue_size=settings.max_queue_size,
+        max_queue_bytes=settings.max_queue_bytes,
+        refusal_share=settings.refusal_share or None,
+        queue_overflow=settings.queue_overflow,
         max_concurrent=settings.max_concurrent_inferences,
         pad_to=settings.max_batch_size if settings.cuda_graph else None,
     )
@@ -96,7 +99,11 @@ class Gateway:
         def load(path: Path) -> ModelRuntime:
             runtime = OnnxRuntime(path, options)
             if settings.warmup:
-                runtime.warmup(warm_sizes)
+                try:
+                    runtime.warmup(warm_sizes)
+                except BaseException:  # the version fails to load: free what it opened
+                    runtime.close()
+                    raise
             return runtime
 
         self.repository = ModelRepository(
@@ -152,8 +159,9 @@ class Gateway:
             log_config=None,  # uvicorn's loggers go through ours (one format in the log)
             access_log=False,
             lifespan="off",
-            http=_http_protocol(s.max_header_bytes),
-            h11_max_incomplete_event_size=s.max_header_bytes,
+            # httptools (a dependency) with the gateway's connection limits and drain.
+            http=gateway_protocol(http_limits(s)),
+            timeout_keep_alive=s.keep_alive_timeout_s,
             loop="none",
             timeout_graceful_shutdown=int(s.drain_timeout_s),
             backlog=2048,
@@ -195,7 +203,7 @@ class Gateway:
         log.info(
             "draining: finishing in-flight requests (up to %.0f s)", self.settings.drain_timeout_s
         )
-        self.dataplane.accepting = False
+        self.dataplane.draining = True  # readiness false; requests still arriving are served
         waits = []
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
@@ -205,6 +213,7 @@ class Gateway:
             self._http.should_exit = True
             waits.append(self._http_task)
         await asyncio.gather(*waits, return_exceptions=True)
+        self.dataplane.stopped = True
         await self.repository.close()
         self.dataplane.close()
         log.info("stopped")
@@ -240,19 +249,12 @@ def freeze_startup_heap() -> None:
     )
 
 
-def _http_protocol(max_header_bytes: int) -> Any:
-    """httptools with a bound on request heads; without httptools, h11 (bounded by uvicorn's
-    ``h11_max_incomplete_event_size``)."""
-    if not _has("httptools"):
-        return "h11"
-    from serving.rest.protocol import bounded_protocol
-
-    return bounded_protocol(max_header_bytes)
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
+def http_limits(settings: ServingSettings) -> HttpLimits:
+    """The HTTP connection limits from the settings."""
+    return HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=settings.max_connections,
+        drain_idle_grace_s=min(1.0, settings.drain_timeout_s),
+    )

@@ -67,10 +67,12 @@ class DecodePool:
         """
         with self._lock:
             if self._admitted >= self.threads + self.queue:
-                raise ResourceExhausted(
+                busy = ResourceExhausted(
                     f"decoding is at capacity ({self.threads} running, {self.queue} waiting); "
                     "retry later"
                 )
+                busy.retry_after_s = 1.0
+                raise busy
             self._admitted += 1
 
         try:

@@ -102,7 +102,40 @@ class ServingSettings(BaseSettings):
         default_factory=list, description="Comma list; a batch reaching one is dispatched at once."
     )
     max_queue_size: int = Field(
-        256, description="Queued requests per model before new ones get 429 RESOURCE_EXHAUSTED."
+        256,
+        ge=1,
+        description="Queued requests per model beyond which arrivals are refused with 429 "
+        "RESOURCE_EXHAUSTED (decided before decoding), up to refusal_share of the admissions; the "
+        "others wait in the queue's overflow.",
+    )
+    refusal_share: float = Field(
+        0.1,
+        ge=0,
+        description="While a model's queue is full, arrivals refused per request admitted; the "
+        "others wait in the queue's overflow (pushback: a refused closed-loop client comes "
+        "straight back, and refusing costs the event loop). 0 = refuse every arrival beyond "
+        "max_queue_size.",
+    )
+    queue_overflow: int = Field(
+        1024, ge=0, description="Requests that may wait beyond max_queue_size (429 beyond)."
+    )
+    max_queue_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bytes of queued inputs per model (429 beyond; an empty queue takes any "
+        "request the body limit admits).",
+    )
+    grpc_max_streams_per_connection: int = Field(
+        0,
+        ge=0,
+        description="HTTP/2 streams one gRPC connection may have open (SETTINGS_MAX_CONCURRENT_"
+        "STREAMS): a client's calls beyond it wait in the client. 0 = gRPC's default.",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        0,
+        ge=0,
+        description="gRPC calls handled at once; further calls wait inside gRPC's core, unread, "
+        "until one ends. 0 = no limit.",
     )
     # --- limits ----------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body (413 above).")
@@ -111,6 +144,24 @@ class ServingSettings(BaseSettings):
         16 * 1024,
         ge=1024,
         description="Largest HTTP request line plus headers (431 above; the connection closes).",
+    )
+    max_connections: int = Field(
+        2048,
+        ge=1,
+        description="Open HTTP connections; a connection beyond it gets 503 at once (keep the "
+        "process's file descriptor limit above it).",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's line and headers (408 and the "
+        "connection closes; a new connection that sends nothing is closed).",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Time a client has to send a request's body (408 and close)."
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1, description="An idle keep-alive HTTP connection is closed after this many seconds."
     )
     max_image_pixels: int = Field(
         0,

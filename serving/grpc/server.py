@@ -8,6 +8,7 @@ different proto package), so stock ``tensorflow-serving-api`` stubs talk to this
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -87,6 +88,11 @@ class PredictionServicer:
             return await call(request, context)
         except Exception as exc:
             error = as_serving_error(exc, log, f"gRPC {types.name}")
+            retry_after = getattr(error, "retry_after_s", None)
+            if retry_after is not None:  # gRPC's retry pushback (gRFC A6), in milliseconds
+                context.set_trailing_metadata(
+                    (("grpc-retry-pushback-ms", str(math.ceil(retry_after * 1000))),)
+                )
             await context.abort(error.grpc_code, error.message)
 
     async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -99,6 +105,7 @@ class PredictionServicer:
             mv = self.dp.resolve(spec.name, *_version_choice(spec))
             record.version = str(mv.version)
             assert mv.runtime is not None
+            self.dp.admit(mv, request.ByteSize())
             outputs = await self.dp.predict(
                 mv,
                 _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits),
@@ -226,15 +233,19 @@ def build_grpc_server(
         if settings.api_keys
         else []
     )
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", settings.max_body_bytes),
+        ("grpc.max_send_message_length", settings.max_body_bytes),
+        # Off unless worker processes share the port: a stale gateway must not silently
+        # split a new one's traffic.
+        ("grpc.so_reuseport", int(settings.reuse_port)),
+    ]
+    if settings.grpc_max_streams_per_connection > 0:
+        options.append(("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection))
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", settings.max_body_bytes),
-            ("grpc.max_send_message_length", settings.max_body_bytes),
-            # Off unless worker processes share the port: a stale gateway must not silently
-            # split a new one's traffic.
-            ("grpc.so_reuseport", int(settings.reuse_port)),
-        ],
+        options=options,
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
     )
     servicer = PredictionServicer(dataplane)
 

@@ -74,7 +74,11 @@ def error_response(exc: BaseException, context: str) -> RawResponse:
     the traceback. Every REST error body, fast path, middleware or FastAPI route, comes from here.
     """
     error = exc if isinstance(exc, ServingError) else as_serving_error(exc, log, context)
-    return RawResponse(error.http_status, tfserving.error_body(error.message))
+    response = RawResponse(error.http_status, tfserving.error_body(error.message))
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:  # HTTP's Retry-After is whole seconds
+        response.headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+    return response
 
 
 async def predict(
@@ -91,6 +95,7 @@ async def predict(
             mv = dp.resolve(name, parse_version(version), label)
             record.version = str(mv.version)
             assert mv.runtime is not None
+            dp.admit(mv, len(body))
             if tfserving.has_b64(body):  # base64 and images: heavy, off the event loop
                 decoded = await dp.decode_pool.run(
                     tfserving.decode_predict, body, mv.runtime.inputs, dp.input_limits
@@ -117,6 +122,7 @@ async def infer(
             mv = dp.resolve(name, parse_version(version))
             record.version = str(mv.version)
             assert mv.runtime is not None
+            dp.admit(mv, len(body))
             decoded = v2.decode_infer(
                 body, headers.get(v2.HEADER_LENGTH), mv.runtime.inputs, dp.input_limits
             )

@@ -25,15 +25,18 @@ ERROR_STATUSES: dict[int, str] = {
     "header or path parameter.",
     401: "Missing or invalid API key (only when the gateway is started with API keys).",
     404: "Unknown model, version or label.",
+    408: "The request's head or body did not arrive within --header-timeout-s / --body-timeout-s "
+    "(the connection is closed).",
     413: "Body larger than --max-body-bytes, or an image declaring more than --max-image-pixels.",
-    429: "The model's queue or the decode pool is full: back off and retry.",
+    429: "The model's queue or the decode pool is full: back off for Retry-After seconds.",
     431: "Request line and headers larger than --max-header-bytes (the connection is closed).",
     500: "An unexpected failure; the message is a request id the gateway logged.",
-    503: "The model has no version ready, or the gateway is shutting down.",
+    503: "The model has no version ready, the gateway is shutting down, or it has "
+    "--max-connections open.",
     504: "The deadline (x-request-timeout-ms, else --request-timeout-s) passed first.",
 }
 
-_ANY_STATUS = (401, 431, 500)  # auth, the HTTP layer, and bugs: every operation
+_ANY_STATUS = (401, 408, 431, 500, 503)  # auth, the connection layer, bugs: every operation
 _LOOKUP = (400, 404, 503)  # a model, version or label named in the path
 _INFERENCE = (413, 429, 504)  # a body that is decoded and run
 
@@ -260,6 +263,13 @@ def _describe(operation: dict[str, Any], kind: str) -> None:
             "description": ERROR_STATUSES[status],
             "content": {"application/json": {"schema": ERROR_REF}},
         }
+        if status == 429:
+            responses["429"]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
     if kind in ("model_ready", "server_ready"):  # not ready: 503 with the readiness body
         responses["503"] = {"description": "Not ready.", "content": _json("Ready")}
     operation["responses"] = responses

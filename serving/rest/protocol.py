@@ -1,16 +1,25 @@
-"""uvicorn's httptools protocol with a bound on the size of a request's head (431 above it).
+"""uvicorn's httptools protocol with the connection hygiene a public-facing server needs.
 
-httptools keeps a header's name and value in memory until the header ends, and uvicorn keeps
-every header until the request line and headers are complete, with no limit: a client could grow
-one connection's memory with an endless header. Here the bytes fed to the parser while a
-request's head is incomplete are counted, and past ``max_header_bytes`` the connection is answered
-``431 Request Header Fields Too Large`` and closed, so a head costs at most the limit plus one
-read from the socket.
+uvicorn bounds neither what a client may send nor how long it may take: httptools keeps a header
+in memory until it ends, a connection that sends nothing or half a request is held forever, and
+there is no bound on open connections. On shutdown uvicorn closes idle keep-alive connections at
+once, which resets a request the client had already written. :class:`GatewayHttpProtocol` adds:
+
+- a bound on a request's head (``max_header_bytes``: 431 and the connection closes), counted
+  while the head arrives, so a head costs at most the limit plus one read;
+- a deadline for the head (``header_timeout_s`` from the connection's start or the request's first
+  byte) and for the body (``body_timeout_s`` from the end of the head): 408 and close, so slow
+  clients cannot hold connections;
+- a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
+- a graceful shutdown that loses nothing already received: a request in progress is answered
+  with ``Connection: close``, and an idle keep-alive connection is closed only after a short grace
+  (``drain_idle_grace_s``) in which a request already on its way is still answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -20,37 +29,70 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 HEADER_TOO_LARGE = 431
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """Per-connection limits of the HTTP server."""
+
+    max_header_bytes: int = 16 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 2048
+    drain_idle_grace_s: float = 1.0
+
+
 class _HeadTooLarge(httptools.HttpParserError):
     """Raised from a parser callback: httptools stops, uvicorn's error path answers (431)."""
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that refuses request heads over ``max_header_bytes``."""
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with bounded heads, read deadlines, a connection bound and a drain that
+    resets nothing (see the module doc)."""
 
-    max_header_bytes = 16 * 1024
+    limits = HttpLimits()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_incomplete = True  # a connection starts by waiting for a request head
         self._head_bytes = 0  # bytes of earlier reads that were all head
         self._message_ended = False  # a request ended within the read being parsed
-        self._head_refused = False
+        self._refused = False  # a 431/408/503 went out: the connection is closing
+        self._draining = False
+        self._received_any = False
+        self._deadline: asyncio.TimerHandle | None = None
 
+    # --- connections ----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse(503, "too many open connections; retry later")
+            return
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # --- parser callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_incomplete = True
         self._head_bytes = 0
+        self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._head_incomplete = False
         # Exact, for every request (about a microsecond): a head that arrived in one read.
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.max_header_bytes:
-            self._head_refused = True
+        if size > self.limits.max_header_bytes:
+            self._refused = True
             raise _HeadTooLarge("request head too large")
+        self._arm(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
 
     def on_message_complete(self) -> None:
+        self._disarm()
         super().on_message_complete()
         self._head_incomplete = True  # what follows on this connection is the next request's head
         self._head_bytes = 0
@@ -58,6 +100,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._message_ended = False
+        self._received_any = True
         super().data_received(data)
         # A head that has not ended: count the reads that were nothing but head (a read in which
         # a request ended is not counted, as only part of it can be the next head). So a head
@@ -65,32 +108,90 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if (
             self._head_incomplete
             and not self._message_ended
-            and not self._head_refused
+            and not self._refused
             and self.transport is not None
             and not self.transport.is_closing()
         ):
             self._head_bytes += len(data)
-            if self._head_bytes > self.max_header_bytes:
-                self._head_refused = True
+            if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse_head()
 
     def send_400_response(self, msg: str) -> None:
-        if self._head_refused:  # our callback stopped the parser: answer 431, not 400
+        if self._refused:  # our callback stopped the parser: answer 431, not 400
             self._refuse_head()
             return
         super().send_400_response(msg)
 
+    # --- shutdown -------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Called by uvicorn for every connection when the server stops."""
+        self._draining = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False
+            return
+        # Idle between requests: the client may have its next request on the wire already, and
+        # closing now would reset it. Answer what arrives within the grace, then close.
+        self.loop.call_later(self.limits.drain_idle_grace_s, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self._head_bytes and not self.transport.is_closing():
+            self.transport.close()
+        # else: a request arrived, and its response closes the connection (keep_alive False).
+
+    # --- deadlines and refusals -----------------------------------------------------------------
+    def _arm(self, seconds: float, callback: Any) -> None:
+        self._disarm()
+        if seconds > 0:
+            self._deadline = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or not self._head_incomplete:
+            return
+        if not self._received_any:  # a connection that never said anything: just close it
+            self._refused = True
+            self.transport.close()
+            return
+        self._refuse(408, f"request head not received within {self.limits.header_timeout_s:g} s")
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing() or self._head_incomplete:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The application waiting for the body sees the client gone.
+            cycle.disconnected = True
+            cycle.message_event.set()
+            if cycle.response_started:
+                self.transport.close()
+                return
+        self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s")
+
     def _refuse_head(self) -> None:
-        body = orjson.dumps(
-            {
-                "error": "request line and headers exceed the limit of "
-                f"{self.max_header_bytes} bytes (--max-header-bytes)"
-            }
+        self._refuse(
+            HEADER_TOO_LARGE,
+            f"request line and headers exceed the limit of {self.limits.max_header_bytes} bytes "
+            "(--max-header-bytes)",
         )
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with the gateway's error body and close the connection."""
+        self._refused = True
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        body = orjson.dumps({"error": message})
         self.transport.write(
             b"".join(
                 [
-                    STATUS_LINE[HEADER_TOO_LARGE],
+                    STATUS_LINE[status],
                     b"content-type: application/json\r\n",
                     b"content-length: " + str(len(body)).encode() + b"\r\n",
                     b"connection: close\r\n\r\n",
@@ -101,10 +202,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def bounded_protocol(max_header_bytes: int) -> type[asyncio.Protocol]:
-    """A protocol class for ``uvicorn.Config(http=...)`` with this head limit."""
-    return type(
-        "BoundedHttpToolsProtocol",
-        (BoundedHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes},
-    )
+def gateway_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with these limits."""
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"limits": limits})

@@ -86,12 +86,13 @@ def test_document_declares_errors_and_metrics_text(openapi_gateway: RunningGatew
     for operation in operations:
         responses = operation["responses"]
         assert "422" not in responses  # FastAPI's default; the gateway answers 400
-        assert {"401", "431", "500"} <= set(responses)
+        assert {"401", "408", "431", "500", "503"} <= set(responses)
         for status, response in responses.items():
             if status.startswith(("4", "5")) and status != "503":
                 schema_ref = response["content"]["application/json"]["schema"]
                 assert schema_ref == {"$ref": "#/components/schemas/Error"}
     predict = document["paths"]["/v1/models/{name}:predict"]["post"]["responses"]
     assert {"400", "404", "413", "429", "503", "504"} <= set(predict)
+    assert "Retry-After" in predict["429"]["headers"]
     metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]

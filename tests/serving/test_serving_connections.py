@@ -1,0 +1,150 @@
+"""Connection hygiene and a drain that loses nothing: slow or silent clients are answered 408
+and closed after their deadlines while others are served, connections beyond the bound get 503,
+and SIGTERM under load answers every request the gateway received (single process and
+``--workers 2``)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serving_harness import GatewayProcess, RunningGateway
+
+from tests.tiny_models import linear_classifier, sample_images, write_version
+
+MODEL = "tiny"
+PREDICT = f"/v1/models/{MODEL}:predict"
+BODY = json.dumps({"instances": sample_images(1).tolist()}).encode()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("connections")
+    write_version(root, MODEL, 1, linear_classifier())
+    return root
+
+
+def _connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _read_all(conn: socket.socket) -> tuple[bytes, float]:
+    """Everything until the server closes, and how long that took."""
+    started, answer = time.monotonic(), b""
+    try:
+        while chunk := conn.recv(65536):
+            answer += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return answer, time.monotonic() - started
+
+
+def test_slow_and_silent_clients_are_closed_while_others_are_served(
+    repo: Path, start_gateway: Any
+) -> None:
+    gateway: RunningGateway = start_gateway(repo, header_timeout_s=0.5, body_timeout_s=0.5)
+    url = gateway.http_url
+    silent = [_connect(url) for _ in range(50)]
+    half_head = [_connect(url) for _ in range(50)]
+    for conn in half_head:
+        conn.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode())
+    half_body = [_connect(url) for _ in range(50)]
+    for conn in half_body:
+        conn.sendall(
+            f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
+            + BODY[:10]
+        )
+    # A slowloris head: a byte at a time, never idle for long, never finished.
+    loris = _connect(url)
+    loris.sendall(b"GET /v2/health/ready HTTP/1.1\r\n")
+    with httpx.Client(base_url=url, timeout=10) as http:  # others are served meanwhile
+        for _ in range(20):
+            assert http.post(PREDICT, content=BODY).status_code == 200
+    started = time.monotonic()
+    while time.monotonic() - started < 3:
+        try:
+            loris.sendall(b"x")
+        except OSError:
+            break
+        time.sleep(0.05)
+    loris_answer, _ = _read_all(loris)
+    assert loris_answer.startswith(b"HTTP/1.1 408"), loris_answer[:100]
+    assert time.monotonic() - started < 3, "the slow head was not cut at its deadline"
+    for conn in half_head:
+        answer, _ = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 408") and b"head not received" in answer, answer
+    for conn in half_body:
+        answer, _ = _read_all(conn)
+        assert answer.startswith(b"HTTP/1.1 408") and b"body not received" in answer, answer
+    for conn in silent:
+        answer, _ = _read_all(conn)
+        assert answer == b""  # closed without a word
+    for conn in [*silent, *half_head, *half_body, loris]:
+        conn.close()
+
+
+def test_connections_beyond_the_bound_get_503(repo: Path, start_gateway: Any) -> None:
+    gateway: RunningGateway = start_gateway(repo, max_connections=4)
+    held = [_connect(gateway.http_url) for _ in range(4)]
+    extra = _connect(gateway.http_url)
+    answer, _ = _read_all(extra)
+    assert answer.startswith(b"HTTP/1.1 503") and b"too many open connections" in answer
+    for conn in held:
+        conn.close()
+    time.sleep(0.2)
+    assert httpx.get(f"{gateway.http_url}/v2/health/live", timeout=10).status_code == 200
+
+
+def _hammer(url: str, stop: threading.Event, outcomes: Counter[str], lock: threading.Lock) -> None:
+    """One keep-alive client in a tight loop until the gateway is gone."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while not stop.is_set():
+            try:
+                reply = http.post(PREDICT, content=BODY)
+                outcome = str(reply.status_code)
+            except httpx.ConnectError:
+                outcome = "refused"  # a new connection after the listener closed: never received
+                stop.wait(0.05)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__  # a request written and not answered
+            with lock:
+                outcomes[outcome] += 1
+            if outcome == "refused" and outcomes["refused"] > 200:
+                return
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_under_load_answers_every_request_received(repo: Path, workers: int) -> None:
+    options = ["--drain-timeout-s", "10"] + (["--workers", str(workers)] if workers > 1 else [])
+    gateway = GatewayProcess(repo, *options)
+    stop, lock = threading.Event(), threading.Lock()
+    outcomes: Counter[str] = Counter()
+    clients = [
+        threading.Thread(target=_hammer, args=(gateway.http_url, stop, outcomes, lock))
+        for _ in range(16)
+    ]
+    try:
+        for client in clients:
+            client.start()
+        deadline = time.monotonic() + 30
+        while outcomes["200"] < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gateway.process.send_signal(signal.SIGTERM)
+        assert gateway.process.wait(60) == 0, "".join(gateway.lines[-30:])
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(30)
+        gateway.stop()
+    unanswered = {k: n for k, n in outcomes.items() if k not in ("200", "refused")}
+    assert outcomes["200"] >= 500 and not unanswered, outcomes
