@@ -9,7 +9,7 @@ median round of each is reported with the ratio B / A. Load as in ``gateway_spee
 ``wrk`` for REST JSON and V2 binary, nghttp2's ``h2load`` for gRPC, one 28x28 image per request.
 
     .venv/bin/python -m benchmarks.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4]
-        [--concurrency 1,32] [--json out.json]
+        [--concurrency 1,32] [--protocols "REST JSON,V2 binary,gRPC"] [--json out.json]
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=4, help="rounds per scenario (median)")
     parser.add_argument("--concurrency", default="1,32", help="comma list")
+    parser.add_argument(
+        "--protocols", default=",".join(PROTOCOLS), help=f"comma list of {', '.join(PROTOCOLS)}"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("h2load") is None:
@@ -51,7 +54,7 @@ def main() -> None:
         repo, _model, description = prepare_repository(work)
         servers = {name: start_gateway(root, repo, []) for name, root in roots.items()}
         try:
-            for protocol in PROTOCOLS:
+            for protocol in [p.strip() for p in args.protocols.split(",")]:
                 for concurrency in concurrencies:
                     runs: dict[str, list[tuple[float, float, float, int, float | None]]] = {
                         "A": [],

@@ -9,7 +9,8 @@ once, which resets a request the client had already written. :class:`GatewayHttp
   while the head arrives, so a head costs at most the limit plus one read;
 - a deadline for the head (``header_timeout_s`` from the connection's start or the request's first
   byte) and for the body (``body_timeout_s`` from the end of the head): 408 and close, so slow
-  clients cannot hold connections;
+  clients cannot hold connections (checked by one sweep per server, a quarter of the shorter
+  timeout apart, at most a second);
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
 - a graceful shutdown that loses nothing already received: a request in progress is answered
   with ``Connection: close``, and an idle keep-alive connection is closed only after a short grace
@@ -49,6 +50,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     resets nothing (see the module doc)."""
 
     limits = HttpLimits()
+    _sweeping = False  # per protocol class, i.e. per server (see gateway_protocol)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,7 +60,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._refused = False  # a 431/408/503 went out: the connection is closing
         self._draining = False
         self._received_any = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._read_bytes = 0  # size of the read being parsed
+        # The current deadline: a monotonic instant and what to do then. Deadlines are checked
+        # by one sweep per server (see _sweep), not a timer per request: arming a timer three
+        # times per request cost the hot path measurably.
+        self._deadline_at: float | None = None
+        self._on_deadline: Any = None
 
     # --- connections ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -67,6 +74,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refuse(503, "too many open connections; retry later")
             return
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
+        self._ensure_sweep()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -76,16 +84,20 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_incomplete = True
-        self._head_bytes = 0
+        # A head that starts in a read where another request ended may span that whole read.
+        self._head_bytes = self._read_bytes if self._message_ended else 0
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
         self._head_incomplete = False
-        # Exact, for every request (about a microsecond): a head that arrived in one read.
-        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        if size > self.limits.max_header_bytes:
-            self._refused = True
-            raise _HeadTooLarge("request head too large")
+        # The head is at most the reads counted for it plus this read; measure it exactly only
+        # when that bound is over the limit (a head that arrived with a big body, say).
+        limit = self.limits.max_header_bytes
+        if self._head_bytes + self._read_bytes > limit:
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limit:
+                self._refused = True
+                raise _HeadTooLarge("request head too large")
         self._arm(self.limits.body_timeout_s, self._body_timed_out)
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
@@ -95,16 +107,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
         self._head_incomplete = True  # what follows on this connection is the next request's head
-        self._head_bytes = 0
+        # The rest of this read may be the next request's head: count it all (an over-count).
+        self._head_bytes = self._read_bytes
         self._message_ended = True
 
     def data_received(self, data: bytes) -> None:
         self._message_ended = False
         self._received_any = True
+        self._read_bytes = len(data)
         super().data_received(data)
         # A head that has not ended: count the reads that were nothing but head (a read in which
-        # a request ended is not counted, as only part of it can be the next head). So a head
-        # that never ends is refused after at most the limit plus one read.
+        # a request ended was counted whole when it ended). So a head that never ends is refused
+        # after at most the limit plus one read.
         if (
             self._head_incomplete
             and not self._message_ended
@@ -135,23 +149,44 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _close_if_idle(self) -> None:
         idle = self.cycle is None or self.cycle.response_complete
-        if idle and not self._head_bytes and not self.transport.is_closing():
+        if idle and self._deadline_at is None and not self.transport.is_closing():
             self.transport.close()
         # else: a request arrived, and its response closes the connection (keep_alive False).
 
     # --- deadlines and refusals -----------------------------------------------------------------
     def _arm(self, seconds: float, callback: Any) -> None:
-        self._disarm()
-        if seconds > 0:
-            self._deadline = self.loop.call_later(seconds, callback)
+        self._deadline_at = self.loop.time() + seconds
+        self._on_deadline = callback
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline_at = None
+
+    def _ensure_sweep(self) -> None:
+        cls = type(self)
+        if not cls._sweeping:
+            cls._sweeping = True
+            self.loop.call_later(cls._sweep_interval(), cls._sweep, self.loop, self.connections)
+
+    @classmethod
+    def _sweep_interval(cls) -> float:
+        shortest = min(cls.limits.header_timeout_s, cls.limits.body_timeout_s)
+        return min(1.0, max(0.02, shortest / 4))
+
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        """Fire the deadlines that have passed; runs while the server has connections."""
+        now = loop.time()
+        for connection in list(connections):
+            at = getattr(connection, "_deadline_at", None)
+            if at is not None and at <= now:
+                connection._deadline_at = None
+                connection._on_deadline()
+        if connections:
+            loop.call_later(cls._sweep_interval(), cls._sweep, loop, connections)
+        else:
+            cls._sweeping = False
 
     def _head_timed_out(self) -> None:
-        self._deadline = None
         if self.transport.is_closing() or not self._head_incomplete:
             return
         if not self._received_any:  # a connection that never said anything: just close it
@@ -161,7 +196,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._refuse(408, f"request head not received within {self.limits.header_timeout_s:g} s")
 
     def _body_timed_out(self) -> None:
-        self._deadline = None
         if self.transport.is_closing() or self._head_incomplete:
             return
         cycle = self.cycle
