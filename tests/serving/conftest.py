@@ -17,7 +17,9 @@ for path in (ROOT, Path(__file__).parent):
 from serving_harness import RunningGateway, gateway_settings  # noqa: E402
 
 from tests.tiny_models import (  # noqa: E402
+    slow_classifier,
     write_labelled_pair,
+    write_version,
 )
 
 MODEL = "tiny"
@@ -27,6 +29,14 @@ MODEL = "tiny"
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny`` versions 1 and 2 (different weights), labels stable=1 and canary=2, all served."""
     return write_labelled_pair(tmp_path_factory.mktemp("repo"), MODEL)
+
+
+@pytest.fixture(scope="module")
+def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``slow`` version 1: a model that computes for a while per request (overload, deadlines)."""
+    root = tmp_path_factory.mktemp("slow")
+    write_version(root, "slow", 1, slow_classifier(repeats=12))
+    return root
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,6 @@ from tests.tiny_models import linear_classifier, sample_images, slow_classifier,
 SLOW = "slow"
 
 
-@pytest.fixture(scope="module")
-def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("admission")
-    write_version(root, SLOW, 1, slow_classifier(repeats=12))
-    return root
-
-
 async def _burst(url: str, count: int, body: bytes | None = None) -> list[httpx.Response]:
     content = (
         body

@@ -18,18 +18,11 @@ import httpx
 import pytest
 from serving_harness import GatewayProcess, RunningGateway
 
-from tests.tiny_models import linear_classifier, sample_images, write_version
+from tests.tiny_models import sample_images
 
 MODEL = "tiny"
 PREDICT = f"/v1/models/{MODEL}:predict"
 BODY = json.dumps({"instances": sample_images(1).tolist()}).encode()
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("connections")
-    write_version(root, MODEL, 1, linear_classifier())
-    return root
 
 
 def _connect(url: str) -> socket.socket:
@@ -49,9 +42,9 @@ def _read_all(conn: socket.socket) -> tuple[bytes, float]:
 
 
 def test_slow_and_silent_clients_are_closed_while_others_are_served(
-    repo: Path, start_gateway: Any
+    tiny_repo: Path, start_gateway: Any
 ) -> None:
-    gateway: RunningGateway = start_gateway(repo, header_timeout_s=0.5, body_timeout_s=0.5)
+    gateway: RunningGateway = start_gateway(tiny_repo, header_timeout_s=0.5, body_timeout_s=0.5)
     url = gateway.http_url
     silent = [_connect(url) for _ in range(50)]
     half_head = [_connect(url) for _ in range(50)]
@@ -92,8 +85,8 @@ def test_slow_and_silent_clients_are_closed_while_others_are_served(
         conn.close()
 
 
-def test_connections_beyond_the_bound_get_503(repo: Path, start_gateway: Any) -> None:
-    gateway: RunningGateway = start_gateway(repo, max_connections=4)
+def test_connections_beyond_the_bound_get_503(tiny_repo: Path, start_gateway: Any) -> None:
+    gateway: RunningGateway = start_gateway(tiny_repo, max_connections=4)
     held = [_connect(gateway.http_url) for _ in range(4)]
     extra = _connect(gateway.http_url)
     answer, _ = _read_all(extra)
@@ -123,9 +116,9 @@ def _hammer(url: str, stop: threading.Event, outcomes: Counter[str], lock: threa
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_sigterm_under_load_answers_every_request_received(repo: Path, workers: int) -> None:
+def test_sigterm_under_load_answers_every_request_received(tiny_repo: Path, workers: int) -> None:
     options = ["--drain-timeout-s", "10"] + (["--workers", str(workers)] if workers > 1 else [])
-    gateway = GatewayProcess(repo, *options)
+    gateway = GatewayProcess(tiny_repo, *options)
     stop, lock = threading.Event(), threading.Lock()
     outcomes: Counter[str] = Counter()
     clients = [

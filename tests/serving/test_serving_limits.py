@@ -23,7 +23,7 @@ from serving_harness import RunningGateway
 
 from serving.errors import ResourceExhausted, Unavailable
 from serving.offload import DECODE_THREAD_NICENESS, DecodePool
-from tests.tiny_models import linear_classifier, sample_images, write_version
+from tests.tiny_models import sample_images
 
 MODEL = "tiny"
 CLASSIFY = f"/v1/models/{MODEL}:classify_image"
@@ -82,13 +82,6 @@ def test_decode_threads_run_at_lower_cpu_priority() -> None:
 
 
 # --- the pool in the gateway --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("limits")
-    write_version(root, MODEL, 1, linear_classifier())
-    return root
-
-
 def occupy_pool(gateway: RunningGateway) -> threading.Event:
     """Fill the gateway's decode pool (1 thread, queue 0) with a job that waits for the event."""
     assert gateway.gateway is not None and gateway.loop is not None
@@ -104,9 +97,9 @@ def occupy_pool(gateway: RunningGateway) -> threading.Event:
 
 
 def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
-    repo: Path, start_gateway: Any
+    tiny_repo: Path, start_gateway: Any
 ) -> None:
-    gateway: RunningGateway = start_gateway(repo, decode_threads=1, decode_queue=0)
+    gateway: RunningGateway = start_gateway(tiny_repo, decode_threads=1, decode_queue=0)
     b64_body = json.dumps({"instances": [{"b64": base64.b64encode(png(28)).decode()}]})
     release = occupy_pool(gateway)
     try:
@@ -127,8 +120,8 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
         assert http.post(PREDICT, content=b64_body).status_code == 200
 
 
-def test_pixel_limit_is_configurable(repo: Path, start_gateway: Any) -> None:
-    gateway: RunningGateway = start_gateway(repo, max_image_pixels=1000)
+def test_pixel_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:
+    gateway: RunningGateway = start_gateway(tiny_repo, max_image_pixels=1000)
     with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
         assert http.post(CLASSIFY, content=png(31)).status_code == 200  # 961 pixels
         refused = http.post(CLASSIFY, content=png(32))  # 1024 pixels
@@ -153,9 +146,9 @@ def raw_exchange(url: str, payload: bytes, answers: int) -> bytes:
 
 
 def test_big_bodies_and_pipelined_requests_are_not_mistaken_for_big_heads(
-    repo: Path, start_gateway: Any
+    tiny_repo: Path, start_gateway: Any
 ) -> None:
-    gateway: RunningGateway = start_gateway(repo)
+    gateway: RunningGateway = start_gateway(tiny_repo)
     body = json.dumps({"instances": sample_images(8).tolist()}).encode()  # ~25 KB > 16 KiB
     with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
         for _ in range(5):  # one keep-alive connection
@@ -168,9 +161,9 @@ def test_big_bodies_and_pipelined_requests_are_not_mistaken_for_big_heads(
     assert answer.count(b"HTTP/1.1 200 OK") == 3, answer[:300]
 
 
-def test_head_limit_is_configurable(repo: Path, start_gateway: Any) -> None:
+def test_head_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:
     header = {"x-trace": "t" * 20_000}
-    default: RunningGateway = start_gateway(repo)
+    default: RunningGateway = start_gateway(tiny_repo)
     assert httpx.get(f"{default.http_url}/v2/health/live", headers=header).status_code == 431
-    roomy: RunningGateway = start_gateway(repo, max_header_bytes=64 * 1024)
+    roomy: RunningGateway = start_gateway(tiny_repo, max_header_bytes=64 * 1024)
     assert httpx.get(f"{roomy.http_url}/v2/health/live", headers=header).status_code == 200

@@ -19,17 +19,10 @@ import pytest
 from serving_harness import RunningGateway, predict_call, requests_total
 
 from clients import wire
-from tests.tiny_models import sample_images, slow_classifier, write_version
+from tests.tiny_models import sample_images
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW = "slow"
-
-
-@pytest.fixture(scope="module")
-def slow_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("slow")
-    write_version(root, SLOW, 1, slow_classifier(repeats=12))
-    return root
 
 
 def test_full_queue_gets_429_before_queued_work_finishes(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
