@@ -27,12 +27,11 @@ STATUS_TABLE["PAYLOAD_TOO_LARGE"] = (413, grpc.StatusCode.RESOURCE_EXHAUSTED)
 STATUS_TABLE["METHOD_NOT_ALLOWED"] = (405, grpc.StatusCode.UNIMPLEMENTED)
 STATUS_TABLE["HEADERS_TOO_LARGE"] = (431, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
-#: HTTP status -> canonical status name; where several share one, TF Serving's mapping wins.
-_STATUS_BY_HTTP: dict[int, str] = {}
+#: HTTP status -> canonical status name: the one the client reads back where several share a
+#: status, then the gateway's own (413, 405, 431).
+_STATUS_BY_HTTP = {s.http_status: Status.from_http_status(s.http_status).name for s in Status}
 for _name, (_http, _) in STATUS_TABLE.items():
     _STATUS_BY_HTTP.setdefault(_http, _name)
-for _status in Status:  # the canonical name of each HTTP status, as the client reads it back
-    _STATUS_BY_HTTP[_status.http_status] = Status.from_http_status(_status.http_status).name
 
 
 def shown(value: object, limit: int = 80) -> str:

@@ -35,6 +35,18 @@ class InputLimits:
     max_image_pixels: int = 0
 
 
+#: The limits a decoder applies when its caller names none.
+DEFAULT_LIMITS = InputLimits()
+
+
+def check_rows(name: str, rows: int, limits: InputLimits) -> None:
+    """The batch limit: InvalidArgument when an input carries more rows than one request may."""
+    if rows > limits.max_batch:
+        raise InvalidArgument(
+            f"input '{name}' has a batch of {rows} rows; the limit is {limits.max_batch} per request"
+        )
+
+
 def describe_shape(shape: Sequence[int]) -> str:
     """``[1, 28, 28, 1]`` for error messages."""
     return "[" + ", ".join(str(dim) for dim in shape) + "]"
@@ -71,10 +83,7 @@ def check_declared(
         raise InvalidArgument(
             f"input '{name}' expects shape {spec.describe_shape()}, received {describe_shape(shape)}"
         )
-    if rows > limits.max_batch:
-        raise InvalidArgument(
-            f"input '{name}' has a batch of {rows} rows; the limit is {limits.max_batch} per request"
-        )
+    check_rows(name, rows, limits)
     size = math.prod(shape) * (dtype.itemsize or 1)  # Python ints: no overflow
     if size > limits.max_tensor_bytes:
         raise InvalidArgument(

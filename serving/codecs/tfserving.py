@@ -22,10 +22,9 @@ from serving.codecs import regular_json
 from serving.codecs.images import ImageSpec, decode_image, looks_like_image, pixel_limit
 from serving.errors import InvalidArgument, shown_list
 from serving.runtimes.base import TensorSpec
-from serving.validation import InputLimits
+from serving.validation import DEFAULT_LIMITS, InputLimits, check_rows
 
 DEFAULT_SIGNATURE = "serving_default"
-DEFAULT_LIMITS = InputLimits()
 
 
 @dataclass
@@ -105,21 +104,12 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and "b64" in value
 
 
-def _check_rows(count: int, spec: TensorSpec, limits: InputLimits) -> None:
-    """The batch limit, checked on the JSON list before any element is converted."""
-    if count > limits.max_batch:
-        raise InvalidArgument(
-            f"input '{spec.name}' has a batch of {count} rows; the limit is {limits.max_batch} "
-            "per request"
-        )
-
-
 def to_array(
     value: Any, spec: TensorSpec, batch: bool, limits: InputLimits = DEFAULT_LIMITS
 ) -> np.ndarray:
     """A JSON value -> ndarray of the spec's dtype (integers stay integers; no silent rounding)."""
     if batch and isinstance(value, list):
-        _check_rows(len(value), spec, limits)
+        check_rows(spec.name, len(value), limits)
     if _is_b64(value):
         array = _b64(value, spec, limits)
         return array[None] if batch else array
@@ -240,7 +230,7 @@ def decode_predict(
     are numbers only for bool inputs (numpy would silently read them as 0 and 1).
     """
     with gc_paused():
-        return _decode_predict(body, specs, limits or InputLimits())
+        return _decode_predict(body, specs, limits or DEFAULT_LIMITS)
 
 
 def _decode_predict(body: bytes, specs: list[TensorSpec], limits: InputLimits) -> PredictRequest:
@@ -248,7 +238,7 @@ def _decode_predict(body: bytes, specs: list[TensorSpec], limits: InputLimits) -
         simple = regular_json.decode_single_tensor(body, specs[0])
         if simple is not None:
             array, row_format, signature = simple
-            _check_rows(len(array), specs[0], limits)
+            check_rows(specs[0].name, len(array), limits)
             return PredictRequest(
                 {specs[0].name: cast(array, specs[0])}, row_format, signature or DEFAULT_SIGNATURE
             )
@@ -290,7 +280,7 @@ def _decode_rows(
         raise InvalidArgument("'instances' must be a list with one element per instance")
     if not instances:
         raise InvalidArgument("'instances' is empty; send at least one instance")
-    _check_rows(len(instances), specs[0], limits)
+    check_rows(specs[0].name, len(instances), limits)
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
     if not named:
         if len(specs) != 1:

@@ -20,7 +20,7 @@ from clients.codec import numpy_dtype_from_v2, v2_datatype
 from serving.codecs.tfserving import contains_bool, gc_paused, loads
 from serving.errors import InvalidArgument, shown
 from serving.runtimes.base import TensorSpec
-from serving.validation import InputLimits, check_declared
+from serving.validation import DEFAULT_LIMITS, InputLimits, check_declared
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -126,7 +126,7 @@ def decode_infer(
     have their types, binary data excludes ``data``, shared memory and classification are refused.
     """
     with gc_paused():  # JSON "data" lists: see gc_paused
-        return _decode_infer(body, header_length, specs, limits or InputLimits())
+        return _decode_infer(body, header_length, specs, limits or DEFAULT_LIMITS)
 
 
 def _decode_infer(

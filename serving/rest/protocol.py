@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from serving.codecs.tfserving import error_body
 
 HEADER_TOO_LARGE = 431
 
@@ -221,7 +222,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        body = orjson.dumps({"error": message})
+        body = error_body(message)
         self.transport.write(
             b"".join(
                 [
