@@ -251,7 +251,9 @@ class DynamicBatcher:
         """
         if self._closed:
             raise Unavailable(f"model '{self.model}' version {self.version} is unloading")
-        nbytes = sum(array.nbytes for array in inputs.values())
+        nbytes = 0
+        for array in inputs.values():  # a loop: a generator costs more than the one input
+            nbytes += array.nbytes
         queued = len(self._queue)
         if queued >= self.config.max_queue_size + self.config.queue_overflow or (
             queued and self._queued_bytes + nbytes > self.config.max_queue_bytes

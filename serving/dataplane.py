@@ -141,15 +141,17 @@ class DataPlane:
         deadline: float,
         signature_name: str | None = None,
         output_filter: list[str] | None = None,
+        declared: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Validate ``inputs`` against ``mv``'s spec and run them (batched) on its runtime."""
+        """Validate ``inputs`` against ``mv``'s spec and run them (batched) on its runtime
+        (``declared``: the decoder checked each input's declared dtype and shape already)."""
         if signature_name not in (None, "", DEFAULT_SIGNATURE):
             raise InvalidArgument(
                 f"signature {shown(signature_name)} not found; model '{mv.model}' has '{DEFAULT_SIGNATURE}'"
             )
         assert mv.runtime is not None and mv.batcher is not None
         outputs_wanted = self._check_output_filter(mv, output_filter)
-        validate_inputs(inputs, mv.runtime.inputs, self.input_limits)
+        validate_inputs(inputs, mv.runtime.inputs, self.input_limits, declared=declared)
         mv.inflight += 1
         try:
             outputs = await mv.batcher.infer(inputs, deadline)

@@ -94,15 +94,24 @@ def check_declared(
 
 
 def validate_inputs(
-    inputs: Mapping[str, np.ndarray], specs: list[TensorSpec], limits: InputLimits
+    inputs: Mapping[str, np.ndarray],
+    specs: list[TensorSpec],
+    limits: InputLimits,
+    *,
+    declared: bool = False,
 ) -> None:
-    """Names, dtypes, shapes and batch sizes of decoded arrays against the model's spec."""
-    by_name = {spec.name: spec for spec in specs}
-    unknown = sorted(set(inputs) - set(by_name))
-    if unknown:
-        raise InvalidArgument(
-            f"unknown input {shown_list(unknown)}; model inputs: {', '.join(by_name)}"
-        )
+    """Names, dtypes, shapes and batch sizes of decoded arrays against the model's spec.
+
+    ``declared``: the decoder already passed every input through :func:`check_declared` (gRPC,
+    KServe V2), so only what the whole request shows is left: missing inputs, batch agreement.
+    """
+    if not declared:
+        by_name = {spec.name: spec for spec in specs}
+        unknown = sorted(set(inputs) - set(by_name))
+        if unknown:
+            raise InvalidArgument(
+                f"unknown input {shown_list(unknown)}; model inputs: {', '.join(by_name)}"
+            )
     batch: int | None = None
     for spec in specs:
         array = inputs.get(spec.name)
@@ -110,7 +119,8 @@ def validate_inputs(
             raise InvalidArgument(
                 f"missing input '{spec.name}' ({spec.dtype} {spec.describe_shape()})"
             )
-        check_declared(by_name, spec.name, array.dtype, array.shape, limits)
+        if not declared:
+            check_declared(by_name, spec.name, array.dtype, array.shape, limits)
         rows = array.shape[0] if array.shape else 1
         if batch is not None and rows != batch:
             raise InvalidArgument(f"inputs disagree on the batch size ({batch} vs {rows})")

@@ -229,19 +229,36 @@ def decode_predict(
     Nothing is converted before the batch limit is checked on the JSON itself; JSON true/false
     are numbers only for bool inputs (numpy would silently read them as 0 and 1).
     """
+    limits = limits or DEFAULT_LIMITS
+    return decode_simple_predict(body, specs, limits) or decode_general_predict(body, specs, limits)
+
+
+def decode_simple_predict(
+    body: bytes, specs: list[TensorSpec], limits: InputLimits
+) -> PredictRequest | None:
+    """The common body, one regular numeric tensor, decoded without Python lists; None for any
+    other body (``decode_general_predict`` then decodes it, and words every error)."""
+    if len(specs) != 1:
+        return None
+    simple = regular_json.decode_single_tensor(body, specs[0])
+    if simple is None:
+        return None
+    array, row_format, signature = simple
+    check_rows(specs[0].name, len(array), limits)
+    return PredictRequest(
+        {specs[0].name: cast(array, specs[0])}, row_format, signature or DEFAULT_SIGNATURE
+    )
+
+
+def decode_general_predict(
+    body: bytes, specs: list[TensorSpec], limits: InputLimits
+) -> PredictRequest:
+    """Any ``:predict`` body, through Python lists (with the collector paused: see gc_paused)."""
     with gc_paused():
-        return _decode_predict(body, specs, limits or DEFAULT_LIMITS)
+        return _decode_general(body, specs, limits)
 
 
-def _decode_predict(body: bytes, specs: list[TensorSpec], limits: InputLimits) -> PredictRequest:
-    if len(specs) == 1:  # the common body, one regular numeric tensor: no Python lists at all
-        simple = regular_json.decode_single_tensor(body, specs[0])
-        if simple is not None:
-            array, row_format, signature = simple
-            check_rows(specs[0].name, len(array), limits)
-            return PredictRequest(
-                {specs[0].name: cast(array, specs[0])}, row_format, signature or DEFAULT_SIGNATURE
-            )
+def _decode_general(body: bytes, specs: list[TensorSpec], limits: InputLimits) -> PredictRequest:
     payload = loads(body)
     if not isinstance(payload, dict):
         raise InvalidArgument("request body must be a JSON object with 'instances' or 'inputs'")

@@ -112,6 +112,7 @@ class PredictionServicer:
                 deadline=self.dp.deadline(context.time_remaining()),
                 signature_name=spec.signature_name,
                 output_filter=list(request.output_filter),
+                declared=True,  # _decode_inputs checked each input before decoding it
             )
             response = wire.PredictResponse(
                 outputs={name: ndarray_to_tensor_proto(array) for name, array in outputs.items()}

@@ -96,12 +96,14 @@ async def predict(
             record.version = str(mv.version)
             assert mv.runtime is not None
             dp.admit(mv, len(body))
-            if tfserving.has_b64(body):  # base64 and images: heavy, off the event loop
+            specs, limits = mv.runtime.inputs, dp.input_limits
+            decoded = tfserving.decode_simple_predict(body, specs, limits)
+            if decoded is None and tfserving.has_b64(body):  # base64, images: off the loop
                 decoded = await dp.decode_pool.run(
-                    tfserving.decode_predict, body, mv.runtime.inputs, dp.input_limits
+                    tfserving.decode_general_predict, body, specs, limits
                 )
-            else:
-                decoded = tfserving.decode_predict(body, mv.runtime.inputs, dp.input_limits)
+            elif decoded is None:
+                decoded = tfserving.decode_general_predict(body, specs, limits)
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
@@ -131,6 +133,7 @@ async def infer(
                 decoded.inputs,
                 deadline=dp.deadline(parse_timeout(headers.get("x-request-timeout-ms"))),
                 output_filter=decoded.outputs,
+                declared=True,  # decode_infer checked each input before reading its data
             )
             payload, header_length = v2.encode_infer(name, mv.version, outputs, decoded)
             if header_length is None:
