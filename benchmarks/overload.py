@@ -13,12 +13,14 @@ Per run: admitted requests per second (200 / OK), refused ones (429 / RESOURCE_E
 latency p50/p99, the latency of admitted requests, failures of any other kind, and the gateway's
 CPU. HTTP statuses and latencies come from h2load's per-request log; for gRPC, whose statuses
 travel in trailers, the counts come from the gateway's ``serving_requests_total`` and the
-latencies are those of one more client beside h2load, one call at a time. The goal (issue 13): at 8x, admitted throughput at least 80% of capacity (the
+latencies are those of one more client beside h2load, one call at a time. ``--grpc-floor`` also
+floods ``benchmarks/grpc_floor.py``, a grpc.aio server that refuses every call at once: the
+refusal latency grpc.aio alone gives at each load, beside the gateway's. The goal (issue 13): at 8x, admitted throughput at least 80% of capacity (the
 admitted rate at 1x with the largest queue) and a 429 p99 of at most 10 ms, on every protocol.
 
     .venv/bin/python -m benchmarks.overload [--duration 5] [--queues 4,32,256] [--loads 1,2,8]
         [--protocols rest,v2,grpc] [--gateway-root DIR] [--gateway-arg=--option=value ...]
-        [--json out.json]
+        [--grpc-floor] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +44,7 @@ import httpx
 from benchmarks.gateway_speed import (
     INFER_PATH,
     PREDICT_PATH,
+    Server,
     cpu_seconds,
     one_image,
     percentile,
@@ -69,8 +73,11 @@ def grpc_counts(http_url: str) -> dict[str, float]:
 
 def h2load_run(
     protocol: str, url: str, grpc_target: str, clients: int, duration: float, work: Path
-) -> tuple[list[tuple[int, float]], float]:
-    """(per-request (HTTP status, latency s) from h2load's log, seconds measured)."""
+) -> tuple[list[tuple[int, float]], float, float]:
+    """(per-request (HTTP status, latency s) from h2load's log, seconds measured, h2load's CPU %).
+
+    On a machine as small as the one the gateway runs on, the generator's CPU is taken from the
+    gateway's: reported beside every row so a loss of goodput can be told from a starved server."""
     log_file = work / "h2load.log"
     log_file.unlink(missing_ok=True)
     if protocol == "grpc":
@@ -95,14 +102,19 @@ def h2load_run(
     body_file = work / "body.bin"
     body_file.write_bytes(body)
     started = time.monotonic()
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(
         ["h2load", *options, f"-D{duration:g}", "--warm-up-time=1", f"--log-file={log_file}",
          "-d", str(body_file), target],
         capture_output=True, text=True, timeout=duration + 120, check=True,
     )  # fmt: skip
-    elapsed = time.monotonic() - started - 1  # the warm-up is not logged
+    wall = time.monotonic() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # h2load, now reaped
+    load_cpu = (children.ru_utime + children.ru_stime - children_before.ru_utime
+                - children_before.ru_stime) / wall * 100  # fmt: skip
     rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
-    return [(int(row[1]), int(row[2]) / 1e6) for row in rows], max(elapsed, duration)
+    answers = [(int(row[1]), int(row[2]) / 1e6) for row in rows]
+    return answers, max(wall - 1, duration), load_cpu  # the warm-up second is not logged
 
 
 class GrpcProbe:
@@ -151,11 +163,13 @@ def measure(
     probe = GrpcProbe(server.grpc) if protocol == "grpc" else None
     if probe is not None:
         with probe:
-            answers, seconds = h2load_run(
+            answers, seconds, load_cpu = h2load_run(
                 protocol, server.url, server.grpc, clients, duration, work
             )
     else:
-        answers, seconds = h2load_run(protocol, server.url, server.grpc, clients, duration, work)
+        answers, seconds, load_cpu = h2load_run(
+            protocol, server.url, server.grpc, clients, duration, work
+        )
     cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
     if protocol == "grpc":
         after = grpc_counts(server.url)
@@ -193,7 +207,33 @@ def measure(
         "refused_p50_ms": percentile(refused_latency, 50) * 1000,
         "refused_p99_ms": percentile(refused_latency, 99) * 1000,
         "gateway_cpu_percent": cpu,
+        "load_generator_cpu_percent": load_cpu,
         "latency_note": latency_note,
+    }
+
+
+def measure_grpc_floor(clients: int, duration: float, work: Path) -> dict[str, Any]:
+    """The same gRPC flood against ``benchmarks/grpc_floor.py`` (refuses every call at once): the
+    refusal latency that grpc.aio alone gives at this load."""
+    floor = Server([sys.executable, "-m", "benchmarks.grpc_floor", "--port", "0"], wait_for="gRPC")
+    try:
+        pid = floor.process.pid
+        cpu_before, started = cpu_seconds(pid), time.monotonic()
+        with GrpcProbe(floor.grpc) as probe:
+            answers, seconds, load_cpu = h2load_run("grpc", "", floor.grpc, clients, duration, work)
+        cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
+    finally:
+        floor.stop()
+    refused_latency = [t for s, t in probe.records if s == "RESOURCE_EXHAUSTED"]
+    return {
+        "clients": clients,
+        "refused_per_s": sum(1 for s, _ in answers if s == 200) / seconds,
+        "other_failures": sum(1 for s, _ in answers if s != 200)
+        + sum(1 for s, _ in probe.records if s != "RESOURCE_EXHAUSTED"),
+        "refused_p50_ms": percentile(refused_latency, 50) * 1000,
+        "refused_p99_ms": percentile(refused_latency, 99) * 1000,
+        "server_cpu_percent": cpu,
+        "load_generator_cpu_percent": load_cpu,
     }
 
 
@@ -208,6 +248,11 @@ def main() -> None:
     parser.add_argument("--protocols", default="rest,v2,grpc")
     parser.add_argument("--gateway-root", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--gateway-arg", action="append", default=[], help="raw gateway option")
+    parser.add_argument(
+        "--grpc-floor",
+        action="store_true",
+        help="also flood a grpc.aio server that refuses every call at once (the framework's floor)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("h2load") is None:
@@ -239,6 +284,18 @@ def main() -> None:
                         )
             finally:
                 server.stop()
+        floor_rows = []
+        if args.grpc_floor:
+            for load in loads:
+                floor = {"load": load, **measure_grpc_floor(
+                    args.base_concurrency * load, args.duration, work)}  # fmt: skip
+                floor_rows.append(floor)
+                print(
+                    f"grpc floor {load}x ({floor['clients']:>3} clients): refused "
+                    f"{floor['refused_per_s']:>7,.0f}/s p50 {floor['refused_p50_ms']:.1f} ms p99 "
+                    f"{floor['refused_p99_ms']:.1f} ms | other {floor['other_failures']}",
+                    flush=True,
+                )
     add_goodput(rows)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -249,6 +306,7 @@ def main() -> None:
         "gateway_args": args.gateway_arg,
         "duration_s": args.duration,
         "results": rows,
+        "grpc_floor": floor_rows,
     }
     print()
     print(table(report))
@@ -273,7 +331,7 @@ def table(report: dict[str, Any]) -> str:
         f"{report['model']}; {report['duration_s']:g} s per run after a 1 s warm-up",
         "",
         "| queue | protocol | load (clients) | admitted/s | goodput | admitted p50 / p99 ms | "
-        "429/s | 429 p50 / p99 ms | other failures | gateway CPU % |",
+        "429/s | 429 p50 / p99 ms | other failures | gateway / h2load CPU % |",
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
@@ -286,8 +344,24 @@ def table(report: dict[str, Any]) -> str:
             f"| {r['queue']} | {r['protocol']} | {r['load']}x ({r['clients']}) | "
             f"{r['admitted_per_s']:,.0f} | {r['goodput']:.2f} | "
             f"{r['admitted_p50_ms']:.1f} / {r['admitted_p99_ms']:.1f} | {r['refused_per_s']:,.0f} | "
-            f"{refused} | {r['other_failures']} | {r['gateway_cpu_percent']:.0f} |"
+            f"{refused} | {r['other_failures']} | {r['gateway_cpu_percent']:.0f} / "
+            f"{r['load_generator_cpu_percent']:.0f} |"
         )
+    if report["grpc_floor"]:
+        lines += [
+            "",
+            "gRPC floor (`benchmarks/grpc_floor.py`: grpc.aio on uvloop refusing every call as its"
+            " first statement), the same flood and probe:",
+            "",
+            "| load (clients) | refused/s | 429 p50 / p99 ms | other failures | server / h2load CPU % |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for f in report["grpc_floor"]:
+            lines.append(
+                f"| {f['load']}x ({f['clients']}) | {f['refused_per_s']:,.0f} | "
+                f"{f['refused_p50_ms']:.1f} / {f['refused_p99_ms']:.1f} | {f['other_failures']} | "
+                f"{f['server_cpu_percent']:.0f} / {f['load_generator_cpu_percent']:.0f} |"
+            )
     lines.append("")
     lines.append(
         f"Goal at 8x: goodput >= {GOODPUT_GOAL:g} and 429 p99 <= {REFUSAL_P99_GOAL_MS:g} ms "
