@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 APT_PACKAGES := dataset-fashion-mnist wrk nghttp2-client docker-compose prometheus shellcheck
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test lint format proto check-deploy bench clean
+.PHONY: setup demo test lint format proto check-deploy compose-check bench clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,12 @@ bench: setup
 # Deployment files (compose, Dockerfiles, Kubernetes, Prometheus, Grafana) checked by real validators.
 check-deploy: setup
 	$(PY) -m pytest -q -ra tests/deploy
+
+# Build every CPU image and run the whole stack end to end through Docker Compose v2, with Docker
+# or with Podman's Docker-compatible socket (README "Deploy"). Where the official Prometheus image
+# cannot be pulled, point PROMETHEUS_VERSION at one you have (e.g. PROMETHEUS_VERSION=debian).
+compose-check: setup
+	$(PY) deploy/compose_check.py $(COMPOSE_CHECK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

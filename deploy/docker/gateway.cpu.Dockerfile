@@ -31,7 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 EXPOSE 8500 8501
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('SERVING_HTTP_PORT', '8501') + '/v2/health/ready', timeout=4)"]
+    CMD ["python", "-m", "serving.healthcheck"]
 # Options come from the SERVING_* variables above, so `docker run -e` and compose can change
 # them; arguments after the image name override them (python -m serving --help).
 ENTRYPOINT ["python", "-m", "serving"]

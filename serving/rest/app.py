@@ -24,6 +24,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIRouter
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -185,7 +186,9 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         extra["telemetry"] = {
             "tracing": False, "metrics": False, "logs": False, "operation_spans": False,
         }  # fmt: skip
-    app = FastAPI(
+    # FastAPIOffline: a FastAPI whose /docs and /redoc load their assets from the installed
+    # package, not a CDN, so they render on a private network.
+    app = FastAPIOffline(
         title="convnet-serving gateway",
         version="0.1.0",
         description='TF Serving REST and KServe V2 over ONNX Runtime. Errors are `{"error": message}`.',

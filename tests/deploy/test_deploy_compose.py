@@ -258,13 +258,31 @@ def test_gateway_environment_is_real_settings(
 
 
 def _run_healthcheck(test: list[str], port: int) -> int:
-    """Run a compose healthcheck's CMD here, pointed at `port` instead of the container's 8501."""
+    """Run a compose healthcheck here, pointed at `port` instead of the container's 8501."""
+    env = {**os.environ, "SERVING_HTTP_PORT": str(port)}  # serving.healthcheck reads its settings
+    if test[0] == "CMD-SHELL":
+        shell = test[1].replace("127.0.0.1/8501", f"127.0.0.1/{port}")
+        return subprocess.run(
+            ["sh", "-c", shell], capture_output=True, timeout=30, env=env
+        ).returncode
     assert test[0] == "CMD"
     command = [part.replace("127.0.0.1:8501", f"127.0.0.1:{port}") for part in test[1:]]
-    command = [part.replace("127.0.0.1/8501", f"127.0.0.1/{port}") for part in command]
     if command[0] == "python":
         command[0] = sys.executable
-    return subprocess.run(command, capture_output=True, timeout=30).returncode
+    return subprocess.run(
+        command, capture_output=True, timeout=30, env=env, cwd=Path(__file__).resolve().parents[2]
+    ).returncode
+
+
+def test_exec_form_healthchecks_have_one_word_per_argument(gpu_model: dict[str, Any]):
+    """Podman's Docker-compatible API splits CMD arguments at spaces (seen with Podman 4.3 under
+    Compose v2: `python -c "import a; b"` became `python -c import a; b`): multi-word commands
+    must use CMD-SHELL."""
+    for name, service in gpu_model["services"].items():
+        test = (service.get("healthcheck") or {}).get("test") or []
+        if test and test[0] == "CMD":
+            spaced = [part for part in test[1:] if " " in part]
+            assert not spaced, f"{name}: {spaced}"
 
 
 TFSERVING_STATUS = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -206,9 +207,22 @@ def test_metrics_and_docs(http: httpx.Client) -> None:
         in text
     )
     assert "serving_compute_latency_seconds" in text and "serving_queue_depth" in text
-    assert http.get("/docs").status_code == 200
     paths = http.get("/openapi.json").json()["paths"]
     assert "/v1/models/{name}:predict" in paths and "/v2/models/{name}/infer" in paths
+
+
+def test_docs_pages_load_every_asset_from_the_gateway_itself(http: httpx.Client) -> None:
+    """/docs and /redoc must render on a network without internet: every script, stylesheet and
+    icon they reference is a path on the gateway, and each one is served."""
+    for page in ("/docs", "/redoc"):
+        reply = http.get(page)
+        assert reply.status_code == 200 and "text/html" in reply.headers["content-type"]
+        assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", reply.text)
+        assert assets, page
+        for asset in assets:
+            assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+            served = http.get(asset)
+            assert served.status_code == 200 and len(served.content) > 1000, asset
 
 
 def test_fastapi_routes_answer_like_the_fast_path(tiny_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
