@@ -114,9 +114,13 @@ def _slug(text: str) -> str:
 
 
 def _specs(
-    config: RateConfig, series: Series, rate: float, seconds: float, seed: int
+    config: RateConfig, series: Series, rate: float, warmup: float, duration: float, seed: int
 ) -> list[openloop.WorkerSpec]:
-    schedule = openloop.make_schedule(rate, seconds, config.arrival, seed)
+    # Warm-up and window drawn apart, so the window holds exactly rate * duration arrivals.
+    schedule = np.concatenate([
+        openloop.make_schedule(rate, warmup, config.arrival, seed),
+        warmup + openloop.make_schedule(rate, duration, config.arrival, seed + 1),
+    ])  # fmt: skip
     ids = np.arange(len(schedule), dtype=np.int64)
     start_at = time.monotonic() + 0.5
     per_process = max(1, config.max_connections // config.processes)
@@ -277,7 +281,7 @@ def run_point(
     warmup = config.warmup_s if warmup_s is None else warmup_s
     duration = config.duration_s if seconds is None else seconds
     seed = config.seed + int(rate * 1000) % 100_003
-    specs = _specs(config, series, rate, warmup + duration, seed)
+    specs = _specs(config, series, rate, warmup, duration, seed)
     samples = _merge(list(pool.map(openloop.run_worker, specs)))
     return summarise_point(config, rate, samples, (warmup, warmup + duration)), samples
 

@@ -53,10 +53,10 @@ class Reference:
 def _version_of(files: ModelFiles | None) -> int | None:
     if files is None:
         return None
+    if files.directory.name.isdigit():  # what servers call the version: the directory's name
+        return int(files.directory.name)
     version = files.metadata.get("version")
-    if isinstance(version, int):
-        return version
-    return int(files.directory.name) if files.directory.name.isdigit() else None
+    return version if isinstance(version, int) else None
 
 
 def client_target(target: str, protocol: str) -> tuple[str, str]:
