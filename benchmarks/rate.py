@@ -317,11 +317,17 @@ def search_step(series: Series, config: RateConfig) -> float | None:
     """The next rate to try between the highest passing and the lowest failing, or None."""
     bracket = bracket_bound(series.points)
     low, high = bracket["highest_passing"], bracket["lowest_failing"]
-    if low is None or high is None:
+    if high is None:
         return None
+    if low is None:  # nothing tried passes: halve below the lowest rate tried
+        low = 0.0
+        if high <= 2.0:
+            return None
     middle = round((low + high) / 2)
     if high - low <= max(1.0, 0.02 * low) or middle in (low, high):
         return None
+    if any(p["offered_rate"] == middle for p in series.points):
+        return None  # tried already (invalid: the generator cannot tell more here)
     return float(middle)
 
 

@@ -266,3 +266,29 @@ def test_run_says_plainly_when_the_reference_is_not_the_served_model(
     jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(
         json.loads((tmp_path / "out" / "results.json").read_text())
     )
+
+
+def test_the_search_bisects_between_passing_and_failing_rates_and_skips_invalid_points() -> None:
+    from benchmarks.rate import Series, bracket_bound, search_step
+
+    def point(rate: float, meets: bool | None, valid: bool = True) -> dict[str, object]:
+        return {"offered_rate": rate, "meets_bound": meets, "valid": valid}
+
+    config = RateConfig(targets=["x=http://127.0.0.1:1"], model=MODEL, rates=[1.0])
+    series = Series(Server("x", None, None), "rest", "", None, Path(), {})  # type: ignore[arg-type]
+    series.points = [
+        point(500, True),
+        point(1000, True),
+        point(1500, None, False),
+        point(2000, False),
+    ]
+    assert bracket_bound(series.points)["invalid_rates"] == [1500]
+    assert search_step(series, config) is None  # 1500 is the middle: tried, and invalid
+    series.points[2] = point(1750, None, False)
+    assert search_step(series, config) == 1500  # invalid points neither pass nor fail
+    series.points = [point(250, False), point(500, False)]
+    assert bracket_bound(series.points)["verdict"] == "no valid rate tried stays under the bound"
+    assert search_step(series, config) == 125  # below everything tried: halve
+    series.points = [point(250, True), point(500, True)]
+    assert search_step(series, config) is None
+    assert bracket_bound(series.points)["verdict"].startswith("at least")
