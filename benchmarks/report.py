@@ -275,15 +275,23 @@ def write_run_report(results: dict[str, Any], out: Path) -> None:
     plot_throughput(results, out / plots["Throughput over time"])
     plot_confusion(results, out / plots["Confusion matrix of served answers"])
     results["files"] = {
+        "locust_csv": ["locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv"]
+    }
+    write_report_files(results, out, _run_markdown(results, plots), plots, "benchmark report")
+
+
+def write_report_files(
+    results: dict[str, Any], out: Path, markdown: str, plots: dict[str, str], title: str
+) -> None:
+    """report.md, report.html and results.json (listing the files, plots already drawn)."""
+    results["files"] = {
         "report_md": "report.md",
         "report_html": "report.html",
         "results_json": "results.json",
         "plots": list(plots.values()),
-        "locust_csv": ["locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv"],
-    }
-    markdown = _run_markdown(results, plots)
+    } | (results.get("files") or {})
     (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(markdown_to_html(markdown, "benchmark report"))
+    (out / "report.html").write_text(markdown_to_html(markdown, title))
     write_json(results, out / "results.json")
 
 
@@ -578,13 +586,6 @@ def write_rate_report(results: dict[str, Any], out: Path) -> None:
     plot_rate_latency(results, out / plots["Latency against offered rate"])
     plot_rate_throughput(results, out / plots["Achieved against offered throughput"])
     plot_rate_comparison(results, out / plots["Highest rate under the p99 bound, per server"])
-    results["files"] = {
-        "report_md": "report.md",
-        "report_html": "report.html",
-        "results_json": "results.json",
-        "plots": list(plots.values()),
-    }
-    markdown = _rate_markdown(results, plots)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(markdown_to_html(markdown, "open-loop rate benchmark"))
-    write_json(results, out / "results.json")
+    write_report_files(
+        results, out, _rate_markdown(results, plots), plots, "open-loop rate benchmark"
+    )

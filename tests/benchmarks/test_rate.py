@@ -14,17 +14,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
 import pytest
-from PIL import Image
 
 from benchmarks import openloop
 from benchmarks.prepare import find_model, prepare_test_data
 from benchmarks.rate import RateConfig, run_rate, summarise_point
 from benchmarks.run import SCHEMA_PATH, RunConfig, run_benchmark
 from benchmarks.servers import Server, gateway
+from tests.benchmarks.conftest import permute_outputs, validate_report
 
 MODEL = "lenet"
 SERVICE_S = 0.05  # the slow server answers one request at a time, each after this long
@@ -160,14 +161,8 @@ def test_a_generator_that_cannot_keep_up_marks_the_point_invalid(
     assert point["meets_bound"] is None
 
 
-def validate(out: Path) -> dict[str, object]:
-    results = json.loads((out / "results.json").read_text())
-    jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(results)
-    for name in results["files"]["plots"]:
-        with Image.open(out / name) as image:
-            image.verify()
-    assert "Open-loop rate benchmark" in (out / "report.md").read_text()
-    return results
+def validate(out: Path) -> dict[str, Any]:
+    return validate_report(out, heading="Open-loop rate benchmark")
 
 
 def short_rate(server: Server, repository: Path, out: Path, **extra: object) -> RateConfig:
@@ -231,8 +226,6 @@ def test_the_reference_follows_the_version_the_server_serves(
     local = tmp_path / "local"
     shutil.copytree(trained_repository, local)
     shutil.copytree(local / MODEL / "1", local / MODEL / "2")
-    from tests.benchmarks.conftest import permute_outputs
-
     permute_outputs(local / MODEL / "2" / "model.onnx", np.roll(np.arange(10), 1))
     results = run_rate(
         short_rate(served_gateway, local, tmp_path / "out", rates=[20.0], protocols=["rest"])
