@@ -1,7 +1,9 @@
-"""``python -m benchmarks run | sweep | ceiling | accuracy``.
+"""``python -m benchmarks run | sweep | rate | ceiling | accuracy``.
 
 Exit status: 0 when every check passed, 1 when a run failed (an accuracy drop, errors above the
-allowed ratio, no answers), 2 for usage errors.
+allowed ratio, no answers, an offline reference that is not the served model), 2 for usage
+errors, 3 (``rate``) when the answers were right but the generator could not keep up at some
+load point (those points are marked invalid and their numbers left out).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ DEFAULT_REPOSITORY = os.environ.get("MODEL_REPOSITORY", "model_repository")
 
 def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(part) for part in text.split(",") if part.strip()]
 
 
 def _words(text: str) -> list[str]:
@@ -137,6 +143,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="one short scenario per server and protocol"
     )
 
+    rate = commands.add_parser(
+        "rate",
+        help="open-loop load: latency against offered rate, the highest rate under a p99 bound",
+    )
+    rate.add_argument(
+        "--target",
+        action="append",
+        required=True,
+        help="[NAME=]http://host:port[,grpchost:port]; repeat for several servers",
+    )
+    rate.add_argument("--protocol", type=_words, default=["rest"], help="rest,v2,grpc")
+    _common(rate)
+    rate.add_argument("--version", type=int)
+    rate.add_argument("--label", help="version label (TF Serving REST and gRPC)")
+    rate.add_argument(
+        "--rates", type=_floats, required=True, help="offered requests/s, e.g. 500,1000,2000"
+    )
+    rate.add_argument("--arrival", choices=("poisson", "constant"), default="poisson")
+    rate.add_argument("--duration", default="20s", help="measured time per load point")
+    rate.add_argument("--warmup", default="2s", help="at the same rate, excluded from latency")
+    rate.add_argument("--images-per-request", type=int, default=1)
+    rate.add_argument("--num-images", type=int, default=1024, help="test images cycled through")
+    rate.add_argument("--processes", type=int, default=1, help="generator processes")
+    rate.add_argument(
+        "--timeout", default="2s", help="an answer later than this after its scheduled time"
+        " counts as a timeout",
+    )  # fmt: skip
+    rate.add_argument(
+        "--max-connections", type=int, default=1000, help="HTTP connections, all processes"
+    )
+    rate.add_argument("--grpc-channels", type=int, default=4, help="HTTP/2 connections per process")
+    rate.add_argument(
+        "--p99-bound-ms",
+        type=float,
+        help="search for the highest offered rate whose p99 stays under this, errors under 1%%",
+    )
+    rate.add_argument("--search-steps", type=int, default=3, help="bisection steps of the search")
+    rate.add_argument("--max-error-ratio", type=float, default=0.01)
+    rate.add_argument(
+        "--max-lag-ms",
+        type=float,
+        default=5.0,
+        help="a load point is invalid when the generator's scheduling lag p99 exceeds this",
+    )
+    rate.add_argument(
+        "--generator-nice",
+        type=int,
+        default=-10,
+        help="niceness of the generator processes where allowed (the servers share the host)",
+    )
+    rate.add_argument("--cooldown", default="1s", help="pause between load points")
+    rate.add_argument("--baseline", help="target NAME the comparison is a ratio to")
+    rate.add_argument("--out", default="reports/rate")
+
     ceiling = commands.add_parser("ceiling", help="in-process ONNX Runtime throughput")
     ceiling.add_argument("--model-path", required=True, help=".../model.onnx")
     ceiling.add_argument("--batch-sizes", type=_ints, default=[1, 8, 64, 256])
@@ -169,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "sweep":
         return _sweep(args)
+    if args.command == "rate":
+        return _rate(args)
     if args.command == "ceiling":
         return _ceiling(args)
     return _accuracy(args)
@@ -245,6 +307,45 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"FAILURE: {reason}")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 1 if sweep["failure"] else 0
+
+
+def _rate(args: argparse.Namespace) -> int:
+    from benchmarks.rate import RateConfig, print_rate_summary, run_rate
+    from benchmarks.run import parse_duration
+
+    config = RateConfig(
+        targets=args.target,
+        model=args.model,
+        rates=args.rates,
+        protocols=args.protocol,
+        out=args.out,
+        arrival=args.arrival,
+        duration_s=parse_duration(args.duration),
+        warmup_s=parse_duration(args.warmup),
+        images_per_request=args.images_per_request,
+        version=args.version,
+        label=args.label,
+        repository=args.repository,
+        dataset=args.dataset,
+        num_images=args.num_images,
+        processes=args.processes,
+        timeout_s=parse_duration(args.timeout),
+        max_connections=args.max_connections,
+        grpc_channels=args.grpc_channels,
+        p99_bound_ms=args.p99_bound_ms,
+        search_steps=args.search_steps,
+        max_error_ratio=args.max_error_ratio,
+        max_lag_ms=args.max_lag_ms,
+        generator_nice=args.generator_nice,
+        cooldown_s=parse_duration(args.cooldown),
+        baseline=args.baseline,
+    )
+    results = run_rate(config)
+    print_rate_summary(results)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    if results["failure"]:
+        return 1
+    return 3 if results["invalid_points"] else 0
 
 
 def _ceiling(args: argparse.Namespace) -> int:

@@ -425,10 +425,8 @@ def side_by_side(
     }
     if WORKERS > 1:  # one process per core, as --workers 0 would start
         servers[MULTI] = start_gateway(repo, [], workers=WORKERS)
-    script = work / "naive_app.py"
-    script.write_text(NAIVE_APP)
     servers["naive FastAPI+ORT"] = Server(
-        [sys.executable, str(script), str(model_file(repo)), str(free_port())],
+        [sys.executable, "-m", "benchmarks.naive_server", str(model_file(repo)), str(free_port())],
         wait_for="Uvicorn running",
     )
     servers[GRPC_ALONE] = start_grpc_aio_alone(work)
@@ -462,28 +460,6 @@ def side_by_side(
             Result(name, protocol, concurrency, rps, p50, p99, sum(r[3] for r in runs), cpu)
         )
     return results
-
-
-NAIVE_APP = """
-import sys
-import numpy as np
-import onnxruntime as ort
-import uvicorn
-from fastapi import FastAPI
-
-session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-app = FastAPI()
-
-
-@app.post("/v1/models/lenet:predict")
-async def predict(body: dict):
-    images = np.array(body["instances"], dtype=np.uint8)
-    (probabilities,) = session.run(None, {"image": images})
-    return {"predictions": probabilities.tolist()}
-
-
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="info", access_log=False)
-"""
 
 
 GRPC_ALONE = "grpc.aio alone, no-op Predict"

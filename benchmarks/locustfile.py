@@ -39,9 +39,8 @@ import numpy as np  # noqa: E402
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 
-from clients import v2 as v2_wire  # noqa: E402
-from clients.codec import tensor_proto_to_ndarray  # noqa: E402
-from clients.wire import PREDICT_METHOD, PredictResponse, build_predict_request  # noqa: E402
+from benchmarks import answers  # noqa: E402
+from clients.wire import PREDICT_METHOD, PredictResponse  # noqa: E402
 
 CONFIG_ENV = "BENCH_CONFIG"
 IMAGE_PATH = "/v1/models/{model}{suffix}:classify_image?top_k=1"
@@ -163,10 +162,7 @@ class Workload:
 
     def served_classes(self, model_outputs: np.ndarray) -> np.ndarray:
         """Dataset class of each answer (by the model's class names); -1 when it has none."""
-        predicted = np.asarray(model_outputs).reshape(len(model_outputs), -1).argmax(axis=1)
-        mapping = self.model_to_dataset
-        inside = predicted < len(mapping)
-        return np.where(inside, mapping[np.minimum(predicted, len(mapping) - 1)], -1)
+        return answers.served_classes(model_outputs, self.model_to_dataset)
 
 
 _WORKLOAD: Workload | None = None
@@ -192,11 +188,7 @@ def payloads(kind: str, encode: Any) -> list[Payload]:
 
 def model_path_suffix(config: dict[str, Any], v2: bool = False) -> str:
     """``/versions/N`` or (TF Serving REST only) ``/labels/L`` after the model name."""
-    if config.get("version") is not None:
-        return f"/versions/{config['version']}"
-    if config.get("label") and not v2:
-        return f"/labels/{config['label']}"
-    return ""
+    return answers.model_path_suffix(config.get("version"), config.get("label"), v2)
 
 
 class CheckedUser:
@@ -278,17 +270,10 @@ class RestUser(_HttpModelUser):
         self.start_cycle(payloads(f"rest-{self.columnar}", self.encode))
 
     def encode(self, batch: np.ndarray) -> bytes:
-        key = "inputs" if self.columnar else "instances"
-        return json.dumps({key: batch.tolist()}, separators=(",", ":")).encode()
+        return answers.encode_rest(batch, self.columnar)
 
     def parse(self, response: Any) -> np.ndarray:
-        answer = json.loads(response.content)
-        values = answer.get("predictions", answer.get("outputs"))
-        if isinstance(values, dict):
-            values = values[self.output_name]
-        elif values and isinstance(values[0], dict):
-            values = [row[self.output_name] for row in values]
-        return np.asarray(values, dtype=np.float32)
+        return answers.parse_rest(response.content, self.output_name)
 
 
 class V2User(_HttpModelUser):
@@ -306,22 +291,14 @@ class V2User(_HttpModelUser):
         self.headers = _V2_HEADERS[kind]
 
     def encode(self, batch: np.ndarray) -> bytes:
-        extra = (
-            {"outputs": v2_wire.binary_outputs_request([self.output_name])} if self.binary else None
-        )
-        body, headers = v2_wire.encode_tensors(
-            "inputs", {self.input_name: batch}, binary=self.binary, extra=extra
-        )
+        body, headers = answers.encode_v2(batch, self.input_name, self.output_name, self.binary)
         # All bodies of a run share one shape, so their JSON headers have one length.
         _V2_HEADERS[f"v2-{self.binary}"] = headers
         return body
 
     def parse(self, response: Any) -> np.ndarray:
-        length = response.headers.get(v2_wire.HEADER_LENGTH)
-        tensors, _ = v2_wire.decode_tensors(
-            "outputs", response.content, int(length) if length else None
-        )
-        return tensors[self.output_name]
+        length = response.headers.get(answers.v2_wire.HEADER_LENGTH)
+        return answers.parse_v2(response.content, length, self.output_name)
 
 
 class ImageUser(_HttpModelUser):
@@ -428,10 +405,7 @@ class GrpcUser(User, CheckedUser):
         self.channel.close()
 
     def encode(self, batch: np.ndarray) -> bytes:
-        request = build_predict_request(
-            self.model, {self.input_name: batch}, version=self.version, label=self.label
-        )
-        return request.SerializeToString()
+        return answers.encode_grpc(batch, self.model, self.version, self.label, self.input_name)
 
     @task
     def predict(self) -> None:
@@ -444,9 +418,7 @@ class GrpcUser(User, CheckedUser):
             RECORDER.record(time.perf_counter() - started, payload.indices, None)
             return
         latency = time.perf_counter() - started
-        served, _ = _check(
-            True, lambda: tensor_proto_to_ndarray(response.outputs[self.output_name])
-        )
+        served, _ = _check(True, lambda: answers.parse_grpc(response, self.output_name))
         RECORDER.record(latency, payload.indices, served)
 
 

@@ -275,15 +275,23 @@ def write_run_report(results: dict[str, Any], out: Path) -> None:
     plot_throughput(results, out / plots["Throughput over time"])
     plot_confusion(results, out / plots["Confusion matrix of served answers"])
     results["files"] = {
+        "locust_csv": ["locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv"]
+    }
+    write_report_files(results, out, _run_markdown(results, plots), plots, "benchmark report")
+
+
+def write_report_files(
+    results: dict[str, Any], out: Path, markdown: str, plots: dict[str, str], title: str
+) -> None:
+    """report.md, report.html and results.json (listing the files, plots already drawn)."""
+    results["files"] = {
         "report_md": "report.md",
         "report_html": "report.html",
         "results_json": "results.json",
         "plots": list(plots.values()),
-        "locust_csv": ["locust_stats.csv", "locust_stats_history.csv", "locust_failures.csv"],
-    }
-    markdown = _run_markdown(results, plots)
+    } | (results.get("files") or {})
     (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(markdown_to_html(markdown, "benchmark report"))
+    (out / "report.html").write_text(markdown_to_html(markdown, title))
     write_json(results, out / "results.json")
 
 
@@ -394,3 +402,190 @@ def write_sweep_report(sweep: dict[str, Any], out: Path) -> None:
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(markdown_to_html(markdown, "benchmark sweep"))
     write_json(sweep, out / "results.json")
+
+
+# --------------------------------------------------------------------------- rate (open loop)
+
+RATE_PERCENTILES = (("p50", ":"), ("p90", "-."), ("p99", "-"), ("p999", "--"))
+
+
+def _rate_protocols(results: dict[str, Any]) -> list[str]:
+    return [p for p in results["config"]["protocols"] if any(
+        s["protocol"] == p and not s["skipped"] for s in results["series"])]  # fmt: skip
+
+
+def plot_rate_latency(results: dict[str, Any], path: Path) -> None:
+    """p50/p90/p99/p99.9 (from each request's scheduled time) against offered rate."""
+    plt = _pyplot()
+    protocols = _rate_protocols(results) or ["rest"]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.5), squeeze=False)
+    bound = results["config"]["p99_bound_ms"]
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        entries = [s for s in results["series"] if s["protocol"] == protocol and not s["skipped"]]
+        for color, entry in enumerate(entries):
+            valid = [p for p in entry["points"] if p["valid"] and p["latency_ms"].get("count")]
+            for key, style in RATE_PERCENTILES:
+                ax.plot([p["offered_rate"] for p in valid], [p["latency_ms"][key] for p in valid],
+                        linestyle=style, marker="o", markersize=3, color=f"C{color}",
+                        label=f"{entry['server']} {key}")  # fmt: skip
+            invalid = [p["offered_rate"] for p in entry["points"] if not p["valid"]]
+            if invalid:
+                ax.plot(invalid, [bound or 1.0] * len(invalid), "x", color=f"C{color}",
+                        label=f"{entry['server']} invalid (generator behind)")  # fmt: skip
+        if bound:
+            ax.axhline(bound, color="red", linewidth=0.8, label=f"p99 bound {bound:g} ms")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered requests/s")
+        ax.set_ylabel("latency from scheduled send (ms)")
+        ax.set_title(f"{protocol}: latency against offered rate")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_rate_throughput(results: dict[str, Any], path: Path) -> None:
+    """Answered (ok) requests/s against offered requests/s; the diagonal is keeping up."""
+    plt = _pyplot()
+    protocols = _rate_protocols(results) or ["rest"]
+    fig, axes = plt.subplots(1, len(protocols), figsize=(6 * len(protocols), 4.5), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols, strict=True):
+        top = 1.0
+        for entry in results["series"]:
+            if entry["protocol"] != protocol or entry["skipped"]:
+                continue
+            valid = [p for p in entry["points"] if p["valid"]]
+            rates = [p["offered_rate"] for p in valid]
+            ax.plot(rates, [p["achieved_requests_per_s"] for p in valid], marker="o",
+                    label=entry["server"])  # fmt: skip
+            top = max([top, *rates])
+        ax.plot([0, top], [0, top], color="grey", linewidth=0.8, label="achieved = offered")
+        ax.set_xlabel("offered requests/s")
+        ax.set_ylabel("answered ok requests/s")
+        ax.set_title(f"{protocol}: achieved against offered")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_rate_comparison(results: dict[str, Any], path: Path) -> None:
+    """Highest offered rate under the p99 bound, per server, grouped by protocol."""
+    plt = _pyplot()
+    rows = results["comparison"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    protocols = sorted({r["protocol"] for r in rows}, key=results["config"]["protocols"].index)
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    width = 0.8 / max(1, len(servers))
+    for i, server in enumerate(servers):
+        values = [next((r["highest_rate_under_bound"] or 0 for r in rows
+                        if r["server"] == server and r["protocol"] == p), 0) for p in protocols]  # fmt: skip
+        ax.bar(np.arange(len(protocols)) + i * width, values, width=width, label=server)
+    ax.set_xticks(np.arange(len(protocols)) + width * (len(servers) - 1) / 2, protocols)
+    bound = results["config"]["p99_bound_ms"]
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"Highest offered rate with p99 <= {bound:g} ms and errors < 1%"
+                 if bound else "no --p99-bound-ms given")  # fmt: skip
+    if servers:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _rate_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
+    cfg = results["config"]
+    bound = cfg["p99_bound_ms"]
+    lines = [
+        f"# Open-loop rate benchmark: {cfg['model']}",
+        "",
+        f"Verdict: **{'FAILED' if results['failure'] else 'passed'}**",
+    ]
+    lines += [f"- {reason}" for reason in results["failure_reasons"]]
+    lines += [
+        "",
+        f"{results['created_at']} on {results['machine']['hostname']}"
+        f" ({results['machine']['cpu_count']} CPUs, {results['machine']['platform']})."
+        f" {cfg['arrival']} arrivals, {cfg['processes']} generator process(es),"
+        f" {cfg['images_per_request']} image(s) per request, warm-up {cfg['warmup_s']:g} s"
+        f" excluded, {cfg['duration_s']:g} s measured per point, timeout {cfg['timeout_s']:g} s."
+        " Latency counts from each request's scheduled send time. A point is valid when the"
+        f" generator dispatched at least {cfg['min_send_ratio']:.0%} of the offered requests with a"
+        f" scheduling lag p99 under {cfg['max_lag_ms']:g} ms; invalid points show no numbers.",
+        "",
+    ]
+    if results["comparison"]:
+        lines += [
+            f"## Highest offered rate with p99 <= {bound:g} ms and errors < "
+            f"{cfg['max_error_ratio']:.0%}",
+            "",
+            "| protocol | server | requests/s | verdict | ratio to baseline |",
+            "|---|---|---|---|---|",
+        ]
+        for row in results["comparison"]:
+            lines.append(
+                f"| {row['protocol']} | {row['server']} | {_fmt(row['highest_rate_under_bound'], 0)}"
+                f" | {row['verdict']} | {_fmt(row['ratio_to_baseline'], 2)} |"
+            )
+        lines.append("")
+    for entry in results["series"]:
+        lines += [f"## {entry['server']}, {entry['protocol']} ({entry['target']})", ""]
+        if entry["skipped"]:
+            lines += [f"Skipped: {entry['skipped']}", ""]
+            continue
+        reference = entry["reference"]
+        if reference["differences"]:
+            lines += [f"- **reference differs from the served model:** {d}"
+                      for d in reference["differences"]]  # fmt: skip
+        lines += [f"- reference: {note}" for note in reference["notes"]]
+        acc = entry["accuracy"]
+        lines += [
+            "",
+            f"Answers checked: {acc['count']} images, accuracy {_fmt(acc['accuracy'], 4)},"
+            f" agreement with the offline answers {_fmt(acc['agreement'], 4)} (offline accuracy"
+            f" {_fmt(acc['offline_accuracy'], 4)}); {acc['scope']}.",
+            "",
+            "| offered/s | valid | ok/s | errors | refused | timeouts | p50 ms | p90 ms | p99 ms"
+            " | p99.9 ms | lag p99 ms | connection wait p99 ms | generator CPU % | under bound |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in entry["points"]:
+            lat, out = p["latency_ms"], p["outcomes"]
+            lines.append(
+                f"| {p['offered_rate']:g} | {'yes' if p['valid'] else 'INVALID'}"
+                f" | {_fmt(p['achieved_requests_per_s'], 0)} | {p['error_ratio']:.2%}"
+                f" | {out['refused']} | {out['timeouts']} | {_fmt(lat.get('p50'))}"
+                f" | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(lat.get('p999'))}"
+                f" | {_fmt(p['scheduling_lag_ms']['p99'])} | {_fmt(p['connection_wait_ms']['p99'])}"
+                f" | {', '.join(f'{c:.0f}' for c in p['generator_cpu_percent'])}"
+                f" | {_fmt(p['meets_bound'])} |"
+            )
+        invalid = [p for p in entry["points"] if not p["valid"]]
+        lines += [f"- INVALID at {p['offered_rate']:g}/s: {'; '.join(p['invalid_reasons'])}"
+                  for p in invalid]  # fmt: skip
+        if entry["bound"]:
+            lines += ["", f"Bound: {entry['bound']['verdict']}; highest passing"
+                      f" {_fmt(entry['bound']['highest_passing'], 0)}/s, lowest failing"
+                      f" {_fmt(entry['bound']['lowest_failing'], 0)}/s."]  # fmt: skip
+        lines.append("")
+    lines += ["## Plots", ""]
+    lines += [f"![{title}]({file})" for title, file in plots.items()]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_rate_report(results: dict[str, Any], out: Path) -> None:
+    """results.json, report.md, report.html and the three plots of ``benchmarks rate``."""
+    plots = {
+        "Latency against offered rate": "rate_latency.png",
+        "Achieved against offered throughput": "rate_throughput.png",
+        "Highest rate under the p99 bound, per server": "rate_comparison.png",
+    }
+    plot_rate_latency(results, out / plots["Latency against offered rate"])
+    plot_rate_throughput(results, out / plots["Achieved against offered throughput"])
+    plot_rate_comparison(results, out / plots["Highest rate under the p99 bound, per server"])
+    write_report_files(
+        results, out, _rate_markdown(results, plots), plots, "open-loop rate benchmark"
+    )

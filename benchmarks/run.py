@@ -25,7 +25,8 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.ceiling import ceiling_for, measure_ceiling
-from benchmarks.prepare import find_model, prepare_test_data
+from benchmarks.prepare import prepare_test_data
+from benchmarks.reference import Reference, mismatch_reason, resolve_reference
 from benchmarks.servers import child_env
 
 PROTOCOLS = ("rest", "v2", "grpc", "image")
@@ -280,6 +281,48 @@ def judge_accuracy(
     return result
 
 
+def judge_served(
+    served: np.ndarray,
+    image_index: np.ndarray,
+    labels_all: np.ndarray,
+    offline_all: np.ndarray,
+    data_summary: dict[str, Any],
+    reference: Reference | None,
+    max_accuracy_drop: float,
+    min_agreement: float,
+) -> dict[str, Any]:
+    """``judge_accuracy`` of served answers by test-set index, against the offline reference
+    and the accuracy training recorded, unless the reference is not the served model: then the
+    answers are checked against the true labels only (the reference's numbers belong to
+    another model) and the mismatch itself is the failure (``reference_reasons``)."""
+    trusted = reference is None or reference.matches is not False
+    image_index = np.asarray(image_index, dtype=np.int64)
+    return judge_accuracy(
+        served,
+        labels_all[image_index],
+        offline_all[image_index] if data_summary["has_offline"] and trusted else None,
+        data_summary["class_names"],
+        data_summary["recorded_accuracy"] if trusted else None,
+        max_accuracy_drop,
+        min_agreement,
+        data_summary.get("recorded_examples"),
+    )
+
+
+def reference_reasons(reference: Reference | None) -> list[str]:
+    """The reference mismatch as a failure reason (an empty list when it matches)."""
+    reason = mismatch_reason(reference) if reference else None
+    return [reason] if reason else []
+
+
+def print_reference(reference: Reference) -> None:
+    """Say plainly on the terminal what the offline reference is and whether it is served."""
+    for note in reference.notes:
+        print(f"reference: {note}", flush=True)
+    for difference in reference.differences:
+        print(f"REFERENCE DIFFERS FROM THE SERVED MODEL: {difference}", flush=True)
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
@@ -358,7 +401,12 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
     for stale in samples_dir.glob("samples-*.npz"):
         stale.unlink()  # a rerun into the same folder must not mix old samples in
 
-    model_files = find_model(config.repository, config.model, config.version)
+    reference = resolve_reference(
+        config.repository, config.model, config.version, config.label, config.target,
+        config.protocol,
+    )  # fmt: skip
+    print_reference(reference)
+    model_files = reference.model_files
     data_path = out / "test_data.npz"
     data_summary = prepare_test_data(
         data_path, config.dataset, model_files, config.num_images, config.seed
@@ -398,7 +446,9 @@ def run_benchmark(config: RunConfig, ceiling: dict[str, Any] | None = None) -> d
     env = child_env({"BENCH_CONFIG": str(config_path.resolve())})
     exit_code = _run_locust(config, command, env, out)
 
-    results = collect_results(config, data_path, data_summary, samples_dir, csv_prefix, ceiling)
+    results = collect_results(
+        config, data_path, data_summary, samples_dir, csv_prefix, ceiling, reference
+    )
     results["locust"]["exit_code"] = exit_code
     results["locust"]["command"] = command
     if exit_code not in (0, 1):  # 1 only says some requests failed, which is judged above
@@ -417,6 +467,7 @@ def collect_results(
     samples_dir: Path,
     csv_prefix: Path,
     ceiling: dict[str, Any] | None,
+    reference: Reference | None = None,
 ) -> dict[str, Any]:
     """Turn the workers' samples and Locust's CSVs into the results dict."""
     samples = load_samples(samples_dir)
@@ -461,18 +512,15 @@ def collect_results(
             end_times[success], np.ones(int(success.sum())), test_start, window_end
         )
 
-    image_index = samples["image_index"]
-    labels = labels_all[image_index]
-    offline = offline_all[image_index] if data_summary["has_offline"] else None
-    accuracy = judge_accuracy(
+    accuracy = judge_served(
         samples["served"],
-        labels,
-        offline,
-        data_summary["class_names"],
-        data_summary["recorded_accuracy"],
+        samples["image_index"],
+        labels_all,
+        offline_all,
+        data_summary,
+        reference,
         config.max_accuracy_drop,
         config.min_agreement,
-        data_summary.get("recorded_examples"),
     )
     accuracy["answer_errors"] = samples["answer_errors"]
     accuracy["scope"] = "every answered request, warm-up included"
@@ -482,7 +530,7 @@ def collect_results(
     if ceiling_images_per_s:
         efficiency = throughput["images_per_s"] / ceiling_images_per_s
 
-    reasons = list(accuracy["failure_reasons"])
+    reasons = reference_reasons(reference) + list(accuracy["failure_reasons"])
     if requests_ok == 0:
         reasons.append("no successful requests in the measured window")
     if throughput["error_ratio"] > config.max_error_ratio:
@@ -518,6 +566,7 @@ def collect_results(
             "details": ceiling,
         },
         "locust": read_locust_stats(csv_prefix) | {"workers_with_samples": samples["workers"]},
+        "reference": reference.to_dict() if reference else None,
         "passed": not reasons,
         "failure": bool(reasons),
         "failure_reasons": reasons,

@@ -3,18 +3,36 @@ output columns are permuted, and our gateway serving a repository on loopback.""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
+from PIL import Image
 
+from benchmarks.run import SCHEMA_PATH
 from benchmarks.servers import Server, child_env, gateway
 
 MODEL = "lenet"
+
+
+def validate_report(out: Path, heading: str = "Accuracy of served answers") -> dict[str, Any]:
+    """results.json matches the committed schema, the PNGs open, the reports are written."""
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(results)
+    for name in results["files"]["plots"]:
+        with Image.open(out / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+    assert heading in (out / "report.md").read_text()
+    assert "<table>" in (out / "report.html").read_text()
+    return results
 
 
 @pytest.fixture(scope="session")

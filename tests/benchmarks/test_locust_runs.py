@@ -20,23 +20,11 @@ from PIL import Image
 from benchmarks.run import SCHEMA_PATH, RunConfig, run_benchmark
 from benchmarks.servers import REPO_ROOT, Server, child_env, gateway
 from clients.wire import PREDICT_METHOD
+from tests.benchmarks.conftest import validate_report
 
 MODEL = "lenet"
 
 pytestmark = pytest.mark.slow
-
-
-def validate_report(out: Path) -> dict[str, Any]:
-    """results.json matches the committed schema, the PNGs open, the reports are written."""
-    results = json.loads((out / "results.json").read_text())
-    jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text())).validate(results)
-    for name in results["files"]["plots"]:
-        with Image.open(out / name) as image:
-            image.verify()
-            assert image.format == "PNG"
-    assert "Accuracy of served answers" in (out / "report.md").read_text()
-    assert "<table>" in (out / "report.html").read_text()
-    return results
 
 
 def short_run(
