@@ -61,7 +61,10 @@ class ServingSettings(BaseSettings):
     )
     tensorrt: bool = Field(True, description="Allow the TensorRT provider when it is available.")
     intra_op_threads: int = Field(
-        1, description="ONNX Runtime intra-op threads per session (0 = one per core)."
+        -1,
+        ge=-1,
+        description="ONNX Runtime intra-op threads per session: -1 = per model (one thread if an "
+        "image runs in under 2 ms, else one per core), 0 = one per core, N = N.",
     )
     inter_op_threads: int = Field(1, description="ONNX Runtime inter-op threads per session.")
     allow_spinning: bool = Field(

@@ -12,7 +12,8 @@ import contextlib
 import io
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,16 @@ _ORT_TYPES: dict[str, np.dtype[Any]] = {
     }.items()
 }
 
+#: ``intra_op_threads`` value that lets the runtime choose per model (the default).
+AUTO_THREADS = -1
+#: The auto rule's line: a model whose one-image run on one thread takes longer than this gets one
+#: intra-op thread per core; a lighter one keeps a single thread. Light models are dominated by
+#: per-call overhead, which more threads only add to, and a single thread leaves the other cores
+#: to the event loop; heavy ones (convolutions over large images) scale with cores. The measured
+#: gap between the two kinds is wide (RESULTS.md, "Threads per model").
+HEAVY_MODEL_S = 0.002
+_TIMING_RUNS = 3
+
 _GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -68,7 +79,7 @@ class OnnxOptions:
     device: str = "auto"
     precision: str = "fp32"
     tensorrt: bool = True
-    intra_op_threads: int = 1
+    intra_op_threads: int = AUTO_THREADS  # -1: chosen per model at load (see HEAVY_MODEL_S)
     inter_op_threads: int = 1
     allow_spinning: bool = False
     graph_optimization: str = "all"
@@ -122,7 +133,9 @@ def session_options(options: OnnxOptions) -> ort.SessionOptions:
     """SessionOptions from the settings; spinning off by default (see ARCHITECTURE's traps)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
-    so.intra_op_num_threads = options.intra_op_threads
+    # AUTO starts on one thread; OnnxRuntime measures and may reopen with one per core.
+    threads = options.intra_op_threads
+    so.intra_op_num_threads = 1 if threads == AUTO_THREADS else threads
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     spinning = "1" if options.allow_spinning else "0"
@@ -154,12 +167,38 @@ class OnnxRuntime(ModelRuntime):
             raise RuntimeError(f"device=cuda but ONNX Runtime came up on {self.provider}")
         self.model_file = fp16_path if use_fp16 else fp32_path
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
+        #: intra-op threads the session runs with (0 = one per core), after the auto rule
+        self.intra_op_threads = self.options.intra_op_threads
+        if self.intra_op_threads == AUTO_THREADS:
+            self.intra_op_threads = 1
+            if self.provider == CPU and self._one_image_seconds() > HEAVY_MODEL_S:
+                self.options = replace(self.options, intra_op_threads=0)
+                self.session = self._create(self.model_file, [(CPU, {})])
+                self.intra_op_threads = 0
         self.outputs = [_spec(node) for node in self.session.get_outputs()]
         self._output_names = [spec.name for spec in self.outputs]
         self._on_gpu = self.provider in GPU_PROVIDERS
         self._graph: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
         #: where IO binding places device buffers; "cuda" on GPUs ("cpu" lets tests run the path)
         self.io_device = "cuda"
+
+    def _one_image_seconds(self) -> float:
+        """The fastest of a few one-image runs of zeros on the current session (the first run,
+        which also allocates, is not counted)."""
+        feeds = {
+            node.name: np.zeros(
+                (1, *[d if isinstance(d, int) and d > 0 else 1 for d in node.shape[1:]]),
+                dtype=_spec(node).dtype,
+            )
+            for node in self.session.get_inputs()
+        }
+        self.session.run(None, feeds)
+        best = float("inf")
+        for _ in range(_TIMING_RUNS):
+            started = time.perf_counter()
+            self.session.run(None, feeds)
+            best = min(best, time.perf_counter() - started)
+        return best
 
     def _create(
         self, path: Path, providers: list[tuple[str, dict[str, Any]]]

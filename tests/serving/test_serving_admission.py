@@ -199,7 +199,8 @@ class ClosingRecorder(OnnxRuntime):
 
 def test_close_waits_for_the_running_batch(tmp_path: Path) -> None:
     write_version(tmp_path, "m", 1, slow_classifier(repeats=12))
-    runtime = ClosingRecorder(tmp_path / "m" / "1", OnnxOptions(device="cpu"))
+    # One thread, so that the batch is still running 50 ms in (auto would use every core).
+    runtime = ClosingRecorder(tmp_path / "m" / "1", OnnxOptions(device="cpu", intra_op_threads=1))
     batcher = DynamicBatcher(runtime, "m", 1, BatchingConfig(merge=False))
 
     async def scenario() -> None:

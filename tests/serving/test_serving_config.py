@@ -7,13 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from serving_harness import RunningGateway
 
 from serving.repository import VersionPolicy, parse_models_config
-from serving.runtimes.onnx import CPU, OnnxOptions, OnnxRuntime
+from serving.runtimes.onnx import AUTO_THREADS, CPU, HEAVY_MODEL_S, OnnxOptions, OnnxRuntime
 from serving.settings import ServingSettings, settings_from_args
-from tests.tiny_models import linear_classifier, write_models_config, write_version
+from tests.tiny_models import (
+    lenet_like,
+    linear_classifier,
+    slow_classifier,
+    write_models_config,
+    write_version,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,6 +116,27 @@ def test_cpu_provider_decided_after_creation(tmp_path: Path) -> None:
     if "CUDAExecutionProvider" not in runtime.session.get_providers():
         with pytest.raises(RuntimeError, match="device=cuda"):
             OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
+
+
+def test_intra_op_threads_follow_the_model_by_default(tmp_path: Path) -> None:
+    """Auto: a light model keeps one intra-op thread (its cost is per call, and the other cores
+    belong to the event loop); a heavy one gets one thread per core. An explicit number wins."""
+    assert ServingSettings().intra_op_threads == AUTO_THREADS
+    light = OnnxRuntime(
+        write_version(tmp_path, "light", 1, lenet_like()), OnnxOptions(device="cpu")
+    )
+    heavy_dir = write_version(tmp_path, "heavy", 1, slow_classifier(repeats=4))
+    heavy = OnnxRuntime(heavy_dir, OnnxOptions(device="cpu"))
+    assert light._one_image_seconds() < HEAVY_MODEL_S < heavy._one_image_seconds()
+    assert light.intra_op_threads == 1
+    assert heavy.intra_op_threads == 0
+    # The reopened session is the one that serves, and answers like a single-threaded one.
+    pinned = OnnxRuntime(heavy_dir, OnnxOptions(device="cpu", intra_op_threads=1))
+    assert pinned.intra_op_threads == 1
+    feeds = {spec.name: np.full((2, 28, 28, 1), 7, spec.dtype) for spec in heavy.inputs}
+    np.testing.assert_allclose(
+        heavy.predict(feeds)["probabilities"], pinned.predict(feeds)["probabilities"], rtol=1e-5
+    )
 
 
 def test_startup_heap_is_frozen_out_of_collector_scans(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
