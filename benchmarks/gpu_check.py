@@ -1,0 +1,449 @@
+"""The gateway against its own in-process ceiling, ready for one short call on a lent GPU.
+
+Two halves:
+
+``prepare`` (here, with TensorFlow): a model repository with the ImageNet-shaped ResNet50
+(``resnet50_imagenet``, fp32 and fp16 ONNX; a GPU machine cannot export it) and a LeNet, then the
+parts for the device, packed by the pack script you name (it ships onnxruntime-gpu and the wheels
+the device lacks); prints the device calls and the device time they are expected to take.
+
+    .venv/bin/python -m benchmarks.gpu_check prepare --out .gpu-check [--pack-script PATH]
+
+``run`` (on the device, or here as a dry run with ``--device cpu``): for each model and precision,
+
+1. the in-process ceiling: ``serving.runtimes.onnx.OnnxRuntime`` itself (IO binding on a GPU, the
+   same session options the gateway uses) at each batch size, plus a CUDA graph at batch 1 on a GPU;
+2. the gateway (``python -m serving --device ... --precision ...``) on the same device under
+   closed-loop load over KServe V2 binary and gRPC at several concurrencies, from several load
+   processes (their CPU is reported: the generator must not be the bottleneck), and the image
+   endpoint with JPEGs;
+3. served-answer agreement: the same images through the gateway and in-process, classes equal.
+
+It writes ``gpu_check.json`` and ``gpu_check.md`` (every figure, and gateway / ceiling) into
+``--out`` and stops by itself within ``--budget-s`` (the measurement times are planned to fit).
+
+    python -m benchmarks.gpu_check run --device cuda --repository $GPU_EXTRA/repo --out $OUT
+    .venv/bin/python -m benchmarks.gpu_check run --device cpu --repository .gpu-check/repo --out /tmp/gc
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET = "resnet50_imagenet"
+LENET = "lenet"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one ``run`` measures on a device; the CPU plan is small enough for a 2-core dry run."""
+
+    batches: tuple[int, ...]
+    concurrencies: tuple[int, ...]
+    precisions: tuple[str, ...]
+    seconds: float  # per load measurement
+    ceiling_seconds: float  # per batch size
+    load_processes: int
+    agreement_images: int
+
+
+PLANS = {
+    "cuda": Plan((1, 8, 32, 64, 128, 256), (1, 32, 128, 256), ("fp16", "fp32"), 8.0, 2.0, 12, 256),
+    "cpu": Plan((1, 8), (1, 4), ("fp32",), 6.0, 2.0, 1, 16),
+}
+
+
+# --- prepare -----------------------------------------------------------------------------------
+def prepare(out: Path, pack_script: Path | None) -> None:
+    repo = out / "repo"
+    if not (repo / RESNET).exists():
+        print(f"exporting {RESNET} (fp32 and fp16 ONNX; a few minutes, about 9 GB of memory)")
+        subprocess.run(
+            [sys.executable, "-m", "training", "export", "--model", RESNET, "--repository",
+             str(repo)], check=True, cwd=ROOT,
+        )  # fmt: skip
+    if not (repo / LENET).exists():
+        from tests.tiny_models import lenet_like, write_version
+
+        write_version(repo, LENET, 1, lenet_like())
+    sizes = {p.relative_to(repo): p.stat().st_size for p in repo.rglob("*.onnx")}
+    for path, size in sorted(sizes.items()):
+        print(f"  {path}: {size / 1e6:,.1f} MB")
+    if pack_script is None:
+        print("no --pack-script: pack the repository with your own tooling; device command:")
+    else:
+        subprocess.run(["bash", str(pack_script), str(repo)], check=True, cwd=ROOT)
+    print(
+        "check call (after the parts are on the device):\n"
+        "  python3 -m benchmarks.gpu_check run --device cuda --repository $GPU_EXTRA/repo "
+        "--out $OUT --budget-s 480"
+    )
+    print(
+        f"expected device time: about {expected_seconds('cuda', 2) / 60:.1f} minutes for the check"
+    )
+
+
+def expected_seconds(device: str, models: int) -> float:
+    """Planned measurement time of ``run`` (load and ceiling), without model loading."""
+    plan = PLANS[device]
+    per_precision = (
+        len(plan.batches) * plan.ceiling_seconds
+        + (2 * len(plan.concurrencies) + 1) * plan.seconds  # V2, gRPC, image endpoint
+        + 15  # gateway start, warmup, agreement
+    )
+    return models * len(plan.precisions) * per_precision
+
+
+# --- in-process ceiling --------------------------------------------------------------------------
+def runtime_for(version_dir: Path, device: str, precision: str, cuda_graph: bool = False) -> Any:
+    from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+
+    options = OnnxOptions(device=device, precision=precision, cuda_graph=cuda_graph)
+    return OnnxRuntime(version_dir, options)
+
+
+def model_inputs(runtime: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in runtime.inputs:
+        shape = (batch, *[d if d > 0 else 1 for d in spec.shape[1:]])
+        if np.issubdtype(spec.dtype, np.integer):
+            feeds[spec.name] = rng.integers(0, 256, shape).astype(spec.dtype)
+        else:
+            feeds[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
+    return feeds
+
+
+def ceiling(version_dir: Path, device: str, precision: str, plan: Plan) -> list[dict[str, Any]]:
+    rows = []
+    runtime = runtime_for(version_dir, device, precision)
+    try:
+        for batch in plan.batches:
+            rows.append(time_runtime(runtime, batch, plan.ceiling_seconds, "IO binding"
+                                     if runtime.provider != "CPUExecutionProvider" else "run"))  # fmt: skip
+    finally:
+        runtime.close()
+    if device == "cuda":
+        graph = runtime_for(version_dir, device, precision, cuda_graph=True)
+        try:
+            rows.append(time_runtime(graph, 1, plan.ceiling_seconds, "CUDA graph"))
+        finally:
+            graph.close()
+    return rows
+
+
+def time_runtime(runtime: Any, batch: int, seconds: float, how: str) -> dict[str, Any]:
+    feeds = model_inputs(runtime, batch)
+    for _ in range(3):
+        runtime.predict(feeds)
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(latencies) < 5:
+        started = time.perf_counter()
+        runtime.predict(feeds)
+        latencies.append(time.perf_counter() - started)
+    median = float(np.median(latencies))
+    return {
+        "batch": batch,
+        "how": how,
+        "provider": runtime.provider,
+        "intra_op_threads": runtime.intra_op_threads,
+        "images_per_s": batch / median,
+        "p50_ms": median * 1000,
+        "p99_ms": float(np.percentile(latencies, 99)) * 1000,
+    }
+
+
+# --- load --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadSpec:
+    protocol: str  # v2, grpc, image
+    url: str
+    grpc_target: str
+    model: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    concurrency: int
+    seconds: float
+
+
+async def _load(spec: LoadSpec) -> tuple[int, list[float], int]:
+    latencies: list[float] = []
+    end = time.perf_counter() + spec.seconds
+    if spec.protocol == "grpc":
+        import grpc
+
+        from clients import wire
+
+        async with grpc.aio.insecure_channel(
+            spec.grpc_target, options=[("grpc.max_receive_message_length", 64 << 20),
+                                       ("grpc.max_send_message_length", 64 << 20)],
+        ) as channel:  # fmt: skip
+            call = channel.unary_unary(wire.PREDICT_METHOD)
+
+            async def one() -> None:
+                await call(spec.body, timeout=30)
+
+            return await _workers(one, spec.concurrency, end, latencies)
+    import httpx
+
+    limits = httpx.Limits(max_connections=spec.concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        headers = dict(spec.headers)
+
+        async def one_http() -> None:
+            reply = await client.post(spec.url, content=spec.body, headers=headers)
+            reply.raise_for_status()
+
+        return await _workers(one_http, spec.concurrency, end, latencies)
+
+
+async def _workers(
+    one: Any, concurrency: int, end: float, latencies: list[float]
+) -> tuple[int, list[float], int]:
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < end:
+            started = time.perf_counter()
+            try:
+                await one()
+            except Exception:  # counted: any failed call is an error of the run
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    return len(latencies), latencies, errors
+
+
+def _load_process(spec: LoadSpec) -> tuple[int, list[float], int, float]:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    count, latencies, errors = asyncio.run(_load(spec))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return count, latencies, errors, cpu
+
+
+def drive(spec: LoadSpec, processes: int) -> dict[str, Any]:
+    """Closed-loop load from ``processes`` processes sharing ``spec.concurrency`` callers."""
+    processes = max(1, min(processes, spec.concurrency))
+    shares = [spec.concurrency // processes + (i < spec.concurrency % processes)
+              for i in range(processes)]  # fmt: skip
+    specs = [LoadSpec(**{**spec.__dict__, "concurrency": share}) for share in shares]
+    started = time.perf_counter()
+    if processes == 1:
+        results = [_load_process(specs[0])]
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            results = pool.map(_load_process, specs)
+    elapsed = time.perf_counter() - started
+    latencies = [t for _, lat, _, _ in results for t in lat]
+    count = sum(r[0] for r in results)
+    return {
+        "protocol": spec.protocol,
+        "concurrency": spec.concurrency,
+        "requests_per_s": count / spec.seconds,
+        "errors": sum(r[2] for r in results),
+        "p50_ms": float(np.percentile(latencies, 50)) * 1000 if latencies else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan"),
+        # of one core; over the whole window including process start
+        "load_cpu_percent": sum(r[3] for r in results) / elapsed * 100,
+        "load_processes": processes,
+    }
+
+
+def v2_body(model: str, feeds: dict[str, np.ndarray]) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    inputs, blobs = [], []
+    types = {
+        np.dtype(np.uint8): "UINT8",
+        np.dtype(np.float32): "FP32",
+        np.dtype(np.float16): "FP16",
+    }
+    for name, array in feeds.items():
+        inputs.append({"name": name, "shape": list(array.shape), "datatype": types[array.dtype],
+                       "parameters": {"binary_data_size": array.nbytes}})  # fmt: skip
+        blobs.append(array.tobytes())
+    header = json.dumps({"inputs": inputs}).encode()
+    headers = (
+        ("content-type", "application/octet-stream"),
+        ("inference-header-content-length", str(len(header))),
+    )
+    return header + b"".join(blobs), headers
+
+
+def jpeg_of(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    pixels = image.squeeze()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+# --- gateway -----------------------------------------------------------------------------------
+def start_gateway(repo: Path, device: str, precision: str) -> Any:
+    from benchmarks.gateway_speed import Server
+
+    return Server(
+        [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
+         "--http-port", "0", "--grpc-port", "0", "--device", device, "--precision", precision,
+         "--poll-interval-s", "0", "--max-batch-size", "256"],
+        wait_for="gRPC",
+    )  # fmt: skip
+
+
+def agreement(server: Any, model: str, runtime: Any, images: int) -> dict[str, Any]:
+    from clients import Client
+
+    feeds = model_inputs(runtime, images, seed=1)
+    (name, batch), = feeds.items()  # fmt: skip
+    expected = runtime.predict(feeds)[runtime.outputs[0].name]
+    agree = {}
+    for protocol, target in (("v2", server.url), ("grpc", f"grpc://{server.grpc}")):
+        with Client(target, protocol="v2" if protocol == "v2" else None, timeout=60) as client:
+            served = np.concatenate([
+                np.asarray(client.predict(model, {name: batch[i:i + 32]}))
+                for i in range(0, len(batch), 32)
+            ])  # fmt: skip
+        agree[protocol] = float((served.argmax(1) == expected.argmax(1)).mean())
+        agree[f"{protocol}_max_abs_diff"] = float(np.abs(served - expected).max())
+    return agree
+
+
+def run(device: str, repo: Path, out: Path, budget_s: float) -> int:
+    plan = PLANS[device]
+    models = [m for m in (RESNET, LENET) if (repo / m).exists()]
+    if not models:
+        sys.exit(f"no {RESNET} or {LENET} under {repo}")
+    planned = expected_seconds(device, len(models))
+    if planned > budget_s:
+        sys.exit(f"the plan takes about {planned:.0f} s, over --budget-s {budget_s:.0f}")
+    print(f"plan: {device}, models {models}, about {planned:.0f} s of measurement", flush=True)
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": device,
+        "command": " ".join(sys.argv), "cpu_count": os.cpu_count(), "models": {},
+    }  # fmt: skip
+    for model in models:
+        version_dir = max((p for p in (repo / model).iterdir() if p.name.isdigit()),
+                          key=lambda p: int(p.name))  # fmt: skip
+        for precision in plan.precisions:
+            key = f"{model} {precision}"
+            print(f"--> {key}: in-process ceiling", flush=True)
+            entry: dict[str, Any] = {"ceiling": ceiling(version_dir, device, precision, plan)}
+            only = repo.parent / f".only-{model}"
+            if not only.exists():
+                only.mkdir()
+                (only / model).symlink_to((repo / model).resolve())
+            server = start_gateway(only, device, precision)
+            try:
+                runtime = runtime_for(version_dir, device, precision)
+                try:
+                    entry["agreement"] = agreement(server, model, runtime, plan.agreement_images)
+                    one = model_inputs(runtime, 1)
+                finally:
+                    runtime.close()
+                body, headers = v2_body(model, one)
+                from clients import wire
+
+                grpc_body = wire.build_predict_request(model, one).SerializeToString()
+                loads = []
+                for protocol, payload, hdrs in (("v2", body, headers), ("grpc", grpc_body, ())):
+                    for concurrency in plan.concurrencies:
+                        spec = LoadSpec(protocol, server.url + f"/v2/models/{model}/infer",
+                                        server.grpc, model, payload, hdrs, concurrency,
+                                        plan.seconds)  # fmt: skip
+                        print(f"    {protocol} c={concurrency}", flush=True)
+                        loads.append(drive(spec, plan.load_processes))
+                image = next(iter(one.values()))[0]
+                if image.ndim == 3 and image.shape[-1] in (1, 3) and image.dtype == np.uint8:
+                    spec = LoadSpec("image", server.url + f"/v1/models/{model}:classify_image",
+                                    server.grpc, model, jpeg_of(image),
+                                    (("content-type", "image/jpeg"),),
+                                    plan.concurrencies[-1], plan.seconds)  # fmt: skip
+                    loads.append(drive(spec, plan.load_processes))
+                entry["gateway"] = loads
+            finally:
+                server.stop()
+            best = max(row["images_per_s"] for row in entry["ceiling"])
+            for load in entry["gateway"]:
+                load["ratio_to_ceiling"] = load["requests_per_s"] / best
+            report["models"][key] = entry
+            if time.monotonic() - started > budget_s:
+                print("budget spent: stopping early", flush=True)
+                break
+    report["seconds"] = time.monotonic() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    markdown = table(report)
+    (out / "gpu_check.md").write_text(markdown + "\n")
+    print(markdown)
+    return 0
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [f"{report['device']} check, {report['date']}, {report['seconds']:.0f} s", ""]
+    for key, entry in report["models"].items():
+        best = max(row["images_per_s"] for row in entry["ceiling"])
+        lines += [f"### {key}", "", "| in-process | batch | provider | threads | images/s | p50 ms |",
+                  "|---|---:|---|---:|---:|---:|"]  # fmt: skip
+        for row in entry["ceiling"]:
+            lines.append(f"| {row['how']} | {row['batch']} | {row['provider']} | "
+                         f"{row['intra_op_threads']} | {row['images_per_s']:,.1f} | "
+                         f"{row['p50_ms']:.2f} |")  # fmt: skip
+        lines += ["", "| gateway | concurrency | images/s | / ceiling | p50 ms | p99 ms | errors | "
+                  "load CPU % (processes) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for row in entry["gateway"]:
+            lines.append(f"| {row['protocol']} | {row['concurrency']} | "
+                         f"{row['requests_per_s']:,.1f} | {row['ratio_to_ceiling']:.2f} | "
+                         f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} | "
+                         f"{row['load_cpu_percent']:.0f} ({row['load_processes']}) |")  # fmt: skip
+        agree = entry.get("agreement", {})
+        lines += ["", f"agreement with in-process (classes): {agree}", f"ceiling: {best:,.1f} img/s",
+                  ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    prep = commands.add_parser("prepare", help="export the models and pack the device parts")
+    prep.add_argument("--out", type=Path, default=ROOT / ".gpu-check")
+    prep.add_argument("--pack-script", type=Path, help="packs a path into device parts")
+    go = commands.add_parser("run", help="measure: in-process ceiling, gateway, agreement")
+    go.add_argument("--device", choices=sorted(PLANS), required=True)
+    go.add_argument("--repository", type=Path, required=True)
+    go.add_argument("--out", type=Path, required=True)
+    go.add_argument("--budget-s", type=float, default=480)
+    args = parser.parse_args()
+    if args.command == "prepare":
+        prepare(args.out, args.pack_script)
+    else:
+        if args.device == "cuda" and shutil.which("nvidia-smi") is None:
+            print("note: nvidia-smi not found; the gateway fails loudly if CUDA does not load")
+        sys.exit(run(args.device, args.repository, args.out, args.budget_s))
+
+
+if __name__ == "__main__":
+    main()

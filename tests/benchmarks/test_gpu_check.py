@@ -1,0 +1,39 @@
+"""The GPU check's dry run on this CPU: ceiling, gateway load, agreement and report, end to end
+on a tiny repository with short measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import gpu_check
+from tests.tiny_models import lenet_like, write_version
+
+
+def test_dry_run_measures_ceiling_gateway_and_agreement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    write_version(repo, gpu_check.LENET, 1, lenet_like())
+    short = gpu_check.Plan((1, 4), (1, 2), ("fp32",), 0.5, 0.2, 2, 8)
+    monkeypatch.setitem(gpu_check.PLANS, "cpu", short)
+    assert gpu_check.run("cpu", repo, tmp_path / "out", budget_s=120) == 0
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    entry = report["models"]["lenet fp32"]
+    assert [row["batch"] for row in entry["ceiling"]] == [1, 4]
+    assert all(row["provider"] == "CPUExecutionProvider" for row in entry["ceiling"])
+    protocols = [(row["protocol"], row["concurrency"]) for row in entry["gateway"]]
+    assert protocols == [("v2", 1), ("v2", 2), ("grpc", 1), ("grpc", 2), ("image", 2)]
+    for row in entry["gateway"]:
+        assert row["errors"] == 0 and row["requests_per_s"] > 0
+        assert row["ratio_to_ceiling"] > 0 and row["load_cpu_percent"] > 0
+    # Served classes equal in-process ones on both wires (same model, same provider).
+    assert entry["agreement"]["v2"] == entry["agreement"]["grpc"] == 1.0
+    assert "| v2 | 1 |" in (tmp_path / "out" / "gpu_check.md").read_text()
+
+
+def test_the_planned_device_time_fits_the_budget() -> None:
+    # Two models, both precisions, every concurrency: under the 8 minutes one device call allows.
+    assert gpu_check.expected_seconds("cuda", 2) < 480
