@@ -65,7 +65,7 @@ def model_rows(
     rows: list[dict[str, Any]] = []
     ceiling = 0.0
     for threads, label in ((1, "1 thread"), (0, "all cores")):
-        measured = measure_ceiling(onnx_path, [1, 8], duration / 2, "cpu", threads)
+        measured = measure_ceiling(onnx_path, [1, 8], duration / 2, "CPUExecutionProvider", threads)
         for result in measured["results"]:
             ceiling = max(ceiling, result["images_per_s"])
             rows.append({
