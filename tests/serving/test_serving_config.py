@@ -12,7 +12,14 @@ import pytest
 from serving_harness import RunningGateway
 
 from serving.repository import VersionPolicy, parse_models_config
-from serving.runtimes.onnx import AUTO_THREADS, CPU, HEAVY_MODEL_S, OnnxOptions, OnnxRuntime
+from serving.runtimes.onnx import (
+    AUTO_THREADS,
+    CPU,
+    GPU_PROVIDERS,
+    HEAVY_MODEL_S,
+    OnnxOptions,
+    OnnxRuntime,
+)
 from serving.settings import ServingSettings, settings_from_args
 from tests.tiny_models import (
     lenet_like,
@@ -106,14 +113,20 @@ def test_specific_policy_and_setting_labels_in_a_gateway(tmp_path: Path, start_g
     assert gateway.gateway.repository.resolve("m").version == 2
 
 
-def test_cpu_provider_decided_after_creation(tmp_path: Path) -> None:
+def test_provider_decided_after_creation(tmp_path: Path) -> None:
+    """The provider is the one the session came up on, whatever ONNX Runtime lists, and fp16 is
+    used only there: on a GPU host the fp16 export, elsewhere the CPU with fp32."""
     version_dir = write_version(tmp_path, "m", 1, linear_classifier())
     (version_dir / "model.fp16.onnx").write_bytes((version_dir / "model.onnx").read_bytes())
     runtime = OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="auto", precision="fp16"))
-    # No usable GPU here: whatever ONNX Runtime lists, the session runs on the CPU with fp32.
-    assert runtime.provider == CPU
-    assert runtime.model_file.name == "model.onnx"
-    if "CUDAExecutionProvider" not in runtime.session.get_providers():
+    assert runtime.provider == runtime.session.get_providers()[0]
+    if runtime.provider in GPU_PROVIDERS:
+        assert runtime.model_file.name == "model.fp16.onnx"
+        cuda = OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
+        assert cuda.provider in GPU_PROVIDERS
+    else:
+        assert runtime.provider == CPU
+        assert runtime.model_file.name == "model.onnx"
         with pytest.raises(RuntimeError, match="device=cuda"):
             OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
 

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import RunningGateway, gateway_settings, predict_call
+from serving_harness import RunningGateway, gateway_settings, predict_call, requests_total
 
 from clients import wire
 from tests.tiny_models import (
@@ -224,7 +224,33 @@ def test_unexpected_failure_is_500_with_logged_request_id(
 
 
 def test_server_healthy_after_bad_requests(strict_gateway: RunningGateway) -> None:
-    """Runs after the malformed cases in this module: everything still answers."""
+    """Every malformed case of this module, sent here again (so the test stands alone, in any
+    order), is answered and counted as an error; then everything still answers."""
+    before = requests_total(strict_gateway.http_url)
+    with httpx.Client(base_url=strict_gateway.http_url, timeout=10) as http:
+        for _, method, path, kwargs, status, _ in REST_CASES:
+            assert http.request(method, path, **kwargs).status_code == status
+    with grpc.insecure_channel(strict_gateway.grpc_target) as channel:
+        for _, method, request_message, code, _ in GRPC_CASES:
+            with pytest.raises(grpc.RpcError) as caught:
+                _rpc(channel, method, request_message)
+            assert caught.value.code() == code
+    after = requests_total(strict_gateway.http_url)
+    # Every inference request is counted once, with its error status: all but those refused
+    # before a handler runs (413 by the body limit, gRPC's own message limit).
+    counted = {key: after[key] - before.get(key, 0.0) for key in after}
+    assert not any(status == "OK" and count for (_, status), count in counted.items()), counted
+    http_inference = [c for c in REST_CASES if c[1] == "POST" and c[4] != 413]
+    grpc_inference = [
+        c for c in GRPC_CASES
+        if c[1] == wire.PREDICT_METHOD and c[3] != grpc.StatusCode.RESOURCE_EXHAUSTED
+    ]  # fmt: skip
+    assert sum(n for (protocol, _), n in counted.items() if protocol != "grpc") == len(
+        http_inference
+    )
+    assert sum(n for (protocol, _), n in counted.items() if protocol == "grpc") == len(
+        grpc_inference
+    )
     with httpx.Client(base_url=strict_gateway.http_url, timeout=10) as http:
         assert http.get("/v2/health/ready").json() == {"ready": True}
         reply = http.post(PREDICT, json={"instances": image_rows(2)})
@@ -232,7 +258,34 @@ def test_server_healthy_after_bad_requests(strict_gateway: RunningGateway) -> No
     with grpc.insecure_channel(strict_gateway.grpc_target) as channel:
         response = _rpc(channel, wire.PREDICT_METHOD, _predict())
         assert list(response.outputs) == ["probabilities"]
-    assert len(REST_CASES) + len(GRPC_CASES) >= 25
+
+
+def test_a_model_without_a_ready_version_is_unavailable(tmp_path: Path, start_gateway: Any) -> None:
+    """503 / UNAVAILABLE (retryable), not 404: the model exists, its only version failed to load."""
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    broken = write_version(tmp_path, "broken", 1, linear_classifier(seed=2))
+    (broken / "metadata.json").write_text('{"class_names": [')
+    gateway: RunningGateway = start_gateway(tmp_path)
+    body = {"instances": image_rows(1)}
+    with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
+        for path, kwargs, words in (
+            ("/v1/models/broken:predict", {"json": body}, "model 'broken' has no version ready"),
+            ("/v2/models/broken/infer", {"json": v2_body()}, "model 'broken' has no version ready"),
+            ("/v1/models/broken/versions/1:predict", {"json": body},
+             "version 1 of model 'broken' is not available (END: failed to load"),
+        ):  # fmt: skip
+            reply = http.post(path, **kwargs)
+            assert reply.status_code == 503, (path, reply.text)
+            assert words in reply.json()["error"], reply.text
+        assert http.post(PREDICT, json=body).status_code == 200  # the other model serves
+    with (
+        grpc.insecure_channel(gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        _rpc(channel, wire.PREDICT_METHOD, _predict("broken"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "model 'broken' has no version ready" in (caught.value.details() or "")
+    assert requests_total(gateway.http_url)[("grpc", "UNAVAILABLE")] == 1
 
 
 def test_api_keys(tmp_path: Path, start_gateway: Any) -> None:

@@ -82,13 +82,42 @@ def test_deadlines(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-u
     assert reply.status_code == 504
     assert "deadline exceeded" in reply.json()["error"]
     request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
+    attempts = 5
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         call = predict_call(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            call(request, timeout=0.005)
-        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(attempts):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(request, timeout=0.005)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The client's own deadline raises DEADLINE_EXCEEDED whatever the server does; the
+        # server's count says whether it gave up on the requests itself. Ignoring the deadline it
+        # would count each as CANCELLED (gRPC's core cuts the call off at the same instant) or
+        # OK; honouring it, its own timer usually fires first, but a busy event loop may run
+        # gRPC's cancellation first (and a call may expire before its handler starts), so one
+        # DEADLINE_EXCEEDED in several calls is the proof.
+        totals: dict[tuple[str, str], float] = {}
+        end = time.monotonic() + 10
+        while totals.get(("grpc", "DEADLINE_EXCEEDED"), 0.0) < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+            totals = requests_total(gateway.http_url)
+        assert totals.get(("grpc", "DEADLINE_EXCEEDED"), 0.0) >= 1, totals
+        assert ("grpc", "OK") not in totals, totals
         # The server is fine afterwards.
         assert "probabilities" in call(request, timeout=60).outputs
+
+
+def test_grpc_call_without_deadline_gets_the_servers(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """No client deadline at all: a DEADLINE_EXCEEDED can only be the server's own answer, from
+    its default (``request_timeout_s``) applied on the gRPC transport."""
+    gateway: RunningGateway = start_gateway(slow_repo, batching=False, request_timeout_s=0.001)
+    request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
+    with (
+        grpc.insecure_channel(gateway.grpc_target) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        predict_call(channel)(request)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "deadline exceeded before model 'slow' answered" in (caught.value.details() or "")
 
 
 def _start_process(repo: Path) -> tuple[subprocess.Popen[str], str, list[str]]:
