@@ -10,7 +10,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from benchmarks import metrics
 from benchmarks.prepare import model_to_dataset_classes
-from benchmarks.run import parse_duration
+from benchmarks.run import judge_accuracy, parse_duration
 
 
 def test_classification_report_matches_scikit_learn() -> None:
@@ -80,3 +80,65 @@ def test_answers_are_judged_by_the_model_class_names() -> None:
         1,
         2,
     ]
+
+
+def _judge(served: np.ndarray, labels: np.ndarray, offline: np.ndarray) -> dict[str, object]:
+    return judge_accuracy(
+        served, labels, offline, [str(c) for c in range(10)], recorded_accuracy=None,
+        max_accuracy_drop=0.01, min_agreement=0.99,
+    )  # fmt: skip
+
+
+def _labels_and_offline(count: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and offline predictions right on 90% of the images (wrong ones: label + 1)."""
+    labels = np.arange(count) % 10
+    offline = labels.copy()
+    offline[::10] = (labels[::10] + 1) % 10
+    return labels, offline
+
+
+def test_verdict_passes_when_served_answers_are_the_offline_ones() -> None:
+    labels, offline = _labels_and_offline()
+    verdict = _judge(offline.copy(), labels, offline)
+    assert verdict["passed"] is True and verdict["failure_reasons"] == []
+    assert verdict["agreement"] == 1.0 and verdict["offline_accuracy"] == pytest.approx(0.9)
+
+
+def test_verdict_fails_on_agreement_below_the_minimum_at_equal_accuracy() -> None:
+    labels, offline = _labels_and_offline()
+    served = offline.copy()
+    # 2% of answers differ from offline, half now right and half now wrong: the accuracy is
+    # unchanged, so only the agreement check can catch it (e.g. rows shuffled within a batch).
+    fixed, broken = np.arange(0, 1000, 10)[:10], np.arange(1, 1000, 10)[:10]
+    served[fixed] = labels[fixed]
+    served[broken] = (labels[broken] + 1) % 10
+    verdict = _judge(served, labels, offline)
+    assert verdict["agreement"] == pytest.approx(0.98)
+    assert verdict["accuracy"] == pytest.approx(verdict["offline_accuracy"])
+    assert verdict["passed"] is False
+    assert verdict["failure_reasons"] == ["agreement with offline predictions 0.9800 is below 0.99"]
+
+
+def test_verdict_agreement_at_the_minimum_passes() -> None:
+    labels, offline = _labels_and_offline()
+    served = offline.copy()
+    moved = np.arange(0, 1000, 10)[:10]  # wrong before, wrong differently now: 99% agreement
+    served[moved] = (labels[moved] + 2) % 10
+    verdict = _judge(served, labels, offline)
+    assert verdict["agreement"] == pytest.approx(0.99) and verdict["passed"] is True
+
+
+def test_verdict_fails_when_served_accuracy_is_below_offline() -> None:
+    labels, offline = _labels_and_offline()
+    served = offline.copy()
+    broken = np.arange(1, 1000, 10)[:50]  # 5% of images right offline, wrong when served
+    served[broken] = (labels[broken] + 1) % 10
+    verdict = _judge(served, labels, offline)
+    assert verdict["accuracy"] == pytest.approx(0.85)
+    assert verdict["passed"] is False
+    reasons = verdict["failure_reasons"]
+    assert isinstance(reasons, list) and len(reasons) == 2
+    assert reasons[0] == (
+        "served accuracy 0.8500 is below the offline accuracy 0.9000 on the same images"
+    )
+    assert reasons[1].startswith("agreement with offline predictions 0.9500")
