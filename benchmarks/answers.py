@@ -1,7 +1,8 @@
 """Request bodies and answer parsing shared by every load generator (Locust users, ``rate``).
 
 Imports numpy, json and ``clients`` only: the locustfile loads this module after gevent's
-monkey-patching, so it must not pull in requests, urllib3 or TensorFlow (ARCHITECTURE.md traps).
+monkey-patching, so it must not pull in requests, urllib3 or TensorFlow (docs/ARCHITECTURE.md,
+known traps).
 """
 
 from __future__ import annotations

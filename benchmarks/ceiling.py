@@ -26,7 +26,7 @@ def create_session(
     """An ONNX Runtime session; 'auto' tries CUDA and keeps whatever actually loaded.
 
     onnxruntime-gpu lists CUDA even where it cannot load, so the real choice is read back from
-    ``session.get_providers()`` after creation (see ARCHITECTURE.md, known traps).
+    ``session.get_providers()`` after creation (see docs/ARCHITECTURE.md, known traps).
     """
     import onnxruntime as ort
 

@@ -513,7 +513,8 @@ def start_grpc_aio_alone(work: Path) -> Server:
 
 def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
     """One gRPC client (low load) with several ONNX Runtime thread settings: the CPU the server
-    burns and what it gets for it (ARCHITECTURE's trap: an idle spinning thread pool)."""
+    burns and what it gets for it (docs/ARCHITECTURE.md, known traps: an idle spinning thread
+    pool)."""
     results = []
     for label, extra in (
         ("intra-op 1 (default)", []),

@@ -6,7 +6,7 @@ with ``BENCH_CONFIG=reports/x/bench_config.json locust -f benchmarks/locustfile.
 Rules this file keeps:
 
 - No tensorflow, requests or urllib3 imports: gevent's monkey-patching breaks on them (see
-  ARCHITECTURE.md, known traps). The test images, labels and offline predictions come from an
+  docs/ARCHITECTURE.md, known traps). The test images, labels and offline predictions come from an
   ``.npz`` the parent process wrote; the config is a JSON file named by ``$BENCH_CONFIG``.
 - Every request body is encoded once per worker process, before the first request, from real
   test images; a user then cycles through them starting at its own offset.

@@ -75,9 +75,9 @@ class BatchingConfig:
     peer_wait_us: int = 3000
     #: a peer wait also ends once no request has arrived for this long (nobody else is coming).
     peer_idle_us: int = 1000
-    #: peer waits only while the event loop's thread was at least this busy over a 0.5 s window
-    #: (measured: 0.83 to 0.89 when 32 gRPC clients saturate it; 0.54 to 0.70 when 16 Locust
-    #: users, themselves the bottleneck, drive it).
+    #: peer waits only while the event loop's thread was at least this busy over a 0.5 s window:
+    #: above what a load generator that is itself the bottleneck drives it to, below what a
+    #: saturating load does (benchmarks/RESULTS.md, "Gateway speed, 2026-11-27, third").
     peer_min_loop_busy: float = 0.8
 
 

@@ -73,7 +73,6 @@ class DataPlane:
         self.draining = False
         #: ...until the listeners are closed and the models are being unloaded.
         self.stopped = False
-        self.inflight = 0
 
     # --- accounting ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -82,7 +81,6 @@ class DataPlane:
         record = RequestRecord()
         start = time.perf_counter()
         status = "INTERNAL"
-        self.inflight += 1
         try:
             yield record
             status = "OK"
@@ -94,7 +92,6 @@ class DataPlane:
             status = "CANCELLED"
             raise
         finally:
-            self.inflight -= 1
             if not record.version and model not in self.repository.models:
                 model = UNKNOWN_MODEL
             self.metrics.requests.labels(model, record.version, protocol, status).inc()

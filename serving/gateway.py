@@ -236,11 +236,11 @@ class Gateway:
 def freeze_startup_heap() -> None:
     """Take what startup allocated (modules, models, servers) out of the cyclic collector's scans.
 
-    Those objects live as long as the process, yet every full collection walked all of them: on
-    the profiled gateway a generation-2 collection took 30 to 44 ms and found nothing, and under
-    load one ran every second or so, which was the whole 40 ms p99 at concurrency 32 (4.4 to
-    4.8 ms with the collector off). ``gc.freeze()`` moves them to a generation that is never
-    scanned; reference counting still frees them. Collected first, so no garbage is frozen.
+    Those objects live as long as the process, yet every full collection walks all of them and
+    finds nothing to free; under load those collections set the p99 (benchmarks/RESULTS.md,
+    "Gateway speed, 2026-11-27, later", item 2). ``gc.freeze()`` moves them to a generation that
+    is never scanned; reference counting still frees them. Collected first, so no garbage is
+    frozen.
     """
     gc.collect()
     gc.freeze()

@@ -1,7 +1,7 @@
 """A bounded pool for the CPU-heavy decoding a few requests need (big images, base64 bodies).
 
-Decoding on the event loop would stall every other request for its whole duration (a 2048x2048
-PNG takes about 30 ms). Here it runs on worker threads (Pillow and base64 release the GIL for the
+Decoding on the event loop would stall every other request for its whole duration (milliseconds
+for the largest images admitted: benchmarks/RESULTS.md, "Hostile input"). Here it runs on worker threads (Pillow and base64 release the GIL for the
 heavy part) with a lowered CPU priority, so that when the cores are contended the event loop and
 ONNX Runtime, which serve everyone, go first. At most ``threads`` decodes run at once and at most
 ``queue`` more wait; a request beyond that is refused at once with 429, so a flood of expensive

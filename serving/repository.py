@@ -1,6 +1,6 @@
 """The model repository: scan folders, apply version policies and labels, load, reload, unload.
 
-Layout (see ARCHITECTURE.md): ``<root>/<model>/<version>/model.onnx`` (+ ``model.fp16.onnx``,
+Layout (see docs/ARCHITECTURE.md): ``<root>/<model>/<version>/model.onnx`` (+ ``model.fp16.onnx``,
 ``metadata.json``), and optionally ``<root>/models.config`` (TF Serving's text protobuf) for version
 policies and labels. Hot reload polls the folders: a new version is loaded and warmed in a worker
 thread and only then becomes AVAILABLE (the switch is one state change on the event loop); a

@@ -1,10 +1,11 @@
 """The commonest TF Serving REST body, decoded without building Python lists.
 
 ``{"instances": [[[[95], [130], ...]]]}`` for a one-input numeric model is what nearly every
-client sends. ``orjson.loads`` turns a 28x28x1 image of it into 813 lists and 784 ints (26 us),
-and turning those into an array costs another 44 us; on the profiled gateway that was half of
-the event loop's time per REST request. simdjson parses the same body in 5 us and copies its
-numbers straight into a buffer, but it flattens any nesting, ragged or not. Regularity is
+client sends. ``orjson.loads`` turns a 28x28x1 image of it into 813 lists and 784 ints, and
+turning those into an array costs more again: together the largest share of the event loop's
+time per REST request (benchmarks/RESULTS.md, "Gateway speed, 2026-11-27, later", item 1).
+simdjson parses the same body without building Python objects and copies its numbers straight
+into a buffer, but it flattens any nesting, ragged or not. Regularity is
 proved separately and exactly: with the numbers and whitespace deleted, a valid JSON array of
 numbers is regular of shape ``s`` if and only if its bytes equal the skeleton of ``s`` (only
 brackets and commas) and it holds ``prod(s)`` numbers.
@@ -147,9 +148,9 @@ def _has_skeleton(
 ) -> bool:
     """Whether ``value``'s brackets and commas are exactly ``skeleton``.
 
-    Translating the whole body costs 1.5 us for a 28x28 image, minifying the value 9 us: the body
-    is tried first when it is ``{"<key>": value}``; if it does not match (an escaped key, say),
-    the minified value decides.
+    Translating the whole body is several times cheaper than minifying the value, so the body is
+    tried first when it is ``{"<key>": value}``; if it does not match (an escaped key, say), the
+    minified value decides.
     """
     if body_skeleton_prefix is not None and body.translate(None, _NUMBER_OR_SPACE) == (
         body_skeleton_prefix + skeleton + b"}"

@@ -42,9 +42,9 @@ def gc_paused() -> Iterator[None]:
 
     A 28x28x1 image in TF Serving's row format parses into some 800 nested lists, all alive until
     numpy has copied them: enough allocations to trigger a collection on nearly every request, and
-    each collection that reaches the older generations walks the whole server heap (the profiled
-    gateway spent 45% of its REST JSON time in ``orjson.loads``, against 10% for the parse itself
-    alone). The lists hold no cycles, so reference counting frees them; pausing costs nothing.
+    each collection that reaches the older generations walks the whole server heap
+    (benchmarks/RESULTS.md, "Gateway speed, 2026-11-27, morning", item 1). The lists hold no
+    cycles, so reference counting frees them; pausing costs nothing.
     """
     if not gc.isenabled():  # already paused by an enclosing caller
         yield
@@ -148,10 +148,11 @@ def _regular_batch(value: Any, element_shape: tuple[int, ...]) -> np.ndarray | N
     """Nested lists of exactly ``[n, *element_shape]`` numbers as an array, else None.
 
     ``np.asarray`` spends most of its time discovering the shape of deeply nested lists (an image
-    in row format is 1 + 28 + 784 lists, the innermost of one pixel each: 60 us here). When the
-    model's per-instance shape is fixed, checking every level's lengths against it and converting
-    the flattened numbers is faster (44 us). Anything else (ragged rows, strings, objects, numbers
-    at the wrong depth) returns None, and the caller's exact ``np.asarray`` path reports it.
+    in row format is 1 + 28 + 784 lists, the innermost of one pixel each). When the model's
+    per-instance shape is fixed, checking every level's lengths against it and converting the
+    flattened numbers is faster (benchmarks/RESULTS.md, "Gateway speed, 2026-11-27, morning",
+    item 2). Anything else (ragged rows, strings, objects, numbers at the wrong depth) returns
+    None, and the caller's exact ``np.asarray`` path reports it.
     """
     if not isinstance(value, list) or not value or not all(size > 0 for size in element_shape):
         return None

@@ -307,8 +307,3 @@ def _binary(array: np.ndarray) -> bytes:
     if array.dtype == np.object_:
         return b"".join(struct.pack("<I", len(b)) + b for b in array.ravel())
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def error_body(message: str) -> bytes:
-    """KServe V2 error JSON."""
-    return orjson.dumps({"error": message})

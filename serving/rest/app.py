@@ -41,7 +41,6 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-TF_ERROR_CODES = {"AVAILABLE": "OK"}
 
 
 def _error(exc: BaseException, request: Request) -> Response:

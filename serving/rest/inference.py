@@ -148,10 +148,6 @@ async def infer(
         return error_response(exc, f"POST infer {name}")
 
 
-class _Headers(dict[str, str]):
-    """Lower-case header names -> values, built once from the ASGI scope."""
-
-
 async def fast_path(dp: DataPlane, scope: Any, receive: Any, send: Any, body_limit: int) -> bool:
     """Serve ``scope`` if it is a hot inference route; False to let FastAPI handle it."""
     if scope["method"] != "POST":
@@ -160,7 +156,8 @@ async def fast_path(dp: DataPlane, scope: Any, receive: Any, send: Any, body_lim
     match = PREDICT_PATH.match(path) if path.startswith("/v1/") else INFER_PATH.match(path)
     if match is None:
         return False
-    headers = _Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+    # ASGI header names are lower-case already.
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
     chunks: list[bytes] = []
     size = 0
     more = True

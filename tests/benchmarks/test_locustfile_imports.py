@@ -1,5 +1,5 @@
 """The locustfile must not pull in tensorflow, requests or urllib3 itself (gevent's
-monkey-patching breaks on them, ARCHITECTURE.md known traps)."""
+monkey-patching breaks on them: docs/ARCHITECTURE.md, known traps)."""
 
 from __future__ import annotations
 
