@@ -9,7 +9,8 @@ Public API (used by the client, the gateway and the benchmarks alike):
 
 - ``HEADER_LENGTH`` = ``"Inference-Header-Content-Length"``; ``JSON_CONTENT_TYPE``,
   ``BINARY_CONTENT_TYPE`` (``application/octet-stream``).
-- ``tensor_to_bytes(array) -> bytes`` / ``tensor_from_bytes(raw, datatype, shape) -> ndarray``.
+- ``tensor_to_bytes(array) -> bytes`` / ``tensor_from_bytes(raw, datatype, shape) -> ndarray``;
+  ``bytes_elements(raw, count)``: a BYTES tensor's elements, exactly ``count`` of them.
 - ``tensor_to_json(array) -> list`` (flat ``data``) / ``tensor_from_json(data, datatype, shape)``.
 - ``encode_tensors(kind, tensors, *, binary=True, extra=None) -> (body, headers)``: ``kind`` is
   ``"inputs"`` (a request) or ``"outputs"`` (a response); ``extra`` adds header keys such as
@@ -22,6 +23,7 @@ Public API (used by the client, the gateway and the benchmarks alike):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +35,31 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 _LENGTH = np.dtype("<u4")
+
+
+def bytes_elements(raw: bytes | memoryview, count: int) -> np.ndarray[Any, Any]:
+    """The elements of a BYTES tensor's binary data (each a 4-byte little-endian length, then
+    that many bytes) as a flat object array; ValueError unless ``raw`` holds exactly ``count``
+    whole elements."""
+    data = bytes(raw)
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if offset + 4 > len(data) or len(elements) == count:
+            break
+        size = int.from_bytes(data[offset : offset + 4], "little")
+        offset += 4
+        if offset + size > len(data):
+            raise ValueError(f"BYTES element {len(elements)} is truncated")
+        elements.append(data[offset : offset + size])
+        offset += size
+    if offset != len(data) or len(elements) != count:
+        raise ValueError(
+            f"BYTES data holds {len(elements)} elements in {len(data)} bytes, shape needs {count}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = elements
+    return array
 
 
 def tensor_to_bytes(array: np.ndarray[Any, Any]) -> bytes:
@@ -54,16 +81,7 @@ def tensor_from_bytes(
     """A tensor from its binary-extension bytes (numeric tensors without a copy, read-only)."""
     dtype = numpy_dtype_from_v2(datatype)
     if datatype.upper() == "BYTES":
-        elements: list[bytes] = []
-        view = memoryview(raw)
-        offset = 0
-        while offset < len(view):
-            size = int.from_bytes(view[offset : offset + 4], "little")
-            elements.append(bytes(view[offset + 4 : offset + 4 + size]))
-            offset += 4 + size
-        array = np.empty(len(elements), dtype=object)
-        array[:] = elements
-        return array.reshape(shape)
+        return bytes_elements(raw, math.prod(shape)).reshape(shape)
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
 
 

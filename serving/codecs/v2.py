@@ -2,27 +2,29 @@
 
 Binary extension: the body is the JSON header followed by raw tensor bytes; the header's length is
 in the ``Inference-Header-Content-Length`` HTTP header, and each binary input says how many bytes it
-takes with ``parameters.binary_data_size``. Numeric tensors are raw little-endian row-major bytes;
-BYTES tensors are 4-byte little-endian length-prefixed elements.
+takes with ``parameters.binary_data_size``. The framing itself (header name, tensor bytes, BYTES
+elements) has one home, the client's ``clients/v2.py``; this module adds what a server needs on
+top: every declared field checked before anything is converted, and errors that name the input.
 """
 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
+from clients import v2 as v2_wire
 from clients.codec import numpy_dtype_from_v2, v2_datatype
 from serving.codecs.tfserving import contains_bool, gc_paused, loads
 from serving.errors import InvalidArgument, shown
 from serving.runtimes.base import TensorSpec
 from serving.validation import DEFAULT_LIMITS, InputLimits, check_declared
 
-HEADER_LENGTH = "inference-header-content-length"
+#: the header's name as ASGI delivers it (lower-case)
+HEADER_LENGTH = v2_wire.HEADER_LENGTH.lower()
 
 
 @dataclass
@@ -54,27 +56,10 @@ def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 
 
 def _decode_bytes_elements(data: bytes, count: int, name: str) -> np.ndarray:
-    elements: list[bytes] = []
-    offset = 0
-    while offset < len(data):
-        if offset + 4 > len(data) or len(elements) == count:
-            break
-        (size,) = struct.unpack_from("<I", data, offset)
-        offset += 4
-        if offset + size > len(data):
-            raise InvalidArgument(
-                f"input {shown(name)}: BYTES element {len(elements)} is truncated"
-            )
-        elements.append(data[offset : offset + size])
-        offset += size
-    if offset != len(data) or len(elements) != count:
-        raise InvalidArgument(
-            f"input {shown(name)}: BYTES data holds {len(elements)} elements in {len(data)} bytes, "
-            f"shape needs {count}"
-        )
-    array = np.empty(count, dtype=object)
-    array[:] = elements
-    return array
+    try:
+        return v2_wire.bytes_elements(data, count)
+    except ValueError as exc:
+        raise InvalidArgument(f"input {shown(name)}: {exc}") from None
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:
@@ -284,7 +269,7 @@ def encode_infer(
             "shape": list(array.shape),
         }
         if name in request.binary_outputs or (request.outputs is None and request.binary_default):
-            raw = _binary(array)
+            raw = v2_wire.tensor_to_bytes(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif array.dtype == np.object_:
@@ -301,9 +286,3 @@ def encode_infer(
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
-
-
-def _binary(array: np.ndarray) -> bytes:
-    if array.dtype == np.object_:
-        return b"".join(struct.pack("<I", len(b)) + b for b in array.ravel())
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()

@@ -269,3 +269,19 @@ def test_hand_written_varints_match_protobuf(value: int) -> None:
     from google.protobuf.wrappers_pb2 import Int64Value
 
     assert Int64Value(value=value).SerializeToString() == b"\x08" + wire._varint(value)
+
+
+def test_bytes_elements_are_framed_exactly() -> None:
+    """One framing of BYTES tensors for client and gateway: whole elements, exactly as many as
+    the shape needs, or ValueError."""
+    array = np.array([b"ab", b"", b"cde"], dtype=object)
+    raw = v2.tensor_to_bytes(array)
+    assert raw == b"\x02\x00\x00\x00ab\x00\x00\x00\x00\x03\x00\x00\x00cde"
+    assert v2.bytes_elements(raw, 3).tolist() == [b"ab", b"", b"cde"]
+    for broken, count, words in (
+        (raw[:-1], 3, "BYTES element 2 is truncated"),
+        (raw, 2, "BYTES data holds 2 elements in 17 bytes, shape needs 2"),
+        (raw + b"\x00", 3, "holds 3 elements in 18 bytes"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            v2.bytes_elements(broken, count)
