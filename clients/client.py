@@ -61,6 +61,7 @@ from clients.protocols import (
     V2Protocol,
     single_output,
 )
+from clients.wire import DEFAULT_SIGNATURE
 
 __all__ = [
     "AsyncClient",
@@ -222,7 +223,7 @@ class _Settings:
             raise InvalidInput("predict needs at least one input")
 
     def input_name(self, metadata: ModelMetadata, signature: str | None) -> str:
-        sig = metadata.signature(signature or "serving_default")
+        sig = metadata.signature(signature or DEFAULT_SIGNATURE)
         if len(sig.inputs) != 1:
             raise InvalidInput(
                 f"model {metadata.name!r} has inputs {sorted(sig.inputs)}: pass a dict of arrays"
@@ -232,7 +233,7 @@ class _Settings:
     def classify_plan(
         self, metadata: ModelMetadata, signature: str | None, images: Sequence[Any]
     ) -> tuple[str, Any, str | None]:
-        sig = metadata.signature(signature or "serving_default")
+        sig = metadata.signature(signature or DEFAULT_SIGNATURE)
         if len(sig.inputs) != 1:
             raise InvalidInput(
                 f"classify needs a one-input model, {metadata.name!r} has {sorted(sig.inputs)}"
@@ -367,7 +368,7 @@ class Client:
         *,
         version: int | None = None,
         label: str | None = None,
-        signature: str | None = "serving_default",
+        signature: str | None = DEFAULT_SIGNATURE,
         outputs: list[str] | None = None,
         timeout: float | None = None,
     ) -> Outputs:
@@ -391,7 +392,7 @@ class Client:
         *,
         version: int | None = None,
         label: str | None = None,
-        signature: str | None = "serving_default",
+        signature: str | None = DEFAULT_SIGNATURE,
         class_names: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> list[list[tuple[str, float]]]:
@@ -577,7 +578,7 @@ class AsyncClient:
         *,
         version: int | None = None,
         label: str | None = None,
-        signature: str | None = "serving_default",
+        signature: str | None = DEFAULT_SIGNATURE,
         outputs: list[str] | None = None,
         timeout: float | None = None,
     ) -> Outputs:
@@ -601,7 +602,7 @@ class AsyncClient:
         *,
         version: int | None = None,
         label: str | None = None,
-        signature: str | None = "serving_default",
+        signature: str | None = DEFAULT_SIGNATURE,
         class_names: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> list[list[tuple[str, float]]]:

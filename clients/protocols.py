@@ -63,7 +63,7 @@ class ModelMetadata:
     signatures: dict[str, SignatureInfo]
     class_names: list[str] | None = None
 
-    def signature(self, name: str = "serving_default") -> SignatureInfo:
+    def signature(self, name: str = wire.DEFAULT_SIGNATURE) -> SignatureInfo:
         """One signature by name (the only one if the model has just one)."""
         if name in self.signatures:
             return self.signatures[name]
@@ -369,8 +369,8 @@ def _metadata_from_v2(body: Any, version: int | None) -> ModelMetadata:
         name=str(body.get("name", "")),
         version=version if version is not None else (max(versions) if versions else None),
         signatures={
-            "serving_default": SignatureInfo(
-                specs(body.get("inputs")), specs(body.get("outputs")), wire.PREDICT_METHOD_NAME
+            wire.DEFAULT_SIGNATURE: SignatureInfo(
+                specs(body.get("inputs")), specs(body.get("outputs")), wire.PREDICT_SIGNATURE_METHOD
             )
         },
         class_names=[str(c) for c in class_names] if class_names else None,

@@ -17,7 +17,9 @@ Public API:
 - ``SIGNATURE_DEF_MAP_TYPE_URL`` = ``"type.googleapis.com/tensorflow.serving.SignatureDefMap"``;
   ``pack_signature_def_map(msg) -> Any`` and ``unpack_signature_def_map(any) -> SignatureDefMap``
   (by TF Serving's type URL, which ``Any.Pack`` would not write for our package name).
-- ``PREDICT_METHOD_NAME`` = ``"tensorflow/serving/predict"`` (SignatureDef.method_name).
+- ``PREDICT_SIGNATURE_METHOD`` = ``"tensorflow/serving/predict"`` (a SignatureDef's
+  ``method_name``; not to be confused with ``PREDICT_METHOD``, the gRPC method path).
+- ``DEFAULT_SIGNATURE`` = ``"serving_default"`` (the signature a request without one means).
 - ``CLASS_NAMES_FIELD`` = ``"class_names"``: the extra model-metadata entry our gateway adds next to
   ``signature_def`` (a ``google.protobuf.ListValue`` of strings in ``Any``; stock clients ignore
   it); ``pack_class_names(names) -> Any`` and ``unpack_class_names(any) -> list[str]``.
@@ -72,13 +74,14 @@ from clients.proto.tensor_pb2 import DataType, TensorProto, TensorShapeProto
 
 __all__ = [
     "CLASS_NAMES_FIELD",
+    "DEFAULT_SIGNATURE",
     "GET_MODEL_METADATA_METHOD",
     "GET_MODEL_STATUS_METHOD",
     "METHODS",
     "MODEL_SERVICE",
     "PREDICTION_SERVICE",
     "PREDICT_METHOD",
-    "PREDICT_METHOD_NAME",
+    "PREDICT_SIGNATURE_METHOD",
     "SIGNATURE_DEF_MAP_TYPE_URL",
     "DataType",
     "ErrorCode",
@@ -117,7 +120,8 @@ GET_MODEL_METADATA_METHOD = f"/{PREDICTION_SERVICE}/GetModelMetadata"
 GET_MODEL_STATUS_METHOD = f"/{MODEL_SERVICE}/GetModelStatus"
 
 SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDefMap"
-PREDICT_METHOD_NAME = "tensorflow/serving/predict"
+PREDICT_SIGNATURE_METHOD = "tensorflow/serving/predict"
+DEFAULT_SIGNATURE = "serving_default"
 CLASS_NAMES_FIELD = "class_names"
 
 
@@ -207,7 +211,7 @@ def build_predict_request(
     *,
     version: int | None = None,
     label: str | None = None,
-    signature: str | None = "serving_default",
+    signature: str | None = DEFAULT_SIGNATURE,
     output_filter: list[str] | None = None,
 ) -> PredictRequest:
     """A ``PredictRequest`` with every input encoded by ``ndarray_to_tensor_proto``."""
@@ -311,7 +315,7 @@ def encode_predict_request(
     *,
     version: int | None = None,
     label: str | None = None,
-    signature: str | None = "serving_default",
+    signature: str | None = DEFAULT_SIGNATURE,
     output_filter: list[str] | None = None,
 ) -> bytes:
     """A serialized ``PredictRequest``, equal to ``build_predict_request(...)``'s message.

@@ -15,16 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from clients.wire import DEFAULT_SIGNATURE
 from serving.codecs import images
 from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable, shown, shown_list
 from serving.metrics import GatewayMetrics
 from serving.offload import DecodePool
 from serving.repository import ModelRepository, ModelVersion
 from serving.validation import InputLimits, validate_inputs
-
-DEFAULT_SIGNATURE = "serving_default"
-PREDICT_METHOD = "tensorflow/serving/predict"
-
 
 #: The metrics' model label of requests for a model that is not in the repository: request
 #: names never become label values, so bogus names cannot grow the number of series.

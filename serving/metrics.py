@@ -14,6 +14,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from serving.lifecycle import VersionState
+
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond buckets: a LeNet request is served in well under a millisecond.
@@ -22,16 +24,6 @@ LATENCY_BUCKETS = (
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-#: TF Serving's ModelVersionStatus.State numbers, reported by the model state gauge.
-STATE_NUMBERS = {
-    "START": 10,
-    "LOADING": 20,
-    "AVAILABLE": 30,
-    "UNLOADING": 40,
-    "END": 50,
-    "ERROR": 0,
-}
 
 
 class GatewayMetrics:
@@ -75,15 +67,15 @@ class GatewayMetrics:
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
 
-    def set_state(self, model: str, version: int, state: str) -> None:
-        """Record a model version's state."""
-        self.model_state.labels(model, str(version)).set(STATE_NUMBERS.get(state, 0))
+    def set_state(self, model: str, version: int, state: VersionState | None) -> None:
+        """Record a model version's state (TF Serving's number; None, a failed load, is 0)."""
+        self.model_state.labels(model, str(version)).set(state.value if state else 0)
 
     def forget_version(self, model: str, version: int, provider: str | None) -> None:
         """Drop the series of an unloaded version (multiprocess mode cannot drop a series: the
         version reads END and its provider 0 instead)."""
         if os.environ.get(MULTIPROCESS_ENV):
-            self.set_state(model, version, "END")
+            self.set_state(model, version, VersionState.END)
             self.model_provider.labels(model, str(version), provider or "").set(0)
             return
         for metric, labels in (

@@ -29,6 +29,7 @@ from google.protobuf import text_format
 from clients.proto.model_server_config_pb2 import ModelServerConfig
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.errors import NotFound, Unavailable, shown
+from serving.lifecycle import VersionState
 from serving.metrics import GatewayMetrics
 from serving.runtimes.base import ModelRuntime
 
@@ -66,7 +67,7 @@ class ModelVersion:
     model: str
     version: int
     path: Path
-    state: str = "LOADING"  # LOADING -> AVAILABLE -> UNLOADING -> END; END + error = failed
+    state: VersionState = VersionState.LOADING
     error: str | None = None
     runtime: ModelRuntime | None = None
     batcher: DynamicBatcher | None = None
@@ -93,7 +94,7 @@ class ModelEntry:
     def available(self) -> list[ModelVersion]:
         """Versions taking requests, newest first."""
         return sorted(
-            (mv for mv in self.versions.values() if mv.state == "AVAILABLE"),
+            (mv for mv in self.versions.values() if mv.state is VersionState.AVAILABLE),
             key=lambda mv: mv.version,
             reverse=True,
         )
@@ -244,10 +245,10 @@ class ModelRepository:
                 raise NotFound(
                     f"version {version} of model '{name}' not found (serving: {serving})"
                 )
-            if mv.state != "AVAILABLE":
+            if mv.state is not VersionState.AVAILABLE:
                 reason = f": {mv.error}" if mv.error else ""
                 raise Unavailable(
-                    f"version {version} of model '{name}' is not available ({mv.state}{reason})"
+                    f"version {version} of model '{name}' is not available ({mv.state.name}{reason})"
                 )
             return mv
         available = entry.available()
@@ -334,7 +335,7 @@ class ModelRepository:
     async def _sync_model(self, entry: ModelEntry, on_disk: dict[int, VersionFiles]) -> None:
         for version in list(entry.versions):
             mv = entry.versions[version]
-            if version not in on_disk and mv.state == "END":
+            if version not in on_disk and mv.state is VersionState.END:
                 del entry.versions[version]  # a failed version whose folder is gone
                 self._failed.pop((entry.name, version), None)
         while True:
@@ -346,7 +347,7 @@ class ModelRepository:
             desired = entry.policy.select(candidates)
             to_load = [
                 v for v in sorted(desired, reverse=True)
-                if v not in entry.versions or entry.versions[v].state not in ("AVAILABLE", "LOADING")
+                if v not in entry.versions or entry.versions[v].state not in (VersionState.AVAILABLE, VersionState.LOADING)
             ]  # fmt: skip
             if not to_load:
                 break
@@ -355,14 +356,14 @@ class ModelRepository:
                 break
             # A version failed: choose again without it, so the one already serving stays.
         for mv in list(entry.versions.values()):
-            if mv.state == "AVAILABLE" and mv.version not in desired:
+            if mv.state is VersionState.AVAILABLE and mv.version not in desired:
                 await self._unload(entry, mv)
 
     async def _load(self, entry: ModelEntry, version: int, files: VersionFiles) -> bool:
         path = files.path
         mv = ModelVersion(entry.name, version, path, fingerprint=files.fingerprint)
         entry.versions[version] = mv
-        self._set_state(mv, "LOADING")
+        self._set_state(mv, VersionState.LOADING)
         started = time.perf_counter()
         runtime: ModelRuntime | None = None
         try:
@@ -374,14 +375,16 @@ class ModelRepository:
         except Exception as exc:
             if runtime is not None:  # never served: free its session (and GPU memory) now
                 await asyncio.to_thread(_close_quietly, runtime, f"{entry.name}/{version}")
-            mv.state = "END"
+            mv.state = VersionState.END
             mv.error = f"failed to load: {type(exc).__name__}: {exc}"
             self._failed[(entry.name, version)] = mv.fingerprint
-            self._set_state(mv, "END")
+            self._set_state(mv, VersionState.END)
             log.error("model %s version %s %s", entry.name, version, mv.error)
             return False
         mv.metadata, mv.runtime, mv.batcher = metadata, runtime, batcher
-        self._set_state(mv, "AVAILABLE")  # the switch: from here on resolve() may return it
+        self._set_state(
+            mv, VersionState.AVAILABLE
+        )  # the switch: from here on resolve() may return it
         self._failed.pop((entry.name, version), None)
         if self.metrics is not None:
             self.metrics.model_provider.labels(entry.name, str(version), runtime.provider).set(1)
@@ -393,14 +396,14 @@ class ModelRepository:
         return True
 
     async def _unload(self, entry: ModelEntry, mv: ModelVersion) -> None:
-        self._set_state(mv, "UNLOADING")  # resolve() stops returning it at once
+        self._set_state(mv, VersionState.UNLOADING)  # resolve() stops returning it at once
         log.info("model %s version %s unloading (draining)", entry.name, mv.version)
         end = time.monotonic() + self.drain_timeout_s
         while (mv.inflight or (mv.batcher and not mv.batcher.idle)) and time.monotonic() < end:
             await asyncio.sleep(0.01)
         if mv.batcher is not None:
             mv.batcher.close()
-        self._set_state(mv, "END")
+        self._set_state(mv, VersionState.END)
         entry.versions.pop(mv.version, None)
         if self.metrics is not None:
             self.metrics.forget_version(
@@ -408,10 +411,10 @@ class ModelRepository:
             )
         log.info("model %s version %s unloaded", entry.name, mv.version)
 
-    def _set_state(self, mv: ModelVersion, state: str) -> None:
+    def _set_state(self, mv: ModelVersion, state: VersionState) -> None:
         mv.state = state
         if self.metrics is not None:
-            self.metrics.set_state(mv.model, mv.version, "ERROR" if mv.error else state)
+            self.metrics.set_state(mv.model, mv.version, None if mv.error else state)
 
     # --- polling ------------------------------------------------------------------------------
     def start_polling(self, interval_s: float) -> None:
@@ -435,5 +438,5 @@ class ModelRepository:
         async with self._lock:
             for entry in self.models.values():
                 for mv in list(entry.versions.values()):
-                    if mv.state == "AVAILABLE":
+                    if mv.state is VersionState.AVAILABLE:
                         await self._unload(entry, mv)

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from clients.wire import DEFAULT_SIGNATURE as SIGNATURE_NAME
+
 METADATA_FORMAT_VERSION = 1
-SIGNATURE_NAME = "serving_default"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 ONNX_OPSET = 17

@@ -19,10 +19,10 @@ from grpc_health.v1.health import aio as health_aio
 
 from clients import wire
 from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_ndarray, tf_dtype
-from serving.dataplane import DEFAULT_SIGNATURE, DataPlane
+from serving.auth import key_matches
+from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, as_serving_error
 from serving.repository import ModelVersion
-from serving.rest.middleware import key_matches
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
 from serving.validation import InputLimits, check_declared
@@ -30,7 +30,6 @@ from serving.validation import InputLimits, check_declared
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
-STATE_NUMBERS = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
 
 def _version_choice(spec: Any) -> tuple[int | None, str | None]:
@@ -119,7 +118,7 @@ class PredictionServicer:
             )
             response.model_spec.name = spec.name
             response.model_spec.version.value = mv.version
-            response.model_spec.signature_name = DEFAULT_SIGNATURE
+            response.model_spec.signature_name = wire.DEFAULT_SIGNATURE
             return response
 
     async def get_model_metadata(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -164,9 +163,7 @@ class PredictionServicer:
         versions = self.dp.statuses(spec.name, *_version_choice(spec))
         response = wire.GetModelStatusResponse()
         for mv in versions:
-            status = response.model_version_status.add(
-                version=mv.version, state=STATE_NUMBERS.get(mv.state, 0)
-            )
+            status = response.model_version_status.add(version=mv.version, state=mv.state.value)
             status.status.error_code = wire.ErrorCode.Value("UNKNOWN") if mv.error else 0
             status.status.error_message = mv.error or ""
         return response
@@ -175,7 +172,7 @@ class PredictionServicer:
 def signature_def_map(mv: ModelVersion) -> Any:
     """The version's one signature as a TensorFlow SignatureDefMap message."""
     assert mv.runtime is not None
-    signature = wire.SignatureDef(method_name=wire.PREDICT_METHOD_NAME)
+    signature = wire.SignatureDef(method_name=wire.PREDICT_SIGNATURE_METHOD)
     for specs, target in (
         (mv.runtime.inputs, signature.inputs),
         (mv.runtime.outputs, signature.outputs),
@@ -187,7 +184,7 @@ def signature_def_map(mv: ModelVersion) -> Any:
             for dim in spec.shape:
                 info.tensor_shape.dim.add(size=dim)
     signatures = wire.SignatureDefMap()
-    signatures.signature_def[DEFAULT_SIGNATURE].CopyFrom(signature)
+    signatures.signature_def[wire.DEFAULT_SIGNATURE].CopyFrom(signature)
     return signatures
 
 

@@ -30,8 +30,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from clients import wire
 from clients.codec import tf_dtype_name, v2_datatype
-from serving.dataplane import DEFAULT_SIGNATURE, PREDICT_METHOD, DataPlane
+from serving import __version__
+from serving.dataplane import DataPlane
 from serving.errors import HttpError, InvalidArgument, ServingError, shown
 from serving.repository import ModelVersion
 from serving.rest import inference, openapi
@@ -104,7 +106,7 @@ def version_status_json(mv: ModelVersion) -> dict[str, Any]:
     """One entry of TF Serving's ``model_version_status``."""
     return {
         "version": str(mv.version),
-        "state": mv.state,
+        "state": mv.state.name,
         "status": {"error_code": "UNKNOWN" if mv.error else "OK", "error_message": mv.error or ""},
     }
 
@@ -125,10 +127,10 @@ def signature_def_json(mv: ModelVersion) -> dict[str, Any]:
 
     return {
         "signature_def": {
-            DEFAULT_SIGNATURE: {
+            wire.DEFAULT_SIGNATURE: {
                 "inputs": {spec.name: info(spec) for spec in mv.runtime.inputs},
                 "outputs": {spec.name: info(spec) for spec in mv.runtime.outputs},
-                "method_name": PREDICT_METHOD,
+                "method_name": wire.PREDICT_SIGNATURE_METHOD,
             }
         }
     }
@@ -189,7 +191,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     # package, not a CDN, so they render on a private network.
     app = FastAPIOffline(
         title="convnet-serving gateway",
-        version="0.1.0",
+        version=__version__,
         description='TF Serving REST and KServe V2 over ONNX Runtime. Errors are `{"error": message}`.',
         **extra,
     )
@@ -274,7 +276,11 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     # --- KServe V2 ------------------------------------------------------------------------
     async def server_metadata() -> Response:
         return _json(
-            {"name": "convnet-serving", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+            {
+                "name": "convnet-serving",
+                "version": __version__,
+                "extensions": ["binary_tensor_data"],
+            }
         )
 
     async def live() -> Response:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from serving.auth import key_matches
 from serving.dataplane import DataPlane
 from serving.errors import PayloadTooLarge, Unauthenticated
 from serving.rest.inference import error_response, fast_path, send_response
@@ -18,15 +18,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: paths that need no API key when ``auth_exempt_health`` is on (probes and scrapers).
 EXEMPT_PREFIXES = ("/v2/health/", "/metrics")
-
-
-def key_matches(candidate: str, keys: list[bytes]) -> bool:
-    """Constant-time comparison against every key (no early exit that would leak which matched)."""
-    given = candidate.encode()
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    return matched
 
 
 class GatewayMiddleware:

@@ -294,7 +294,7 @@ def _grpc_handlers(behaviour: Behaviour) -> list[grpc.GenericRpcHandler]:
             info("serving_default_image:0", wire.DataType.DT_UINT8, INPUT_SHAPE)
         )
         sig.outputs["probabilities"].CopyFrom(info("out:0", wire.DataType.DT_FLOAT, [-1, 3]))
-        sig.method_name = wire.PREDICT_METHOD_NAME
+        sig.method_name = wire.PREDICT_SIGNATURE_METHOD
         response = wire.GetModelMetadataResponse(model_spec=wire.model_spec(MODEL, version))
         response.metadata["signature_def"].CopyFrom(wire.pack_signature_def_map(signatures))
         return response

@@ -119,3 +119,12 @@ def test_our_client_over_every_transport(
         top = client.classify(MODEL, list(images[:1]), top_k=2)
         expected = reference(tiny_repo, 2, images[:1])[0]
         assert top[0][0][1] == pytest.approx(float(expected.max()), rel=1e-5)
+
+
+def test_version_states_are_tf_servings_numbers() -> None:
+    """The one hand-written table of states, held to TF Serving's own proto enum."""
+    from clients import wire
+    from serving.lifecycle import VersionState
+
+    for state in VersionState:
+        assert state.value == wire.ModelVersionStatus.State.Value(state.name), state

@@ -24,6 +24,7 @@ import pytest
 from serving_harness import GatewayProcess, RunningGateway
 
 from serving.batching import BatchingConfig
+from serving.lifecycle import VersionState
 from serving.repository import ModelRepository, ModelsConfig, ScanResult, read_metadata
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
 from tests.tiny_models import (
@@ -266,13 +267,13 @@ def test_config_and_metadata_reads_wait_off_the_loop(tmp_path: Path) -> None:
             assert await turns(1) < 5 and not syncing.done()
         assert await turns(20) < 5
         mv = repository.models[MODEL].versions[1]
-        assert mv.state == "LOADING" and runtimes.made == []  # waiting for metadata.json
+        assert mv.state is VersionState.LOADING and runtimes.made == []  # waiting for metadata.json
         assert not syncing.done()
 
         await asyncio.to_thread(_feed, metadata, metadata_text)
         await asyncio.wait_for(syncing, 60)
         assert repository.resolve(MODEL, label="stable") is mv
-        assert mv.state == "AVAILABLE" and mv.class_names[:2] == ["class_0", "class_1"]
+        assert mv.state is VersionState.AVAILABLE and mv.class_names[:2] == ["class_0", "class_1"]
         await repository.close()
         assert runtimes.made[0].closed == 1
 
