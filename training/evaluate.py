@@ -1,47 +1,121 @@
 """Evaluation: accuracy, per-class and macro precision/recall/F1, confusion matrix, and plots.
 
-Pure numpy + scikit-learn + matplotlib (Agg), so the benchmarks can compute the same metrics on
-answers served under load without importing TensorFlow.
+The metrics are numpy alone (scikit-learn's definitions, ``zero_division=0``; a test compares),
+so the benchmarks compute them with this very code on answers served under load, without
+TensorFlow or scikit-learn; plots use matplotlib (Agg).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes (scikit-learn's convention)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    # Predictions outside the label space (a model with more outputs than the dataset has classes)
+    # cannot be placed in the matrix; they still count as wrong in accuracy.
+    valid = (y_pred >= 0) & (y_pred < num_classes)
+    np.add.at(matrix, (y_true[valid], y_pred[valid]), 1)
+    return matrix
+
+
+@dataclass(frozen=True)
+class ClassificationReport:
+    """Metrics of one set of answers against the true labels."""
+
+    count: int
+    accuracy: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    per_class: list[dict[str, Any]]
+    confusion_matrix: list[list[int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable form."""
+        return {
+            "count": self.count,
+            "accuracy": self.accuracy,
+            "macro_precision": self.macro_precision,
+            "macro_recall": self.macro_recall,
+            "macro_f1": self.macro_f1,
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion_matrix,
+        }
+
+
+def classification_report(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
+) -> ClassificationReport:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix.
+
+    Classes absent from both truth and predictions score 0 precision/recall, as scikit-learn does
+    with ``zero_division=0``; macro averages run over all classes of the label space.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    num_classes = len(class_names)
+    matrix = confusion_matrix(y_true, y_pred, num_classes)
+    true_positive = np.diag(matrix).astype(np.float64)
+    predicted = matrix.sum(axis=0).astype(np.float64)
+    # Support from the labels, not the matrix: an answer outside the label space is missing from
+    # the matrix but is still a miss of its true class (scikit-learn's recall counts it too).
+    actual = np.bincount(y_true, minlength=num_classes)[:num_classes].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_positive / predicted, 0.0)
+        recall = np.where(actual > 0, true_positive / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    count = int(y_true.size)
+    accuracy = float((y_true == y_pred).mean()) if count else 0.0
+    per_class = [
+        {
+            "class": name,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(actual[i]),
+        }
+        for i, name in enumerate(class_names)
+    ]
+    return ClassificationReport(
+        count=count,
+        accuracy=accuracy,
+        macro_precision=float(precision.mean()) if num_classes else 0.0,
+        macro_recall=float(recall.mean()) if num_classes else 0.0,
+        macro_f1=float(f1.mean()) if num_classes else 0.0,
+        per_class=per_class,
+        confusion_matrix=matrix.tolist(),
+    )
+
+
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
 ) -> dict[str, Any]:
-    """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix, as JSON types."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    labels = np.arange(len(class_names))
-    y_true = np.asarray(y_true).reshape(-1)
-    y_pred = np.asarray(y_pred).reshape(-1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
+    """Accuracy, macro and per-class precision/recall/F1 and the confusion matrix, as JSON types
+    (``classification_report`` in the form training's reports use: per-class scores by name)."""
+    report = classification_report(
+        np.asarray(y_true).reshape(-1), np.asarray(y_pred).reshape(-1), list(class_names)
     )
     return {
-        "examples": len(y_true),
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
-        "macro_precision": float(np.mean(precision)),
-        "macro_recall": float(np.mean(recall)),
-        "macro_f1": float(np.mean(f1)),
+        "examples": report.count,
+        "accuracy": report.accuracy,
+        "macro_precision": report.macro_precision,
+        "macro_recall": report.macro_recall,
+        "macro_f1": report.macro_f1,
         "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(class_names)
+            row["class"]: {key: row[key] for key in ("precision", "recall", "f1", "support")}
+            for row in report.per_class
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": report.confusion_matrix,
     }
 
 

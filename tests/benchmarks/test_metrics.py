@@ -11,12 +11,17 @@ from sklearn.metrics import precision_recall_fscore_support
 from benchmarks import metrics
 from benchmarks.prepare import model_to_dataset_classes
 from benchmarks.run import judge_accuracy, parse_duration
+from training.evaluate import classification_metrics
 
 
-def test_classification_report_matches_scikit_learn() -> None:
+@pytest.mark.parametrize("unmappable", [False, True])
+def test_classification_report_matches_scikit_learn(unmappable: bool) -> None:
     rng = np.random.default_rng(3)
     y_true = rng.integers(0, 10, 500)
     y_pred = np.where(rng.random(500) < 0.7, y_true, rng.integers(0, 9, 500))  # class 9 rarer
+    if unmappable:  # answers outside the label space (-1, or a class the dataset lacks)
+        y_pred[::17] = -1
+        y_pred[5::23] = 10
     report = metrics.classification_report(y_true, y_pred, [str(i) for i in range(10)])
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=list(range(10)), average=None, zero_division=0
@@ -27,6 +32,10 @@ def test_classification_report_matches_scikit_learn() -> None:
     assert report.macro_f1 == pytest.approx(f1.mean())
     assert [c["support"] for c in report.per_class] == support.tolist()
     assert report.confusion_matrix == sk_confusion(y_true, y_pred, labels=list(range(10))).tolist()
+    # training's reports come from the same code, in their own shape
+    training = classification_metrics(y_true, y_pred, [str(i) for i in range(10)])
+    assert training["macro_f1"] == report.macro_f1 and training["examples"] == 500
+    assert [training["per_class"][str(i)]["recall"] for i in range(10)] == pytest.approx(recall)
 
 
 def test_unmappable_answers_count_as_wrong() -> None:
