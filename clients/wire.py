@@ -34,8 +34,9 @@ Public API:
   ``GetModelMetadataResponse``, ``SignatureDefMap``, ``SignatureDef``, ``TensorInfo``,
   ``GetModelStatusRequest``, ``GetModelStatusResponse``, ``ModelVersionStatus``, ``StatusProto``,
   ``ErrorCode``, and the model config messages ``ModelServerConfig``, ``ModelConfigList``,
-  ``ModelConfig``, ``ServableVersionPolicy`` (parse ``models.config`` with
-  ``google.protobuf.text_format.Parse(text, ModelServerConfig())``).
+  ``ModelConfig``, ``ServableVersionPolicy``.
+- ``read_models_config(text) -> ModelServerConfig`` / ``format_models_config(config) -> str``:
+  TF Serving's ``models.config``, in protobuf text format (training writes it, the gateway reads it).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2, struct_pb2, text_format
 from google.protobuf.message import Message
 
 from clients.codec import as_ndarray, ndarray_to_tensor_proto, tf_dtype
@@ -106,9 +107,11 @@ __all__ = [
     "TensorShapeProto",
     "build_predict_request",
     "encode_predict_request",
+    "format_models_config",
     "model_spec",
     "pack_class_names",
     "pack_signature_def_map",
+    "read_models_config",
     "unpack_class_names",
     "unpack_signature_def_map",
 ]
@@ -361,3 +364,14 @@ def _input_entry_parts(name: str, array: np.ndarray) -> list[bytes | memoryview]
 
 
 _INPUT_HEAD_CACHE: dict[tuple[str, np.dtype[Any], tuple[int, ...]], bytes] = {}
+
+
+def read_models_config(text: str) -> ModelServerConfig:
+    """TF Serving's ``models.config`` (protobuf text format, ``#`` comments allowed); raises
+    ``google.protobuf.text_format.ParseError`` when it is not one."""
+    return text_format.Parse(text, ModelServerConfig())
+
+
+def format_models_config(config: ModelServerConfig) -> str:
+    """``config`` in the text format TF Serving's ``--model_config_file`` reads."""
+    return text_format.MessageToString(config)

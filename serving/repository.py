@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import text_format
-
-from clients.proto.model_server_config_pb2 import ModelServerConfig
+from clients import wire
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.errors import NotFound, Unavailable, shown
 from serving.lifecycle import VersionState
@@ -171,7 +169,7 @@ def _close_quietly(runtime: ModelRuntime, what: str) -> None:
 
 def parse_models_config(text: str) -> ModelsConfig:
     """models.config text -> {model: (policy or None, labels, folder name)}."""
-    config = text_format.Parse(text, ModelServerConfig())
+    config = wire.read_models_config(text)
     result: ModelsConfig = {}
     for model in config.model_config_list.config:
         policy: VersionPolicy | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clients.wire import read_models_config
 from training.export import (
     FP32_TOLERANCE,
     ExportRequest,
@@ -237,20 +238,17 @@ def test_configs_keep_other_labels_and_point_stable_at_newest(exported_lenet, tm
     repo = tmp_path / "repo"
     shutil.copytree(repository, repo)
     shutil.copytree(repo / "lenet" / "1", repo / "lenet" / "2")
-    text = (
-        (repo / "models.config")
-        .read_text()
-        .replace(
-            'version_labels { key: "stable" value: 1 }',
-            'version_labels { key: "canary" value: 2 }\n    version_labels { key: "stable" value: 1 }',
-        )
+    # A hand edit in TF Serving's one-line style, indented its own way: read by the text format,
+    # not by the layout training writes.
+    text = (repo / "models.config").read_text()
+    text = text.replace(
+        "version_labels {", 'version_labels { key: "canary" value: 2 }\n  version_labels {', 1
     )
     (repo / "models.config").write_text(text)
     write_repository_configs(repo, "/srv/models")
-    regenerated = (repo / "models.config").read_text()
-    assert 'version_labels { key: "canary" value: 2 }' in regenerated
-    assert 'version_labels { key: "stable" value: 2 }' in regenerated
-    assert 'base_path: "/srv/models/lenet"' in regenerated
+    (model,) = read_models_config((repo / "models.config").read_text()).model_config_list.config
+    assert dict(model.version_labels) == {"canary": 2, "stable": 2}
+    assert model.base_path == "/srv/models/lenet"
 
 
 def test_cli_reports_missing_data_with_exit_code(tmp_path: Path) -> None:
