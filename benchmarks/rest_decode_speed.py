@@ -11,6 +11,7 @@ The common body (one numeric input as regular nested lists) goes through simdjso
 from __future__ import annotations
 
 import argparse
+import functools
 import timeit
 from collections.abc import Callable
 
@@ -42,12 +43,14 @@ def main() -> None:
             body = orjson.dumps({"instances": values.tolist()})
             expected = tfserving.decode_predict(body, [spec]).inputs["image"]
             assert regular_json.decode_single_tensor(body, spec) is not None, "fast path not taken"
-            fast = best_us(lambda b=body, s=spec: tfserving.decode_predict(b, [s]), args.repeat)
+            fast = best_us(functools.partial(tfserving.decode_predict, body, [spec]), args.repeat)
             original = regular_json.decode_single_tensor
             regular_json.decode_single_tensor = lambda body, spec: None  # type: ignore[assignment]
             try:
                 general = tfserving.decode_predict(body, [spec]).inputs["image"]
-                slow = best_us(lambda b=body, s=spec: tfserving.decode_predict(b, [s]), args.repeat)
+                slow = best_us(
+                    functools.partial(tfserving.decode_predict, body, [spec]), args.repeat
+                )
             finally:
                 regular_json.decode_single_tensor = original  # type: ignore[assignment]
             np.testing.assert_array_equal(expected, general)  # same answer both ways

@@ -504,9 +504,10 @@ def collect_results(
         "error_ratio": failures / total_in_window if total_in_window else 0.0,
         "window_s": window,
     }
-    latency = metrics.latency_summary_ms(samples["latency"][measured_ok])
+    latency: dict[str, Any] = dict(metrics.latency_summary_ms(samples["latency"][measured_ok]))
     latency["source"] = "time.perf_counter per request, successful requests after warm-up"
-    times, rates = ([], [])
+    times: list[float] = []
+    rates: list[float] = []
     if test_start is not None:
         times, rates = metrics.throughput_series(
             end_times[success], np.ones(int(success.sum())), test_start, window_end
