@@ -83,8 +83,8 @@ def ask_server(
     if metadata.signatures:
         info = metadata.signature()
         signature = {
-            "inputs": {n: [s.dtype, list(s.shape)] for n, s in info.inputs.items()},
-            "outputs": {n: [s.dtype, list(s.shape)] for n, s in info.outputs.items()},
+            "inputs": {n: [s.dtype.name, list(s.shape)] for n, s in info.inputs.items()},
+            "outputs": {n: [s.dtype.name, list(s.shape)] for n, s in info.outputs.items()},
         }
     return {
         "version": metadata.version,

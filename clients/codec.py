@@ -16,6 +16,8 @@ Public API:
   as ``tf.make_ndarray`` does. Stricter than TensorFlow: typed values outside the dtype's range or
   only in another dtype's field, or beside ``tensor_content``, are a ``ValueError``.
 - ``as_ndarray(value)``: coerce lists, scalars, str and bytes into an ndarray (str -> bytes).
+- ``TensorSpec``: one tensor of a signature (name, numpy dtype, shape with -1 for any size), the
+  one definition the client's metadata and the gateway's models share.
 
 String tensors are numpy object arrays of ``bytes``; ``str`` elements and ``U``/``S`` arrays are
 accepted on the way in (encoded as UTF-8).
@@ -30,6 +32,20 @@ from typing import Any, cast
 import numpy as np
 
 from clients.proto.tensor_pb2 import DataType, TensorProto, TensorShapeProto
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, numpy dtype and shape of one input or output (-1 = any size). A dtype this table
+    does not know (a server may report one) is ``object``."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+
+    def describe_shape(self) -> str:
+        """Shape as ``[-1, 28, 28, 1]`` for messages."""
+        return "[" + ", ".join(str(dim) for dim in self.shape) + "]"
 
 
 @dataclass(frozen=True)

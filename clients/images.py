@@ -83,7 +83,7 @@ def prepare_batch(images: Sequence[ImageInput], spec: TensorSpec) -> np.ndarray:
     arrays = [_load(image, channels, height, width) for image in images]
     if len({a.shape for a in arrays}) != 1:
         raise InvalidInput("images differ in size and the model does not fix one")
-    dtype = np.dtype(spec.dtype) if spec.dtype not in ("", "object") else np.dtype(np.uint8)
+    dtype = spec.dtype if spec.dtype != np.dtype(object) else np.dtype(np.uint8)
     return np.stack(arrays).astype(dtype, copy=False)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from clients import codec, v2, wire
+from clients.codec import TensorSpec
 from clients.errors import InternalError, InvalidInput, Status
 
 T = TypeVar("T")
@@ -36,13 +37,8 @@ Array = np.ndarray[Any, Any]
 Outputs = Array | dict[str, Array]
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a signature: name, numpy dtype name and shape (-1 = any size)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
+#: the dtype of a tensor whose reported type the dtype table does not know
+UNKNOWN_DTYPE = np.dtype(object)
 
 
 @dataclass(frozen=True)
@@ -237,9 +233,9 @@ def _spec_from_tf_json(name: str, info: Mapping[str, Any]) -> TensorSpec:
     shape_info = info.get("tensor_shape") or {}
     shape = tuple(int(dim.get("size", -1)) for dim in shape_info.get("dim", []))
     try:
-        dtype = codec.numpy_dtype_from_tf_name(str(info.get("dtype", ""))).name
+        dtype = codec.numpy_dtype_from_tf_name(str(info.get("dtype", "")))
     except TypeError:
-        dtype = str(info.get("dtype", ""))
+        dtype = UNKNOWN_DTYPE
     return TensorSpec(name, dtype, shape)
 
 
@@ -354,9 +350,9 @@ def _metadata_from_v2(body: Any, version: int | None) -> ModelMetadata:
         found = {}
         for entry in entries or []:
             try:
-                dtype = codec.numpy_dtype_from_v2(str(entry.get("datatype", ""))).name
+                dtype = codec.numpy_dtype_from_v2(str(entry.get("datatype", "")))
             except TypeError:
-                dtype = str(entry.get("datatype", ""))
+                dtype = UNKNOWN_DTYPE
             found[entry["name"]] = TensorSpec(
                 entry["name"], dtype, tuple(int(s) for s in entry.get("shape", []))
             )
@@ -457,9 +453,9 @@ class V2Protocol:
 
 def _spec_from_tensor_info(name: str, info: wire.TensorInfo) -> TensorSpec:
     try:
-        dtype = codec.numpy_dtype(info.dtype).name
+        dtype = codec.numpy_dtype(info.dtype)
     except TypeError:
-        dtype = wire.DataType.Name(info.dtype)
+        dtype = UNKNOWN_DTYPE
     if info.tensor_shape.unknown_rank:
         return TensorSpec(name, dtype, ())
     return TensorSpec(name, dtype, tuple(dim.size for dim in info.tensor_shape.dim))

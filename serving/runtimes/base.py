@@ -7,23 +7,11 @@ the event loop.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, numpy dtype and shape of one model input or output (-1 = any size)."""
-
-    name: str
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-
-    def describe_shape(self) -> str:
-        """Shape as ``[-1, 28, 28, 1]`` for error messages."""
-        return "[" + ", ".join(str(dim) for dim in self.shape) + "]"
+# Re-exported: the one TensorSpec, shared with the client's metadata.
+from clients.codec import TensorSpec as TensorSpec
 
 
 class ModelRuntime(abc.ABC):
