@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serving.batching import BatchingConfig
+
 CommaList = Annotated[list[str], NoDecode]
 IntCommaList = Annotated[list[int], NoDecode]
 
@@ -93,8 +95,8 @@ class ServingSettings(BaseSettings):
     batch_peer_wait_us: int = Field(
         3000,
         ge=0,
-        description="With batch_timeout_us 0, while the event loop is saturated (its thread 80%% "
-        "busy) and requests queue up (last batch over one row): once compute is free, wait up to "
+        description="With batch_timeout_us 0, while the event loop is saturated (its thread "
+        f"{BatchingConfig.peer_min_loop_busy * 100:.0f}%% busy) and requests queue up (last batch over one row): once compute is free, wait up to "
         "this long for as many rows as were recently in flight together. One client at a time "
         "never waits. 0 = take what is queued.",
     )
