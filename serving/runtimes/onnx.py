@@ -130,7 +130,7 @@ def candidate_providers(options: OnnxOptions) -> list[tuple[str, dict[str, Any]]
 
 
 def session_options(options: OnnxOptions) -> ort.SessionOptions:
-    """SessionOptions from the settings; spinning off by default (see ARCHITECTURE's traps)."""
+    """SessionOptions from the settings; spinning off by default (docs/ARCHITECTURE.md, known traps)."""
     so = ort.SessionOptions()
     so.graph_optimization_level = _GRAPH_LEVELS[options.graph_optimization]
     # AUTO starts on one thread; OnnxRuntime measures and may reopen with one per core.
