@@ -22,6 +22,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Lay out, write and free one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -58,9 +65,7 @@ def plot_latency_percentiles(results: dict[str, Any], path: Path) -> None:
         f" {cfg['images_per_request']} img/request"
     )
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_throughput(results: dict[str, Any], path: Path) -> None:
@@ -84,9 +89,7 @@ def plot_throughput(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("requests/s")
     ax.set_title("Throughput over time")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_confusion(results: dict[str, Any], path: Path) -> None:
@@ -103,9 +106,7 @@ def plot_confusion(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("true class")
     ax.set_title(f"Served answers: accuracy {accuracy['accuracy']:.4f}")
     fig.colorbar(image, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 # --------------------------------------------------------------------------- one run
@@ -329,9 +330,7 @@ def plot_sweep(runs: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     if series:
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def write_sweep_report(sweep: dict[str, Any], out: Path) -> None:
@@ -440,9 +439,7 @@ def plot_rate_latency(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{protocol}: latency against offered rate")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_rate_throughput(results: dict[str, Any], path: Path) -> None:
@@ -466,9 +463,7 @@ def plot_rate_throughput(results: dict[str, Any], path: Path) -> None:
         ax.set_title(f"{protocol}: achieved against offered")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_rate_comparison(results: dict[str, Any], path: Path) -> None:
@@ -490,9 +485,7 @@ def plot_rate_comparison(results: dict[str, Any], path: Path) -> None:
                  if bound else "no --p99-bound-ms given")  # fmt: skip
     if servers:
         ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _rate_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
