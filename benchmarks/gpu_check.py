@@ -285,23 +285,12 @@ def drive(spec: LoadSpec, processes: int) -> dict[str, Any]:
     }
 
 
-def v2_body(model: str, feeds: dict[str, np.ndarray]) -> tuple[bytes, tuple[tuple[str, str], ...]]:
-    inputs, blobs = [], []
-    types = {
-        np.dtype(np.uint8): "UINT8",
-        np.dtype(np.float32): "FP32",
-        np.dtype(np.float16): "FP16",
-    }
-    for name, array in feeds.items():
-        inputs.append({"name": name, "shape": list(array.shape), "datatype": types[array.dtype],
-                       "parameters": {"binary_data_size": array.nbytes}})  # fmt: skip
-        blobs.append(array.tobytes())
-    header = json.dumps({"inputs": inputs}).encode()
-    headers = (
-        ("content-type", "application/octet-stream"),
-        ("inference-header-content-length", str(len(header))),
-    )
-    return header + b"".join(blobs), headers
+def v2_body(feeds: dict[str, np.ndarray]) -> tuple[bytes, tuple[tuple[str, str], ...]]:
+    """A KServe V2 binary request for ``feeds`` (the client's own encoder)."""
+    from clients import v2 as v2_wire
+
+    body, headers = v2_wire.encode_tensors("inputs", feeds)
+    return body, tuple((k.lower(), v) for k, v in headers.items())
 
 
 def jpeg_of(image: np.ndarray) -> bytes:
@@ -376,7 +365,7 @@ def run(device: str, repo: Path, out: Path, budget_s: float) -> int:
                     one = model_inputs(runtime, 1)
                 finally:
                     runtime.close()
-                body, headers = v2_body(model, one)
+                body, headers = v2_body(one)
                 from clients import wire
 
                 grpc_body = wire.build_predict_request(model, one).SerializeToString()

@@ -37,26 +37,25 @@ from benchmarks.gateway_speed import INFER_PATH, model_file, prepare_repository,
 from benchmarks.hostile_speed import gateway_commit, machine
 
 ROOT = Path(__file__).resolve().parents[1]
-V2_TYPES = {np.dtype(np.uint8): "UINT8", np.dtype(np.float32): "FP32"}
 RESNET = "resnet50_imagenet"
 
 
 def v2_one_image_body(onnx_path: Path) -> tuple[bytes, int]:
-    """A KServe V2 binary request with one zero image of the model's input shape and type."""
+    """A KServe V2 binary request with one zero image of the model's input shape and type, its
+    outputs asked for in binary (body, header length)."""
     import onnxruntime as ort
+
+    from clients import v2 as v2_wire
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     node = session.get_inputs()[0]
-    dtype = np.dtype(np.uint8 if "uint8" in node.type else np.float32)
-    shape = [1, *[d if isinstance(d, int) and d > 0 else 1 for d in node.shape[1:]]]
-    image = np.zeros(shape, dtype)
-    header = json.dumps({
-        "inputs": [{"name": node.name, "shape": shape, "datatype": V2_TYPES[dtype],
-                    "parameters": {"binary_data_size": image.nbytes}}],
-        "outputs": [{"name": session.get_outputs()[0].name,
-                     "parameters": {"binary_data": True}}],
-    }).encode()  # fmt: skip
-    return header + image.tobytes(), len(header)
+    dtype = np.uint8 if "uint8" in node.type else np.float32
+    image = np.zeros(
+        [1, *[d if isinstance(d, int) and d > 0 else 1 for d in node.shape[1:]]], dtype
+    )
+    outputs = v2_wire.binary_outputs_request([session.get_outputs()[0].name])
+    body, headers = v2_wire.encode_tensors("inputs", {node.name: image}, extra={"outputs": outputs})
+    return body, int(headers[v2_wire.HEADER_LENGTH])
 
 
 def model_rows(

@@ -490,13 +490,6 @@ def first_answering(urls: list[str]) -> Callable[[], str | None]:
     return probe
 
 
-def answers(url: str) -> Callable[[], bool]:
-    """A probe for ``wait_for``: ``url`` answers a GET with 2xx."""
-    import httpx
-
-    return lambda: httpx.get(url, timeout=5).is_success
-
-
 def find_chromium() -> str | None:
     for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
         if path := shutil.which(name):
@@ -608,7 +601,7 @@ def optional_services(engine: Engine, report: Report, pull_timeout: float) -> No
             port = "TFSERVING_HTTP_PORT" if service == "tfserving" else "GRAFANA_PORT"
             path = f"/v1/models/{MODEL}" if service == "tfserving" else "/api/health"
             url = f"http://127.0.0.1:{engine.env[port]}{path}"
-            wait_for(f"{url} to answer", answers(url), 180, 2)
+            wait_for(f"{url} to answer", first_answering([url]), 180, 2)
             if service == "tfserving":
                 state = httpx.get(url, timeout=5).json()["model_version_status"][0]["state"]
                 if state != "AVAILABLE":

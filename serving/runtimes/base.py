@@ -26,16 +26,19 @@ class ModelRuntime(abc.ABC):
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the model on a batch; inputs are already validated against ``self.inputs``."""
 
+    def zero_feeds(self, batch: int) -> dict[str, np.ndarray]:
+        """Zero-filled inputs of ``batch`` rows (dynamic dimensions taken as 1)."""
+        return {
+            spec.name: np.zeros(
+                (batch, *[dim if dim > 0 else 1 for dim in spec.shape[1:]]), dtype=spec.dtype
+            )
+            for spec in self.inputs
+        }
+
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
         """Run zero-filled batches once so the first real request does not pay for setup."""
         for batch in batch_sizes:
-            feeds = {
-                spec.name: np.zeros(
-                    (batch, *[dim if dim > 0 else 1 for dim in spec.shape[1:]]), dtype=spec.dtype
-                )
-                for spec in self.inputs
-            }
-            self.predict(feeds)
+            self.predict(self.zero_feeds(batch))
 
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free memory on GC
         """Release resources (sessions, GPU memory). Called once a version is unloaded, or when

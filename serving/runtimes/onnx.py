@@ -185,13 +185,7 @@ class OnnxRuntime(ModelRuntime):
     def _one_image_seconds(self) -> float:
         """The fastest of a few one-image runs of zeros on the current session (the first run,
         which also allocates, is not counted)."""
-        feeds = {
-            node.name: np.zeros(
-                (1, *[d if isinstance(d, int) and d > 0 else 1 for d in node.shape[1:]]),
-                dtype=_spec(node).dtype,
-            )
-            for node in self.session.get_inputs()
-        }
+        feeds = self.zero_feeds(1)
         self.session.run(None, feeds)
         best = float("inf")
         for _ in range(_TIMING_RUNS):
