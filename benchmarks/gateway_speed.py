@@ -517,7 +517,7 @@ def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
     pool)."""
     results = []
     for label, extra in (
-        ("intra-op 1 (default)", []),
+        ("intra-op 1 (the default rule picks it for LeNet)", []),
         ("intra-op 0 (all cores), spinning on", ["--intra-op-threads", "0", "--allow-spinning"]),
         (
             "intra-op 0 (all cores), spinning off",
