@@ -240,7 +240,7 @@ class AttackImage:
 def time_decode(
     png: bytes, height: int, width: int, channels: int, repeat: int = 3
 ) -> tuple[float, float]:
-    """Median (decode ms, decode + convert + resize ms), as ``serving/codecs/images.py`` does."""
+    """Median (decode ms, decode + convert + resize ms), as ``serving/images.py`` does."""
     from PIL import Image
 
     decode, total = [], []

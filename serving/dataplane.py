@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from clients.wire import DEFAULT_SIGNATURE
-from serving.codecs import images
+from serving import images
 from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable, shown, shown_list
 from serving.metrics import GatewayMetrics
 from serving.offload import DecodePool
@@ -91,9 +91,8 @@ class DataPlane:
         finally:
             if not record.version and model not in self.repository.models:
                 model = UNKNOWN_MODEL
-            self.metrics.requests.labels(model, record.version, protocol, status).inc()
-            self.metrics.request_latency.labels(model, protocol).observe(
-                time.perf_counter() - start
+            self.metrics.count_request(
+                model, record.version, protocol, status, time.perf_counter() - start
             )
 
     def deadline(self, timeout_s: float | None) -> float:

@@ -27,7 +27,7 @@ from serving.dataplane import DataPlane, Limits
 from serving.grpc.server import build_grpc_server
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository, VersionPolicy
-from serving.rest.app import create_app
+from serving.rest.app import create_app, create_front
 from serving.rest.protocol import HttpLimits, gateway_protocol
 from serving.runtimes.base import ModelRuntime
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
@@ -129,6 +129,7 @@ class Gateway:
             ),
         )
         self.app = create_app(self.dataplane, settings)
+        self.front = create_front(self.app, self.dataplane, settings)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._http: _UvicornServer | None = None
@@ -154,11 +155,14 @@ class Gateway:
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app,
+            self.front,
             log_level=s.log_level,
             log_config=None,  # uvicorn's loggers go through ours (one format in the log)
             access_log=False,
             lifespan="off",
+            # uvicorn's ProxyHeadersMiddleware would sit in front of every request; no route
+            # reads the client's address or scheme.
+            proxy_headers=False,
             # httptools (a dependency) with the gateway's connection limits and drain.
             http=gateway_protocol(http_limits(s)),
             timeout_keep_alive=s.keep_alive_timeout_s,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -66,6 +67,23 @@ class GatewayMetrics:
             "serving_model_provider", "1 for the execution provider a model version runs on.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+
+        #: (model, version, protocol, status) -> that request's two series, bound once: a label
+        #: lookup per request (a lock and label validation) costs more than the update itself.
+        #: Bounded: model and version names come from the repository, never from requests.
+        self._request_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+
+    def count_request(
+        self, model: str, version: str, protocol: str, status: str, seconds: float
+    ) -> None:
+        """Count one finished request and observe its latency."""
+        key = (model, version, protocol, status)
+        series = self._request_series.get(key)
+        if series is None:
+            series = (self.requests.labels(*key), self.request_latency.labels(model, protocol))
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def set_state(self, model: str, version: int, state: VersionState | None) -> None:
         """Record a model version's state (TF Serving's number; None, a failed load, is 0)."""

@@ -31,7 +31,7 @@ class InputLimits:
     #: and tensors a request describes without sending them (gRPC's fill-with-last-value rule).
     max_tensor_bytes: int = 64 * 1024 * 1024
     #: pixels (width x height) an encoded image may declare; 0 = derived from the model's input
-    #: size (see ``serving.codecs.images.pixel_limit``).
+    #: size (see ``serving.images.pixel_limit``).
     max_image_pixels: int = 0
 
 

@@ -20,8 +20,8 @@ import orjson
 
 from clients.wire import DEFAULT_SIGNATURE
 from serving.codecs import regular_json
-from serving.codecs.images import ImageSpec, decode_image, looks_like_image, pixel_limit
 from serving.errors import InvalidArgument, shown_list
+from serving.images import ImageSpec, decode_image, looks_like_image, pixel_limit
 from serving.runtimes.base import TensorSpec
 from serving.validation import DEFAULT_LIMITS, InputLimits, check_rows
 

@@ -18,11 +18,11 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from clients import wire
-from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_ndarray, tf_dtype
-from serving.auth import key_matches
+from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_ndarray
+from serving.auth import DENIED_MESSAGE, ApiKeys
+from serving.codecs import tfserving_status
 from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, as_serving_error
-from serving.repository import ModelVersion
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
 from serving.validation import InputLimits, check_declared
@@ -139,13 +139,12 @@ class PredictionServicer:
             )
         spec = request.model_spec
         mv = self.dp.resolve(spec.name, *_version_choice(spec))
+        assert mv.runtime is not None
         response = wire.GetModelMetadataResponse()
-        response.model_spec.name = spec.name
-        response.model_spec.version.value = mv.version
+        response.model_spec.CopyFrom(tfserving_status.model_spec(spec.name, mv.version))
         if "signature_def" in fields:
-            response.metadata["signature_def"].CopyFrom(
-                wire.pack_signature_def_map(signature_def_map(mv))
-            )
+            signatures = tfserving_status.signature_def_map(mv.runtime.inputs, mv.runtime.outputs)
+            response.metadata["signature_def"].CopyFrom(wire.pack_signature_def_map(signatures))
         # Class names ride along with signature_def, so a client that asks TF Serving's question
         # can still label its answers; stock clients ignore the extra map entry.
         if mv.class_names:
@@ -161,45 +160,18 @@ class PredictionServicer:
     async def _status(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         spec = request.model_spec
         versions = self.dp.statuses(spec.name, *_version_choice(spec))
-        response = wire.GetModelStatusResponse()
-        for mv in versions:
-            status = response.model_version_status.add(version=mv.version, state=mv.state.value)
-            status.status.error_code = wire.ErrorCode.Value("UNKNOWN") if mv.error else 0
-            status.status.error_message = mv.error or ""
-        return response
-
-
-def signature_def_map(mv: ModelVersion) -> Any:
-    """The version's one signature as a TensorFlow SignatureDefMap message."""
-    assert mv.runtime is not None
-    signature = wire.SignatureDef(method_name=wire.PREDICT_SIGNATURE_METHOD)
-    for specs, target in (
-        (mv.runtime.inputs, signature.inputs),
-        (mv.runtime.outputs, signature.outputs),
-    ):
-        for spec in specs:
-            info = target[spec.name]
-            info.name = spec.name
-            info.dtype = tf_dtype(spec.dtype)  # type: ignore[assignment]
-            for dim in spec.shape:
-                info.tensor_shape.dim.add(size=dim)
-    signatures = wire.SignatureDefMap()
-    signatures.signature_def[wire.DEFAULT_SIGNATURE].CopyFrom(signature)
-    return signatures
+        return tfserving_status.status_response((mv.version, mv.state, mv.error) for mv in versions)
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <key>`` (or ``x-api-key``) metadata; health is exempt."""
+    """Requires an API key in the call's metadata (see ``serving.auth``); health is exempt."""
 
-    def __init__(self, keys: list[str], exempt_health: bool) -> None:
-        self.keys = [key.encode() for key in keys]
+    def __init__(self, keys: ApiKeys, exempt_health: bool) -> None:
+        self.keys = keys
         self.exempt_health = exempt_health
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid API key (metadata 'authorization: Bearer <key>')",
-            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 
@@ -211,13 +183,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         method = details.method  # type: ignore[attr-defined]
         if self.exempt_health and method.startswith(HEALTH_PREFIX):
             return await continuation(details)
-        token = ""
-        for key, value in details.invocation_metadata or ():  # type: ignore[attr-defined]
-            if key == "authorization" and isinstance(value, str):
-                token = value[7:].strip() if value.lower().startswith("bearer ") else value.strip()
-            elif key == "x-api-key" and isinstance(value, str) and not token:
-                token = value.strip()
-        if token and key_matches(token, self.keys):
+        metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
+        if self.keys.accepts(metadata.get("authorization"), metadata.get("x-api-key")):
             return await continuation(details)
         return self._deny
 
@@ -227,7 +194,7 @@ def build_grpc_server(
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     """A grpc.aio server with TF Serving's services and the standard health service (not started)."""
     interceptors = (
-        [ApiKeyInterceptor(settings.api_keys, settings.auth_exempt_health)]
+        [ApiKeyInterceptor(ApiKeys(settings.api_keys), settings.auth_exempt_health)]
         if settings.api_keys
         else []
     )

@@ -30,19 +30,21 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from clients import wire
-from clients.codec import tf_dtype_name, v2_datatype
+from clients.codec import v2_datatype
 from serving import __version__
+from serving.codecs import tfserving_status
+from serving.codecs import v2 as v2_codec
 from serving.dataplane import DataPlane
 from serving.errors import HttpError, InvalidArgument, ServingError, shown
 from serving.repository import ModelVersion
-from serving.rest import inference, openapi
-from serving.rest.middleware import GatewayMiddleware
+from serving.rest import inference, openapi, routes
+from serving.rest.front import GatewayFront
 from serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 def _error(exc: BaseException, request: Request) -> Response:
@@ -99,41 +101,7 @@ def _version(value: str | None) -> int | None:
 
 
 def _timeout(request: Request) -> float | None:
-    return inference.parse_timeout(request.headers.get("x-request-timeout-ms"))
-
-
-def version_status_json(mv: ModelVersion) -> dict[str, Any]:
-    """One entry of TF Serving's ``model_version_status``."""
-    return {
-        "version": str(mv.version),
-        "state": mv.state.name,
-        "status": {"error_code": "UNKNOWN" if mv.error else "OK", "error_message": mv.error or ""},
-    }
-
-
-def signature_def_json(mv: ModelVersion) -> dict[str, Any]:
-    """TF Serving's ``signature_def`` JSON for a version (one signature, ``serving_default``)."""
-    assert mv.runtime is not None
-
-    def info(spec: Any) -> dict[str, Any]:
-        return {
-            "dtype": tf_dtype_name(spec.dtype),
-            "tensor_shape": {
-                "dim": [{"size": str(d), "name": ""} for d in spec.shape],
-                "unknown_rank": False,
-            },
-            "name": spec.name,
-        }
-
-    return {
-        "signature_def": {
-            wire.DEFAULT_SIGNATURE: {
-                "inputs": {spec.name: info(spec) for spec in mv.runtime.inputs},
-                "outputs": {spec.name: info(spec) for spec in mv.runtime.outputs},
-                "method_name": wire.PREDICT_SIGNATURE_METHOD,
-            }
-        }
-    }
+    return inference.parse_timeout(request.headers.get(TIMEOUT_HEADER))
 
 
 def _class_names(mv: ModelVersion) -> dict[str, list[str]]:
@@ -179,7 +147,8 @@ MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
 def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
-    """The HTTP app over ``dataplane``."""
+    """The FastAPI app over ``dataplane``: every route, and the OpenAPI document. It has no auth
+    or body limit of its own: serve it behind :func:`create_front`."""
     extra: dict[str, Any] = {}
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
         # FastAPI's built-in OpenTelemetry spans cost a measurable share of a sub-millisecond
@@ -209,14 +178,22 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     # --- TF Serving REST ------------------------------------------------------------------
     async def status(name: str, version: str | None = None, label: str | None = None) -> Response:
         versions = dp.statuses(name, _version(version), label)
-        return _json({"model_version_status": [version_status_json(mv) for mv in versions]})
+        response = tfserving_status.status_response((v.version, v.state, v.error) for v in versions)
+        return _json(tfserving_status.as_json(response))
 
     async def metadata(name: str, version: str | None = None, label: str | None = None) -> Response:
         mv = dp.resolve(name, _version(version), label)
+        assert mv.runtime is not None
+        signatures = tfserving_status.signature_def_map(mv.runtime.inputs, mv.runtime.outputs)
         return _json(
             {
-                "model_spec": {"name": name, "signature_name": "", "version": str(mv.version)},
-                "metadata": {"signature_def": signature_def_json(mv), **_class_names(mv)},
+                "model_spec": tfserving_status.as_json(
+                    tfserving_status.model_spec(name, mv.version)
+                ),
+                "metadata": {
+                    "signature_def": tfserving_status.as_json(signatures),
+                    **_class_names(mv),
+                },
             }
         )
 
@@ -224,7 +201,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         request: Request, name: str, version: str | None = None, label: str | None = None
     ) -> Response:
         raw = await inference.predict(
-            dp, name, version, label, await request.body(), request.headers
+            dp, name, version, label, await request.body(), request.headers.get(TIMEOUT_HEADER)
         )
         return _raw(raw)
 
@@ -262,16 +239,16 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     predict_doc = {
         "requestBody": {"content": {JSON: {"example": PREDICT_EXAMPLE}}, "required": True}
     }
-    for suffix in ("", "/versions/{version}", "/labels/{label}"):
-        base = "/v1/models/{name}" + suffix
+    for base in routes.V1_MODEL:
         _route(router, base, status, "GET", tags=["TF Serving"], summary="Model status")
         _route(
             router, base + "/metadata", metadata, "GET", tags=["TF Serving"], summary="Signature"
         )
-        _route(router, base + ":predict", predict, "POST", tags=["TF Serving"],
-               summary="Predict (row or columnar)", openapi_extra=predict_doc)  # fmt: skip
         _route(router, base + ":classify_image", classify_image, "POST", tags=["Image"],
                summary="Top-k labels for one PNG/JPEG (raw body or multipart file)")  # fmt: skip
+    for template in routes.PREDICT.templates:
+        _route(router, template, predict, "POST", tags=["TF Serving"],
+               summary="Predict (row or columnar)", openapi_extra=predict_doc)  # fmt: skip
 
     # --- KServe V2 ------------------------------------------------------------------------
     async def server_metadata() -> Response:
@@ -316,17 +293,24 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         )
 
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
-        raw = await inference.infer(dp, name, version, await request.body(), request.headers)
+        raw = await inference.infer(
+            dp,
+            name,
+            version,
+            await request.body(),
+            request.headers.get(TIMEOUT_HEADER),
+            request.headers.get(v2_codec.HEADER_LENGTH),
+        )
         return _raw(raw)
 
-    _route(router, "/v2", server_metadata, "GET", tags=["KServe V2"])
-    _route(router, "/v2/health/live", live, "GET", tags=["KServe V2"])
-    _route(router, "/v2/health/ready", ready, "GET", tags=["KServe V2"])
-    for suffix in ("", "/versions/{version}"):
-        base = "/v2/models/{name}" + suffix
+    _route(router, routes.V2_SERVER, server_metadata, "GET", tags=["KServe V2"])
+    _route(router, routes.V2_LIVE, live, "GET", tags=["KServe V2"])
+    _route(router, routes.V2_READY, ready, "GET", tags=["KServe V2"])
+    for base in routes.V2_MODEL:
         _route(router, base, model_metadata, "GET", tags=["KServe V2"])
         _route(router, base + "/ready", model_ready, "GET", tags=["KServe V2"])
-        _route(router, base + "/infer", infer, "POST", tags=["KServe V2"])
+    for template in routes.INFER.templates:
+        _route(router, template, infer, "POST", tags=["KServe V2"])
 
     # --- operations -----------------------------------------------------------------------
     async def metrics() -> Response:
@@ -335,16 +319,20 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         body = await asyncio.to_thread(dp.metrics.render)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    _route(router, "/metrics", metrics, "GET", tags=["Operations"])
+    _route(router, routes.METRICS, metrics, "GET", tags=["Operations"])
     # Starlette tries routes in order: the hot inference routes go first (a stable sort).
     router.routes.sort(key=lambda r: not getattr(r, "path", "").endswith((":predict", "/infer")))
     app.include_router(router)
     openapi.install(app)
-    app.add_middleware(
-        GatewayMiddleware,  # type: ignore[arg-type]
-        dataplane=dp if settings.http_fast_path else None,
+    return app
+
+
+def create_front(app: FastAPI, dataplane: DataPlane, settings: ServingSettings) -> GatewayFront:
+    """What uvicorn serves: the front door (auth, body limit, the hot routes) over ``app``."""
+    return GatewayFront(
+        app,  # type: ignore[arg-type]
+        dataplane=dataplane if settings.http_fast_path else None,
         max_body_bytes=settings.max_body_bytes,
         api_keys=settings.api_keys,
         exempt_health=settings.auth_exempt_health,
     )
-    return app

@@ -1,16 +1,15 @@
 """The two hot HTTP routes, TF Serving ``:predict`` and KServe V2 ``/infer``, as plain functions
-of (path parameters, headers, body), plus a pure-ASGI fast path that serves them without FastAPI's
-per-request routing and dependency machinery (a sizeable share of a sub-millisecond request).
+of (path parameters, header values, body), and the REST error boundary.
 
-The FastAPI routes call the same functions, so ``/docs`` describes exactly what the fast path does.
+The front door (``rest/front.py``) and the FastAPI routes (``rest/app.py``) call the same
+functions, so ``/docs`` describes exactly what the front door does, and every REST error body,
+wherever it is refused, comes from :func:`error_response`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,6 @@ from serving.codecs import tfserving, v2
 from serving.dataplane import DataPlane
 from serving.errors import (
     InvalidArgument,
-    PayloadTooLarge,
     ServingError,
     as_serving_error,
     shown,
@@ -27,10 +25,8 @@ from serving.errors import (
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
-PREDICT_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?:predict$"
-)
-INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+#: the KServe V2 binary extension's header (the JSON part's length), as ASGI spells header names
+V2_HEADER_LENGTH_BYTES = v2.HEADER_LENGTH.encode()
 
 
 @dataclass
@@ -87,9 +83,9 @@ async def predict(
     version: str | None,
     label: str | None,
     body: bytes,
-    headers: Mapping[str, str],
+    timeout_ms: str | None,
 ) -> RawResponse:
-    """TF Serving ``:predict`` (row or columnar)."""
+    """TF Serving ``:predict`` (row or columnar); ``timeout_ms``: ``x-request-timeout-ms``."""
     try:
         with dp.observe("rest", name) as record:
             mv = dp.resolve(name, parse_version(version), label)
@@ -107,7 +103,7 @@ async def predict(
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
-                deadline=dp.deadline(parse_timeout(headers.get("x-request-timeout-ms"))),
+                deadline=dp.deadline(parse_timeout(timeout_ms)),
                 signature_name=decoded.signature_name,
             )
             return RawResponse(200, tfserving.encode_predict(outputs, decoded.row_format))
@@ -116,73 +112,40 @@ async def predict(
 
 
 async def infer(
-    dp: DataPlane, name: str, version: str | None, body: bytes, headers: Mapping[str, str]
+    dp: DataPlane,
+    name: str,
+    version: str | None,
+    body: bytes,
+    timeout_ms: str | None,
+    header_length: str | None,
 ) -> RawResponse:
-    """KServe V2 ``/infer`` (JSON, or JSON + binary tensors)."""
+    """KServe V2 ``/infer`` (JSON, or JSON + binary tensors; ``header_length``: the binary
+    extension's ``inference-header-content-length``)."""
     try:
         with dp.observe("v2", name) as record:
             mv = dp.resolve(name, parse_version(version))
             record.version = str(mv.version)
             assert mv.runtime is not None
             dp.admit(mv, len(body))
-            decoded = v2.decode_infer(
-                body, headers.get(v2.HEADER_LENGTH), mv.runtime.inputs, dp.input_limits
-            )
+            decoded = v2.decode_infer(body, header_length, mv.runtime.inputs, dp.input_limits)
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
-                deadline=dp.deadline(parse_timeout(headers.get("x-request-timeout-ms"))),
+                deadline=dp.deadline(parse_timeout(timeout_ms)),
                 output_filter=decoded.outputs,
                 declared=True,  # decode_infer checked each input before reading its data
             )
-            payload, header_length = v2.encode_infer(name, mv.version, outputs, decoded)
-            if header_length is None:
+            payload, json_length = v2.encode_infer(name, mv.version, outputs, decoded)
+            if json_length is None:
                 return RawResponse(200, payload)
             return RawResponse(
                 200,
                 payload,
                 b"application/octet-stream",
-                [(b"inference-header-content-length", str(header_length).encode())],
+                [(V2_HEADER_LENGTH_BYTES, str(json_length).encode())],
             )
     except Exception as exc:
         return error_response(exc, f"POST infer {name}")
-
-
-async def fast_path(dp: DataPlane, scope: Any, receive: Any, send: Any, body_limit: int) -> bool:
-    """Serve ``scope`` if it is a hot inference route; False to let FastAPI handle it."""
-    if scope["method"] != "POST":
-        return False
-    path = scope["path"]
-    match = PREDICT_PATH.match(path) if path.startswith("/v1/") else INFER_PATH.match(path)
-    if match is None:
-        return False
-    # ASGI header names are lower-case already.
-    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return True
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > body_limit:
-            too_large = PayloadTooLarge(f"request body exceeds the limit of {body_limit} bytes")
-            await send_response(send, error_response(too_large, "body"))
-            return True
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    groups = match.groupdict()
-    if "label" in groups:
-        response = await predict(
-            dp, groups["name"], groups["version"], groups["label"], body, headers
-        )
-    else:
-        response = await infer(dp, groups["name"], groups["version"], body, headers)
-    await send_response(send, response)
-    return True
 
 
 async def send_response(send: Any, response: RawResponse) -> None:

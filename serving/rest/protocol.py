@@ -26,7 +26,8 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serving.codecs.tfserving import error_body
+from serving.errors import HttpError
+from serving.rest.inference import error_response
 
 HEADER_TOO_LARGE = 431
 
@@ -222,7 +223,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        body = error_body(message)
+        body = error_response(HttpError(message, status), "connection").body
         self.transport.write(
             b"".join(
                 [

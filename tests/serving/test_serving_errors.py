@@ -311,6 +311,42 @@ def test_api_keys(tmp_path: Path, start_gateway: Any) -> None:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         response = call(request, timeout=10, metadata=(("authorization", "Bearer k-one"),))
         assert "probabilities" in response.outputs
+        response = call(request, timeout=10, metadata=(("x-api-key", "k-two"),))
+        assert "probabilities" in response.outputs
+
+
+@pytest.mark.parametrize(
+    ("headers", "accepted"),
+    [
+        ({"authorization": "Bearer k-one"}, True),
+        ({"authorization": "bearer  k-one"}, True),  # the scheme is case-insensitive
+        ({"x-api-key": "k-one"}, True),
+        ({"authorization": "k-one"}, False),  # a bare key is no bearer token
+        ({"authorization": "Basic k-one", "x-api-key": "k-one"}, True),  # another scheme: no key
+        ({"authorization": "Bearer wrong", "x-api-key": "k-one"}, False),  # bearer is checked
+        ({"authorization": "Bearer"}, False),  # a scheme without a token
+    ],
+)
+def test_api_key_headers_mean_the_same_over_rest_and_grpc(
+    tmp_path: Path, start_gateway: Any, headers: dict[str, str], accepted: bool
+) -> None:
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    gateway: RunningGateway = start_gateway(tmp_path, api_keys=["k-one"])
+    with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
+        rest = http.post(PREDICT, json={"instances": image_rows(1)}, headers=headers)
+    assert rest.status_code == (200 if accepted else 401)
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
+        metadata = tuple(headers.items())
+        if accepted:
+            assert (
+                "probabilities"
+                in predict_call(channel)(_predict(), timeout=10, metadata=metadata).outputs
+            )
+        else:
+            with pytest.raises(grpc.RpcError) as caught:
+                predict_call(channel)(_predict(), timeout=10, metadata=metadata)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert caught.value.details() == rest.json()["error"]  # one message for both
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         health = health_pb2_grpc.HealthStub(channel).Check(

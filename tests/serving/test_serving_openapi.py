@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
 from serving_harness import RunningGateway, gateway_settings
 
 from serving.gateway import Gateway
+from serving.rest import routes
 from tests.tiny_models import lenet_like, write_models_config, write_version
 
 MODEL = "lenet"  # the name the document's examples use, so generated requests reach a model
@@ -96,3 +97,22 @@ def test_document_declares_errors_and_metrics_text(openapi_gateway: RunningGatew
     assert "Retry-After" in predict["429"]["headers"]
     metrics = document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics) == ["text/plain"]
+
+
+def test_the_front_door_serves_exactly_the_documented_hot_routes() -> None:
+    """One route table: the POST :predict and /infer paths in the document are the templates the
+    front door compiles, and each compiled matcher takes its own template's parameters."""
+    documented = {
+        path
+        for path, operations in DOCUMENT["paths"].items()
+        if "post" in operations and path.endswith((":predict", "/infer"))
+    }
+    assert documented == set(routes.PREDICT.templates) | set(routes.INFER.templates)
+    for route in (routes.PREDICT, routes.INFER):
+        for template, matcher in zip(route.templates, route.matchers(), strict=True):
+            path = template.format(name="m-1.x", version="7", label="canary")
+            match = matcher.fullmatch(path)
+            assert match is not None, template
+            expected = {"name": "m-1.x", "version": "7", "label": "canary"}
+            assert match.groupdict() == {key: expected[key] for key in match.groupdict()}
+    assert not routes.PREDICT.matchers()[0].match("/v1/models/a:b:predict")  # v1 names have no ':'

@@ -1,5 +1,9 @@
 """PNG/JPEG bytes -> uint8 NHWC arrays, following a model's ``preprocessing`` metadata.
 
+Core, not a wire codec: what an image becomes is the model's business (its metadata says the
+size, colour mode and resize), whichever transport carried the bytes (the image endpoint's raw
+body or multipart file, or TF Serving JSON's ``{"b64": ...}`` values).
+
 An encoded image is the one input whose cost is not bounded by its size: a 69-byte PNG can
 declare 30000x30000 pixels, a 140 KB one 12000x12000. So the declared size is read from the header
 and checked against a pixel limit before anything is decoded (:func:`declared_pixels`,
