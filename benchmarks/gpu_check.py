@@ -24,6 +24,9 @@ It writes ``gpu_check.json`` and ``gpu_check.md`` (every figure, and gateway / c
 
     python -m benchmarks.gpu_check run --device cuda --repository $GPU_EXTRA/repo --out $OUT
     .venv/bin/python -m benchmarks.gpu_check run --device cpu --repository .gpu-check/repo --out /tmp/gc
+
+Size: both halves in one module, so the device half and the half that prepares its parts
+cannot disagree on the repository layout or the time plan.
 """
 
 from __future__ import annotations

@@ -46,6 +46,10 @@ the numbers are a lower bound of what the gateway could do alone.
 
     .venv/bin/python -m benchmarks.hostile_speed [--duration 10] [--json out.json]
         [--gateway-root DIR] [--gateway-arg=--max-image-pixels=N ...] [--only latency|memory]
+
+Size: each numbered part is one self-contained experiment (its gateway, its attackers, its
+verdict) run by one command; they share the harness below (ports, wrk, VmRSS) and one report,
+which is why they stay in one module.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Rules this file keeps:
   agreement with the offline predictions.
 - Latency is also recorded with ``time.perf_counter`` per request, because Locust rounds response
   times to whole milliseconds below 100 ms. Each worker writes its samples to its own file.
+
+Size: Locust loads its users from the one file given with ``-f`` and imports it in every
+worker under gevent, so the users, their body encoding and their answer records stay together.
 """
 
 from __future__ import annotations

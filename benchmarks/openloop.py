@@ -14,6 +14,9 @@ generator time while it matters. Each worker process takes every P-th arrival of
 so P processes together send exactly the schedule. A worker records, per request, when it was
 scheduled, when the scheduler dispatched it (its lag: the generator's own delay), when it went
 on the wire (later only when every allowed connection was busy) and when its answer came back.
+
+Size: the scheduler, the HTTP and gRPC drivers and the worker entry point share the
+per-request record layout above; one module keeps them in step.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ scheduling lag stayed small; otherwise the point is reported as invalid, without
 
 With ``--p99-bound-ms B`` the rates are then refined by bisection to the highest offered rate
 whose p99 stays under B with errors under 1% (MLPerf's server scenario), per target and protocol.
+
+Size: the command line, the load points, their validity rule, the bisection and the report
+of one command, in the order they run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Report files of a run and of a sweep: results.json, report.md, report.html and PNG plots."""
+"""Report files of a run and of a sweep: results.json, report.md, report.html and PNG plots.
+
+Size: every format (JSON, Markdown, HTML, plots) of one results dict, so a change to the
+results schema is made in one place.
+"""
 
 from __future__ import annotations
 

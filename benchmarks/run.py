@@ -2,6 +2,9 @@
 
 ``run_benchmark(RunConfig(...))`` returns the results dict that ``results.json`` holds; the demo
 and the sweep call it directly, ``python -m benchmarks run`` is its command line.
+
+Size: the stages of one run, in order; each reads what the previous one wrote, and keeping
+them together keeps those hand-offs visible.
 """
 
 from __future__ import annotations

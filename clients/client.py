@@ -20,6 +20,9 @@ Public API:
 
 Every failure raises a ``clients.errors.ServingError`` subclass with the same ``Status`` whatever
 the transport: connection failures are ``Unavailable``, timeouts ``DeadlineExceeded``.
+
+Size: ``Client`` and ``AsyncClient`` side by side on purpose: every method exists in both, and
+a change to one should be made in view of the other.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Public API (for tools and tests; most users want ``clients.Client``):
 - ``rest_predict_body(inputs, signature, rest_format) -> dict`` and
   ``rest_predict_outputs(body) -> ndarray | dict``: TF Serving's JSON shapes (``instances`` /
   ``inputs``, ``predictions`` / ``outputs``, ``{"b64": ...}`` for bytes).
+
+Size: the three protocols implement one interface and are read side by side.
 """
 
 from __future__ import annotations

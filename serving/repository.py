@@ -11,6 +11,9 @@ a serving version; it is retried only when its files change.
 Every filesystem access (models.config, folder listings, stats, metadata.json) runs in a worker
 thread: on a slow or network volume a scan must not stall the requests the event loop serves. The
 loop only applies the result, so ``resolve()`` reads ``models`` without locks.
+
+Size: scanning, version policy, loading, reload and unload are one state machine over
+``models``; keeping it in one module keeps every state change in one place.
 """
 
 from __future__ import annotations

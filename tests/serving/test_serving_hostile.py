@@ -6,6 +6,9 @@ its metrics free of the bogus model names it was sent.
 
 The gateway is a real ``python -m serving`` process (its memory is measured from /proc), with
 small limits so the oversized cases stay cheap: 1 MiB bodies, batches of 8.
+
+Size: a catalogue of hostile inputs, one table per input path, each row a request and the
+refusal it must get.
 """
 
 from __future__ import annotations
