@@ -217,7 +217,8 @@ class ServingSettings(BaseSettings):
         True, description="Health, readiness and /metrics need no API key."
     )
     http_fast_path: bool = Field(
-        True, description="Serve :predict and /infer in pure ASGI, bypassing FastAPI's routing."
+        True,
+        description="Serve :predict and /infer at the ASGI front door, before FastAPI (off: FastAPI does).",
     )
     image_top_k: int = Field(5, description="Default number of labels the image endpoint returns.")
 

@@ -67,7 +67,8 @@ def parse_timeout(header: str | None) -> float | None:
 def error_response(exc: BaseException, context: str) -> RawResponse:
     """The REST error boundary: ``{"error": message}`` with the error's HTTP status from the
     status table; anything unexpected is a 500 whose message is a request id that is logged with
-    the traceback. Every REST error body, fast path, middleware or FastAPI route, comes from here.
+    the traceback. Every REST error body (front door, connection refusals, FastAPI routes) comes
+    from here.
     """
     error = exc if isinstance(exc, ServingError) else as_serving_error(exc, log, context)
     response = RawResponse(error.http_status, tfserving.error_body(error.message))
