@@ -19,6 +19,12 @@ Admission (:meth:`DynamicBatcher.admit`, asked by every transport before it deco
 with a retry hint) and the rest wait in an overflow of ``queue_overflow`` requests, so that under a
 closed-loop flood refusals cannot take over the event loop. ``max_queue_bytes`` bounds the queued
 inputs. The scheduler task is supervised: if it dies, its queue fails at once and it restarts.
+
+Layout: the config, then ``DynamicBatcher`` by concern (admission, supervision, ``infer``, the
+scheduler and its two waits, take, launch, finish, drain and close), each a screen or less. It
+stays one module of about 470 lines because those concerns share the queue and its row and byte
+counters, which a split would pass around on the per-request path; the peer-wait decision, which
+keeps state of its own, is the part that moved out.
 """
 
 from __future__ import annotations

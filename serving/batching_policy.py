@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 
-#: The concurrency a peer wait aims for is the most rows inside at once over the last window.
+#: The window over which the loop thread's busy share and the peak of rows inside are measured.
 PEER_WINDOW_S = 0.5
 #: Peer waits stop once the loop is this much less busy than ``peer_min_loop_busy``.
 PEER_BUSY_HYSTERESIS = 0.15
@@ -58,16 +58,17 @@ class PeerWaitPolicy:
       the queued rows already reach that target or are a preferred batch size.
     - A wait ends at the first of: an arrival that brings the queued rows to the target; the
       idle gap, ``peer_idle_us`` without an arrival followed by ``QUIET_TURNS`` loop turns
-      without one; ``peer_wait_us`` after it started. It never lasts beyond ``peer_wait_us``;
-      with ``peer_wait_us`` 0 no wait starts.
+      without one; ``peer_wait_us`` after it started (no look is asked for later than that).
+      With ``peer_wait_us`` 0 no wait starts.
 
     Time: every ``now`` is the event loop's clock (``loop.time()``); ``cpu_clock`` is the CPU
     time of the thread that calls :meth:`note_arrival` (the event loop's). Given both, every
     decision is deterministic.
 
-    Use: :meth:`note_arrival` per request (constant time, no allocation), :meth:`note_batch`
-    per batch launched; when a slot frees, :meth:`begin`, then :meth:`look` at each time it
-    names until it says stop or :meth:`note_arrival` says the rows are there, then :meth:`end`.
+    Use: :meth:`note_arrival` per request (constant time: a few counters, and a measurement once
+    per window), :meth:`note_batch` per batch launched; when a slot frees, :meth:`begin`, then
+    :meth:`look` at each time it names until it says stop or :meth:`note_arrival` says the rows
+    are there, then :meth:`end`.
     """
 
     def __init__(
