@@ -6,18 +6,11 @@ the model computes, the next batch accumulates on its own. ``batch_timeout_us`` 
 for more rows once a slot is free; ``preferred_batch_sizes`` end that wait early. Only requests whose
 inputs agree on dtype and non-batch shape are merged. A failing batch fails only its own requests.
 
-Without an explicit timeout, the batcher waits for peers (``peer_wait_us``) when the event loop is
-the bottleneck (its thread at least ``peer_min_loop_busy`` busy over the last 0.5 s window) and
-requests are queueing up (the last batch had more than one row): once a slot frees it waits until
-as many rows are queued as were recently inside the batcher at once (the load's concurrency, the
-peak over the last 0.5 to 1 s), until no request has arrived for ``peer_idle_us``, or until
-``peer_wait_us`` has passed. One client at a time never waits (batches of one), nor do clients
-slower than the gateway (the loop is not saturated); 32 gRPC clients get batches of about 16
-instead of the 3 or 4 that happen to be queued when compute frees. That matters most where
-requests trickle in one at a time (grpc.aio hands calls to the event loop singly): each batch
-costs a worker-thread handoff and its GIL traffic, so fewer, fuller batches leave more CPU for the
-transport. The cost: a batch can wait up to ``peer_idle_us`` for peers that do not come, and up
-to ``peer_wait_us`` while arrivals keep trickling in below the peak.
+Without an explicit timeout, a free slot may wait for peers: while the event loop is the
+bottleneck and requests queue up, for as many rows as were recently inside the batcher at once,
+ending early when none arrive (``peer_idle_us``), at most ``peer_wait_us``. One client at a time
+never waits. :class:`serving.batching_policy.PeerWaitPolicy` decides (its docstring has the
+invariants and the reasons); the scheduler here only arms the timers it asks for.
 
 With ``merge=False`` (batching off) the same queue, bound and deadlines apply, one request per call.
 
@@ -26,6 +19,12 @@ Admission (:meth:`DynamicBatcher.admit`, asked by every transport before it deco
 with a retry hint) and the rest wait in an overflow of ``queue_overflow`` requests, so that under a
 closed-loop flood refusals cannot take over the event loop. ``max_queue_bytes`` bounds the queued
 inputs. The scheduler task is supervised: if it dies, its queue fails at once and it restarts.
+
+Layout: the config, then ``DynamicBatcher`` by concern (admission, supervision, ``infer``, the
+scheduler and its two waits, take, launch, finish, drain and close), each a screen or less. It
+stays one module of about 470 lines because those concerns share the queue and its row and byte
+counters, which a split would pass around on the per-request path; the peer-wait decision, which
+keeps state of its own, is the part that moved out.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.batching_policy import NEXT_TURN, PeerWaitPolicy
 from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from serving.metrics import GatewayMetrics
 from serving.runtimes.base import ModelRuntime
@@ -51,7 +51,8 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """Per-model batching parameters (defaults from the gateway settings)."""
+    """Per-model batching parameters. These defaults are the gateway settings' defaults too
+    (``serving/settings.py`` reads them from here)."""
 
     merge: bool = True
     max_batch_size: int = 32
@@ -77,14 +78,9 @@ class BatchingConfig:
     peer_idle_us: int = 1000
     #: peer waits only while the event loop's thread was at least this busy over a 0.5 s window:
     #: above what a load generator that is itself the bottleneck drives it to, below what a
-    #: saturating load does (benchmarks/RESULTS.md, "Gateway speed, 2026-11-27, third").
+    #: saturating load does (benchmarks/RESULTS.md, "Gateway speed (serving/), 2026-11-27,
+    #: third: batches wait for the peers of a busy load").
     peer_min_loop_busy: float = 0.8
-
-
-#: The concurrency a peer wait aims for is the most rows inside at once over the last window.
-PEER_WINDOW_S = 0.5
-#: Peer waits stop once the loop is this much less busy than ``peer_min_loop_busy``.
-PEER_BUSY_HYSTERESIS = 0.15
 
 
 @dataclass
@@ -95,11 +91,6 @@ class _Pending:
     future: asyncio.Future[Tensors]
     nbytes: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
-
-
-def _set_if_pending(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _merge_key(inputs: Tensors) -> tuple[Any, ...]:
@@ -139,22 +130,22 @@ class DynamicBatcher:
         self._closed = False
         self._preferred = frozenset(config.preferred_batch_sizes)
         self._max_rows = config.max_batch_size if config.merge else 1
-        # Peer wait (see the module doc): rows queued, computing and inside infer() right now, the
-        # most rows inside at once in this window and the last, the last arrival, and the wait.
+        # Rows queued, computing, and inside infer() right now (the last for the peer wait).
         self._queued_rows = 0
         self._computing_rows = 0
         self._inside_rows = 0
-        self._peak_rows = 0
-        self._previous_peak_rows = 0
-        self._window_end = 0.0
-        self._window_start = 0.0
-        self._window_cpu = 0.0
-        self._loop_saturated = False
-        self._last_arrival = 0.0
-        self._peer_target = 0
+        self._peers = PeerWaitPolicy(
+            peer_wait_us=config.peer_wait_us,
+            peer_idle_us=config.peer_idle_us,
+            min_loop_busy=config.peer_min_loop_busy,
+            max_rows=self._max_rows,
+            preferred=self._preferred,
+        )
+        # Bound once: infer() calls it per request.
+        self._note_arrival = self._peers.note_arrival
+        # The peer wait in progress: what the scheduler awaits, and the timer armed to look again.
         self._peer_wait: asyncio.Future[None] | None = None
-        self._last_batch_rows = 0
-        self._arrivals = 0
+        self._peer_timer: asyncio.Handle | None = None
         if metrics is not None:
             self._depth = metrics.queue_depth.labels(model)
             self._queue_latency = metrics.queue_latency.labels(model)
@@ -228,19 +219,21 @@ class DynamicBatcher:
             "model %s v%s: batch scheduler died, restarting it", self.model, self.version,
             exc_info=error,
         )  # fmt: skip
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(
-                    Unavailable(
-                        f"model '{self.model}' version {self.version}: the batch scheduler failed "
-                        "and was restarted; retry"
-                    )
-                )
-        self._queue.clear()
-        self._queued_rows = self._queued_bytes = 0
+        self._fail_queued(
+            f"model '{self.model}' version {self.version}: the batch scheduler failed and was "
+            "restarted; retry"
+        )
         # Slots held by batches still computing come back through _finish.
         self._slots = asyncio.Semaphore(max(0, self.config.max_concurrent - self._busy))
         self._start_scheduler()
+
+    def _fail_queued(self, message: str) -> None:
+        """Fail every queued request with UNAVAILABLE (retryable) and empty the queue."""
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(Unavailable(message))
+        self._queue.clear()
+        self._queued_rows = self._queued_bytes = 0
 
     async def infer(self, inputs: Tensors, deadline: float) -> Tensors:
         """Queue ``inputs`` (batch-major arrays) and wait for this request's rows of the result.
@@ -274,7 +267,12 @@ class DynamicBatcher:
         if self.metrics is not None:
             self._depth.set(len(self._queue))
         now = loop.time()
-        self._note_arrival(rows, now)
+        self._queued_rows += rows
+        self._inside_rows += rows
+        if self._note_arrival(self._inside_rows, self._queued_rows, now):
+            wait = self._peer_wait  # the peer wait in progress has its rows
+            if wait is not None and not wait.done():
+                wait.set_result(None)
         self._wakeup.set()
         # A timer rather than asyncio.wait_for: cheaper, and the request is simply skipped (if
         # still queued) or its rows dropped (if computing) once its future is done.
@@ -284,31 +282,6 @@ class DynamicBatcher:
         finally:
             timer.cancel()
             self._inside_rows -= rows
-
-    def _note_arrival(self, rows: int, now: float) -> None:
-        self._arrivals += 1
-        self._queued_rows += rows
-        self._inside_rows += rows
-        self._last_arrival = now
-        if now >= self._window_end:  # a new window; the last one is forgotten after a quiet one
-            quiet = now >= self._window_end + PEER_WINDOW_S
-            self._previous_peak_rows, self._peak_rows = (0 if quiet else self._peak_rows), 0
-            # How busy this (the event loop's) thread was: waiting only pays when the loop is
-            # the bottleneck. With hysteresis, since waiting itself makes the loop less busy.
-            # CPU time, not time runnable (schedstat): counting the run-queue wait made a loop
-            # that shares 2 cores with 16 Locust users look saturated every other window.
-            cpu = time.thread_time()
-            busy = 0.0 if quiet else (cpu - self._window_cpu) / (now - self._window_start)
-            if busy >= self.config.peer_min_loop_busy:
-                self._loop_saturated = True
-            elif busy < self.config.peer_min_loop_busy - PEER_BUSY_HYSTERESIS:
-                self._loop_saturated = False
-            self._window_start, self._window_cpu = now, cpu
-            self._window_end = now + PEER_WINDOW_S
-        self._peak_rows = max(self._peak_rows, self._inside_rows)
-        wait = self._peer_wait
-        if wait is not None and not wait.done() and self._queued_rows >= self._peer_target:
-            wait.set_result(None)
 
     def _expire(self, future: asyncio.Future[Tensors]) -> None:
         if not future.done():
@@ -326,7 +299,7 @@ class DynamicBatcher:
             await self._slots.acquire()
             if self.config.merge and self.config.batch_timeout_us > 0:
                 await self._wait_for_more()
-            elif self.config.merge and self.config.peer_wait_us > 0:
+            elif self.config.merge and self.config.peer_wait_us > 0:  # else the policy never waits
                 await self._wait_for_peers()
             batch = self._take()
             if not batch:
@@ -335,50 +308,34 @@ class DynamicBatcher:
             self._launch(batch)
 
     async def _wait_for_peers(self) -> None:
-        """Wait until the recent concurrency's rows are queued, or ``peer_wait_us`` has passed."""
+        """Hold the batch back for as long as the peer-wait policy asks (often not at all)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        concurrency = max(self._peak_rows, self._previous_peak_rows)
-        target = min(self._max_rows, concurrency - self._computing_rows)
-        # Waiting only pays when the event loop is the bottleneck and requests are queueing up (a
-        # last batch of one row: a single client, or light load). Otherwise the spacing of the
-        # arrivals is the clients' own, and waiting would only add latency.
-        worth_it = self._loop_saturated and self._last_batch_rows > 1
-        if not worth_it or self._queued_rows >= target or self._queued_rows in self._preferred:
+        first = self._peers.begin(self._queued_rows, self._computing_rows, loop.time())
+        if first is None:
             return
         done: asyncio.Future[None] = loop.create_future()
-        give_up = now + self.config.peer_wait_us / 1e6
-        idle = self.config.peer_idle_us / 1e6
-        seen = self._arrivals
-        timer: list[asyncio.TimerHandle | asyncio.Handle] = []
-
-        def check(quiet_turns: int = 0) -> None:
-            # Ends at give_up, or once peer_idle_us passed without an arrival *and* the loop has
-            # turned twice more without one: a call that grpc.aio has already read reaches infer()
-            # a turn or two after its I/O, and a loop busy sending replies makes gaps of its own.
-            nonlocal seen
-            if done.done():
-                return
-            now = loop.time()
-            if now >= give_up:
-                done.set_result(None)
-            elif self._arrivals != seen:  # arrivals keep coming: look again an idle gap later
-                seen = self._arrivals
-                timer[:] = [loop.call_at(min(give_up, now + idle), check)]
-            elif now < self._last_arrival + idle:
-                timer[:] = [loop.call_at(min(give_up, self._last_arrival + idle), check)]
-            elif quiet_turns < 2:
-                timer[:] = [loop.call_soon(check, quiet_turns + 1)]
-            else:
-                done.set_result(None)
-
-        timer.append(loop.call_at(min(give_up, self._last_arrival + idle), check))
-        self._peer_target, self._peer_wait = target, done
+        self._peer_timer = loop.call_at(first, self._look_for_peers, done)
+        self._peer_wait = done
         try:
-            await done
+            await done  # ended by _look_for_peers, or by an arrival in infer()
         finally:
-            timer[0].cancel()
-            self._peer_wait = None
+            if self._peer_timer is not None:
+                self._peer_timer.cancel()
+            self._peer_wait = self._peer_timer = None
+            self._peers.end()
+
+    def _look_for_peers(self, done: asyncio.Future[None]) -> None:
+        """The peer wait's timer: end the wait, or arm the next look where the policy says."""
+        if done.done():
+            return
+        loop = done.get_loop()
+        when = self._peers.look(loop.time())
+        if when is None:
+            done.set_result(None)
+        elif when is NEXT_TURN:
+            self._peer_timer = loop.call_soon(self._look_for_peers, done)
+        else:
+            self._peer_timer = loop.call_at(when, self._look_for_peers, done)
 
     async def _wait_for_more(self) -> None:
         assert self._wakeup is not None
@@ -448,7 +405,7 @@ class DynamicBatcher:
             }
         self._busy += 1
         self._computing_rows += rows
-        self._last_batch_rows = rows
+        self._peers.note_batch(rows)
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._pool, self._compute, feeds)
         done.add_done_callback(lambda fut: self._finish(batch, rows, fut))
@@ -507,12 +464,7 @@ class DynamicBatcher:
         """Stop scheduling; queued requests fail with UNAVAILABLE; free the runtime once no batch
         is computing on it (a batch already running finishes and answers its requests)."""
         self._closed = True
-        for item in self._queue:
-            if not item.future.done():
-                item.future.set_exception(Unavailable(f"model '{self.model}' was unloaded"))
-        self._queue.clear()
-        self._queued_rows = 0
-        self._queued_bytes = 0
+        self._fail_queued(f"model '{self.model}' was unloaded")
         if self._task is not None:
             self._task.cancel()
         self._pool.shutdown(wait=False)

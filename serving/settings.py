@@ -18,6 +18,9 @@ from serving.batching import BatchingConfig
 CommaList = Annotated[list[str], NoDecode]
 IntCommaList = Annotated[list[int], NoDecode]
 
+#: The batching options take their defaults from BatchingConfig: each is set in one place.
+_BATCHING = BatchingConfig()
+
 
 def _split_commas(value: Any) -> Any:
     """Accept ``"a,b"`` from the environment or CLI as well as a real list."""
@@ -82,39 +85,47 @@ class ServingSettings(BaseSettings):
         False, description="CUDA graphs (pads every batch to max_batch_size so shapes are fixed)."
     )
     max_concurrent_inferences: int = Field(
-        1, description="Concurrent ONNX Runtime executions per model version."
+        _BATCHING.max_concurrent,
+        description="Concurrent ONNX Runtime executions per model version.",
     )
     warmup: bool = Field(True, description="Run warmup inferences before a version is ready.")
     # --- dynamic batching ------------------------------------------------------------------
-    batching: bool = Field(True, description="Dynamic batching (merge concurrent requests).")
-    max_batch_size: int = Field(32, description="Largest merged batch, in rows.")
+    batching: bool = Field(
+        _BATCHING.merge, description="Dynamic batching (merge concurrent requests)."
+    )
+    max_batch_size: int = Field(
+        _BATCHING.max_batch_size, description="Largest merged batch, in rows."
+    )
     batch_timeout_us: int = Field(
-        0,
+        _BATCHING.batch_timeout_us,
         description="How long a batch waits for more rows once compute is free (0 = take what is queued).",
     )
     batch_peer_wait_us: int = Field(
-        3000,
+        _BATCHING.peer_wait_us,
         ge=0,
         description="With batch_timeout_us 0, while the event loop is saturated (its thread "
-        f"{BatchingConfig.peer_min_loop_busy * 100:.0f}%% busy) and requests queue up (last batch over one row): once compute is free, wait up to "
+        f"{_BATCHING.peer_min_loop_busy * 100:.0f}%% busy) and requests queue up (last batch over one row): once compute is free, wait up to "
         "this long for as many rows as were recently in flight together. One client at a time "
         "never waits. 0 = take what is queued.",
     )
     batch_peer_idle_us: int = Field(
-        1000, ge=0, description="A peer wait also ends after this long without a new request."
+        _BATCHING.peer_idle_us,
+        ge=0,
+        description="A peer wait also ends after this long without a new request.",
     )
     preferred_batch_sizes: IntCommaList = Field(
-        default_factory=list, description="Comma list; a batch reaching one is dispatched at once."
+        default_factory=lambda: list(_BATCHING.preferred_batch_sizes),
+        description="Comma list; a batch reaching one is dispatched at once.",
     )
     max_queue_size: int = Field(
-        256,
+        _BATCHING.max_queue_size,
         ge=1,
         description="Queued requests per model beyond which arrivals are refused with 429 "
         "RESOURCE_EXHAUSTED (decided before decoding), up to refusal_share of the admissions; the "
         "others wait in the queue's overflow.",
     )
     refusal_share: float = Field(
-        0.1,
+        _BATCHING.refusal_share or 0.0,
         ge=0,
         description="While a model's queue is full, arrivals refused per request admitted; the "
         "others wait in the queue's overflow (pushback: a refused closed-loop client comes "
@@ -122,10 +133,12 @@ class ServingSettings(BaseSettings):
         "max_queue_size.",
     )
     queue_overflow: int = Field(
-        1024, ge=0, description="Requests that may wait beyond max_queue_size (429 beyond)."
+        _BATCHING.queue_overflow,
+        ge=0,
+        description="Requests that may wait beyond max_queue_size (429 beyond).",
     )
     max_queue_bytes: int = Field(
-        256 * 1024 * 1024,
+        _BATCHING.max_queue_bytes,
         ge=1,
         description="Bytes of queued inputs per model (429 beyond; an empty queue takes any "
         "request the body limit admits).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from pathlib import Path
@@ -223,3 +224,15 @@ def test_peer_wait_ends_after_the_idle_gap_when_peers_stop_coming(tmp_path: Path
     # One idle gap (0.5 s), then batches of one never wait: 20 waits would be 10 s.
     assert alone < 5, alone
     batcher.close()
+
+
+def test_gateway_batching_defaults_are_batching_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings take their batching defaults from BatchingConfig: with no option given, the
+    gateway batches with exactly ``BatchingConfig()``."""
+    from serving.gateway import batching_config
+    from serving.settings import ServingSettings
+
+    for name in list(os.environ):
+        if name.startswith("SERVING_"):
+            monkeypatch.delenv(name)
+    assert batching_config(ServingSettings()) == BatchingConfig()
