@@ -38,7 +38,7 @@ RECIPES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
             "epochs": 30,
             "batch_size": 128,
             "learning_rate": 3e-3,
-            "augment": "none",
+            "augment": "graph",
             "schedule": "cosine",
             "warmup_epochs": 1,
             "patience": 30,
