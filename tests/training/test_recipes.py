@@ -75,3 +75,10 @@ def test_graph_augmentation_with_cosine_trains_and_repeats(tmp_path) -> None:
     assert first["accuracy"] > 0.5  # 2 epochs of 900 augmented images: far above chance (0.1)
     assert first["accuracy"] == second["accuracy"]
     np.testing.assert_array_equal(first["confusion_matrix"], second["confusion_matrix"])
+
+
+def test_demo_recipe_is_cosine_over_the_demo_epochs() -> None:
+    config, line = _config("--recipe", "demo", "--epochs", "4")
+    assert (config.epochs, config.schedule, config.augment) == (4, "cosine", "none")
+    assert config.learning_rate == RECIPES["demo"][("lenet", "mnist")]["learning_rate"]
+    assert line.startswith("recipe demo: epochs=4 (flag)")
