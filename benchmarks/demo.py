@@ -32,7 +32,7 @@ def train(repository: Path, epochs: int) -> None:
     """Training runs in a child process, so this process never holds TensorFlow's memory."""
     command = [
         sys.executable, "-m", "training", "train",
-        "--model", MODEL, "--dataset", DATASET, "--epochs", str(epochs),
+        "--model", MODEL, "--dataset", DATASET, "--recipe", "demo", "--epochs", str(epochs),
         "--repository", str(repository),
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.demo", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--repository", default="model_repository")
-    parser.add_argument("--epochs", type=int, default=8, help="LeNet epochs (default 8: ~99.1%%)")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=8,
+        help="LeNet epochs (default 8: ~99.2%% with --recipe demo's cosine decay)",
+    )
     parser.add_argument("--duration", default="20s", help="Locust run length (default 20s)")
     parser.add_argument("--users", type=int, default=16, help="Locust users (default 16)")
     parser.add_argument("--out", default="reports/demo", help="report directory")

@@ -6,11 +6,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from training.data import DATASETS, DatasetUnavailable
+from training.data import AUGMENT_KINDS, DATASETS, DatasetUnavailable
 from training.models import MODEL_NAMES
+from training.recipes import DEFAULTS, RECIPES, UnknownRecipe, describe, resolve
+
+SCHEDULES = ("constant", "cosine", "plateau")
 
 DEMO_EPOCHS = 8
 
@@ -43,10 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", choices=[m for m in MODEL_NAMES if m != "resnet50_imagenet"], default="lenet"
     )
     train.add_argument("--dataset", choices=DATASETS, default="mnist")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--augment", action="store_true", help="albumentations on training batches")
+    train.add_argument(
+        "--recipe", choices=tuple(RECIPES),
+        help="a measured combination of the settings below (flags given explicitly win); "
+        "`best`: LeNet on MNIST or Fashion-MNIST; `demo`: LeNet on MNIST in make demo's 8 epochs",
+    )  # fmt: skip
+    train.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']}")
+    train.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
+    train.add_argument("--learning-rate", type=float, help=f"default {DEFAULTS['learning_rate']}")
+    train.add_argument(
+        "--schedule", choices=SCHEDULES,
+        help="learning rate over the run: constant (default), cosine decay to 0 after "
+        "--warmup-epochs of linear warm-up, or plateau (halve when val_loss stalls for 2 epochs)",
+    )  # fmt: skip
+    train.add_argument(
+        "--warmup-epochs", type=int, help="cosine: linear warm-up epochs (default 0)"
+    )
+    train.add_argument(
+        "--augment", nargs="?", const="graph", choices=AUGMENT_KINDS,
+        help="augment training batches: graph (TensorFlow ops inside the tf.data graph; the "
+        "default when --augment is given alone), albumentations (Python, one call per batch) "
+        "or none (default)",
+    )  # fmt: skip
     train.add_argument("--limit", type=int, help="at most N training images (stratified subset)")
     train.add_argument(
         "--test-limit", type=int,
@@ -55,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kfold", type=int, help="K-fold cross-validation; reports mean and std")
     train.add_argument("--pipeline", choices=("tfdata", "pydataset"), default="tfdata")
     train.add_argument("--validation-fraction", type=float, default=0.1)
-    train.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
+    train.add_argument("--patience", type=int, help="early-stopping patience (epochs, default 3)")
     train.add_argument(
         "--data-dir", help="directory with the standard dataset files (or set CONVNET_DATA_DIR)"
     )
@@ -86,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="train LeNet on MNIST with the default budget and export it",
-        description="The first part of `make demo`: get the data, train LeNet on MNIST, export.",
+        description="The first part of `make demo`: get the data, train LeNet on MNIST with "
+        "--recipe demo (cosine decay over 8 epochs), export.",
     )  # fmt: skip
     demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     demo.add_argument("--repository", default="model_repository")
@@ -103,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from training.train import TrainConfig, run_training
 
-            run_training(TrainConfig(epochs=args.epochs, repository=args.repository))
+            settings, sources = resolve("demo", "lenet", "mnist", {"epochs": args.epochs})
+            print(describe("demo", settings, sources), flush=True)
+            config = TrainConfig(repository=args.repository, recipe="demo", **settings)
+            run_training(config)
             return 0
     except DatasetUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
@@ -118,18 +144,32 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, run_training
+def train_config(args: argparse.Namespace) -> tuple[Any, str]:
+    """The TrainConfig for `train`'s arguments (flags > recipe > defaults) and a line saying so."""
+    from training.train import TrainConfig
 
+    explicit = {key: getattr(args, key) for key in DEFAULTS}
+    settings, sources = resolve(args.recipe, args.model, args.dataset, explicit)
     config = TrainConfig(
-        model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, repository=args.repository, runs_dir=args.runs_dir,
-        version=args.version, augment=args.augment, limit=args.limit, test_limit=args.test_limit,
-        kfold=args.kfold, seed=args.seed, pipeline=args.pipeline,
-        validation_fraction=args.validation_fraction, patience=args.patience,
+        model=args.model, dataset=args.dataset, repository=args.repository, runs_dir=args.runs_dir,
+        version=args.version, limit=args.limit, test_limit=args.test_limit, kfold=args.kfold,
+        seed=args.seed, pipeline=args.pipeline, validation_fraction=args.validation_fraction,
         data_dir=args.data_dir, weights=args.weights, resnet_side=args.resnet_side,
         export=not args.no_export, fp16=not args.no_fp16, serving_base_path=args.serving_base_path,
+        recipe=args.recipe, **settings,
     )  # fmt: skip
+    return config, describe(args.recipe, settings, sources)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import run_training
+
+    try:
+        config, line = train_config(args)
+    except UnknownRecipe as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(line, flush=True)
     run_training(config)
     return 0
 

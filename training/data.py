@@ -1,4 +1,4 @@
-"""Datasets, splits, augmentation and the two batch pipelines.
+"""Datasets, splits, augmentation (TensorFlow ops or albumentations) and the two batch pipelines.
 
 `load_dataset(name)` returns uint8 NHWC images `[N, 28, 28, 1]` and int labels for MNIST,
 Fashion-MNIST and KMNIST. Where the data comes from, first found wins:
@@ -362,6 +362,106 @@ class Augmenter:
         return out
 
 
+# The graph version of the same family: tf ops on whole batches inside the tf.data graph, so
+# augmentation runs in TensorFlow's threads instead of one Python call per batch.
+AUGMENT_KINDS = ("none", "graph", "albumentations")
+GRAPH_AUGMENT: dict[str, Any] = {
+    "affine_p": 0.8,
+    "rotate_degrees": 10.0,
+    "translate_fraction": 0.08,
+    "scale": 0.1,
+    "brightness_contrast_p": 0.5,
+    "brightness": 0.2,
+    "contrast": 0.2,
+    "noise_p": 0.3,
+    "noise_std": (0.02, 0.08),
+}
+
+
+def augment_kind(value: str | bool | None) -> str:
+    """Normalise an augmentation choice: True (the old `--augment`) means the default, graph."""
+    if value is None or value is False:
+        return "none"
+    if value is True:
+        return "graph"
+    if value not in AUGMENT_KINDS:
+        raise ValueError(
+            f"unknown augmentation {value!r}; choose one of {', '.join(AUGMENT_KINDS)}"
+        )
+    return value
+
+
+def graph_augment(images: Any, seed: Any) -> Any:
+    """Augment a uint8 batch `[N, H, W, C]` with TensorFlow ops; returns uint8 of the same shape.
+
+    Per image, like `Augmenter`: with p=0.8 an affine move (rotation within +-10 degrees, shift
+    within +-8% of the side, scale 0.9-1.1, black fill), with p=0.5 brightness/contrast +-20%, with
+    p=0.3 Gaussian noise (std 2-8% of 255). Never a flip. Every random draw is stateless, keyed
+    by `seed` (an int `[2]` tensor), so the same seed gives the same batch whatever the
+    parallelism.
+    """
+    import math
+
+    import tensorflow as tf
+
+    cfg = GRAPH_AUGMENT
+    images = tf.convert_to_tensor(images)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=11)
+    shape = tf.shape(images)
+    batch = shape[0]
+    height = tf.cast(shape[1], tf.float32)
+    width = tf.cast(shape[2], tf.float32)
+
+    def uniform(index: int, low: float, high: float, size: Any = None) -> Any:
+        return tf.random.stateless_uniform(
+            [batch] if size is None else size, seeds[index], minval=low, maxval=high
+        )
+
+    def chance(index: int, p: float) -> Any:
+        return tf.cast(uniform(index, 0.0, 1.0) < p, tf.float32)
+
+    # Affine: the transform maps output pixel coordinates to input coordinates, about the centre.
+    moved = chance(0, cfg["affine_p"])
+    angle = uniform(1, -1.0, 1.0) * cfg["rotate_degrees"] * math.pi / 180.0 * moved
+    scale = 1.0 + uniform(2, -1.0, 1.0) * cfg["scale"] * moved
+    shift_x = uniform(3, -1.0, 1.0) * cfg["translate_fraction"] * width * moved
+    shift_y = uniform(4, -1.0, 1.0) * cfg["translate_fraction"] * height * moved
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    from_x, from_y = centre_x + shift_x, centre_y + shift_y
+    zeros = tf.zeros_like(cos)
+    transforms = tf.stack(
+        [
+            cos, sin, centre_x - cos * from_x - sin * from_y,
+            -sin, cos, centre_y + sin * from_x - cos * from_y,
+            zeros, zeros,
+        ],
+        axis=1,
+    )  # fmt: skip
+    x = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
+        transforms=transforms,
+        output_shape=shape[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+    # Brightness/contrast: x * alpha + beta * 255, as albumentations does for uint8.
+    toned = chance(5, cfg["brightness_contrast_p"])[:, None, None, None]
+    alpha = 1.0 + uniform(6, -1.0, 1.0) * cfg["contrast"]
+    beta = uniform(9, -1.0, 1.0) * cfg["brightness"] * 255.0
+    x = x + toned * (x * (alpha[:, None, None, None] - 1.0) + beta[:, None, None, None])
+
+    # Gaussian noise on a share of the images.
+    noisy = chance(7, cfg["noise_p"])[:, None, None, None]
+    low, high = cfg["noise_std"]
+    std = uniform(8, low * 255.0, high * 255.0)[:, None, None, None]
+    noise = tf.random.stateless_normal(tf.shape(x), seeds[10])
+    x = x + noisy * std * noise
+    return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
+
+
 # --- pipelines -----------------------------------------------------------------------------------
 
 
@@ -371,31 +471,43 @@ def make_tf_dataset(
     batch_size: int,
     *,
     shuffle: bool,
-    augment: bool,
+    augment: str | bool,
     seed: int = 42,
 ) -> Any:
     """A `tf.data` pipeline: shuffle, batch, augment (training only), prefetch with AUTOTUNE.
 
-    Augmentation maps whole batches through albumentations (one Python call per batch, not per
-    image), keyed by a seeded random stream that changes every epoch.
+    Augmentation maps whole batches, keyed by a seeded random stream that changes every epoch:
+    `graph` through `graph_augment` (TensorFlow ops, parallel map), `albumentations` through
+    `Augmenter` (one Python call per batch).
     """
     import tensorflow as tf
 
+    kind = augment_kind(augment)
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size)
-    if augment:
-        augmenter = Augmenter(seed)
+    if kind != "none":
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        if kind == "graph":
 
-        def augment_batch(pair: Any, key: Any) -> Any:
-            images, labels = pair
-            augmented = tf.numpy_function(
-                lambda batch, k: augmenter(batch, int(k)), [images, key], tf.uint8, stateful=False
-            )
-            augmented = tf.ensure_shape(augmented, images.shape)
-            return augmented, labels
+            def augment_batch(pair: Any, key: Any) -> Any:
+                images, labels = pair
+                return graph_augment(images, tf.stack([key, tf.constant(seed, tf.int64)])), labels
+
+        else:
+            augmenter = Augmenter(seed)
+
+            def augment_batch(pair: Any, key: Any) -> Any:
+                images, labels = pair
+                augmented = tf.numpy_function(
+                    lambda batch, k: augmenter(batch, int(k)),
+                    [images, key],
+                    tf.uint8,
+                    stateful=False,
+                )
+                augmented = tf.ensure_shape(augmented, images.shape)
+                return augmented, labels
 
         dataset = tf.data.Dataset.zip((dataset, keys)).map(
             augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
@@ -409,7 +521,7 @@ def make_py_dataset(
     batch_size: int,
     *,
     shuffle: bool,
-    augment: bool,
+    augment: str | bool,
     seed: int = 42,
     workers: int = 2,
 ) -> Any:
@@ -421,7 +533,8 @@ def make_py_dataset(
             super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
             self.epoch = 0
             self.order = self._order()
-            self.augmenter = Augmenter(seed) if augment else None
+            self.kind = augment_kind(augment)
+            self.augmenter = Augmenter(seed) if self.kind == "albumentations" else None
 
         def _order(self) -> np.ndarray:
             if not shuffle:
@@ -434,8 +547,11 @@ def make_py_dataset(
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             rows = self.order[index * batch_size : (index + 1) * batch_size]
             images, labels = x[rows], y[rows]
+            key = self.epoch * 1_000_003 + index
             if self.augmenter is not None:
-                images = self.augmenter(images, key=self.epoch * 1_000_003 + index)
+                images = self.augmenter(images, key=key)
+            elif self.kind == "graph":
+                images = graph_augment(images, np.array([key, seed], np.int64)).numpy()
             return images, labels
 
         def on_epoch_end(self) -> None:
@@ -452,10 +568,13 @@ def make_pipeline(
     batch_size: int,
     *,
     shuffle: bool,
-    augment: bool,
+    augment: str | bool,
     seed: int = 42,
 ) -> Any:
-    """`tfdata` or `pydataset`: both are accepted by `model.fit` and `model.predict`."""
+    """`tfdata` or `pydataset`: both are accepted by `model.fit` and `model.predict`.
+
+    `augment`: `none`, `graph` or `albumentations` (True means `graph`, False `none`).
+    """
     if kind == "tfdata":
         return make_tf_dataset(x, y, batch_size, shuffle=shuffle, augment=augment, seed=seed)
     if kind == "pydataset":

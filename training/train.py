@@ -20,6 +20,7 @@ import numpy as np
 
 from training.data import (
     Dataset,
+    augment_kind,
     load_dataset,
     make_pipeline,
     stratified_kfold,
@@ -35,6 +36,7 @@ from training.export import MIN_PARITY_IMAGES, ExportRequest, export_model
 from training.models import build_model
 
 CONFUSION_IMAGE_MAX_EXAMPLES = 2000
+SCHEDULES = ("constant", "cosine", "plateau")
 
 
 @dataclass
@@ -49,7 +51,7 @@ class TrainConfig:
     repository: str = "model_repository"
     runs_dir: str = "runs"
     version: int | None = None
-    augment: bool = False
+    augment: str | bool = "none"  # none, graph or albumentations; True means graph
     limit: int | None = None
     test_limit: int | None = None
     kfold: int | None = None
@@ -63,6 +65,14 @@ class TrainConfig:
     export: bool = True
     fp16: bool = True
     serving_base_path: str = "/models"
+    schedule: str = "constant"  # constant, cosine (after warmup_epochs of linear warm-up), plateau
+    warmup_epochs: int = 0
+    recipe: str | None = None  # the name only; its values are already in the fields above
+
+    def __post_init__(self) -> None:
+        self.augment = augment_kind(self.augment)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
 
 
 @dataclass
@@ -93,7 +103,25 @@ def prepare_data(config: TrainConfig) -> Dataset:
     return dataset.limited(config.limit, test_limit, config.seed)
 
 
-def compile_model(config: TrainConfig, dataset: Dataset) -> Any:
+def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """The optimizer's learning rate: a number, or a per-step schedule for `cosine`."""
+    import keras
+
+    if config.schedule != "cosine":
+        return config.learning_rate  # `plateau` is a callback (make_callbacks)
+    warmup = min(config.warmup_epochs, max(config.epochs - 1, 0)) * steps_per_epoch
+    total = max(config.epochs * steps_per_epoch, 1)
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.learning_rate / 10,
+        decay_steps=total - warmup,
+        warmup_target=config.learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def compile_model(config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1) -> Any:
     import keras
 
     model = build_model(
@@ -104,7 +132,7 @@ def compile_model(config: TrainConfig, dataset: Dataset) -> Any:
         resnet_side=config.resnet_side,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -135,13 +163,18 @@ class ConfusionMatrixImage:
 
 
 def make_callbacks(
-    run_dir: Path, x_val: np.ndarray, y_val: np.ndarray, class_names: list[str], patience: int
+    run_dir: Path,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    class_names: list[str],
+    patience: int,
+    schedule: str = "constant",
 ) -> list[Any]:
     import keras
 
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    return [
+    callbacks = [
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=True),
         ConfusionMatrixImage.create(run_dir / "tensorboard", x_val, y_val, class_names),
         keras.callbacks.ModelCheckpoint(
@@ -158,6 +191,11 @@ def make_callbacks(
         ),
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv")),
     ]
+    if schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, verbose=1)
+        )
+    return callbacks
 
 
 def fit(
@@ -171,7 +209,8 @@ def fit(
 ) -> tuple[Any, dict[str, list[float]], float]:
     """Train one model; return it, its history and the mean seconds per epoch."""
     set_determinism(config.seed)
-    model = compile_model(config, dataset)
+    steps_per_epoch = -(-len(y_train) // config.batch_size)
+    model = compile_model(config, dataset, steps_per_epoch)
     train_data = make_pipeline(
         config.pipeline, x_train, y_train, config.batch_size,
         shuffle=True, augment=config.augment, seed=config.seed,
@@ -185,7 +224,9 @@ def fit(
         validation_data=val_data,
         epochs=config.epochs,
         shuffle=False,  # the pipelines shuffle themselves, reproducibly
-        callbacks=make_callbacks(run_dir, x_val, y_val, dataset.class_names, config.patience),
+        callbacks=make_callbacks(
+            run_dir, x_val, y_val, dataset.class_names, config.patience, config.schedule
+        ),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     epochs_run = max(1, len(history.history.get("loss", [])))

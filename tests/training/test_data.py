@@ -11,6 +11,7 @@ from training.data import (
     FASHION_MNIST_DEBIAN_DIR,
     Augmenter,
     DatasetUnavailable,
+    graph_augment,
     load_dataset,
     make_pipeline,
     stratified_kfold,
@@ -133,8 +134,8 @@ def test_subset_is_stratified(mnist) -> None:
 
 
 @pytest.mark.parametrize("kind", ["tfdata", "pydataset"])
-@pytest.mark.parametrize("augment", [False, True])
-def test_pipelines_yield_correct_batches(mnist, kind: str, augment: bool) -> None:
+@pytest.mark.parametrize("augment", [False, True, "albumentations"])
+def test_pipelines_yield_correct_batches(mnist, kind: str, augment: str | bool) -> None:
     x, y = mnist.x_train[:200], mnist.y_train[:200]
     pipeline = make_pipeline(kind, x, y, 64, shuffle=True, augment=augment, seed=5)
     batches = [(np.asarray(images), np.asarray(labels)) for images, labels in pipeline]
@@ -167,3 +168,70 @@ def test_augmenter_is_deterministic_per_key(mnist) -> None:
     other = Augmenter(seed=11)(images, key=5)
     np.testing.assert_array_equal(first, again)
     assert np.any(first != other)
+
+
+def _take(pipeline, batches: int) -> list[np.ndarray]:
+    return [np.asarray(images) for images, _ in list(pipeline)[:batches]]
+
+
+def test_graph_augmentation_keeps_shape_dtype_and_range(mnist) -> None:
+    images = mnist.x_train[:64]
+    out = graph_augment(images, np.array([1, 2])).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    # Moves and tone changes, not a different picture: the ink stays about where it was.
+    assert abs(float(out.mean()) - float(images.mean())) < 20
+    assert out.max() > 200 and out.min() == 0
+
+
+def test_graph_augmentation_changes_images(mnist) -> None:
+    images = mnist.x_train[:256]
+    out = graph_augment(images, np.array([1, 2])).numpy()
+    changed = np.any(out != images, axis=(1, 2, 3))
+    # p(unchanged) = 0.2 (no affine) * 0.5 (no tone) * 0.7 (no noise) = 7%.
+    assert changed.mean() > 0.85
+
+
+def test_graph_augmentation_is_deterministic_for_a_seed(mnist) -> None:
+    images = mnist.x_train[:32]
+    first = graph_augment(images, np.array([7, 1])).numpy()
+    np.testing.assert_array_equal(first, graph_augment(images, np.array([7, 1])).numpy())
+    assert np.any(first != graph_augment(images, np.array([7, 2])).numpy())
+
+
+def test_graph_augmented_pipeline_is_deterministic_and_varies_per_epoch(mnist) -> None:
+    x, y = mnist.x_train[:128], mnist.y_train[:128]
+
+    def pipeline(seed: int):
+        return make_pipeline("tfdata", x, y, 64, shuffle=True, augment="graph", seed=seed)
+
+    first, again = pipeline(3), pipeline(3)
+    epoch_1, epoch_2 = _take(first, 2), _take(first, 2)
+    for a, b in zip(epoch_1 + epoch_2, _take(again, 2) + _take(again, 2), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.any(a != b) for a, b in zip(epoch_1, epoch_2, strict=True))
+    assert any(np.any(a != b) for a, b in zip(epoch_1, _take(pipeline(4), 2), strict=True))
+
+
+def _gamma_shapes(count: int) -> np.ndarray:
+    """Images with ink only in the left and top bars: a flip would move it right or down."""
+    images = np.zeros((count, 28, 28, 1), np.uint8)
+    images[:, 4:24, 4:8] = 255  # left bar
+    images[:, 4:8, 4:24] = 255  # top bar
+    return images
+
+
+def _ink_left_and_top(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ink = images[..., 0].astype(np.float64)
+    left = ink[:, :, :14].sum(axis=(1, 2)) > ink[:, :, 14:].sum(axis=(1, 2))
+    top = ink[:, :14, :].sum(axis=(1, 2)) > ink[:, 14:, :].sum(axis=(1, 2))
+    return left, top
+
+
+def test_graph_augmentation_never_flips() -> None:
+    images = _gamma_shapes(256)
+    for seed in range(4):
+        left, top = _ink_left_and_top(graph_augment(images, np.array([seed, 0])).numpy())
+        assert left.all() and top.all()
+    # The check sees a flip when there is one.
+    left, top = _ink_left_and_top(images[:, :, ::-1])
+    assert not left.any() and top.all()

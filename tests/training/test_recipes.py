@@ -1,0 +1,84 @@
+"""--recipe and the flags around it: what resolves to what, which value wins, the schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.__main__ import build_parser, main, train_config
+from training.recipes import DEFAULTS, RECIPES
+from training.train import TrainConfig, learning_rate, run_training
+
+
+def _config(*flags: str) -> tuple[TrainConfig, str]:
+    return train_config(build_parser().parse_args(["train", *flags]))
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+def test_recipe_best_resolves_for_lenet(dataset: str) -> None:
+    config, line = _config("--model", "lenet", "--dataset", dataset, "--recipe", "best")
+    for key, value in RECIPES["best"][("lenet", dataset)].items():
+        assert getattr(config, key) == value, key
+    assert config.recipe == "best"
+    assert line.startswith("recipe best: ") and f"epochs={config.epochs}," in line
+
+
+def test_explicit_flags_override_the_recipe() -> None:
+    config, line = _config(
+        "--recipe", "best", "--epochs", "3", "--augment", "albumentations", "--schedule", "plateau"
+    )
+    recipe = RECIPES["best"][("lenet", "mnist")]
+    assert (config.epochs, config.augment, config.schedule) == (3, "albumentations", "plateau")
+    assert config.learning_rate == recipe["learning_rate"] and config.epochs != recipe["epochs"]
+    assert "epochs=3 (flag)" in line and "augment=albumentations (flag)" in line
+
+
+def test_without_a_recipe_the_old_defaults_hold() -> None:
+    config, line = _config("--model", "mlp")
+    for key, value in DEFAULTS.items():
+        assert getattr(config, key) == value, key
+    assert config.recipe is None and "(default)" in line
+
+
+def test_augment_alone_means_graph() -> None:
+    assert _config("--augment")[0].augment == "graph"
+    assert _config("--augment", "albumentations")[0].augment == "albumentations"
+    assert TrainConfig(augment=True).augment == "graph"
+    assert TrainConfig(augment=False).augment == "none"
+
+
+def test_recipe_without_settings_for_the_model_is_refused(capsys) -> None:
+    assert main(["train", "--model", "mlp", "--recipe", "best", "--no-export"]) == 2
+    assert "no settings for mlp on mnist" in capsys.readouterr().err
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    config = TrainConfig(epochs=4, learning_rate=2e-3, schedule="cosine", warmup_epochs=1)
+    schedule = learning_rate(config, steps_per_epoch=10)
+    values = [float(schedule(step)) for step in (0, 10, 25, 40)]
+    assert values[0] == pytest.approx(2e-4)
+    assert values[1] == pytest.approx(2e-3)
+    assert values[1] > values[2] > values[3] and values[3] == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(TrainConfig(learning_rate=5e-4), 10) == 5e-4
+
+
+def test_graph_augmentation_with_cosine_trains_and_repeats(tmp_path) -> None:
+    def run() -> dict:
+        config = TrainConfig(
+            model="mlp", epochs=2, limit=1000, test_limit=1000, augment="graph",
+            schedule="cosine", warmup_epochs=1, learning_rate=3e-3, export=False, seed=5,
+            repository=str(tmp_path / "repo"), runs_dir=str(tmp_path / "runs"),
+        )  # fmt: skip
+        return run_training(config).metrics
+
+    first, second = run(), run()
+    assert first["accuracy"] > 0.5  # 2 epochs of 900 augmented images: far above chance (0.1)
+    assert first["accuracy"] == second["accuracy"]
+    np.testing.assert_array_equal(first["confusion_matrix"], second["confusion_matrix"])
+
+
+def test_demo_recipe_is_cosine_over_the_demo_epochs() -> None:
+    config, line = _config("--recipe", "demo", "--epochs", "4")
+    assert (config.epochs, config.schedule, config.augment) == (4, "cosine", "none")
+    assert config.learning_rate == RECIPES["demo"][("lenet", "mnist")]["learning_rate"]
+    assert line.startswith("recipe demo: epochs=4 (flag)")

@@ -1,0 +1,100 @@
+"""Named training recipes: fixed, measured combinations of the trainer's settings.
+
+`python -m training train --model lenet --dataset mnist --recipe best` takes the recipe's values
+for the settings below; a flag given on the command line wins over the recipe, and the trainer's
+defaults fill the rest. How each recipe was chosen (on the validation split, never the test set)
+and what it scores: benchmarks/RESULTS.md, "Training quality".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The settings a recipe may fix, with the trainer's defaults when neither flag nor recipe does.
+DEFAULTS: dict[str, Any] = {
+    "epochs": 5,
+    "batch_size": 128,
+    "learning_rate": 1e-3,
+    "augment": "none",
+    "schedule": "constant",
+    "warmup_epochs": 0,
+    "patience": 3,
+}
+
+# recipe name -> (model, dataset) -> settings. Patience as long as the run: with a decaying
+# schedule the last epochs are the best ones, early stopping would cut them off.
+RECIPES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+    "best": {
+        ("lenet", "mnist"): {
+            "epochs": 30,
+            "batch_size": 128,
+            "learning_rate": 3e-3,
+            "augment": "graph",
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+            "patience": 30,
+        },
+        ("lenet", "fashion_mnist"): {
+            "epochs": 30,
+            "batch_size": 128,
+            "learning_rate": 3e-3,
+            "augment": "graph",
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+            "patience": 30,
+        },
+    },
+    # `make demo`'s budget (8 epochs): the same time as the constant rate, a better model.
+    "demo": {
+        ("lenet", "mnist"): {
+            "epochs": 8,
+            "learning_rate": 3e-3,
+            "schedule": "cosine",
+            "warmup_epochs": 1,
+        },
+    },
+}
+
+
+class UnknownRecipe(ValueError):
+    """No recipe of that name for that model and dataset."""
+
+
+def resolve(
+    recipe: str | None, model: str, dataset: str, explicit: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """(settings, where each came from: "flag", "recipe" or "default").
+
+    `explicit` holds the command line's values, None where a flag was not given.
+    """
+    chosen: dict[str, Any] = {}
+    if recipe is not None:
+        table = RECIPES.get(recipe)
+        if table is None:
+            raise UnknownRecipe(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        chosen = table.get((model, dataset), {})
+        if not chosen:
+            known = ", ".join(f"{m} on {d}" for m, d in table)
+            raise UnknownRecipe(
+                f"recipe {recipe!r} has no settings for {model} on {dataset}; it has {known}"
+            )
+    settings: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, default in DEFAULTS.items():
+        if explicit.get(key) is not None:
+            settings[key], sources[key] = explicit[key], "flag"
+        elif key in chosen:
+            settings[key], sources[key] = chosen[key], "recipe"
+        else:
+            settings[key], sources[key] = default, "default"
+    return settings, sources
+
+
+def describe(recipe: str | None, settings: dict[str, Any], sources: dict[str, str]) -> str:
+    """One line for the start of training: every resolved setting and where it came from."""
+    parts = []
+    for key, value in settings.items():
+        mark = "" if sources[key] == "recipe" else f" ({sources[key]})"
+        parts.append(f"{key}={value}{mark}")
+    head = f"recipe {recipe}" if recipe else "settings"
+    return f"{head}: " + ", ".join(parts)
