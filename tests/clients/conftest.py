@@ -9,7 +9,8 @@ from http.server import ThreadingHTTPServer
 
 import grpc
 import pytest
-from clients_loopback import Behaviour, LoopbackServers, _grpc_handlers, _Handler
+
+from tests.clients.clients_loopback import Behaviour, LoopbackServers, _grpc_handlers, _Handler
 
 
 @pytest.fixture(scope="session")

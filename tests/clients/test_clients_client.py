@@ -8,14 +8,6 @@ import io
 import httpx
 import numpy as np
 import pytest
-from clients_loopback import (
-    CLASS_NAMES,
-    MODEL,
-    TRANSPORTS,
-    LoopbackServers,
-    make_client_kwargs,
-    toy_model,
-)
 
 from clients import (
     AsyncClient,
@@ -29,6 +21,14 @@ from clients import (
     Unavailable,
 )
 from clients.errors import ServingError
+from tests.clients.clients_loopback import (
+    CLASS_NAMES,
+    MODEL,
+    TRANSPORTS,
+    LoopbackServers,
+    make_client_kwargs,
+    toy_model,
+)
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
 BATCH = np.arange(4 * 2 * 2 * 1, dtype=np.uint8).reshape(4, 2, 2, 1)

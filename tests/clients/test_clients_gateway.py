@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +20,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from clients import (  # noqa: E402
+from clients import (
     AsyncClient,
     Client,
     InvalidInput,
@@ -33,10 +28,10 @@ from clients import (  # noqa: E402
     RetryPolicy,
     Status,
 )
-from clients.cli import main as cli_main  # noqa: E402
-from serving.gateway import Gateway  # noqa: E402
-from serving.settings import ServingSettings  # noqa: E402
-from tests.tiny_models import (  # noqa: E402
+from clients.cli import main as cli_main
+from serving.gateway import Gateway
+from serving.settings import ServingSettings
+from tests.tiny_models import (
     reference_predict,
     sample_images,
     write_labelled_pair,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clients_loopback import MODEL, LoopbackServers
 
 from clients.cli import EXIT_CODES, main
 from clients.errors import EXCEPTION_FOR_STATUS
+from tests.clients.clients_loopback import MODEL, LoopbackServers
 
 REPO = Path(__file__).resolve().parents[2]
 

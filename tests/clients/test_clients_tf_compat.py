@@ -249,7 +249,7 @@ def test_stock_server_decodes_our_predict_request(stock_server: tuple[str, Any])
 
 
 def test_stock_stub_client_reads_our_server(loopback_servers: Any) -> None:
-    from clients_loopback import toy_model
+    from tests.clients.clients_loopback import toy_model
 
     target = loopback_servers.grpc_target.removeprefix("grpc://")
     batch = np.arange(8, dtype=np.uint8).reshape(2, 2, 2, 1)

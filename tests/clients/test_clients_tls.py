@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from clients_loopback import MODEL, Behaviour, _grpc_handlers, _Handler, toy_model
 
 from clients import Client, RetryPolicy, Unavailable
+from tests.clients.clients_loopback import MODEL, Behaviour, _grpc_handlers, _Handler, toy_model
 
 BATCH = np.arange(8, dtype=np.uint8).reshape(2, 2, 2, 1)
 

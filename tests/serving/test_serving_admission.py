@@ -12,12 +12,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from serving_harness import RunningGateway, predict_call
 
 from clients import wire
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.errors import ResourceExhausted, Unavailable
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+from tests.serving.serving_harness import RunningGateway, predict_call
 from tests.tiny_models import linear_classifier, sample_images, slow_classifier, write_version
 
 SLOW = "slow"

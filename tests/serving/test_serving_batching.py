@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving_harness import RunningGateway
 
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.metrics import GatewayMetrics
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import (
     batch_one_classifier,
     linear_classifier,

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving_harness import RunningGateway
 
 from clients.cli import EXIT_CODES, main
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"

@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serving_harness import GatewayProcess, RunningGateway
 
+from tests.serving.serving_harness import GatewayProcess, RunningGateway
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"

@@ -26,9 +26,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import GatewayProcess, predict_call
 
 from clients import wire
+from tests.serving.serving_harness import GatewayProcess, predict_call
 from tests.tiny_models import any_size_classifier, lenet_like, write_models_config, write_version
 
 MODEL = "lenet"

@@ -21,12 +21,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serving_harness import GatewayProcess, RunningGateway
 
 from serving.batching import BatchingConfig
 from serving.lifecycle import VersionState
 from serving.repository import ModelRepository, ModelsConfig, ScanResult, read_metadata
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+from tests.serving.serving_harness import GatewayProcess, RunningGateway
 from tests.tiny_models import (
     linear_classifier,
     metadata_for,

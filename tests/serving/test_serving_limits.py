@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import RunningGateway
 
 from serving.errors import ResourceExhausted, Unavailable
 from serving.offload import DECODE_THREAD_NICENESS, DecodePool
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from serving_harness import RunningGateway, predict_call, requests_total
 
 from clients import wire
+from tests.serving.serving_harness import RunningGateway, predict_call, requests_total
 from tests.tiny_models import sample_images
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_harness import RunningGateway
 
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import linear_classifier, sample_images, write_version
 
 MODEL = "tiny"

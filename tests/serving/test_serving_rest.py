@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import RunningGateway
 
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import reference_predict, sample_images
 
 MODEL = "tiny"

@@ -17,10 +17,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from serving_harness import predict_call, requests_total
 
 from clients import wire
 from clients.codec import tensor_proto_to_ndarray
+from tests.serving.serving_harness import predict_call, requests_total
 from tests.tiny_models import reference_predict, sample_images
 
 ROOT = Path(__file__).resolve().parents[2]
