@@ -249,11 +249,20 @@ def grpc_status_counts(metrics_url: str) -> dict[str, float]:
     import urllib.request
 
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
-    pattern = r'^serving_requests_total\{[^}]*protocol="grpc",status="(\w+)"[^}]*\} (\S+)$'
+        return requests_by_status(reply.read().decode(), "grpc")
+
+
+def requests_by_status(metrics_text: str, protocol: str) -> dict[str, float]:
+    """``serving_requests_total`` of one protocol in a ``/metrics`` text, summed over models and
+    versions, by status; read with prometheus_client's parser (the gateway's own dependency)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     counts: dict[str, float] = {}
-    for status, value in re.findall(pattern, text, re.M):
-        counts[status] = counts.get(status, 0.0) + float(value)
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "serving_requests_total" and sample.labels["protocol"] == protocol:
+                status = sample.labels["status"]
+                counts[status] = counts.get(status, 0.0) + sample.value
     return counts
 
 

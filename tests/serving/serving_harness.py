@@ -8,7 +8,8 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,30 @@ import httpx
 from clients import wire
 from serving.gateway import Gateway
 from serving.settings import ServingSettings
+from tests.metrics_text import metric_samples
+
+
+def wait_until(
+    condition: Callable[[], object], timeout_s: float = 30, interval_s: float = 0.01
+) -> None:
+    """Poll ``condition`` until it holds; fail (naming it) if it does not within ``timeout_s``.
+    For waiting on an event that has no notification of its own (a request reaching a queue)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{condition.__name__} did not hold within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+async def wait_until_async(
+    condition: Callable[[], object], timeout_s: float = 30, interval_s: float = 0.005
+) -> None:
+    """``wait_until`` inside a coroutine: the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{condition.__name__} did not hold within {timeout_s} s")
+        await asyncio.sleep(interval_s)
 
 
 def requests_total(http_url: str) -> dict[tuple[str, str], float]:
@@ -24,10 +49,10 @@ def requests_total(http_url: str) -> dict[tuple[str, str], float]:
     models and versions, by (protocol, status)."""
     text = httpx.get(f"{http_url}/metrics", timeout=10).text
     totals: dict[tuple[str, str], float] = {}
-    for protocol, status, value in re.findall(
-        r'^serving_requests_total\{[^}]*protocol="(\w+)",status="(\w+)"[^}]*\} (\S+)$', text, re.M
-    ):
-        totals[(protocol, status)] = totals.get((protocol, status), 0.0) + float(value)
+    for sample in metric_samples(text):
+        if sample.name == "serving_requests_total":
+            key = (sample.labels["protocol"], sample.labels["status"])
+            totals[key] = totals.get(key, 0.0) + sample.value
     return totals
 
 

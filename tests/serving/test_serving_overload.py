@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from clients import wire
-from tests.serving.serving_harness import RunningGateway, predict_call, requests_total
+from tests.metrics_text import metric_value
+from tests.serving.serving_harness import RunningGateway, predict_call, requests_total, wait_until
 from tests.tiny_models import sample_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -161,21 +162,15 @@ def test_sigterm_drains_in_flight_requests(slow_repo: Path) -> None:
         threads = [threading.Thread(target=call) for _ in range(6)]
         for thread in threads:
             thread.start()
-        # Wait (by observation, not by time) until every request is inside the gateway.
-        end = time.monotonic() + 60
-        while True:
+
+        def admitted() -> bool:
+            """Every request is inside the gateway: queued, computing (one) or answered."""
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            depth = re.search(rf'serving_queue_depth{{model="{SLOW}"}} ([0-9.]+)', metrics)
-            done = re.search(
-                rf'serving_requests_total{{model="{SLOW}",protocol="rest",status="OK",version="1"}} ([0-9.]+)',
-                metrics,
-            )
-            inside = (
-                (float(depth.group(1)) if depth else 0) + 1 + (float(done.group(1)) if done else 0)
-            )
-            if inside >= 6 or time.monotonic() > end:
-                break
-            time.sleep(0.02)
+            queued = metric_value(metrics, "serving_queue_depth", model=SLOW)
+            answered = metric_value(metrics, "serving_requests_total", model=SLOW, status="OK")
+            return queued + 1 + answered >= 6
+
+        wait_until(admitted, timeout_s=60)
         process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(60)
