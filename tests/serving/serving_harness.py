@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from clients import wire
 from serving.gateway import Gateway
 from serving.settings import ServingSettings
 from tests.metrics_text import metric_samples
+from tests.tiny_models import sample_images
 
 
 def wait_until(
@@ -151,6 +153,58 @@ class RunningGateway:
         """The Prometheus exposition, read in-process."""
         assert self.gateway is not None
         return self.gateway.metrics.render().decode()
+
+
+def wait_until_idle(gateway: RunningGateway, model: str, timeout_s: float = 120) -> None:
+    """Until ``model``'s latest version has nothing computing and nothing queued (a request an
+    earlier test abandoned may still be computing)."""
+    assert gateway.gateway is not None
+    batcher = gateway.gateway.repository.resolve(model).batcher
+    assert batcher is not None
+
+    def model_idle() -> bool:
+        return batcher.idle
+
+    wait_until(model_idle, timeout_s)
+
+
+@contextmanager
+def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) -> Iterator[None]:
+    """``requests`` REST predicts of ``rows`` images each for ``model``, sent from threads once
+    the model is idle, each once the one before is inside: the first computes, the others wait in
+    the model's queue. Yields with all of them inside; on exit waits until each is answered (200).
+
+    With batching off, ``max_queue_size`` of ``requests - 1`` and no overflow (``refusal_share`` or
+    ``queue_overflow`` 0), the model then refuses every other request (RESOURCE_EXHAUSTED) for as
+    long as the first one computes: ``rows`` sets how long that is."""
+    assert gateway.gateway is not None
+    batcher = gateway.gateway.repository.resolve(model).batcher
+    assert batcher is not None
+    body = {"instances": sample_images(rows).tolist()}
+    statuses: list[int] = []
+
+    def send() -> None:
+        # A deadline of its own (up to 10x request_timeout_s), as long as the client waits: on a
+        # loaded machine the queued one can wait past the gateway's default 30 s.
+        headers = {"x-request-timeout-ms": "120000"}
+        url = f"{gateway.http_url}/v1/models/{model}:predict"
+        statuses.append(httpx.post(url, json=body, headers=headers, timeout=120).status_code)
+
+    wait_until_idle(gateway, model)
+    threads = [threading.Thread(target=send) for _ in range(requests)]
+    for inside, thread in enumerate(threads, start=1):
+        thread.start()
+
+        def one_computing_and_the_rest_queued(inside: int = inside) -> bool:
+            return not batcher.idle and batcher.queued == inside - 1
+
+        wait_until(one_computing_and_the_rest_queued, timeout_s=60)
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.join(120)
+    assert statuses == [200] * requests, f"the requests holding {model} were answered {statuses}"
 
 
 class GatewayProcess:
