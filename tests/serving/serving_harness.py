@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from clients import wire
+from serving.batching import DynamicBatcher
 from serving.gateway import Gateway
 from serving.settings import ServingSettings
 from tests.metrics_text import metric_samples
@@ -24,26 +25,48 @@ from tests.tiny_models import sample_images
 
 
 def wait_until(
-    condition: Callable[[], object], timeout_s: float = 30, interval_s: float = 0.01
+    condition: Callable[[], object],
+    timeout_s: float = 30,
+    *,
+    what: str | None = None,
+    interval_s: float = 0.01,
 ) -> None:
-    """Poll ``condition`` until it holds; fail (naming it) if it does not within ``timeout_s``.
-    For waiting on an event that has no notification of its own (a request reaching a queue)."""
+    """Poll ``condition`` until it holds; fail, saying ``what`` (else the condition's name) was
+    awaited, if it does not within ``timeout_s``. For an event that sends no notification of its
+    own (a request reaching a queue, a version being loaded)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{condition.__name__} did not hold within {timeout_s} s")
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for {what or condition.__name__}"
+            )
         time.sleep(interval_s)
 
 
 async def wait_until_async(
-    condition: Callable[[], object], timeout_s: float = 30, interval_s: float = 0.005
+    condition: Callable[[], object],
+    timeout_s: float = 30,
+    *,
+    what: str | None = None,
+    interval_s: float = 0.005,
 ) -> None:
     """``wait_until`` inside a coroutine: the event loop keeps running between polls."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{condition.__name__} did not hold within {timeout_s} s")
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for {what or condition.__name__}"
+            )
         await asyncio.sleep(interval_s)
+
+
+def batcher_of(gateway: RunningGateway, model: str) -> DynamicBatcher:
+    """The batcher of ``model``'s latest version in a running gateway: its ``idle`` and
+    ``queued`` say whether requests are computing or waiting."""
+    assert gateway.gateway is not None
+    batcher = gateway.gateway.repository.resolve(model).batcher
+    assert batcher is not None
+    return batcher
 
 
 def requests_total(http_url: str) -> dict[tuple[str, str], float]:
@@ -158,14 +181,8 @@ class RunningGateway:
 def wait_until_idle(gateway: RunningGateway, model: str, timeout_s: float = 120) -> None:
     """Until ``model``'s latest version has nothing computing and nothing queued (a request an
     earlier test abandoned may still be computing)."""
-    assert gateway.gateway is not None
-    batcher = gateway.gateway.repository.resolve(model).batcher
-    assert batcher is not None
-
-    def model_idle() -> bool:
-        return batcher.idle
-
-    wait_until(model_idle, timeout_s)
+    batcher = batcher_of(gateway, model)
+    wait_until(lambda: batcher.idle, timeout_s, what=f"model {model} to be idle")
 
 
 @contextmanager
@@ -177,9 +194,7 @@ def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) ->
     With batching off, ``max_queue_size`` of ``requests - 1`` and no overflow (``refusal_share`` or
     ``queue_overflow`` 0), the model then refuses every other request (RESOURCE_EXHAUSTED) for as
     long as the first one computes: ``rows`` sets how long that is."""
-    assert gateway.gateway is not None
-    batcher = gateway.gateway.repository.resolve(model).batcher
-    assert batcher is not None
+    batcher = batcher_of(gateway, model)
     body = {"instances": sample_images(rows).tolist()}
     statuses: list[int] = []
 
@@ -195,10 +210,11 @@ def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) ->
     for inside, thread in enumerate(threads, start=1):
         thread.start()
 
-        def one_computing_and_the_rest_queued(inside: int = inside) -> bool:
-            return not batcher.idle and batcher.queued == inside - 1
-
-        wait_until(one_computing_and_the_rest_queued, timeout_s=60)
+        wait_until(
+            lambda: not batcher.idle and batcher.queued == inside - 1,  # noqa: B023 (called at once)
+            timeout_s=60,
+            what=f"request {inside} to be inside (one computing, the rest queued)",
+        )
     try:
         yield
     finally:
