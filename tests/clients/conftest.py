@@ -36,7 +36,7 @@ def slow_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="package")
 def gateway(repository: Path) -> Iterator[RunningGateway]:
-    """The gateway serving ``repository``, with the default settings a client meets."""
+    """The gateway serving ``repository`` (the harness's test settings, nothing else)."""
     yield from _running(repository)
 
 

@@ -41,8 +41,8 @@ from tests.serving.serving_harness import RunningGateway, wait_until_idle
 from tests.tiny_models import sample_images
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
-#: retries every 50 ms at most, for up to ten seconds: outlasts a ``full_queue``.
-PATIENT_RETRY = RetryPolicy(attempts=200, backoff_s=0.01, max_backoff_s=0.05)
+#: retries every 50 ms at most, for half a minute or more: outlasts a ``full_queue``.
+PATIENT_RETRY = RetryPolicy(attempts=600, backoff_s=0.01, max_backoff_s=0.05)
 CLIENT_KINDS = ["Client", "AsyncClient"]
 
 

@@ -179,8 +179,8 @@ class RunningGateway:
 
 
 def wait_until_idle(gateway: RunningGateway, model: str, timeout_s: float = 120) -> None:
-    """Until ``model``'s latest version has nothing computing and nothing queued (a request an
-    earlier test abandoned may still be computing)."""
+    """Wait until ``model``'s latest version has nothing computing and nothing queued (a request
+    an earlier test abandoned may still be computing)."""
     batcher = batcher_of(gateway, model)
     wait_until(lambda: batcher.idle, timeout_s, what=f"model {model} to be idle")
 
@@ -199,8 +199,8 @@ def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) ->
     statuses: list[int] = []
 
     def send() -> None:
-        # A deadline of its own (up to 10x request_timeout_s), as long as the client waits: on a
-        # loaded machine the queued one can wait past the gateway's default 30 s.
+        # A deadline as long as the client waits (the gateway allows up to 10x its
+        # request_timeout_s): on a loaded machine the queued one can wait past the default 30 s.
         headers = {"x-request-timeout-ms": "120000"}
         url = f"{gateway.http_url}/v1/models/{model}:predict"
         statuses.append(httpx.post(url, json=body, headers=headers, timeout=120).status_code)
@@ -209,7 +209,6 @@ def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) ->
     threads = [threading.Thread(target=send) for _ in range(requests)]
     for inside, thread in enumerate(threads, start=1):
         thread.start()
-
         wait_until(
             lambda: not batcher.idle and batcher.queued == inside - 1,  # noqa: B023 (called at once)
             timeout_s=60,
