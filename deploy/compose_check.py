@@ -1,6 +1,6 @@
 """Build every image of the CPU stack and run it end to end with Docker Compose v2.
 
-    make compose-check            # or: .venv/bin/python deploy/compose_check.py [--keep] [...]
+    make compose-check            # or: .venv/bin/python -m deploy.compose_check [--keep] [...]
 
 Works with Docker, or with Podman behind its Docker-compatible socket (``DOCKER_HOST``; set here
 when ``/run/podman/podman.sock`` answers). Images are built with the engine's own ``build`` (Compose
@@ -54,10 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from deploy.compose_v2 import COMPOSE_V2_PACKAGE, compose_v2_binary
 
-from deploy.compose_v2 import COMPOSE_V2_PACKAGE, compose_v2_binary  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PROJECT = "convnet-check"
 COMPOSE_FILES = ["-p", PROJECT, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]

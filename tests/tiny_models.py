@@ -14,8 +14,8 @@ only (no TensorFlow), so they take milliseconds to make.
   them (``<root>/<model>/<version>/{model.onnx, metadata.json}``, renamed into place).
 - ``reference_predict``: in-process ONNX Runtime, the ground truth tests compare servers with.
 
-Import as ``from tests.tiny_models import ...`` (repository root on ``sys.path``, as pytest's
-rootdir conftest arranges) or ``import tiny_models`` with ``tests/`` on the path.
+Import as ``from tests.tiny_models import ...`` from the repository root (pytest's ``pythonpath``;
+``python -m`` from the root for the benchmarks).
 """
 
 from __future__ import annotations

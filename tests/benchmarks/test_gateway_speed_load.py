@@ -35,7 +35,7 @@ def test_h2load_grpc_load_is_counted_and_checked_by_the_gateway(
         server.stop()
 
 
-def test_grpc_aio_alone_answers_predict_like_the_gateway(tmp_path: Path) -> None:
+def test_grpc_aio_alone_answers_predict_like_the_gateway() -> None:
     """The transport-ceiling server must be a real Predict endpoint, or its number means nothing."""
     import grpc
     import numpy as np
@@ -43,7 +43,7 @@ def test_grpc_aio_alone_answers_predict_like_the_gateway(tmp_path: Path) -> None
     from clients import wire
     from tests.serving.serving_harness import predict_call
 
-    server = gateway_speed.start_grpc_aio_alone(tmp_path)
+    server = gateway_speed.start_grpc_aio_alone()
     try:
         assert server.grpc and not server.url
         request = wire.build_predict_request("lenet", {"image": gateway_speed.one_image()})

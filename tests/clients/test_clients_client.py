@@ -1,21 +1,17 @@
-"""Client and AsyncClient against real loopback servers, over TF Serving REST, KServe V2 and gRPC."""
+"""Client and AsyncClient against the real gateway on 127.0.0.1, over TF Serving REST (column and
+row format), KServe V2 and gRPC: answers are compared with ONNX Runtime run directly, and every
+error is one the gateway really gives (see ``tests.clients.gateways`` for how each is provoked)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from clients_loopback import (
-    CLASS_NAMES,
-    MODEL,
-    TRANSPORTS,
-    LoopbackServers,
-    make_client_kwargs,
-    toy_model,
-)
 
 from clients import (
     AsyncClient,
@@ -26,157 +22,268 @@ from clients import (
     RetryPolicy,
     ServerBusy,
     Status,
+    Unauthenticated,
     Unavailable,
 )
-from clients.errors import ServingError
+from tests.clients.gateways import (
+    API_KEY,
+    BROKEN,
+    HOLDING_ROWS,
+    MODEL,
+    SLOW,
+    TRANSPORTS,
+    client_options,
+    full_queue,
+    reference,
+    requests_counted,
+)
+from tests.serving.serving_harness import RunningGateway, wait_until_idle
+from tests.tiny_models import sample_images
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
-BATCH = np.arange(4 * 2 * 2 * 1, dtype=np.uint8).reshape(4, 2, 2, 1)
+#: retries every 50 ms at most, for half a minute or more: outlasts a ``full_queue``.
+PATIENT_RETRY = RetryPolicy(attempts=600, backoff_s=0.01, max_backoff_s=0.05)
+CLIENT_KINDS = ["Client", "AsyncClient"]
+
+
+def close(actual: Any, expected: np.ndarray) -> None:
+    """The gateway's answer equals ONNX Runtime's, to float32 rounding."""
+    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=1e-5, atol=1e-7)
+
+
+def predict_once(
+    kind: str, target: str, options: dict[str, Any], retry: RetryPolicy, model: str, images: Any
+) -> Any:
+    """One ``predict`` call through a fresh ``Client`` or ``AsyncClient``."""
+    if kind == "Client":
+        with Client(target, retry=retry, **options) as client:
+            return client.predict(model, {"image": images})
+
+    async def call() -> Any:
+        async with AsyncClient(target, retry=retry, **options) as client:
+            return await client.predict(model, {"image": images})
+
+    return asyncio.run(call())
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_predict_returns_the_model_output_over_every_transport(
-    servers: LoopbackServers, transport: str
+def test_predict_matches_onnx_runtime_over_every_transport(
+    gateway: RunningGateway, repository: Path, transport: str
 ) -> None:
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, **kwargs) as client:
-        named = client.predict(MODEL, {"image": BATCH})
-        bare = client.predict(MODEL, BATCH)
-    for result in (named, bare):
-        assert isinstance(result, np.ndarray)
-        np.testing.assert_allclose(result, toy_model(BATCH), rtol=1e-6)
+    images = sample_images(5, seed=3)
+    target, options = client_options(gateway, transport)
+    with Client(target, **options) as client:
+        latest = client.predict(MODEL, {"image": images})
+        first = client.predict(MODEL, images, version=1)  # input name from the metadata
+        close(latest, reference(repository, MODEL, 2, images))
+        close(first, reference(repository, MODEL, 1, images))
+        if transport != "v2":  # KServe V2 has no labels
+            close(
+                client.predict(MODEL, images, label="stable"),
+                reference(repository, MODEL, 1, images),
+            )
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_metadata_status_and_health_over_every_transport(
-    servers: LoopbackServers, transport: str
+def test_metadata_status_health_and_classify_over_every_transport(
+    gateway: RunningGateway, repository: Path, transport: str
 ) -> None:
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, **kwargs) as client:
-        metadata = client.metadata(MODEL)
+    target, options = client_options(gateway, transport)
+    with Client(target, **options) as client:
+        metadata = client.metadata(MODEL, version=1)
         signature = metadata.signature()
-        assert signature.inputs["image"].dtype == "uint8"
-        assert signature.inputs["image"].shape == (-1, 2, 2, 1)
-        assert signature.outputs["probabilities"].dtype == "float32"
         assert metadata.version == 1
+        assert signature.inputs["image"].dtype == "uint8"
+        assert signature.inputs["image"].shape == (-1, 28, 28, 1)
+        assert signature.outputs["probabilities"].dtype == "float32"
         states = client.status(MODEL)
-        assert [state.available for state in states] == [True]
-        assert client.live() is True
-        assert client.ready() is True
-        assert client.ready(MODEL) is True
-        assert client.ready("missing") is False
+        # KServe V2 reports the model's readiness, naming no version.
+        versions = [None] if transport == "v2" else [1, 2]
+        assert sorted(state.version for state in states) == versions  # type: ignore[type-var]
+        assert all(state.available for state in states)
+        assert client.live() and client.ready() and client.ready(MODEL)
+        assert not client.ready("missing")
+        images = sample_images(2, seed=5)
+        names = [f"digit-{i}" for i in range(10)]
+        top = client.classify(MODEL, list(images), top_k=3, version=1, class_names=names)
+        # Without names the client labels answers from the gateway's metadata (metadata.json).
+        assert metadata.class_names == [f"class_{i}" for i in range(10)]
+        from_metadata = client.classify(MODEL, list(images), top_k=1, version=1)
+    expected = reference(repository, MODEL, 1, images)
+    for row, labelled, probabilities in zip(top, from_metadata, expected, strict=True):
+        assert len(row) == 3
+        assert row[0] == (
+            f"digit-{int(probabilities.argmax())}",
+            pytest.approx(float(probabilities.max()), rel=1e-5),
+        )
+        assert labelled[0][0] == f"class_{int(probabilities.argmax())}"
 
 
 @pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_version_and_label_select_the_model_version(
-    servers: LoopbackServers, transport: str
+    gateway: RunningGateway, repository: Path, transport: str
 ) -> None:
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, **kwargs) as client:
-        assert client.status(MODEL, label="stable")[0].version == 1
-        result = client.predict(MODEL, {"image": BATCH}, version=1)
-        np.testing.assert_allclose(result, toy_model(BATCH), rtol=1e-6)
+    images = sample_images(3, seed=4)
+    target, options = client_options(gateway, transport)
+    with Client(target, **options) as client:
+        assert [state.version for state in client.status(MODEL, label="stable")] == [1]
+        assert [state.version for state in client.status(MODEL, label="canary")] == [2]
+        assert client.metadata(MODEL, label="canary").version == 2
+        close(
+            client.predict(MODEL, images, label="canary"), reference(repository, MODEL, 2, images)
+        )
         with pytest.raises(ModelNotFound):
-            client.predict(MODEL, {"image": BATCH}, version=7)
+            client.predict(MODEL, {"image": images}, version=7)
         with pytest.raises(ModelNotFound):
-            client.status(MODEL, label="canary")
+            client.status(MODEL, label="nightly")
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_classify_reads_preprocessing_from_metadata(
-    servers: LoopbackServers, transport: str
+def test_classify_prepares_pictures_as_the_metadata_says(
+    gateway: RunningGateway, repository: Path, transport: str
 ) -> None:
+    """Colour pictures of another size become the model's 28x28 grey input; arrays of the right
+    size pass as they are. A uniform picture stays uniform through both steps, so the expected
+    input needs no image library."""
     from PIL import Image
 
-    # A 4x4 RGB picture: classify must convert it to grey and resize it to the model's 2x2.
-    picture = Image.fromarray(np.full((4, 4, 3), 1, dtype=np.uint8))
+    grey = 200
+    picture = Image.fromarray(np.full((40, 56, 3), grey, dtype=np.uint8))
     encoded = io.BytesIO()
     picture.save(encoded, format="PNG")
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, class_names=None if transport == "v2" else CLASS_NAMES, **kwargs) as client:
-        results = client.classify(MODEL, [encoded.getvalue(), picture, BATCH[2]], top_k=2)
-    # grey 1 everywhere: sum 4 -> class 1; BATCH[2] = 8..11, sum 38 -> class 2.
-    assert [r[0][0] for r in results] == ["one", "one", "two"]
-    assert len(results[0]) == 2
-    assert results[0][0][1] == pytest.approx(0.8)
+    array = sample_images(1, seed=6)[0]
+    target, options = client_options(gateway, transport)
+    with Client(target, **options) as client:
+        results = client.classify(MODEL, [encoded.getvalue(), picture, array], top_k=2, version=1)
+    uniform = np.full((28, 28, 1), grey, dtype=np.uint8)
+    expected = reference(repository, MODEL, 1, np.stack([uniform, uniform, array]))
+    for row, probabilities in zip(results, expected, strict=True):
+        best = int(probabilities.argmax())
+        assert len(row) == 2
+        assert row[0] == (f"class_{best}", pytest.approx(float(probabilities[best]), rel=1e-5))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize(
-    ("status", "exception"),
-    [
-        (Status.NOT_FOUND, ModelNotFound),
-        (Status.INVALID_ARGUMENT, InvalidInput),
-        (Status.RESOURCE_EXHAUSTED, ServerBusy),
-        (Status.UNAVAILABLE, Unavailable),
-        (Status.DEADLINE_EXCEEDED, DeadlineExceeded),
-    ],
-)
-def test_errors_map_to_one_exception_and_status_over_every_transport(
-    servers: LoopbackServers, transport: str, status: Status, exception: type[ServingError]
+def test_request_errors_map_to_one_exception_and_status(
+    gateway: RunningGateway, transport: str
 ) -> None:
-    servers.behaviour.failures.extend([status] * 5)
-    target, kwargs = make_client_kwargs(servers, transport)
-    client = Client(target, retry=RetryPolicy(attempts=1), **kwargs)
-    with client, pytest.raises(exception) as raised:
-        client.predict(MODEL, {"image": BATCH})
-    assert raised.value.status is status
-    assert "injected" in raised.value.message
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_real_request_errors_map_the_same_over_every_transport(
-    servers: LoopbackServers, transport: str
-) -> None:
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, **kwargs) as client:
-        with pytest.raises(ModelNotFound) as missing:
-            client.predict("missing", {"image": BATCH})
+    target, options = client_options(gateway, transport)
+    images = sample_images(1, seed=1)
+    with Client(target, retry=RetryPolicy(attempts=1), **options) as client:
+        with pytest.raises(ModelNotFound) as missing_model:
+            client.predict("missing", {"image": images})
+        with pytest.raises(ModelNotFound) as missing_version:
+            client.predict(MODEL, {"image": images}, version=9)
+        with pytest.raises(InvalidInput) as wrong_name:
+            client.predict(MODEL, {"pixels": images})
+        with pytest.raises(InvalidInput) as wrong_shape:
+            client.predict(MODEL, {"image": np.zeros((1, 5, 5, 1), np.uint8)})
         with pytest.raises(InvalidInput) as wrong_dtype:
-            client.predict(MODEL, {"image": BATCH.astype(np.float32)})
-    assert missing.value.status is Status.NOT_FOUND
-    assert wrong_dtype.value.status is Status.INVALID_ARGUMENT
+            client.predict(MODEL, {"image": images.astype(np.float32)})
+    assert missing_model.value.status is missing_version.value.status is Status.NOT_FOUND
+    for invalid in (wrong_name, wrong_shape, wrong_dtype):
+        assert invalid.value.status is Status.INVALID_ARGUMENT
+    assert "missing" in missing_model.value.message  # the gateway's own words reach the caller
+    assert "pixels" in wrong_name.value.message
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-@pytest.mark.parametrize("status", [Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED])
-def test_retries_until_the_server_recovers(
-    servers: LoopbackServers, transport: str, status: Status
+def test_a_full_queue_is_server_busy(busy_gateway: RunningGateway, transport: str) -> None:
+    target, options = client_options(busy_gateway, transport)
+    refused_before = requests_counted(busy_gateway, transport, "RESOURCE_EXHAUSTED")
+    with (
+        full_queue(busy_gateway),
+        Client(target, retry=RetryPolicy(attempts=1), **options) as client,
+        pytest.raises(ServerBusy) as raised,
+    ):
+        client.predict(SLOW, {"image": sample_images(1)})
+    assert raised.value.status is Status.RESOURCE_EXHAUSTED
+    assert "queue is full" in raised.value.message
+    assert requests_counted(busy_gateway, transport, "RESOURCE_EXHAUSTED") == refused_before + 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_model_without_a_ready_version_is_unavailable(
+    troubled_gateway: RunningGateway, transport: str
 ) -> None:
-    servers.behaviour.failures.extend([status, status])
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, retry=FAST_RETRY, **kwargs) as client:
-        result = client.predict(MODEL, {"image": BATCH})
-    np.testing.assert_allclose(result, toy_model(BATCH), rtol=1e-6)
-    assert servers.behaviour.predict_calls == 3
+    target, options = client_options(troubled_gateway, transport)
+    with (
+        Client(target, retry=RetryPolicy(attempts=1), **options) as client,
+        pytest.raises(Unavailable) as raised,
+    ):
+        client.predict(BROKEN, {"image": sample_images(1)})
+    assert raised.value.status is Status.UNAVAILABLE
+    assert "has no version ready" in raised.value.message
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_gateways_deadline_is_deadline_exceeded(
+    troubled_gateway: RunningGateway, transport: str
+) -> None:
+    """The client allows 10 s; the gateway gives up after its own 1 ms and says so."""
+    target, options = client_options(troubled_gateway, transport)
+    with (
+        Client(target, retry=RetryPolicy(attempts=1), timeout=10, **options) as client,
+        pytest.raises(DeadlineExceeded) as raised,
+    ):
+        client.predict(SLOW, {"image": sample_images(1)})
+    assert raised.value.status is Status.DEADLINE_EXCEEDED
+    assert "deadline exceeded" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("transport", "kind"),
+    # AsyncClient has one HTTP and one gRPC path, whatever the HTTP protocol.
+    [(transport, "Client") for transport in TRANSPORTS]
+    + [("rest", "AsyncClient"), ("grpc", "AsyncClient")],
+)
+def test_retries_a_full_queue_until_it_has_room(
+    busy_gateway: RunningGateway, slow_repository: Path, transport: str, kind: str
+) -> None:
+    images = sample_images(1, seed=2)
+    target, options = client_options(busy_gateway, transport)
+    refused_before = requests_counted(busy_gateway, transport, "RESOURCE_EXHAUSTED")
+    with full_queue(busy_gateway):
+        result = predict_once(kind, target, options, PATIENT_RETRY, SLOW, images)
+    close(result, reference(slow_repository, SLOW, 1, images))
+    # Refused while the queue was full, then admitted by a retry.
+    assert requests_counted(busy_gateway, transport, "RESOURCE_EXHAUSTED") > refused_before
+
+
+@pytest.mark.parametrize("kind", CLIENT_KINDS)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_retries_stop_after_the_configured_attempts(
-    servers: LoopbackServers, transport: str
+    troubled_gateway: RunningGateway, transport: str, kind: str
 ) -> None:
-    servers.behaviour.failures.extend([Status.UNAVAILABLE] * 5)
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, retry=FAST_RETRY, **kwargs) as client, pytest.raises(Unavailable):
-        client.predict(MODEL, {"image": BATCH})
-    assert servers.behaviour.predict_calls == 3
+    target, options = client_options(troubled_gateway, transport)
+    before = requests_counted(troubled_gateway, transport, "UNAVAILABLE")
+    with pytest.raises(Unavailable):
+        predict_once(kind, target, options, FAST_RETRY, BROKEN, sample_images(1))
+    assert requests_counted(troubled_gateway, transport, "UNAVAILABLE") == before + 3
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_non_retryable_errors_are_not_retried(servers: LoopbackServers, transport: str) -> None:
-    servers.behaviour.failures.append(Status.INVALID_ARGUMENT)
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, retry=FAST_RETRY, **kwargs) as client, pytest.raises(InvalidInput):
-        client.predict(MODEL, {"image": BATCH})
-    assert servers.behaviour.predict_calls == 1
+def test_non_retryable_errors_are_not_retried(gateway: RunningGateway, transport: str) -> None:
+    target, options = client_options(gateway, transport)
+    before = requests_counted(gateway, transport, "INVALID_ARGUMENT")
+    with Client(target, retry=FAST_RETRY, **options) as client, pytest.raises(InvalidInput):
+        client.predict(MODEL, {"image": np.zeros((1, 5, 5, 1), np.uint8)})
+    assert requests_counted(gateway, transport, "INVALID_ARGUMENT") == before + 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_client_timeout_raises_deadline_exceeded(servers: LoopbackServers, transport: str) -> None:
-    servers.behaviour.delay_s = 0.5
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, **kwargs) as client, pytest.raises(DeadlineExceeded) as raised:
-        client.predict(MODEL, {"image": BATCH}, timeout=0.05)
+def test_client_timeout_raises_deadline_exceeded(
+    busy_gateway: RunningGateway, transport: str
+) -> None:
+    """The client's own timeout, well before the slow model answers (the gateway's deadline is
+    its default 30 s). The abandoned request may go on computing after the test."""
+    wait_until_idle(busy_gateway, SLOW)  # so that this request is not refused by a full queue
+    target, options = client_options(busy_gateway, transport)
+    with (
+        Client(target, **options) as client,
+        pytest.raises(DeadlineExceeded) as raised,
+    ):
+        client.predict(SLOW, {"image": sample_images(HOLDING_ROWS)}, timeout=0.05)
     assert raised.value.status is Status.DEADLINE_EXCEEDED
 
 
@@ -190,18 +297,25 @@ def test_unreachable_server_is_unavailable_and_not_live(target: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_api_key_and_bearer_token_reach_the_server(
-    servers: LoopbackServers, transport: str
+def test_api_key_and_bearer_token_are_accepted_by_the_gateway(
+    guarded_gateway: RunningGateway, repository: Path, transport: str
 ) -> None:
-    target, kwargs = make_client_kwargs(servers, transport)
-    with Client(target, api_key="k-123", bearer_token="t-456", **kwargs) as client:
-        client.predict(MODEL, {"image": BATCH})
-    seen = servers.behaviour.headers[-1]
-    assert seen["x-api-key"] == "k-123"
-    assert seen["authorization"] == "Bearer t-456"
+    images = sample_images(2, seed=9)
+    expected = reference(repository, MODEL, 2, images)
+    target, options = client_options(guarded_gateway, transport)
+    for credentials in ({"api_key": API_KEY}, {"bearer_token": API_KEY}):
+        with Client(target, **credentials, **options) as client:
+            close(client.predict(MODEL, {"image": images}), expected)
+    for credentials in ({}, {"api_key": "wrong"}, {"bearer_token": "wrong"}):
+        with (
+            Client(target, retry=RetryPolicy(attempts=1), **credentials, **options) as client,
+            pytest.raises(Unauthenticated) as raised,
+        ):
+            client.predict(MODEL, {"image": images})
+        assert raised.value.status is Status.UNAUTHENTICATED, credentials
 
 
-def test_one_connection_is_reused_through_an_injected_transport(servers: LoopbackServers) -> None:
+def test_one_connection_is_reused_through_an_injected_transport(gateway: RunningGateway) -> None:
     class CountingTransport(httpx.HTTPTransport):
         """A real transport that counts requests, to show the injected one is used."""
 
@@ -212,9 +326,10 @@ def test_one_connection_is_reused_through_an_injected_transport(servers: Loopbac
             return super().handle_request(request)
 
     transport = CountingTransport()
-    with Client(servers.http_url, transport=transport) as client:
+    images = sample_images(1)
+    with Client(gateway.http_url, transport=transport) as client:
         for _ in range(3):
-            client.predict(MODEL, {"image": BATCH})
+            client.predict(MODEL, {"image": images})
         pool = transport._pool
         assert len(pool.connections) == 1  # keep-alive: three requests, one connection
     assert CountingTransport.requests == 3
@@ -230,29 +345,35 @@ def test_target_and_protocol_are_checked() -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_async_client_has_the_same_surface(servers: LoopbackServers, transport: str) -> None:
-    target, kwargs = make_client_kwargs(servers, transport)
-    servers.behaviour.failures.append(Status.UNAVAILABLE)
+def test_async_client_has_the_same_surface(
+    gateway: RunningGateway, repository: Path, transport: str
+) -> None:
+    target, options = client_options(gateway, transport)
+    batches = [sample_images(2, seed=seed) for seed in range(4)]
 
     async def scenario() -> None:
-        async with AsyncClient(target, retry=FAST_RETRY, **kwargs) as client:
+        async with AsyncClient(target, **options) as client:
             results = await asyncio.gather(
-                client.predict(MODEL, {"image": BATCH}), client.predict(MODEL, BATCH)
+                *(client.predict(MODEL, batch, version=1) for batch in batches),
+                client.predict(MODEL, {"image": batches[0]}),
             )
-            for result in results:
-                np.testing.assert_allclose(result, toy_model(BATCH), rtol=1e-6)
-            assert (await client.metadata(MODEL)).signature().inputs["image"].shape == (-1, 2, 2, 1)
-            assert (await client.status(MODEL))[0].available
+            for batch, result in zip(batches, results[:-1], strict=True):
+                close(result, reference(repository, MODEL, 1, batch))
+            close(results[-1], reference(repository, MODEL, 2, batches[0]))
+            metadata = await client.metadata(MODEL)
+            assert metadata.signature().inputs["image"].shape == (-1, 28, 28, 1)
+            assert all(state.available for state in await client.status(MODEL))
             assert await client.live()
             assert await client.ready(MODEL)
-            top = await client.classify(MODEL, [BATCH[2]], class_names=CLASS_NAMES)
-            assert top[0][0][0] == "two"
+            assert not await client.ready("missing")
+            top = await client.classify(MODEL, [batches[0][0]], top_k=1, version=1)
+            best = int(reference(repository, MODEL, 1, batches[0][:1])[0].argmax())
+            assert top[0][0][0] == f"class_{best}"
             with pytest.raises(ModelNotFound) as raised:
-                await client.predict("missing", {"image": BATCH})
+                await client.predict("missing", {"image": batches[0]})
             assert raised.value.status is Status.NOT_FOUND
 
     asyncio.run(scenario())
-    assert servers.behaviour.predict_calls >= 4  # includes the retried first attempt
 
 
 def test_retry_policy_backs_off_exponentially_within_bounds() -> None:

@@ -1,4 +1,5 @@
-"""Package-level promises: light import, committed generated code, the CLI."""
+"""Package-level promises: light import, committed generated code, the CLI (against the real
+gateway)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clients_loopback import MODEL, LoopbackServers
 
 from clients.cli import EXIT_CODES, main
 from clients.errors import EXCEPTION_FOR_STATUS
+from tests.clients.gateways import MODEL, reference
+from tests.serving.serving_harness import RunningGateway
+from tests.tiny_models import sample_images
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,40 +58,54 @@ def test_help_documents_every_command_and_exit_code(capsys: pytest.CaptureFixtur
     assert len(exit_codes) == len(set(exit_codes))  # distinct per error kind
 
 
-def _png(value: int) -> bytes:
+def _png(pixels: np.ndarray) -> bytes:
     from PIL import Image
 
     encoded = io.BytesIO()
-    Image.fromarray(np.full((2, 2), value, dtype=np.uint8)).save(encoded, format="PNG")
+    Image.fromarray(pixels[:, :, 0]).save(encoded, format="PNG")
     return encoded.getvalue()
 
 
 def test_cli_predict_prints_top_k_labels(
-    servers: LoopbackServers, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    gateway: RunningGateway, repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    image = tmp_path / "ones.png"
-    image.write_bytes(_png(1))  # sum 4 -> class 1
-    pixels = tmp_path / "twos.npy"
-    np.save(pixels, np.full((2, 2, 1), 2, dtype=np.uint8))  # sum 8 -> class 2
+    first, second = sample_images(2, seed=8)
+    image = tmp_path / "digit.png"
+    image.write_bytes(_png(first))
+    pixels = tmp_path / "digit.npy"
+    np.save(pixels, second)
     names = tmp_path / "classes.txt"
-    names.write_text("zero\none\ntwo\n")
-    args = ["--target", servers.http_url, "--model", MODEL, "--class-names", str(names)]
-    assert main(["predict", *args, "--top-k", "2", "--json", str(image), str(pixels)]) == 0
+    names.write_text("".join(f"digit-{i}\n" for i in range(10)))
+    expected = reference(repository, MODEL, 1, np.stack([first, second]))
+    best = [int(row.argmax()) for row in expected]
+    args = ["--model", MODEL, "--version", "1", "--class-names", str(names), "--top-k", "2"]
+    assert (
+        main(["predict", "--target", gateway.http_url, *args, "--json", str(image), str(pixels)])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
-    assert [entry["top_k"][0]["label"] for entry in result] == ["one", "two"]
-    assert len(result[0]["top_k"]) == 2
-    grpc_args = ["--target", servers.grpc_target, "--model", MODEL]
-    assert main(["predict", *grpc_args, str(image)]) == 0
-    assert capsys.readouterr().out.startswith(f"{image}: 1 0.8000")
+    assert [entry["top_k"][0]["label"] for entry in result] == [f"digit-{i}" for i in best]
+    assert [len(entry["top_k"]) for entry in result] == [2, 2]
+    grpc_target = f"grpc://{gateway.grpc_target}"
+    assert main(["predict", "--target", grpc_target, *args, str(image)]) == 0
+    score = float(expected[0].max())
+    assert capsys.readouterr().out.startswith(f"{image}: digit-{best[0]} {score:.4f}")
+    for target in (gateway.http_url, grpc_target):
+        protocol = ["--protocol", "v2"] if target == gateway.http_url else []
+        # Without --class-names, labelled from the gateway's metadata (class_<i> in tiny's).
+        assert main(["predict", "--target", target, *protocol, "--model", MODEL, "--version", "1",
+                     "--json", str(image)]) == 0  # fmt: skip
+        (answer,) = json.loads(capsys.readouterr().out)
+        assert answer["top_k"][0]["label"] == f"class_{best[0]}"
 
 
 def test_cli_status_and_metadata(
-    servers: LoopbackServers, capsys: pytest.CaptureFixture[str]
+    gateway: RunningGateway, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for target, extra in (
-        (servers.http_url, []),
-        (servers.grpc_target, []),
-        (servers.http_url, ["--protocol", "v2"]),
+        (gateway.http_url, []),
+        (f"grpc://{gateway.grpc_target}", []),
+        (gateway.http_url, ["--protocol", "v2"]),
     ):
         assert main(["status", "--target", target, "--model", MODEL, *extra]) == 0
         assert "AVAILABLE" in capsys.readouterr().out
@@ -98,16 +115,12 @@ def test_cli_status_and_metadata(
 
 
 def test_cli_exit_codes_differ_per_error(
-    servers: LoopbackServers, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    gateway: RunningGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status", "--target", servers.http_url, "--model", "missing", "--json"]) == 4
+    assert main(["status", "--target", gateway.http_url, "--model", "missing", "--json"]) == 4
     assert json.loads(capsys.readouterr().err)["status"] == "NOT_FOUND"
     unreachable = ["--target", "grpc://127.0.0.1:9", "--model", MODEL, "--retries", "1"]
     assert main(["status", *unreachable, "--timeout", "2"]) == 7
-    assert (
-        main(
-            ["predict", "--target", servers.http_url, "--model", MODEL, str(tmp_path / "none.png")]
-        )
-        == 2
-    )
+    missing_file = str(tmp_path / "none.png")
+    assert main(["predict", "--target", gateway.http_url, "--model", MODEL, missing_file]) == 2
     capsys.readouterr()

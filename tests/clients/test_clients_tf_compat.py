@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,6 +41,9 @@ from clients.proto import (  # noqa: E402
 )
 from clients.proto import model_server_config_pb2 as our_config_pb2  # noqa: E402
 from clients.proto import predict_pb2 as our_predict_pb2  # noqa: E402
+from tests.clients.gateways import MODEL, reference  # noqa: E402
+from tests.serving.serving_harness import RunningGateway  # noqa: E402
+from tests.tiny_models import sample_images  # noqa: E402
 
 DTYPES = [np.uint8, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_]
 POLICY = file_system_storage_path_source_pb2.FileSystemStoragePathSourceConfig.ServableVersionPolicy
@@ -248,26 +252,27 @@ def test_stock_server_decodes_our_predict_request(stock_server: tuple[str, Any])
     assert missing.value.status is Status.NOT_FOUND
 
 
-def test_stock_stub_client_reads_our_server(loopback_servers: Any) -> None:
-    from clients_loopback import toy_model
-
-    target = loopback_servers.grpc_target.removeprefix("grpc://")
-    batch = np.arange(8, dtype=np.uint8).reshape(2, 2, 2, 1)
-    with grpc.insecure_channel(target) as channel:
+def test_stock_stub_client_reads_our_gateway(gateway: RunningGateway, repository: Path) -> None:
+    """TF Serving's own generated stubs and TensorFlow's tensor helpers against the real gateway."""
+    batch = sample_images(3, seed=11)
+    with grpc.insecure_channel(gateway.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = "toy"
+        request.model_spec.name = MODEL
         request.inputs["image"].CopyFrom(tf.make_tensor_proto(batch))
-        response = stub.Predict(request, timeout=5)
+        response = stub.Predict(request, timeout=10)
         np.testing.assert_allclose(
-            tf.make_ndarray(response.outputs["probabilities"]), toy_model(batch)
+            tf.make_ndarray(response.outputs["probabilities"]),
+            reference(repository, MODEL, 2, batch),
+            rtol=1e-5,
+            atol=1e-7,
         )
 
         metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(
             metadata_field=["signature_def"]
         )
-        metadata_request.model_spec.name = "toy"
-        metadata = stub.GetModelMetadata(metadata_request, timeout=5)
+        metadata_request.model_spec.name = MODEL
+        metadata = stub.GetModelMetadata(metadata_request, timeout=10)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         assert metadata.metadata["signature_def"].Unpack(signatures)  # our Any, their type
         assert (
@@ -276,9 +281,10 @@ def test_stock_stub_client_reads_our_server(loopback_servers: Any) -> None:
 
         status_stub = model_service_pb2_grpc.ModelServiceStub(channel)
         status_request = get_model_status_pb2.GetModelStatusRequest()
-        status_request.model_spec.name = "toy"
-        status = status_stub.GetModelStatus(status_request, timeout=5)
-        assert (
-            status.model_version_status[0].state
-            == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        status_request.model_spec.name = MODEL
+        status = status_stub.GetModelStatus(status_request, timeout=10)
+        assert {entry.version for entry in status.model_version_status} == {1, 2}
+        assert all(
+            entry.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+            for entry in status.model_version_status
         )

@@ -1,24 +1,27 @@
-"""TLS: https:// and grpcs:// targets verify the server against a given CA certificate."""
+"""TLS: https:// and grpcs:// targets verify the server against a given CA certificate.
+
+The gateway itself speaks plain HTTP and gRPC (TLS ends in front of it, at the ingress or proxy
+of a deployment), so here a TLS terminator on 127.0.0.1 relays the bytes to the real gateway, as
+one would in production: the client's handshake and verification are real, and so is every answer.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import ssl
 import subprocess
 import threading
 from collections.abc import Iterator
-from concurrent import futures
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from clients_loopback import MODEL, Behaviour, _grpc_handlers, _Handler, toy_model
 
 from clients import Client, RetryPolicy, Unavailable
-
-BATCH = np.arange(8, dtype=np.uint8).reshape(2, 2, 2, 1)
+from tests.clients.gateways import MODEL, reference
+from tests.serving.serving_harness import RunningGateway
+from tests.tiny_models import sample_images
 
 
 @pytest.fixture(scope="module")
@@ -37,41 +40,97 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
+class TlsTerminator:
+    """Accepts TLS on 127.0.0.1 and relays each connection's plain bytes to ``upstream`` (host,
+    port), on its own event loop thread. ALPN offers HTTP/2 first (gRPC requires it to be
+    negotiated) and HTTP/1.1."""
+
+    def __init__(self, certificate: tuple[Path, Path], upstream: tuple[str, int]) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(*certificate)
+        self.context.set_alpn_protocols(["h2", "http/1.1"])
+        self.upstream = upstream
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    async def _connection(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+        await asyncio.gather(
+            self._relay(client_reader, upstream_writer),
+            self._relay(upstream_reader, client_writer),
+        )
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._connection, "127.0.0.1", 0, ssl=self.context
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        relays = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in relays:
+            task.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
+
+    def __enter__(self) -> TlsTerminator:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
 @pytest.fixture(scope="module")
-def tls_servers(certificate: tuple[Path, Path]) -> Iterator[tuple[str, str]]:
-    cert, key = certificate
-    behaviour = Behaviour()
-    handler = type("Handler", (_Handler,), {"behaviour": behaviour})
-    http_server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, key)
-    http_server.socket = context.wrap_socket(http_server.socket, server_side=True)
-    threading.Thread(target=http_server.serve_forever, daemon=True).start()
-    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    grpc_server.add_generic_rpc_handlers(_grpc_handlers(behaviour))
-    credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-    port = grpc_server.add_secure_port("127.0.0.1:0", credentials)
-    grpc_server.start()
-    yield f"https://127.0.0.1:{http_server.server_address[1]}", f"grpcs://127.0.0.1:{port}"
-    grpc_server.stop(grace=None)
-    http_server.shutdown()
-    http_server.server_close()
+def tls_targets(
+    gateway: RunningGateway, certificate: tuple[Path, Path]
+) -> Iterator[dict[str, str]]:
+    """``https://`` and ``grpcs://`` targets in front of the gateway's two ports."""
+    assert gateway.gateway is not None
+    http = ("127.0.0.1", gateway.gateway.http_port)
+    grpc = ("127.0.0.1", gateway.gateway.grpc_port)
+    with TlsTerminator(certificate, http) as https, TlsTerminator(certificate, grpc) as grpcs:
+        yield {
+            "https": f"https://127.0.0.1:{https.port}",
+            "grpcs": f"grpcs://127.0.0.1:{grpcs.port}",
+        }
 
 
 @pytest.mark.parametrize("scheme", ["https", "grpcs"])
 def test_tls_with_the_servers_ca_works(
-    tls_servers: tuple[str, str], certificate: tuple[Path, Path], scheme: str
+    tls_targets: dict[str, str], certificate: tuple[Path, Path], repository: Path, scheme: str
 ) -> None:
-    target = tls_servers[0] if scheme == "https" else tls_servers[1]
-    with Client(target, ca_cert=certificate[0]) as client:
-        np.testing.assert_allclose(client.predict(MODEL, {"image": BATCH}), toy_model(BATCH))
+    images = sample_images(2, seed=7)
+    with Client(tls_targets[scheme], ca_cert=certificate[0]) as client:
+        result = client.predict(MODEL, {"image": images})
+    np.testing.assert_allclose(
+        result, reference(repository, MODEL, 2, images), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("scheme", ["https", "grpcs"])
 def test_tls_without_trusting_the_server_fails_as_unavailable(
-    tls_servers: tuple[str, str], scheme: str
+    tls_targets: dict[str, str], scheme: str
 ) -> None:
-    target = tls_servers[0] if scheme == "https" else tls_servers[1]
-    client = Client(target, retry=RetryPolicy(attempts=1), timeout=5)
+    client = Client(tls_targets[scheme], retry=RetryPolicy(attempts=1), timeout=5)
     with client, pytest.raises(Unavailable):  # gRPC, too, reports a failed handshake so
-        client.predict(MODEL, {"image": BATCH})
+        client.predict(MODEL, {"image": sample_images(1)})

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))  # deploy/ is scripts, not an installed package
+from deploy.compose_v2 import COMPOSE_V2_PACKAGE, installed_compose_v2
 
-from deploy.compose_v2 import COMPOSE_V2_PACKAGE, installed_compose_v2  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.metrics_text import metric_samples
+
 DASHBOARD = "deploy/compose/grafana/dashboards/convnet-serving.json"
 # Grafana substitutes these before a query reaches Prometheus.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "1m", "$model": "lenet"}
@@ -140,7 +142,7 @@ def test_gateway_metrics_named_by_the_dashboard_exist(dashboard: dict[str, Any])
     metrics.compute_latency.labels("lenet", "1").observe(0.0005)
     metrics.batch_size.labels("lenet").observe(4)
     metrics.queue_depth.labels("lenet").set(0)
-    exported = set(re.findall(r"^(serving_\w+?)(?:\{| )", metrics.render().decode(), re.M))
+    exported = {sample.name for sample in metric_samples(metrics.render().decode())}
     used = {
         name
         for expr in expressions(dashboard)

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT, Path(__file__).parent):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from serving_harness import RunningGateway, gateway_settings  # noqa: E402
-
-from tests.tiny_models import (  # noqa: E402
+from tests.serving.serving_harness import RunningGateway, gateway_settings
+from tests.tiny_models import (
     slow_classifier,
     write_labelled_pair,
     write_version,

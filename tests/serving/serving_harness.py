@@ -8,15 +8,65 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from clients import wire
+from serving.batching import DynamicBatcher
 from serving.gateway import Gateway
 from serving.settings import ServingSettings
+from tests.metrics_text import metric_samples
+from tests.tiny_models import sample_images
+
+
+def wait_until(
+    condition: Callable[[], object],
+    timeout_s: float = 30,
+    *,
+    what: str | None = None,
+    interval_s: float = 0.01,
+) -> None:
+    """Poll ``condition`` until it holds; fail, saying ``what`` (else the condition's name) was
+    awaited, if it does not within ``timeout_s``. For an event that sends no notification of its
+    own (a request reaching a queue, a version being loaded)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for {what or condition.__name__}"
+            )
+        time.sleep(interval_s)
+
+
+async def wait_until_async(
+    condition: Callable[[], object],
+    timeout_s: float = 30,
+    *,
+    what: str | None = None,
+    interval_s: float = 0.005,
+) -> None:
+    """``wait_until`` inside a coroutine: the event loop keeps running between polls."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout_s} s waiting for {what or condition.__name__}"
+            )
+        await asyncio.sleep(interval_s)
+
+
+def batcher_of(gateway: RunningGateway, model: str) -> DynamicBatcher:
+    """The batcher of ``model``'s latest version in a running gateway: its ``idle`` and
+    ``queued`` say whether requests are computing or waiting."""
+    assert gateway.gateway is not None
+    batcher = gateway.gateway.repository.resolve(model).batcher
+    assert batcher is not None
+    return batcher
 
 
 def requests_total(http_url: str) -> dict[tuple[str, str], float]:
@@ -24,10 +74,10 @@ def requests_total(http_url: str) -> dict[tuple[str, str], float]:
     models and versions, by (protocol, status)."""
     text = httpx.get(f"{http_url}/metrics", timeout=10).text
     totals: dict[tuple[str, str], float] = {}
-    for protocol, status, value in re.findall(
-        r'^serving_requests_total\{[^}]*protocol="(\w+)",status="(\w+)"[^}]*\} (\S+)$', text, re.M
-    ):
-        totals[(protocol, status)] = totals.get((protocol, status), 0.0) + float(value)
+    for sample in metric_samples(text):
+        if sample.name == "serving_requests_total":
+            key = (sample.labels["protocol"], sample.labels["status"])
+            totals[key] = totals.get(key, 0.0) + sample.value
     return totals
 
 
@@ -126,6 +176,50 @@ class RunningGateway:
         """The Prometheus exposition, read in-process."""
         assert self.gateway is not None
         return self.gateway.metrics.render().decode()
+
+
+def wait_until_idle(gateway: RunningGateway, model: str, timeout_s: float = 120) -> None:
+    """Wait until ``model``'s latest version has nothing computing and nothing queued (a request
+    an earlier test abandoned may still be computing)."""
+    batcher = batcher_of(gateway, model)
+    wait_until(lambda: batcher.idle, timeout_s, what=f"model {model} to be idle")
+
+
+@contextmanager
+def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) -> Iterator[None]:
+    """``requests`` REST predicts of ``rows`` images each for ``model``, sent from threads once
+    the model is idle, each once the one before is inside: the first computes, the others wait in
+    the model's queue. Yields with all of them inside; on exit waits until each is answered (200).
+
+    With batching off, ``max_queue_size`` of ``requests - 1`` and no overflow (``refusal_share`` or
+    ``queue_overflow`` 0), the model then refuses every other request (RESOURCE_EXHAUSTED) for as
+    long as the first one computes: ``rows`` sets how long that is."""
+    batcher = batcher_of(gateway, model)
+    body = {"instances": sample_images(rows).tolist()}
+    statuses: list[int] = []
+
+    def send() -> None:
+        # A deadline as long as the client waits (the gateway allows up to 10x its
+        # request_timeout_s): on a loaded machine the queued one can wait past the default 30 s.
+        headers = {"x-request-timeout-ms": "120000"}
+        url = f"{gateway.http_url}/v1/models/{model}:predict"
+        statuses.append(httpx.post(url, json=body, headers=headers, timeout=120).status_code)
+
+    wait_until_idle(gateway, model)
+    threads = [threading.Thread(target=send) for _ in range(requests)]
+    for inside, thread in enumerate(threads, start=1):
+        thread.start()
+        wait_until(
+            lambda: not batcher.idle and batcher.queued == inside - 1,  # noqa: B023 (called at once)
+            timeout_s=60,
+            what=f"request {inside} to be inside (one computing, the rest queued)",
+        )
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.join(120)
+    assert statuses == [200] * requests, f"the requests holding {model} were answered {statuses}"
 
 
 class GatewayProcess:

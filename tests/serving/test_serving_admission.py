@@ -12,12 +12,17 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from serving_harness import RunningGateway, predict_call
 
 from clients import wire
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.errors import ResourceExhausted, Unavailable
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+from tests.serving.serving_harness import (
+    RunningGateway,
+    model_busy,
+    predict_call,
+    wait_until_async,
+)
 from tests.tiny_models import linear_classifier, sample_images, slow_classifier, write_version
 
 SLOW = "slow"
@@ -49,19 +54,15 @@ def test_full_queue_refuses_before_decoding_with_retry_after(
         slow_repo, batching=False, max_queue_size=1, refusal_share=0
     )
 
-    async def scenario() -> tuple[list[httpx.Response], httpx.Response]:
-        busy = asyncio.ensure_future(_burst(gateway.http_url, 3))  # computing + queued
-        await asyncio.sleep(0.05)  # the first of them computes for far longer than this
-        async with httpx.AsyncClient(base_url=gateway.http_url, timeout=60) as client:
-            # Not even JSON: refused by admission, never decoded (a decode would say 400).
-            refused = await client.post(f"/v1/models/{SLOW}:predict", content=b"{not json")
-        return await busy, refused
-
-    done, refused = asyncio.run(scenario())
+    # One request computing and one queued (both answered 200 afterwards): the queue is full.
+    with model_busy(gateway, SLOW, requests=2, rows=4):
+        # Not even JSON: refused by admission, never decoded (a decode would say 400).
+        refused = httpx.post(
+            f"{gateway.http_url}/v1/models/{SLOW}:predict", content=b"{not json", timeout=60
+        )
     assert refused.status_code == 429, refused.text
     assert "queue is full" in refused.json()["error"]
     assert int(refused.headers["retry-after"]) >= 1
-    assert sorted(r.status_code for r in done).count(200) >= 2
 
 
 def test_refusals_are_a_bounded_share_and_the_rest_wait(
@@ -137,10 +138,12 @@ def test_admit_is_decided_from_the_queue_alone(tmp_path: Path) -> None:
         images = {"image": sample_images(1)}
         deadline = asyncio.get_running_loop().time() + 60
         first = asyncio.ensure_future(batcher.infer(images, deadline))
-        await asyncio.sleep(0.05)  # computing
+        await wait_until_async(
+            lambda: not batcher.idle and batcher.queued == 0, what="the first to be computing"
+        )
         batcher.admit(10)  # queue empty: admitted
         second = asyncio.ensure_future(batcher.infer(images, deadline))
-        await asyncio.sleep(0)
+        await wait_until_async(lambda: batcher.queued == 1, what="the second to be queued")
         with pytest.raises(ResourceExhausted) as refused:
             batcher.admit(10)
         assert refused.value.retry_after_s is not None and refused.value.retry_after_s >= 0.1
@@ -199,7 +202,7 @@ class ClosingRecorder(OnnxRuntime):
 
 def test_close_waits_for_the_running_batch(tmp_path: Path) -> None:
     write_version(tmp_path, "m", 1, slow_classifier(repeats=12))
-    # One thread, so that the batch is still running 50 ms in (auto would use every core).
+    # One thread, so that the batch runs for a while (auto would use every core).
     runtime = ClosingRecorder(tmp_path / "m" / "1", OnnxOptions(device="cpu", intra_op_threads=1))
     batcher = DynamicBatcher(runtime, "m", 1, BatchingConfig(merge=False))
 
@@ -207,7 +210,10 @@ def test_close_waits_for_the_running_batch(tmp_path: Path) -> None:
         deadline = asyncio.get_running_loop().time() + 60
         running = asyncio.ensure_future(batcher.infer({"image": sample_images(1)}, deadline))
         queued = asyncio.ensure_future(batcher.infer({"image": sample_images(1)}, deadline))
-        await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: ClosingRecorder.running == 1 and batcher.queued == 1,
+            what="one batch running and one queued",
+        )
         batcher.close()
         assert not ClosingRecorder.closed  # the batch is still computing
         assert (await running)["probabilities"].shape == (1, 10)

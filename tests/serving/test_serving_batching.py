@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from serving_harness import RunningGateway
 
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.metrics import GatewayMetrics
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+from tests.metrics_text import metric_value
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import (
     batch_one_classifier,
     linear_classifier,
@@ -29,10 +29,10 @@ MODEL = "tiny"
 
 def batch_stats(metrics: str, model: str) -> tuple[float, float]:
     """(batches executed, rows executed) from the batch-size histogram."""
-    count = re.search(rf'serving_batch_size_count{{model="{model}"}} ([0-9.e+]+)', metrics)
-    total = re.search(rf'serving_batch_size_sum{{model="{model}"}} ([0-9.e+]+)', metrics)
+    count = metric_value(metrics, "serving_batch_size_count", model=model)
+    total = metric_value(metrics, "serving_batch_size_sum", model=model)
     assert count and total, metrics
-    return float(count.group(1)), float(total.group(1))
+    return count, total
 
 
 async def _fire(url: str, requests: list[np.ndarray]) -> list[httpx.Response]:

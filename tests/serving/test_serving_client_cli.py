@@ -4,18 +4,14 @@ maps to its documented code (``clients.cli.EXIT_CODES``) over TF Serving REST, V
 from __future__ import annotations
 
 import json
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
-from serving_harness import RunningGateway
 
 from clients.cli import EXIT_CODES, main
+from tests.serving.serving_harness import RunningGateway, model_busy
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"
@@ -72,44 +68,13 @@ def test_unauthenticated_exits_8(
     assert "Unauthenticated" in EXIT_CODES[8]
 
 
-@contextmanager
-def _model_busy(gateway: RunningGateway, requests: int) -> Iterator[None]:
-    """``requests`` large batches for the slow model, sent one at a time from threads, each once
-    the one before is inside: the first computes, the others wait in its queue. Yields with all
-    of them inside; afterwards waits for each to be answered."""
-    assert gateway.gateway is not None
-    batcher = gateway.gateway.repository.resolve(SLOW).batcher
-    assert batcher is not None
-    body = {"instances": sample_images(32).tolist()}
-    statuses: list[int] = []
-
-    def send() -> None:
-        reply = httpx.post(f"{gateway.http_url}/v1/models/{SLOW}:predict", json=body, timeout=120)
-        statuses.append(reply.status_code)
-
-    threads = [threading.Thread(target=send) for _ in range(requests)]
-    for inside, thread in enumerate(threads, start=1):
-        thread.start()
-        end = time.monotonic() + 60
-        # Inside: one computing (the batcher is not idle), the rest queued.
-        while batcher.idle or batcher.queued != inside - 1:
-            assert time.monotonic() < end, f"request {inside} never got inside"
-            time.sleep(0.005)
-    try:
-        yield
-    finally:
-        for thread in threads:
-            thread.join(120)
-    assert statuses == [200] * requests
-
-
 def test_server_busy_exits_5(
     slow_repo: Path, start_gateway: StartGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # One batch computing and one queued fill a queue of one with no overflow: refused at once.
     gateway = start_gateway(slow_repo, batching=False, max_queue_size=1, queue_overflow=0)
     image = _pixels(tmp_path)
-    with _model_busy(gateway, requests=2):
+    with model_busy(gateway, SLOW, requests=2, rows=32):
         for target in _targets(gateway):
             code, error = _run(capsys, "predict", *target, "--retries", "1", "--model", SLOW, image)
             assert code == 5, (target, error)
@@ -122,7 +87,7 @@ def test_deadline_exceeded_exits_6(
 ) -> None:
     gateway = start_gateway(slow_repo, batching=False)
     image = _pixels(tmp_path)
-    with _model_busy(gateway, requests=2):
+    with model_busy(gateway, SLOW, requests=2, rows=32):
         for target in _targets(gateway):
             code, error = _run(
                 capsys, "predict", *target, "--timeout", "0.3", "--model", SLOW, image

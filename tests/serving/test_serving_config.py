@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_harness import RunningGateway
 
 from serving.repository import VersionPolicy, parse_models_config
 from serving.runtimes.onnx import (
@@ -21,6 +20,7 @@ from serving.runtimes.onnx import (
     OnnxRuntime,
 )
 from serving.settings import ServingSettings, settings_from_args
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import (
     lenet_like,
     linear_classifier,

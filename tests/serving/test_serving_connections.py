@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serving_harness import GatewayProcess, RunningGateway
 
+from tests.serving.serving_harness import GatewayProcess, RunningGateway, wait_until
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"
@@ -93,8 +93,11 @@ def test_connections_beyond_the_bound_get_503(tiny_repo: Path, start_gateway: An
     assert answer.startswith(b"HTTP/1.1 503") and b"too many open connections" in answer
     for conn in held:
         conn.close()
-    time.sleep(0.2)
-    assert httpx.get(f"{gateway.http_url}/v2/health/live", timeout=10).status_code == 200
+
+    def a_new_connection_is_served() -> bool:  # once the gateway has seen the held ones close
+        return httpx.get(f"{gateway.http_url}/v2/health/live", timeout=10).status_code == 200
+
+    wait_until(a_new_connection_is_served, timeout_s=10)
 
 
 def _hammer(url: str, stop: threading.Event, outcomes: Counter[str], lock: threading.Lock) -> None:
@@ -128,12 +131,9 @@ def test_sigterm_under_load_answers_every_request_received(tiny_repo: Path, work
     try:
         for client in clients:
             client.start()
-        deadline = time.monotonic() + 30
-        while outcomes["200"] < 500 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: outcomes["200"] >= 500, what="500 answers under load")
         gateway.process.send_signal(signal.SIGTERM)
         assert gateway.process.wait(60) == 0, "".join(gateway.lines[-30:])
-        time.sleep(0.5)
     finally:
         stop.set()
         for client in clients:

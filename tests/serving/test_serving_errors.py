@@ -17,9 +17,14 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import RunningGateway, gateway_settings, predict_call, requests_total
 
 from clients import wire
+from tests.serving.serving_harness import (
+    RunningGateway,
+    gateway_settings,
+    predict_call,
+    requests_total,
+)
 from tests.tiny_models import (
     batch_one_classifier,
     linear_classifier,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_harness import RunningGateway
 
+from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import reference_predict, sample_images
 
 MODEL = "tiny"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import socket
 import struct
 import time
@@ -29,9 +28,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import GatewayProcess, predict_call
 
 from clients import wire
+from tests.metrics_text import metric_samples
+from tests.serving.serving_harness import GatewayProcess, predict_call
 from tests.tiny_models import any_size_classifier, lenet_like, write_models_config, write_version
 
 MODEL = "lenet"
@@ -506,7 +506,9 @@ def test_after_hostile_requests_healthy_bounded_and_no_bogus_series(
         assert http.post("/v1/models/bogus-name:predict", content=GOOD_ROW).status_code == 404
         assert http.get("/v2/health/ready").json() == {"ready": True}
         metrics = http.get("/metrics").text
-    models = set(re.findall(r'model="([^"]*)"', metrics))
+    models = {
+        sample.labels["model"] for sample in metric_samples(metrics) if "model" in sample.labels
+    }
     assert models <= {MODEL, ANY_SIZE, "_unknown"}, models
     assert "_unknown" in models  # the bogus names were counted, under one label
     rss = gateway.rss_mb()

@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_harness import RunningGateway
 
 from serving.errors import ResourceExhausted, Unavailable
 from serving.offload import DECODE_THREAD_NICENESS, DecodePool
+from tests.serving.serving_harness import RunningGateway, wait_until, wait_until_async
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"
@@ -48,13 +48,11 @@ def test_decode_pool_refuses_beyond_threads_plus_queue_and_frees_places() -> Non
         release = threading.Event()
         running = asyncio.ensure_future(pool.run(release.wait, 10))
         waiting = asyncio.ensure_future(pool.run(lambda: "second"))
-        await asyncio.sleep(0.05)
-        assert pool.admitted == 2
+        await wait_until_async(lambda: pool.admitted == 2, what="both jobs to be admitted")
         with pytest.raises(ResourceExhausted, match="decoding is at capacity"):
             await pool.run(lambda: "third")
         waiting.cancel()  # a caller that goes away before its job started frees its place
-        await asyncio.sleep(0.05)
-        assert pool.admitted == 1
+        await wait_until_async(lambda: pool.admitted == 1, what="the cancelled job's place")
         release.set()
         assert await running is True
         assert pool.admitted == 0
@@ -88,11 +86,7 @@ def occupy_pool(gateway: RunningGateway) -> threading.Event:
     pool = gateway.gateway.dataplane.decode_pool
     release = threading.Event()
     asyncio.run_coroutine_threadsafe(pool.run(release.wait, 30), gateway.loop)
-    for _ in range(100):
-        if pool.admitted == 1:
-            break
-        threading.Event().wait(0.01)
-    assert pool.admitted == 1
+    wait_until(lambda: pool.admitted == 1, what="the job to occupy the decode pool")
     return release
 
 

@@ -21,10 +21,10 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from serving_harness import RunningGateway, gateway_settings
 
 from serving.gateway import Gateway
 from serving.rest import routes
+from tests.serving.serving_harness import RunningGateway, gateway_settings
 from tests.tiny_models import lenet_like, write_models_config, write_version
 
 MODEL = "lenet"  # the name the document's examples use, so generated requests reach a model

@@ -10,15 +10,21 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from serving_harness import RunningGateway, predict_call, requests_total
 
 from clients import wire
+from tests.metrics_text import metric_value
+from tests.serving.serving_harness import (
+    RunningGateway,
+    batcher_of,
+    predict_call,
+    requests_total,
+    wait_until,
+)
 from tests.tiny_models import sample_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,18 +95,18 @@ def test_deadlines(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-u
             with pytest.raises(grpc.RpcError) as caught:
                 call(request, timeout=0.005)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
         # The client's own deadline raises DEADLINE_EXCEEDED whatever the server does; the
         # server's count says whether it gave up on the requests itself. Ignoring the deadline it
         # would count each as CANCELLED (gRPC's core cuts the call off at the same instant) or
         # OK; honouring it, its own timer usually fires first, but a busy event loop may run
         # gRPC's cancellation first (and a call may expire before its handler starts), so one
         # DEADLINE_EXCEEDED in several calls is the proof.
-        totals: dict[tuple[str, str], float] = {}
-        end = time.monotonic() + 10
-        while totals.get(("grpc", "DEADLINE_EXCEEDED"), 0.0) < 1 and time.monotonic() < end:
-            time.sleep(0.05)
-            totals = requests_total(gateway.http_url)
-        assert totals.get(("grpc", "DEADLINE_EXCEEDED"), 0.0) >= 1, totals
+        def the_gateway_gave_up_on_one() -> bool:
+            return requests_total(gateway.http_url).get(("grpc", "DEADLINE_EXCEEDED"), 0.0) >= 1
+
+        wait_until(the_gateway_gave_up_on_one, timeout_s=10)
+        totals = requests_total(gateway.http_url)
         assert ("grpc", "OK") not in totals, totals
         # The server is fine afterwards.
         assert "probabilities" in call(request, timeout=60).outputs
@@ -161,21 +167,15 @@ def test_sigterm_drains_in_flight_requests(slow_repo: Path) -> None:
         threads = [threading.Thread(target=call) for _ in range(6)]
         for thread in threads:
             thread.start()
-        # Wait (by observation, not by time) until every request is inside the gateway.
-        end = time.monotonic() + 60
-        while True:
+
+        def admitted() -> bool:
+            """Every request is inside the gateway: queued, computing (one) or answered."""
             metrics = httpx.get(f"{url}/metrics", timeout=10).text
-            depth = re.search(rf'serving_queue_depth{{model="{SLOW}"}} ([0-9.]+)', metrics)
-            done = re.search(
-                rf'serving_requests_total{{model="{SLOW}",protocol="rest",status="OK",version="1"}} ([0-9.]+)',
-                metrics,
-            )
-            inside = (
-                (float(depth.group(1)) if depth else 0) + 1 + (float(done.group(1)) if done else 0)
-            )
-            if inside >= 6 or time.monotonic() > end:
-                break
-            time.sleep(0.02)
+            queued = metric_value(metrics, "serving_queue_depth", model=SLOW)
+            answered = metric_value(metrics, "serving_requests_total", model=SLOW, status="OK")
+            return queued + 1 + answered >= 6
+
+        wait_until(admitted, timeout_s=60)
         process.send_signal(signal.SIGTERM)
         for thread in threads:
             thread.join(60)
@@ -196,7 +196,11 @@ def test_cancelled_calls_count_as_cancelled(slow_repo: Path, start_gateway) -> N
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         call = predict_call(channel)
         futures = [call.future(request, timeout=60) for _ in range(4)]
-        time.sleep(0.3)  # one computing, the rest queued in the gateway
+        batcher = batcher_of(gateway, SLOW)
+        wait_until(
+            lambda: not batcher.idle and batcher.queued == 3,
+            what="one call computing and the rest queued in the gateway",
+        )
         for future in futures:
             future.cancel()
 
@@ -204,9 +208,7 @@ def test_cancelled_calls_count_as_cancelled(slow_repo: Path, start_gateway) -> N
         return {status: n for (protocol, status), n in requests_total(gateway.http_url).items()
                 if protocol == "grpc"}  # fmt: skip
 
-    deadline = time.monotonic() + 30
-    while counts().get("CANCELLED", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: counts().get("CANCELLED", 0) >= 1, what="a call counted as CANCELLED")
     final = counts()
     assert final.get("CANCELLED", 0) >= 1, final
     assert "INTERNAL" not in final, final

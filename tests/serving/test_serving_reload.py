@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_harness import RunningGateway
 
+from tests.serving.serving_harness import RunningGateway, wait_until
 from tests.tiny_models import linear_classifier, sample_images, write_version
 
 MODEL = "tiny"
@@ -79,14 +79,6 @@ def statuses(gateway: RunningGateway) -> dict[str, tuple[str, str]]:
     }
 
 
-def wait_until(predicate, what: str, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_hot_reload_under_traffic(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
     write_version(tmp_path, MODEL, 1, linear_classifier(seed=1))
     gateway: RunningGateway = start_gateway(tmp_path, poll_interval_s=0.05)
@@ -96,11 +88,13 @@ def test_hot_reload_under_traffic(tmp_path: Path, start_gateway) -> None:  # typ
         # A new version is loaded, warmed, switched in; the old one is drained and unloaded.
         write_version(tmp_path, MODEL, 2, linear_classifier(seed=2))
         traffic.wait_for_version("2")
-        wait_until(lambda: set(statuses(gateway)) == {"2"}, "version 1 to be unloaded")
+        wait_until(
+            lambda: set(statuses(gateway)) == {"2"}, timeout_s=60, what="version 1 to be unloaded"
+        )
 
         # A corrupt version is reported and never displaces version 2.
         write_version(tmp_path, MODEL, 3, b"this is not an onnx model")
-        wait_until(lambda: "3" in statuses(gateway), "version 3 to be reported")
+        wait_until(lambda: "3" in statuses(gateway), timeout_s=60, what="version 3 to be reported")
         state, error = statuses(gateway)["3"]
         assert state == "END" and "failed to load" in error
         served_before = traffic.versions["2"]
@@ -111,7 +105,9 @@ def test_hot_reload_under_traffic(tmp_path: Path, start_gateway) -> None:  # typ
         # Removing the serving version falls back to the newest loadable one (1), draining 2.
         shutil.rmtree(tmp_path / MODEL / "2")
         traffic.wait_for_version("1")
-        wait_until(lambda: "2" not in statuses(gateway), "version 2 to be unloaded")
+        wait_until(
+            lambda: "2" not in statuses(gateway), timeout_s=60, what="version 2 to be unloaded"
+        )
 
     assert traffic.failures == []
     assert traffic.versions["1"] > 0 and traffic.versions["2"] > 0

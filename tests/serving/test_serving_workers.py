@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +16,10 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from serving_harness import predict_call, requests_total
 
 from clients import wire
 from clients.codec import tensor_proto_to_ndarray
+from tests.serving.serving_harness import predict_call, requests_total, wait_until
 from tests.tiny_models import reference_predict, sample_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,10 +118,9 @@ def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> N
     workers = supervised.workers()
     supervised.process.kill()  # SIGKILL: no chance to stop them itself
     supervised.process.wait(30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not any(_running(pid) for pid in workers)
+    wait_until(
+        lambda: not any(_running(pid) for pid in workers), what="the orphaned workers to exit"
+    )
 
 
 def _running(pid: int) -> bool:

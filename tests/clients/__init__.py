@@ -1,0 +1,1 @@
+"""Tests of the client library (``clients``), against the real gateway."""
