@@ -23,6 +23,9 @@ in this process, which on a small host is itself the bottleneck. Both share the 
 with the server: on a 2-core host these are lower bounds.
 
     python -m benchmarks.gateway_speed [--duration 5] [--json out.json]   # from the repository root
+
+Size: every row of the one side-by-side table (servers, loads, ceilings, the batcher alone) is
+set up here, so that all rows are measured the same way in one run.
 """
 
 from __future__ import annotations

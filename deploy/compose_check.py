@@ -32,6 +32,9 @@ Steps, each printed with its result and time; the first failure names its step a
 
 TF Serving and Grafana run only where their images can be had; elsewhere they are skipped by name
 with the reason (``tests/deploy`` still checks their configuration).
+
+Size: the numbered checks run in order against one running stack and share its state (ports,
+images, the Compose project), which is why they stay in one script.
 """
 
 from __future__ import annotations
