@@ -186,7 +186,7 @@ def plot_per_class(
     ax.set_xticks(positions, labels=class_names, rotation=45, ha="right")
     ax.set_title(f"per class (macro F1 {metrics['macro_f1']:.4f})")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
