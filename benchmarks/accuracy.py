@@ -74,14 +74,6 @@ def served_outputs(config: AccuracyConfig, images: np.ndarray, progress: Any = N
     return np.concatenate(answers) if answers else np.zeros((0, 0), np.float32)
 
 
-def served_predictions(
-    config: AccuracyConfig, images: np.ndarray, progress: Any = None
-) -> np.ndarray:
-    """argmax of the served probabilities for every image."""
-    outputs = served_outputs(config, images, progress)
-    return outputs.argmax(axis=1).astype(np.int64) if len(outputs) else np.zeros(0, np.int64)
-
-
 def _max_abs_diff(a: np.ndarray | None, b: np.ndarray | None) -> float | None:
     if a is None or b is None or a.shape != b.shape or not a.size:
         return None
@@ -138,9 +130,8 @@ def check_accuracy(config: AccuracyConfig) -> dict[str, Any]:
         task = progress.add_task(f"test set through {config.target}", total=len(images))
         served_probabilities = served_outputs(config, images, lambda n: progress.advance(task, n))
     elapsed = time.perf_counter() - started
-    served = to_dataset(served_probabilities.argmax(axis=1)) if len(served_probabilities) else (
-        np.zeros(0, np.int64)
-    )  # fmt: skip
+    answers = served_probabilities.argmax(axis=1) if len(served_probabilities) else np.zeros(0)
+    served = to_dataset(answers.astype(np.int64))
     offline = reference = None
     if model_files and model_files.onnx_path:
         reference = offline_outputs(model_files.onnx_path, images)
