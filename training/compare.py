@@ -148,7 +148,7 @@ def markdown(records: dict[tuple[str, str], RunRecord]) -> str:
         lines.append(
             f"| {LABELS.get(r.model, r.model)} | {LABELS.get(r.dataset, r.dataset)} "
             f"| {r.metrics['accuracy'] * 100:.2f}% | {r.metrics['macro_f1']:.4f} "
-            f"| {r.errors} / {r.metrics['examples']:,} | {seconds} | {s.get('epochs_run', 'n/a')} "
+            f"| {r.errors:,} / {r.metrics['examples']:,} | {seconds} | {s.get('epochs_run', 'n/a')} "
             f"| {params} | `{r.run_dir.name}` |"
         )
     differences = budget_differences(records)

@@ -62,7 +62,7 @@ def test_table_holds_what_the_runs_measured(compared: tuple[Path, str]) -> None:
             if line.startswith(f"| {'MLP' if model == 'mlp' else 'LeNet'} | MNIST |")
         )
         assert f"{metrics['accuracy'] * 100:.2f}%" in row
-        assert f"{wrong} / {metrics['examples']:,}" in row
+        assert f"{wrong:,} / {metrics['examples']:,}" in row
         assert f"{record.summary['parameters']:,}" in row
     assert "Budget, the same for every run: 1 epochs" in text
     assert "Per-class F1, MNIST:" in text
