@@ -218,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not require served accuracy == offline (fp16, TF Serving)",
     )
+    accuracy.add_argument(
+        "--precision", choices=("fp32", "fp16"), default="fp32",
+        help="fp16: the offline reference is model.fp16.onnx, which must also stay within "
+        "--max-fp16-drop of model.onnx's accuracy (serve it with --precision fp16, and on a CPU "
+        "--fp16-on-cpu)",
+    )  # fmt: skip
+    accuracy.add_argument(
+        "--max-fp16-drop", type=float, default=0.001,
+        help="largest fp16 vs fp32 accuracy difference (default 0.001: 0.1 points)",
+    )  # fmt: skip
     accuracy.add_argument("--out", help="write results.json and report.md here")
     return parser
 
@@ -377,6 +387,8 @@ def _accuracy(args: argparse.Namespace) -> int:
         require_equal=not args.allow_difference,
         min_agreement=0.99 if args.allow_difference else 1.0,
         out=args.out,
+        precision=args.precision,
+        max_fp16_drop=args.max_fp16_drop,
     )
     result = check_accuracy(config)
     print(format_accuracy(result))

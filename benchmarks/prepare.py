@@ -87,19 +87,25 @@ def model_to_dataset_classes(
     return np.asarray([lookup.get(name, -1) for name in model_class_names], dtype=np.int64)
 
 
-def offline_predictions(
-    onnx_path: str | Path, images: np.ndarray, batch_size: int = 256
-) -> np.ndarray:
-    """The model's own answers (argmax of its output) from ONNX Runtime on the CPU."""
+def offline_outputs(onnx_path: str | Path, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's output (probabilities, [N, classes] float32) from ONNX Runtime on the CPU."""
     from benchmarks.ceiling import create_session
 
     session = create_session(onnx_path, providers="CPUExecutionProvider")
     input_name = session.get_inputs()[0].name
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        probabilities = session.run(None, {input_name: images[start : start + batch_size]})[0]
-        outputs.append(np.asarray(probabilities).argmax(axis=1))
-    return np.concatenate(outputs).astype(np.int64) if outputs else np.zeros(0, np.int64)
+    outputs = [
+        np.asarray(session.run(None, {input_name: images[start : start + batch_size]})[0])
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs).astype(np.float32) if outputs else np.zeros((0, 0), np.float32)
+
+
+def offline_predictions(
+    onnx_path: str | Path, images: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """The model's own answers (argmax of its output) from ONNX Runtime on the CPU."""
+    outputs = offline_outputs(onnx_path, images, batch_size)
+    return outputs.argmax(axis=1).astype(np.int64) if len(outputs) else np.zeros(0, np.int64)
 
 
 def load_test_set(dataset: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -49,6 +49,7 @@ def onnx_options(settings: ServingSettings) -> OnnxOptions:
     return OnnxOptions(
         device=settings.device,
         precision=settings.precision,
+        fp16_on_cpu=settings.fp16_on_cpu,
         tensorrt=settings.tensorrt,
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,

@@ -64,6 +64,11 @@ class ServingSettings(BaseSettings):
     precision: Literal["fp32", "fp16"] = Field(
         "fp32", description="fp16 loads model.fp16.onnx when a GPU provider is active."
     )
+    fp16_on_cpu: bool = Field(
+        False,
+        description="With --precision fp16, load model.fp16.onnx on the CPU provider too (slower "
+        "than fp32 there): for checking the fp16 file's served answers on a host without a GPU.",
+    )
     tensorrt: bool = Field(True, description="Allow the TensorRT provider when it is available.")
     intra_op_threads: int = Field(
         -1,

@@ -158,6 +158,45 @@ def plot_confusion_matrix(
     return png
 
 
+def plot_per_class(
+    metrics: Mapping[str, Any], class_names: Sequence[str], path: Path | None = None
+) -> bytes:
+    """Per-class precision, recall and F1 as grouped bars (PNG); write to `path` when given."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    positions = np.arange(len(class_names))
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
+    for offset, key in ((-0.27, "precision"), (0.0, "recall"), (0.27, "f1")):
+        values = [metrics["per_class"][name][key] for name in class_names]
+        ax.bar(positions + offset, values, width=0.27, label=key)
+    low = min(
+        (
+            metrics["per_class"][name][key]
+            for name in class_names
+            for key in ("precision", "recall", "f1")
+        ),
+        default=0.0,
+    )
+    ax.set_ylim(max(0.0, low - 0.1), 1.0)
+    ax.set_xticks(positions, labels=class_names, rotation=45, ha="right")
+    ax.set_title(f"per class (macro F1 {metrics['macro_f1']:.4f})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    png = buffer.getvalue()
+    if path is not None:
+        path.write_bytes(png)
+    return png
+
+
 def plot_history(history: Mapping[str, Sequence[float]], path: Path) -> None:
     """Loss and accuracy convergence curves (training and validation) as one PNG."""
     import matplotlib
@@ -193,6 +232,8 @@ def write_report(
     Path(files["metrics"]).write_text(json.dumps(metrics, indent=2))
     files["confusion_matrix"] = str(run_dir / f"{prefix}_confusion_matrix.png")
     plot_confusion_matrix(metrics["confusion_matrix"], class_names, Path(files["confusion_matrix"]))
+    files["per_class"] = str(run_dir / f"{prefix}_per_class.png")
+    plot_per_class(metrics, class_names, Path(files["per_class"]))
     if history:
         files["curves"] = str(run_dir / "convergence.png")
         plot_history(history, Path(files["curves"]))

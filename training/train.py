@@ -263,6 +263,15 @@ def run_training(config: TrainConfig) -> TrainResult:
     metrics = evaluate_model(model, dataset)
     write_report(run_dir, metrics, dataset.class_names, history)
     (run_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    # What the run cost and what it trained, for tables that compare runs (training/compare.py).
+    summary = {
+        "seconds_per_epoch": seconds_per_epoch,
+        "epochs_run": len(history.get("loss", [])),
+        "parameters": int(model.count_params()),
+        "train_images": len(dataset.y_train),
+        "test_images": len(dataset.y_test),
+    }
+    (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(f"{config.model} on {config.dataset} (test set)", metrics, dataset.class_names)
     print(f"seconds per epoch: {seconds_per_epoch:.1f}", flush=True)
     if kfold_report:

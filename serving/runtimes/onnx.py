@@ -78,6 +78,7 @@ class OnnxOptions:
 
     device: str = "auto"
     precision: str = "fp32"
+    fp16_on_cpu: bool = False  # precision fp16: keep the fp16 file even on the CPU provider
     tensorrt: bool = True
     intra_op_threads: int = AUTO_THREADS  # -1: chosen per model at load (see HEAVY_MODEL_S)
     inter_op_threads: int = 1
@@ -154,10 +155,15 @@ class OnnxRuntime(ModelRuntime):
         fp32_path = version_dir / "model.onnx"
         fp16_path = version_dir / "model.fp16.onnx"
         providers = candidate_providers(self.options)
-        use_fp16 = self.options.precision == "fp16" and fp16_path.exists() and len(providers) > 1
+        on_cpu_too = self.options.fp16_on_cpu
+        use_fp16 = (
+            self.options.precision == "fp16"
+            and fp16_path.exists()
+            and (len(providers) > 1 or on_cpu_too)
+        )
         self.session = self._create(fp16_path if use_fp16 else fp32_path, providers)
         self.provider = self.session.get_providers()[0]
-        if use_fp16 and self.provider not in GPU_PROVIDERS:
+        if use_fp16 and self.provider not in GPU_PROVIDERS and not on_cpu_too:
             # fp16 kernels on a CPU are slower than fp32; the GPU did not come up, so use fp32.
             self.session = self._create(fp32_path, [(CPU, {})])
             self.provider = CPU

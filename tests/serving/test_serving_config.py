@@ -131,6 +131,34 @@ def test_provider_decided_after_creation(tmp_path: Path) -> None:
             OnnxRuntime(tmp_path / "m" / "1", OnnxOptions(device="cuda"))
 
 
+def test_fp16_on_cpu_serves_the_fp16_file(tmp_path: Path) -> None:
+    """--fp16-on-cpu keeps model.fp16.onnx on the CPU provider (for checking its answers on a
+    host without a GPU); without it the CPU falls back to fp32. The files are told apart by
+    their outputs: the real fp16 conversion rounds the weights."""
+    from training.export import convert_to_fp16
+
+    version_dir = write_version(tmp_path, "m", 1, lenet_like())
+    convert_to_fp16(version_dir / "model.onnx", version_dir / "model.fp16.onnx")
+    images = np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8)
+
+    def run(options: OnnxOptions) -> tuple[str, np.ndarray]:
+        runtime = OnnxRuntime(version_dir, options)
+        try:
+            return runtime.model_file.name, runtime.predict({"image": images})["probabilities"]
+        finally:
+            runtime.close()
+
+    forced_name, forced = run(OnnxOptions(device="cpu", precision="fp16", fp16_on_cpu=True))
+    plain_name, plain = run(OnnxOptions(device="cpu", precision="fp16"))
+    fp32_name, fp32 = run(OnnxOptions(device="cpu"))
+    assert (forced_name, plain_name, fp32_name) == ("model.fp16.onnx", "model.onnx", "model.onnx")
+    assert np.array_equal(plain, fp32)
+    difference = np.abs(forced - fp32).max()
+    assert 0 < difference < 5e-3
+    settings = settings_from_args(["--precision", "fp16", "--fp16-on-cpu"])
+    assert settings.fp16_on_cpu and not ServingSettings().fp16_on_cpu
+
+
 def test_intra_op_threads_follow_the_model_by_default(tmp_path: Path) -> None:
     """Auto: a light model keeps one intra-op thread (its cost is per call, and the other cores
     belong to the event loop); a heavy one gets one thread per core. An explicit number wins."""
