@@ -10,9 +10,10 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from training.augment import AUGMENT_KINDS
 from training.compare import DATASETS as COMPARE_DATASETS
 from training.compare import MODELS as COMPARE_MODELS
-from training.data import AUGMENT_KINDS, DATASETS, DatasetUnavailable
+from training.data import DATASETS, DatasetUnavailable
 from training.models import MODEL_NAMES
 from training.recipes import DEFAULTS, RECIPES, UnknownRecipe, describe, resolve
 

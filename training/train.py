@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from training.augment import augment_kind
 from training.data import (
     Dataset,
-    augment_kind,
     load_dataset,
     make_pipeline,
     stratified_kfold,

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.augment import Augmenter, graph_augment
 from training.data import (
     FASHION_MNIST_DEBIAN_DIR,
-    Augmenter,
     DatasetUnavailable,
-    graph_augment,
     load_dataset,
     make_pipeline,
     stratified_kfold,
