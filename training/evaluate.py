@@ -7,6 +7,7 @@ TensorFlow or scikit-learn; plots use matplotlib (Agg).
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,12 +120,22 @@ def classification_metrics(
     }
 
 
+def _png(plt: Any, fig: Any, path: Path | None) -> bytes:
+    """Lay out and close ``fig``; its PNG bytes, also written to ``path`` when given."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    png = buffer.getvalue()
+    if path is not None:
+        path.write_bytes(png)
+    return png
+
+
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path | None = None
 ) -> bytes:
     """Render the confusion matrix as PNG; write it to `path` when given; return the bytes."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,22 +159,13 @@ def plot_confusion_matrix(
             fontsize=7,
             color="white" if count > threshold else "black",
         )
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    png = buffer.getvalue()
-    if path is not None:
-        path.write_bytes(png)
-    return png
+    return _png(plt, fig, path)
 
 
 def plot_per_class(
     metrics: Mapping[str, Any], class_names: Sequence[str], path: Path | None = None
 ) -> bytes:
     """Per-class precision, recall and F1 as grouped bars (PNG); write to `path` when given."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,14 +189,7 @@ def plot_per_class(
     ax.set_title(f"per class (macro F1 {metrics['macro_f1']:.4f})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    png = buffer.getvalue()
-    if path is not None:
-        path.write_bytes(png)
-    return png
+    return _png(plt, fig, path)
 
 
 def plot_history(history: Mapping[str, Sequence[float]], path: Path) -> None:
