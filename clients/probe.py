@@ -29,6 +29,15 @@ def probe(url: str, timeout: float = 4.0, headers: dict[str, str] | None = None)
     return None if 200 <= status < 300 else f"{url}: HTTP {status}"
 
 
+def check(url: str, timeout: float = 4.0, headers: dict[str, str] | None = None) -> int:
+    """Probe ``url`` as a health check does: 0 when healthy, else 1 with the reason on stderr."""
+    problem = probe(url, timeout, headers)
+    if problem:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url")
@@ -36,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
     args = parser.parse_args(argv)
     headers = dict(h.split(":", 1) for h in args.header)
-    problem = probe(args.url, args.timeout, {k.strip(): v.strip() for k, v in headers.items()})
-    if problem:
-        print(f"unhealthy: {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return check(args.url, args.timeout, {k.strip(): v.strip() for k, v in headers.items()})
 
 
 if __name__ == "__main__":

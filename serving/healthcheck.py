@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from clients.probe import probe
+from clients.probe import check
 from serving.settings import ServingSettings
 
 READY_PATH = "/v2/health/ready"
@@ -23,11 +23,7 @@ def main() -> int:
     headers = {}
     if settings.api_keys and not settings.auth_exempt_health:
         headers["x-api-key"] = settings.api_keys[0]
-    problem = probe(f"http://127.0.0.1:{port}{READY_PATH}", timeout=4.0, headers=headers)
-    if problem:
-        print(f"unhealthy: {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return check(f"http://127.0.0.1:{port}{READY_PATH}", timeout=4.0, headers=headers)
 
 
 if __name__ == "__main__":
