@@ -23,26 +23,21 @@ DEFAULTS: dict[str, Any] = {
 
 # recipe name -> (model, dataset) -> settings. Patience as long as the run: with a decaying
 # schedule the last epochs are the best ones, early stopping would cut them off.
+#: LeNet's best recipe; the same settings won on MNIST and on Fashion-MNIST (validation split).
+_LENET_BEST: dict[str, Any] = {
+    "epochs": 30,
+    "batch_size": 128,
+    "learning_rate": 3e-3,
+    "augment": "graph",
+    "schedule": "cosine",
+    "warmup_epochs": 1,
+    "patience": 30,
+}
+
 RECIPES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
     "best": {
-        ("lenet", "mnist"): {
-            "epochs": 30,
-            "batch_size": 128,
-            "learning_rate": 3e-3,
-            "augment": "graph",
-            "schedule": "cosine",
-            "warmup_epochs": 1,
-            "patience": 30,
-        },
-        ("lenet", "fashion_mnist"): {
-            "epochs": 30,
-            "batch_size": 128,
-            "learning_rate": 3e-3,
-            "augment": "graph",
-            "schedule": "cosine",
-            "warmup_epochs": 1,
-            "patience": 30,
-        },
+        ("lenet", "mnist"): _LENET_BEST,
+        ("lenet", "fashion_mnist"): _LENET_BEST,
     },
     # `make demo`'s budget (8 epochs): the same time as the constant rate, a better model.
     "demo": {

@@ -44,7 +44,6 @@ from serving.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
 def _error(exc: BaseException, request: Request) -> Response:
@@ -101,7 +100,7 @@ def _version(value: str | None) -> int | None:
 
 
 def _timeout(request: Request) -> float | None:
-    return inference.parse_timeout(request.headers.get(TIMEOUT_HEADER))
+    return inference.parse_timeout(request.headers.get(inference.TIMEOUT_HEADER))
 
 
 def _class_names(mv: ModelVersion) -> dict[str, list[str]]:
@@ -201,7 +200,12 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
         request: Request, name: str, version: str | None = None, label: str | None = None
     ) -> Response:
         raw = await inference.predict(
-            dp, name, version, label, await request.body(), request.headers.get(TIMEOUT_HEADER)
+            dp,
+            name,
+            version,
+            label,
+            await request.body(),
+            request.headers.get(inference.TIMEOUT_HEADER),
         )
         return _raw(raw)
 
@@ -298,7 +302,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
             name,
             version,
             await request.body(),
-            request.headers.get(TIMEOUT_HEADER),
+            request.headers.get(inference.TIMEOUT_HEADER),
             request.headers.get(v2_codec.HEADER_LENGTH),
         )
         return _raw(raw)

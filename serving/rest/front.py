@@ -95,7 +95,7 @@ class GatewayFront:
         body = await self._read_body(receive, send)
         if body is None:
             return True
-        timeout = headers.get(b"x-request-timeout-ms")
+        timeout = headers.get(inference.TIMEOUT_HEADER_BYTES)
         timeout_ms = timeout.decode("latin-1") if timeout is not None else None
         params = match.groupdict()
         if is_predict:

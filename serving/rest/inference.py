@@ -25,6 +25,9 @@ from serving.errors import (
 log = logging.getLogger(__name__)
 
 JSON = b"application/json"
+#: the client's deadline for one request, in milliseconds (else the server's request_timeout_s)
+TIMEOUT_HEADER = "x-request-timeout-ms"
+TIMEOUT_HEADER_BYTES = TIMEOUT_HEADER.encode()
 #: the KServe V2 binary extension's header (the JSON part's length), as ASGI spells header names
 V2_HEADER_LENGTH_BYTES = v2.HEADER_LENGTH.encode()
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -77,21 +78,21 @@ def test_fp16_served_on_cpu_equals_fp16_offline(fp16_repository: Path, tmp_path:
     assert "fp16 vs fp32 offline on 2000 images" in completed.stdout
 
 
+def _fp16_check(server: Any, repository: Path, limit: int) -> dict[str, Any]:
+    """``benchmarks accuracy --precision fp16`` over V2 against ``server``."""
+    config = AccuracyConfig(
+        target=server.http or "", model=MODEL, protocol="v2", limit=limit,
+        repository=str(repository), precision="fp16",
+    )  # fmt: skip
+    return check_accuracy(config)
+
+
 def test_fp16_check_fails_when_the_gateway_served_fp32(fp16_repository: Path) -> None:
     """Without --fp16-on-cpu a CPU gateway serves model.onnx; the fp16 check must notice."""
     with gateway(
         fp16_repository, model=MODEL, extra_args=["--poll-interval-s", "0", "--precision", "fp16"]
     ) as server:
-        result = check_accuracy(
-            AccuracyConfig(
-                target=server.http or "",
-                model=MODEL,
-                protocol="v2",
-                limit=500,
-                repository=str(fp16_repository),
-                precision="fp16",
-            )
-        )
+        result = _fp16_check(server, fp16_repository, limit=500)
     assert result["failure"] is True
     assert result["precision"]["served_vs_fp32_max_abs_diff"] == 0.0
     assert any("--fp16-on-cpu" in reason for reason in result["failure_reasons"])
@@ -99,15 +100,6 @@ def test_fp16_check_fails_when_the_gateway_served_fp32(fp16_repository: Path) ->
 
 def test_fp16_check_without_an_fp16_file_says_so(trained_repository: Path) -> None:
     with gateway(trained_repository, model=MODEL, extra_args=["--poll-interval-s", "0"]) as server:
-        result = check_accuracy(
-            AccuracyConfig(
-                target=server.http or "",
-                model=MODEL,
-                protocol="v2",
-                limit=200,
-                repository=str(trained_repository),
-                precision="fp16",
-            )
-        )
+        result = _fp16_check(server, trained_repository, limit=200)
     assert result["failure"] is True and result["precision"] is None
     assert any("no model.fp16.onnx on disk" in reason for reason in result["failure_reasons"])
