@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import io
 import json
 import multiprocessing
@@ -42,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,7 +111,7 @@ def prepare(out: Path, pack_script: Path | None) -> None:
         "--out $OUT --budget-s 480"
     )
     parts = sorted((ROOT / ".gpu").glob("p[0-9]*")) if pack_script else []
-    check = expected_seconds("cuda", 2)
+    check = expected_seconds(PLANS["cuda"], 2)
     # One start (about a minute), one short call per part, the check, then give the device back.
     print(
         f"expected device time: start ~60 s + {len(parts)} part call(s) + check ~{check:.0f} s "
@@ -117,9 +119,8 @@ def prepare(out: Path, pack_script: Path | None) -> None:
     )
 
 
-def expected_seconds(device: str, models: int) -> float:
+def expected_seconds(plan: Plan, models: int) -> float:
     """Planned measurement time of ``run`` (load and ceiling), without model loading."""
-    plan = PLANS[device]
     per_precision = (
         len(plan.batches) * plan.ceiling_seconds
         + (2 * len(plan.concurrencies) + 1) * plan.seconds  # V2, gRPC, image endpoint
@@ -201,7 +202,7 @@ class LoadSpec:
     seconds: float
 
 
-async def _load(spec: LoadSpec) -> tuple[int, list[float], int]:
+async def _load(spec: LoadSpec) -> tuple[int, list[float], Counter[str]]:
     latencies: list[float] = []
     end = time.perf_counter() + spec.seconds
     if spec.protocol == "grpc":
@@ -232,19 +233,32 @@ async def _load(spec: LoadSpec) -> tuple[int, list[float], int]:
         return await _workers(one_http, spec.concurrency, end, latencies)
 
 
+def error_kind(error: BaseException) -> str:
+    """``http 429``, ``grpc RESOURCE_EXHAUSTED`` or the exception's class name."""
+    response = getattr(error, "response", None)
+    if response is not None and hasattr(response, "status_code"):
+        return f"http {response.status_code}"
+    code = getattr(error, "code", None)
+    if callable(code):
+        try:
+            return f"grpc {code().name}"
+        except Exception:  # not a gRPC error after all
+            pass
+    return type(error).__name__
+
+
 async def _workers(
     one: Any, concurrency: int, end: float, latencies: list[float]
-) -> tuple[int, list[float], int]:
-    errors = 0
+) -> tuple[int, list[float], Counter[str]]:
+    errors: Counter[str] = Counter()
 
     async def worker() -> None:
-        nonlocal errors
         while time.perf_counter() < end:
             started = time.perf_counter()
             try:
                 await one()
-            except Exception:  # counted: any failed call is an error of the run
-                errors += 1
+            except Exception as error:  # counted: any failed call is an error of the run
+                errors[error_kind(error)] += 1
                 continue
             latencies.append(time.perf_counter() - started)
 
@@ -252,7 +266,7 @@ async def _workers(
     return len(latencies), latencies, errors
 
 
-def _load_process(spec: LoadSpec) -> tuple[int, list[float], int, float]:
+def _load_process(spec: LoadSpec) -> tuple[int, list[float], Counter[str], float]:
     before = resource.getrusage(resource.RUSAGE_SELF)
     count, latencies, errors = asyncio.run(_load(spec))
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -279,7 +293,8 @@ def drive(spec: LoadSpec, processes: int) -> dict[str, Any]:
         "protocol": spec.protocol,
         "concurrency": spec.concurrency,
         "requests_per_s": count / spec.seconds,
-        "errors": sum(r[2] for r in results),
+        "errors": sum(sum(r[2].values()) for r in results),
+        "error_kinds": dict(sum((r[2] for r in results), Counter())),
         "p50_ms": float(np.percentile(latencies, 50)) * 1000 if latencies else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) * 1000 if latencies else float("nan"),
         # of one core; over the whole window including process start
@@ -306,13 +321,13 @@ def jpeg_of(image: np.ndarray) -> bytes:
 
 
 # --- gateway -----------------------------------------------------------------------------------
-def start_gateway(repo: Path, device: str, precision: str) -> Any:
+def start_gateway(repo: Path, device: str, precision: str, extra: tuple[str, ...] = ()) -> Any:
     from benchmarks.gateway_speed import Server
 
     return Server(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
          "--http-port", "0", "--grpc-port", "0", "--device", device, "--precision", precision,
-         "--poll-interval-s", "0", "--max-batch-size", "256"],
+         "--poll-interval-s", "0", "--max-batch-size", "256", *extra],
         wait_for="gRPC",
     )  # fmt: skip
 
@@ -335,12 +350,20 @@ def agreement(server: Any, model: str, runtime: Any, images: int) -> dict[str, A
     return agree
 
 
-def run(device: str, repo: Path, out: Path, budget_s: float) -> int:
-    plan = PLANS[device]
-    models = [m for m in (RESNET, LENET) if (repo / m).exists()]
+def run(
+    device: str,
+    repo: Path,
+    out: Path,
+    budget_s: float,
+    plan: Plan | None = None,
+    only_models: tuple[str, ...] = (),
+    gateway_args: tuple[str, ...] = (),
+) -> int:
+    plan = plan or PLANS[device]
+    models = [m for m in (RESNET, LENET) if (repo / m).exists() and m in (only_models or (m,))]
     if not models:
         sys.exit(f"no {RESNET} or {LENET} under {repo}")
-    planned = expected_seconds(device, len(models))
+    planned = expected_seconds(plan, len(models))
     if planned > budget_s:
         sys.exit(f"the plan takes about {planned:.0f} s, over --budget-s {budget_s:.0f}")
     print(f"plan: {device}, models {models}, about {planned:.0f} s of measurement", flush=True)
@@ -348,6 +371,7 @@ def run(device: str, repo: Path, out: Path, budget_s: float) -> int:
     report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "device": device,
         "command": " ".join(sys.argv), "cpu_count": os.cpu_count(), "models": {},
+        "gateway_args": list(gateway_args), "plan": dataclasses.asdict(plan),
     }  # fmt: skip
     for model in models:
         version_dir = max((p for p in (repo / model).iterdir() if p.name.isdigit()),
@@ -360,7 +384,7 @@ def run(device: str, repo: Path, out: Path, budget_s: float) -> int:
             if not only.exists():
                 only.mkdir()
                 (only / model).symlink_to((repo / model).resolve())
-            server = start_gateway(only, device, precision)
+            server = start_gateway(only, device, precision, gateway_args)
             try:
                 runtime = runtime_for(version_dir, device, precision)
                 try:
@@ -394,16 +418,23 @@ def run(device: str, repo: Path, out: Path, budget_s: float) -> int:
             for load in entry["gateway"]:
                 load["ratio_to_ceiling"] = load["requests_per_s"] / best
             report["models"][key] = entry
+            # Written after every entry: a call cut short by the device's limit still brings
+            # back what it measured.
+            write_report(report, out, started)
             if time.monotonic() - started > budget_s:
                 print("budget spent: stopping early", flush=True)
                 break
+    print(write_report(report, out, started))
+    return 0
+
+
+def write_report(report: dict[str, Any], out: Path, started: float) -> str:
     report["seconds"] = time.monotonic() - started
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     markdown = table(report)
     (out / "gpu_check.md").write_text(markdown + "\n")
-    print(markdown)
-    return 0
+    return markdown
 
 
 def table(report: dict[str, Any]) -> str:
@@ -423,6 +454,10 @@ def table(report: dict[str, Any]) -> str:
                          f"{row['requests_per_s']:,.1f} | {row['ratio_to_ceiling']:.2f} | "
                          f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']} | "
                          f"{row['load_cpu_percent']:.0f} ({row['load_processes']}) |")  # fmt: skip
+        kinds = [f"{row['protocol']} c={row['concurrency']}: {row['error_kinds']}"
+                 for row in entry["gateway"] if row.get("error_kinds")]  # fmt: skip
+        if kinds:
+            lines += ["", "errors by kind: " + "; ".join(kinds)]
         agree = entry.get("agreement", {})
         lines += ["", f"agreement with in-process (classes): {agree}", f"ceiling: {best:,.1f} img/s",
                   ""]  # fmt: skip
@@ -442,13 +477,34 @@ def main() -> None:
     go.add_argument("--repository", type=Path, required=True)
     go.add_argument("--out", type=Path, required=True)
     go.add_argument("--budget-s", type=float, default=480)
+    narrow = go.add_argument_group("a narrower plan (default: the device's whole plan)")
+    narrow.add_argument("--models", type=_names, default=(), help=f"comma list of {RESNET},{LENET}")
+    narrow.add_argument("--precisions", type=_names, help="comma list of fp16,fp32")
+    narrow.add_argument("--batches", type=_sizes, help="in-process batch sizes, comma list")
+    narrow.add_argument("--concurrencies", type=_sizes, help="gateway load, comma list")
+    narrow.add_argument("--seconds", type=float, help="per load measurement")
+    go.add_argument("--gateway-args", default="", help="extra gateway options, one string")
     args = parser.parse_args()
     if args.command == "prepare":
         prepare(args.out, args.pack_script)
     else:
         if args.device == "cuda" and shutil.which("nvidia-smi") is None:
             print("note: nvidia-smi not found; the gateway fails loudly if CUDA does not load")
-        sys.exit(run(args.device, args.repository, args.out, args.budget_s))
+        plan = PLANS[args.device]
+        changes = {"precisions": args.precisions, "batches": args.batches,
+                   "concurrencies": args.concurrencies, "seconds": args.seconds}  # fmt: skip
+        plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
+        code = run(args.device, args.repository, args.out, args.budget_s, plan, args.models,
+                   tuple(args.gateway_args.split()))  # fmt: skip
+        sys.exit(code)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    return tuple(int(item) for item in _names(text))
 
 
 if __name__ == "__main__":

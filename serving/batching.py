@@ -70,8 +70,11 @@ class BatchingConfig:
     refusal_share: float | None = 0.1
     queue_overflow: int = 1024
     max_concurrent: int = 1
-    #: pad every batch to this many rows (CUDA graphs need fixed shapes); None = no padding.
-    pad_to: int | None = None
+    #: sizes a batch is padded up to (the smallest that holds it), so the model sees only these
+    #: shapes, each warmed at load; () = none. None = decided per runtime: max_batch_size alone
+    #: where a change of input shape is costly (``ModelRuntime.new_shapes_are_costly``), none
+    #: elsewhere. TF Serving's allowed_batch_sizes.
+    allowed_batch_sizes: tuple[int, ...] | None = None
     #: with batch_timeout_us 0, the longest wait for the recent concurrency's rows (0 = never).
     peer_wait_us: int = 3000
     #: a peer wait also ends once no request has arrived for this long (nobody else is coming).
@@ -81,6 +84,23 @@ class BatchingConfig:
     #: saturating load does (benchmarks/RESULTS.md, "Gateway speed (serving/), 2026-11-27,
     #: third: batches wait for the peers of a busy load").
     peer_min_loop_busy: float = 0.8
+
+
+def padded_batch_sizes(config: BatchingConfig, runtime: ModelRuntime) -> tuple[int, ...]:
+    """The batch sizes ``runtime`` will be called with (ascending; () = any size)."""
+    if config.allowed_batch_sizes is not None:
+        return config.allowed_batch_sizes
+    # Where every change of shape costs (ONNX Runtime's CUDA convolutions rebuild their cuDNN
+    # plans whenever the batch size differs from the previous call), one size is the only set
+    # without changes: a light load pays a full batch's compute instead.
+    return (config.max_batch_size,) if runtime.new_shapes_are_costly else ()
+
+
+def warmup_batch_sizes(config: BatchingConfig, runtime: ModelRuntime) -> tuple[int, ...]:
+    """What a version runs once before it is ready: every padded size, else 1 and the largest."""
+    return padded_batch_sizes(config, runtime) or tuple(
+        sorted({1, config.max_batch_size if config.merge else 1})
+    )
 
 
 @dataclass
@@ -129,6 +149,12 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._preferred = frozenset(config.preferred_batch_sizes)
+        self._padded_sizes = padded_batch_sizes(config, runtime)
+        if self._padded_sizes:
+            log.info(
+                "model %s v%s: batches padded to %s rows (%s)",
+                model, version, ",".join(map(str, self._padded_sizes)), runtime.provider,
+            )  # fmt: skip
         self._max_rows = config.max_batch_size if config.merge else 1
         # Rows queued, computing, and inside infer() right now (the last for the peer wait).
         self._queued_rows = 0
@@ -395,11 +421,12 @@ class DynamicBatcher:
                 for name in batch[0].inputs
             }
         rows = sum(item.rows for item in batch)
-        pad_to = self.config.pad_to
-        if pad_to is not None and rows < pad_to:
+        # More rows than the largest padded size (batching off, one large request) run as they are.
+        padded = next((size for size in self._padded_sizes if size >= rows), rows)
+        if padded > rows:
             feeds = {
                 name: np.concatenate(
-                    [array, np.zeros((pad_to - rows, *array.shape[1:]), array.dtype)]
+                    [array, np.zeros((padded - rows, *array.shape[1:]), array.dtype)]
                 )
                 for name, array in feeds.items()
             }
@@ -408,7 +435,7 @@ class DynamicBatcher:
         self._peers.note_batch(rows)
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._pool, self._compute, feeds)
-        done.add_done_callback(lambda fut: self._finish(batch, rows, fut))
+        done.add_done_callback(lambda fut: self._finish(batch, rows, padded, fut))
 
     def _compute(self, feeds: Tensors) -> tuple[Tensors, float]:
         start = time.perf_counter()
@@ -416,7 +443,11 @@ class DynamicBatcher:
         return outputs, time.perf_counter() - start
 
     def _finish(
-        self, batch: list[_Pending], rows: int, done: asyncio.Future[tuple[Tensors, float]]
+        self,
+        batch: list[_Pending],
+        rows: int,
+        padded: int,
+        done: asyncio.Future[tuple[Tensors, float]],
     ) -> None:
         self._busy -= 1
         self._computing_rows -= rows
@@ -446,7 +477,7 @@ class DynamicBatcher:
             end = start + item.rows
             if not item.future.done():
                 item.future.set_result(
-                    outputs if len(batch) == 1 and rows == end and self.config.pad_to is None
+                    outputs if len(batch) == 1 and padded == end
                     else {name: array[start:end] for name, array in outputs.items()}
                 )  # fmt: skip
             start = end

@@ -22,7 +22,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from serving.batching import BatchingConfig
+from serving.batching import BatchingConfig, warmup_batch_sizes
 from serving.dataplane import DataPlane, Limits
 from serving.grpc.server import build_grpc_server
 from serving.metrics import GatewayMetrics
@@ -75,7 +75,7 @@ def batching_config(settings: ServingSettings) -> BatchingConfig:
         refusal_share=settings.refusal_share or None,
         queue_overflow=settings.queue_overflow,
         max_concurrent=settings.max_concurrent_inferences,
-        pad_to=settings.max_batch_size if settings.cuda_graph else None,
+        allowed_batch_sizes=settings.padded_batch_sizes(),
     )
 
 
@@ -93,15 +93,13 @@ class Gateway:
         self.settings = settings
         self.metrics = GatewayMetrics()
         options = onnx_options(settings)
-        warm_sizes = tuple(sorted({1, settings.max_batch_size if settings.batching else 1}))
-        if settings.cuda_graph:  # every batch is padded to one size; the first run captures it
-            warm_sizes = (settings.max_batch_size,)
+        batching = batching_config(settings)
 
         def load(path: Path) -> ModelRuntime:
             runtime = OnnxRuntime(path, options)
             if settings.warmup:
                 try:
-                    runtime.warmup(warm_sizes)
+                    runtime.warmup(warmup_batch_sizes(batching, runtime))
                 except BaseException:  # the version fails to load: free what it opened
                     runtime.close()
                     raise
@@ -110,7 +108,7 @@ class Gateway:
         self.repository = ModelRepository(
             settings.repository,
             load,
-            batching_config(settings),
+            batching,
             default_policy=version_policy(settings),
             label_overrides=settings.label_map(),
             config_file=settings.model_config_file,

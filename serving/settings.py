@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from serving.batching import BatchingConfig
@@ -121,6 +121,14 @@ class ServingSettings(BaseSettings):
     preferred_batch_sizes: IntCommaList = Field(
         default_factory=lambda: list(_BATCHING.preferred_batch_sizes),
         description="Comma list; a batch reaching one is dispatched at once.",
+    )
+    allowed_batch_sizes: str = Field(
+        "auto",
+        description="Sizes a merged batch is padded up to, each warmed at load, so the model "
+        "only ever sees these shapes: 'auto' = max_batch_size alone on a GPU (there every change "
+        "of batch size rebuilds the convolution plans, about 0.4 s for ResNet50), none on the "
+        "CPU; 'none'; or a comma list ending with max_batch_size. --cuda-graph pads to "
+        "max_batch_size.",
     )
     max_queue_size: int = Field(
         _BATCHING.max_queue_size,
@@ -244,6 +252,40 @@ class ServingSettings(BaseSettings):
         "preferred_batch_sizes", "versions", "labels", "api_keys", mode="before"
     )(_split_commas)
 
+    @field_validator("allowed_batch_sizes")
+    @classmethod
+    def _check_allowed_batch_sizes(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "none"):
+            return value
+        try:
+            sizes = [int(item) for item in value.split(",") if item.strip()]
+        except ValueError:
+            raise ValueError("expected 'auto', 'none' or a comma list of sizes") from None
+        if not sizes or sizes != sorted(set(sizes)) or sizes[0] < 1:
+            raise ValueError("sizes must be positive and strictly ascending")
+        return ",".join(map(str, sizes))
+
+    @model_validator(mode="after")
+    def _allowed_sizes_end_at_max(self) -> ServingSettings:
+        sizes = self.padded_batch_sizes()
+        if sizes and sizes[-1] != self.max_batch_size:
+            raise ValueError(
+                f"--allowed-batch-sizes must end with --max-batch-size ({self.max_batch_size}), "
+                f"got {sizes[-1]}"
+            )
+        return self
+
+    def padded_batch_sizes(self) -> tuple[int, ...] | None:
+        """BatchingConfig.allowed_batch_sizes: None = decided per runtime ('auto')."""
+        if self.cuda_graph:  # a CUDA graph is captured for one shape
+            return (self.max_batch_size,)
+        if self.allowed_batch_sizes == "auto":
+            return None
+        if self.allowed_batch_sizes == "none":
+            return ()
+        return tuple(int(size) for size in self.allowed_batch_sizes.split(","))
+
     def label_map(self) -> dict[str, dict[str, int]]:
         """Parse ``labels`` into ``{model: {label: version}}``."""
         result: dict[str, dict[str, int]] = {}
@@ -294,6 +336,8 @@ def settings_from_args(argv: list[str] | None = None) -> ServingSettings:
         problems = "; ".join(
             f"--{str(error['loc'][0]).replace('_', '-')} (env SERVING_{str(error['loc'][0]).upper()}): "
             f"{error['msg']}"
+            if error["loc"]
+            else error["msg"]  # a rule across options names them itself
             for error in exc.errors()
         )
         parser.error(problems)

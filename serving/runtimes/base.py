@@ -21,6 +21,9 @@ class ModelRuntime(abc.ABC):
     outputs: list[TensorSpec]
     #: where compute runs, e.g. "CUDAExecutionProvider"; reported in logs, status and metrics.
     provider: str = "unknown"
+    #: True where a call whose batch size differs from the previous call's is slow (a GPU's
+    #: kernel plans): the batcher then pads every batch to one size, warmed at load.
+    new_shapes_are_costly: bool = False
 
     @abc.abstractmethod
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -36,4 +36,44 @@ def test_dry_run_measures_ceiling_gateway_and_agreement(
 
 def test_the_planned_device_time_fits_the_budget() -> None:
     # Two models, both precisions, every concurrency: under the 8 minutes one device call allows.
-    assert gpu_check.expected_seconds("cuda", 2) < 480
+    assert gpu_check.expected_seconds(gpu_check.PLANS["cuda"], 2) < 480
+
+
+def test_a_narrower_plan_from_the_command_line_with_gateway_options(tmp_path: Path) -> None:
+    """--models/--batches/--concurrencies/--seconds narrow the plan; --gateway-args reach the
+    gateway (a bad one would stop it from starting); both are recorded in the report."""
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    write_version(repo, gpu_check.LENET, 1, lenet_like())
+    command = [
+        sys.executable, "-m", "benchmarks.gpu_check", "run", "--device", "cpu",
+        "--repository", str(repo), "--out", str(tmp_path / "out"), "--models", gpu_check.LENET,
+        "--batches", "2", "--concurrencies", "3", "--seconds", "0.3",
+        "--gateway-args", "--allowed-batch-sizes 1,256",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, cwd=gpu_check.ROOT, timeout=240)
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["gateway_args"] == ["--allowed-batch-sizes", "1,256"]
+    assert report["plan"]["concurrencies"] == [3] and report["plan"]["seconds"] == 0.3
+    entry = report["models"]["lenet fp32"]
+    assert [row["batch"] for row in entry["ceiling"]] == [2]
+    assert [(row["protocol"], row["concurrency"]) for row in entry["gateway"]] == [
+        ("v2", 3), ("grpc", 3), ("image", 3)
+    ]  # fmt: skip
+    assert all(row["errors"] == 0 and row["error_kinds"] == {} for row in entry["gateway"])
+
+
+def test_errors_are_counted_by_kind() -> None:
+    import grpc
+    import httpx
+
+    request = httpx.Request("POST", "http://127.0.0.1/v2/models/m/infer")
+    refused = httpx.HTTPStatusError("429", request=request, response=httpx.Response(429))
+    assert gpu_check.error_kind(refused) == "http 429"
+    exhausted = grpc.aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata()
+    )
+    assert gpu_check.error_kind(exhausted) == "grpc RESOURCE_EXHAUSTED"
+    assert gpu_check.error_kind(TimeoutError()) == "TimeoutError"

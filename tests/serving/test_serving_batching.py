@@ -236,3 +236,100 @@ def test_gateway_batching_defaults_are_batching_configs(monkeypatch: pytest.Monk
         if name.startswith("SERVING_"):
             monkeypatch.delenv(name)
     assert batching_config(ServingSettings()) == BatchingConfig()
+
+
+class ShapeRecordingRuntime(OnnxRuntime):
+    """The real ONNX Runtime session, recording the batch sizes it is called with."""
+
+    def __init__(self, *args: object, costly: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.seen: list[int] = []
+        self.new_shapes_are_costly = costly
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.seen.append(len(next(iter(inputs.values()))))
+        return super().predict(inputs)
+
+
+def test_padded_sizes_are_powers_of_two_only_where_new_shapes_are_costly(tmp_path: Path) -> None:
+    """'auto': a runtime where shape changes cost gets max_batch_size alone; a CPU runtime
+    none; an explicit list (or none) wins either way; warmup runs exactly the padded sizes."""
+    from serving.batching import padded_batch_sizes, warmup_batch_sizes
+
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    cpu = ShapeRecordingRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"))
+    gpu_like = ShapeRecordingRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"), costly=True)
+    auto = BatchingConfig(max_batch_size=48)
+    assert padded_batch_sizes(auto, cpu) == ()
+    assert padded_batch_sizes(auto, gpu_like) == (48,)
+    explicit = BatchingConfig(max_batch_size=8, allowed_batch_sizes=(2, 8))
+    assert padded_batch_sizes(explicit, cpu) == (2, 8)
+    assert padded_batch_sizes(BatchingConfig(allowed_batch_sizes=()), gpu_like) == ()
+    assert warmup_batch_sizes(auto, cpu) == (1, 48)
+    assert warmup_batch_sizes(BatchingConfig(max_batch_size=8, merge=False), cpu) == (1,)
+    gpu_like.warmup(warmup_batch_sizes(BatchingConfig(max_batch_size=8), gpu_like))
+    assert gpu_like.seen == [8]
+    cpu.warmup(warmup_batch_sizes(explicit, cpu))
+    assert cpu.seen == [2, 8]
+
+
+def test_batches_are_padded_and_every_caller_gets_only_its_rows(tmp_path: Path) -> None:
+    """Allowed sizes 1, 4, 8: 3 merged rows run as 4, 5 as 8, a 9-row request (batching off
+    would send it too) as it is; each caller's answer equals the model on its own rows."""
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    runtime = ShapeRecordingRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"))
+    config = BatchingConfig(
+        batch_timeout_us=200_000,
+        max_batch_size=8,
+        preferred_batch_sizes=(3, 5),
+        allowed_batch_sizes=(1, 4, 8),
+    )
+    batcher = DynamicBatcher(runtime, MODEL, 1, config)
+    reference = tmp_path / MODEL / "1" / "model.onnx"
+
+    rounds = [
+        [sample_images(1, seed=1), sample_images(2, seed=2)],  # 3 rows -> 4
+        [sample_images(2, seed=3), sample_images(3, seed=4)],  # 5 rows -> 8
+        [sample_images(1, seed=5)],  # 1 row -> 1
+        [sample_images(9, seed=6)],  # larger than every allowed size: as it is
+    ]
+
+    async def scenario() -> list[list[dict[str, np.ndarray]]]:
+        deadline = time.monotonic() + 30
+        return [
+            await asyncio.gather(*[batcher.infer({"image": i}, deadline) for i in images])
+            for images in rounds
+        ]
+
+    for images, results in zip(rounds, asyncio.run(scenario()), strict=True):
+        for image, result in zip(images, results, strict=True):
+            assert result["probabilities"].shape == (len(image), 10)
+            np.testing.assert_allclose(
+                result["probabilities"], reference_predict(reference, image), rtol=1e-5
+            )
+    assert runtime.seen == [4, 8, 1, 9]
+    batcher.close()
+
+
+def test_allowed_batch_sizes_option_is_checked_and_maps_to_the_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """'auto' leaves it to the runtime, 'none' turns padding off, a list must be ascending and
+    end at max_batch_size, --cuda-graph pads to max_batch_size; bad values exit 2 naming the
+    option."""
+    from serving.gateway import batching_config
+    from serving.settings import ServingSettings, settings_from_args
+
+    for name in list(os.environ):
+        if name.startswith("SERVING_"):
+            monkeypatch.delenv(name)
+    assert batching_config(ServingSettings()).allowed_batch_sizes is None
+    assert batching_config(ServingSettings(allowed_batch_sizes="none")).allowed_batch_sizes == ()
+    listed = ServingSettings(allowed_batch_sizes=" 1, 8,32", max_batch_size=32)
+    assert batching_config(listed).allowed_batch_sizes == (1, 8, 32)
+    graph = ServingSettings(cuda_graph=True, max_batch_size=16)
+    assert batching_config(graph).allowed_batch_sizes == (16,)
+    for bad in ("8,4,32", "0,32", "1,2,x", "1,8"):
+        with pytest.raises(SystemExit) as exit_info:
+            settings_from_args(["--allowed-batch-sizes", bad, "--max-batch-size", "32"])
+        assert exit_info.value.code == 2
