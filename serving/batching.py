@@ -5,6 +5,8 @@ batch whenever a compute slot is free (``max_concurrent`` slots, each a worker t
 the model computes, the next batch accumulates on its own. ``batch_timeout_us`` adds an explicit wait
 for more rows once a slot is free; ``preferred_batch_sizes`` end that wait early. Only requests whose
 inputs agree on dtype and non-batch shape are merged. A failing batch fails only its own requests.
+A batch of a few rows whose kind measures lighter than the thread hand-off (``inline_compute_us``)
+runs on the event loop instead: one client at a time, and gRPC's calls that arrive one by one.
 
 Without an explicit timeout, a free slot may wait for peers: while the event loop is the
 bottleneck and requests queue up, for as many rows as were recently inside the batcher at once,
@@ -70,6 +72,10 @@ class BatchingConfig:
     refusal_share: float | None = 0.1
     queue_overflow: int = 1024
     max_concurrent: int = 1
+    #: a batch of at most INLINE_MAX_ROWS rows runs on the event loop instead of a worker thread
+    #: while such batches measure below this (a hand-off to the thread and back costs about
+    #: 100 us of latency, more than a light model's compute); 0 = always a worker thread.
+    inline_compute_us: int = 100
     #: sizes a batch is padded up to (the smallest that holds it), so the model sees only these
     #: shapes, each warmed at load; () = none. None = decided per runtime: max_batch_size alone
     #: where a change of input shape is costly (``ModelRuntime.new_shapes_are_costly``), none
@@ -84,6 +90,12 @@ class BatchingConfig:
     #: saturating load does (benchmarks/RESULTS.md, "Gateway speed (serving/), 2026-11-27,
     #: third: batches wait for the peers of a busy load").
     peer_min_loop_busy: float = 0.8
+
+
+#: the largest batch that may run on the event loop: the batches where a thread hand-off costs
+#: most per request (one client at a time; gRPC, whose calls arrive one by one). Larger batches
+#: keep decoding on the loop and compute in the thread overlapped.
+INLINE_MAX_ROWS = 4
 
 
 def padded_batch_sizes(config: BatchingConfig, runtime: ModelRuntime) -> tuple[int, ...]:
@@ -140,6 +152,10 @@ class DynamicBatcher:
         self._refusal_burst = max(1.0, 100 * (config.refusal_share or 0))
         #: measured rows per second of compute (moving average), for Retry-After.
         self._rows_per_s = 0.0
+        #: compute seconds of batches of at most INLINE_MAX_ROWS rows (moving average; None
+        #: until one ran: the first small batches go to the thread and are measured there).
+        self._small_batch_s: float | None = None
+        self._inline_s = config.inline_compute_us / 1e6
         self._pool = ThreadPoolExecutor(
             max_workers=config.max_concurrent, thread_name_prefix=f"ort-{model}-{version}"
         )
@@ -434,6 +450,19 @@ class DynamicBatcher:
         self._computing_rows += rows
         self._peers.note_batch(rows)
         loop = asyncio.get_running_loop()
+        if (
+            padded <= INLINE_MAX_ROWS
+            and self._small_batch_s is not None
+            and self._small_batch_s < self._inline_s
+        ):
+            # Lighter than the hand-off: compute here. A failure still fails only this batch.
+            done = loop.create_future()
+            try:
+                done.set_result(self._compute(feeds))
+            except Exception as error:
+                done.set_exception(error)
+            self._finish(batch, rows, padded, done)
+            return
         done = loop.run_in_executor(self._pool, self._compute, feeds)
         done.add_done_callback(lambda fut: self._finish(batch, rows, padded, fut))
 
@@ -469,6 +498,9 @@ class DynamicBatcher:
         if seconds > 0:
             rate = rows / seconds
             self._rows_per_s = rate if not self._rows_per_s else 0.9 * self._rows_per_s + 0.1 * rate
+        if padded <= INLINE_MAX_ROWS:
+            small = self._small_batch_s
+            self._small_batch_s = seconds if small is None else 0.9 * small + 0.1 * seconds
         if self.metrics is not None:
             self._batch_size.observe(rows)
             self._compute_latency.observe(seconds)

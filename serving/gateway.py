@@ -75,6 +75,7 @@ def batching_config(settings: ServingSettings) -> BatchingConfig:
         refusal_share=settings.refusal_share or None,
         queue_overflow=settings.queue_overflow,
         max_concurrent=settings.max_concurrent_inferences,
+        inline_compute_us=settings.inline_compute_us,
         allowed_batch_sizes=settings.padded_batch_sizes(),
     )
 

@@ -93,6 +93,13 @@ class ServingSettings(BaseSettings):
         _BATCHING.max_concurrent,
         description="Concurrent ONNX Runtime executions per model version.",
     )
+    inline_compute_us: int = Field(
+        _BATCHING.inline_compute_us,
+        ge=0,
+        description="Batches of up to 4 rows run on the event loop instead of a worker thread "
+        "while they measure below this many microseconds (cheaper than the hand-off for light "
+        "models); 0 = always a worker thread.",
+    )
     warmup: bool = Field(True, description="Run warmup inferences before a version is ready.")
     # --- dynamic batching ------------------------------------------------------------------
     batching: bool = Field(

@@ -1,7 +1,7 @@
 """The runtime interface: load a model, describe its tensors, predict on numpy dicts.
 
-A runtime is synchronous and blocking; the batcher calls ``predict`` from a worker thread, never on
-the event loop.
+A runtime is synchronous and blocking; the batcher calls ``predict`` from a worker thread, or on the
+event loop for a batch of a few rows that measured lighter than the hand-off (serving.batching).
 """
 
 from __future__ import annotations

@@ -333,3 +333,100 @@ def test_allowed_batch_sizes_option_is_checked_and_maps_to_the_config(
         with pytest.raises(SystemExit) as exit_info:
             settings_from_args(["--allowed-batch-sizes", bad, "--max-batch-size", "32"])
         assert exit_info.value.code == 2
+
+
+class ThreadRecordingRuntime(OnnxRuntime):
+    """The real ONNX Runtime session, recording (rows, ran on the event loop's thread)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls: list[tuple[int, bool]] = []
+        self.loop_thread = 0
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import threading
+
+        rows = len(next(iter(inputs.values())))
+        self.calls.append((rows, threading.get_ident() == self.loop_thread))
+        return super().predict(inputs)
+
+
+def _thread_recording_batcher(
+    tmp_path: Path, model: bytes, inline_compute_us: int
+) -> tuple[DynamicBatcher, ThreadRecordingRuntime]:
+    write_version(tmp_path, MODEL, 1, model)
+    runtime = ThreadRecordingRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"))
+    config = BatchingConfig(
+        batch_timeout_us=50_000, max_batch_size=8, inline_compute_us=inline_compute_us
+    )
+    return DynamicBatcher(runtime, MODEL, 1, config), runtime
+
+
+def _rounds(
+    batcher: DynamicBatcher, runtime: ThreadRecordingRuntime, sizes: list[list[int]]
+) -> None:
+    """One round per entry, its requests (of these row counts) sent together."""
+    import threading
+
+    async def scenario() -> None:
+        runtime.loop_thread = threading.get_ident()
+        for seed, round_sizes in enumerate(sizes):
+            images = [sample_images(rows, seed=10 * seed + i) for i, rows in enumerate(round_sizes)]
+            deadline = time.monotonic() + 30
+            results = await asyncio.gather(
+                *[batcher.infer({"image": image}, deadline) for image in images],
+                return_exceptions=True,
+            )
+            for image, result in zip(images, results, strict=True):
+                if not isinstance(result, BaseException):
+                    assert result["probabilities"].shape == (len(image), 10)
+
+    asyncio.run(scenario())
+
+
+def test_light_small_batches_run_on_the_loop_once_measured(tmp_path: Path) -> None:
+    """The first small batch runs in the worker thread and is measured; later batches of up to
+    four rows of this light model run on the loop, larger ones stay in the thread."""
+    batcher, runtime = _thread_recording_batcher(tmp_path, linear_classifier(), 100_000)
+    _rounds(batcher, runtime, [[1], [1], [2, 2], [3, 3], [1]])
+    assert runtime.calls == [(1, False), (1, True), (4, True), (6, False), (1, True)]
+    batcher.close()
+
+
+@pytest.mark.parametrize("inline_compute_us", [0, 1])
+def test_batches_measured_heavier_than_the_hand_off_or_inline_off_stay_in_the_thread(
+    tmp_path: Path, inline_compute_us: int
+) -> None:
+    """0 turns the loop path off; 1 us is below any model's compute here, so the measurement
+    keeps every batch in the worker thread."""
+    batcher, runtime = _thread_recording_batcher(tmp_path, linear_classifier(), inline_compute_us)
+    _rounds(batcher, runtime, [[1], [1], [2, 2], [1]])
+    assert [on_loop for _, on_loop in runtime.calls] == [False] * 4
+    batcher.close()
+
+
+def test_a_batch_failing_on_the_loop_fails_only_its_requests(tmp_path: Path) -> None:
+    """A model that only runs batch 1: single requests are measured and then run on the loop; a
+    merged batch of three fails there, its callers get the error, the next request succeeds."""
+    batcher, runtime = _thread_recording_batcher(tmp_path, batch_one_classifier(), 100_000)
+    outcomes: list[object] = []
+
+    async def scenario() -> None:
+        import threading
+
+        runtime.loop_thread = threading.get_ident()
+        deadline = time.monotonic() + 30
+        for seed in range(2):
+            await batcher.infer({"image": sample_images(1, seed=seed)}, deadline)
+        merged = await asyncio.gather(
+            *[batcher.infer({"image": sample_images(1, seed=5 + i)}, deadline) for i in range(3)],
+            return_exceptions=True,
+        )
+        outcomes.extend(merged)
+        outcomes.append(await batcher.infer({"image": sample_images(1, seed=9)}, deadline))
+
+    asyncio.run(scenario())
+    assert runtime.calls == [(1, False), (1, True), (3, True), (1, True)]
+    assert all(isinstance(outcome, Exception) for outcome in outcomes[:3])
+    assert outcomes[3]["probabilities"].shape == (1, 10)  # type: ignore[index]
+    batcher.close()
