@@ -22,6 +22,10 @@ statuses checked through the gateway's request counter), or, without it, an asyn
 in this process, which on a small host is itself the bottleneck. Both share the machine's cores
 with the server: on a 2-core host these are lower bounds.
 
+Then, with every server stopped, each part of one request is timed alone
+(``benchmarks.request_budget``) and the gateway at concurrency 32 is set against the limit those
+parts add up to, per protocol (gRPC's transport: this run's grpc.aio alone); ``--no-parts`` skips it.
+
     python -m benchmarks.gateway_speed [--duration 5] [--json out.json]   # from the repository root
 
 Size: every row of the one side-by-side table (servers, loads, ceilings, the batcher alone) is
@@ -594,6 +598,44 @@ def ratios(results: list[Result]) -> list[str]:
     return lines
 
 
+def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
+    """The gateway at concurrency 32 against the limit its parts add up to, per protocol.
+
+    ``budget`` is ``benchmarks.request_budget.measure``'s result (each stage timed alone, the HTTP
+    transport under wrk). gRPC's transport is grpc.aio alone's measured cost per call (this run's
+    row), its other stages from ``budget``; its target in docs/ARCHITECTURE.md is grpc.aio alone.
+    """
+
+    def rps(server: str, protocol: str) -> float:
+        return next((r.requests_per_s for r in results
+                     if r.server == server and r.protocol == protocol and r.concurrency == 32),
+                    float("nan"))  # fmt: skip
+
+    lines = ["| protocol | parts, us per request | limit, requests/s | gateway c=32 | gateway / limit |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    paths = budget["paths"]
+    rows: list[tuple[str, float, str]] = []
+    for protocol in ("REST JSON", "V2 binary"):
+        path = paths[protocol]
+        note = f" (without {', '.join(path['missing'])})" if path["missing"] else ""
+        rows.append((protocol + note, path["total_us"], protocol))
+    alone = rps(GRPC_ALONE, "gRPC")
+    if alone == alone and alone > 0:
+        grpc_us = paths["gRPC (without transport)"]["total_us"] + 1e6 / alone
+        rows.append(("gRPC (transport: grpc.aio alone)", grpc_us, "gRPC"))
+    for label, total_us, protocol in rows:
+        ours = rps("gateway, batching on", protocol)
+        limit = 1e6 / total_us
+        lines.append(
+            f"| {label} | {total_us:.1f} | {limit:,.0f} | {ours:,.0f} | {ours / limit:.2f} |"
+        )
+    if alone == alone and alone > 0:
+        ours = rps("gateway, batching on", "gRPC")
+        lines.append(f"| gRPC against grpc.aio alone ({alone:,.0f}/s) | | | {ours:,.0f} | "
+                     f"{ours / alone:.2f} |")  # fmt: skip
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -609,6 +651,10 @@ def main() -> None:
     parser.add_argument(
         "--batcher-only", action="store_true", help="only the in-process ceiling and batcher runs"
     )
+    parser.add_argument(
+        "--no-parts", action="store_true",
+        help="leave out the per-request parts (benchmarks.request_budget) and the limit they make",
+    )  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found (Debian package 'wrk'; `make setup` installs it as root)")
@@ -628,13 +674,21 @@ def main() -> None:
         results += side_by_side(repo, args.duration, work, args.rounds, concurrencies)
         if not args.skip_spinning:
             results += spinning_scenarios(repo, args.duration, work)
+    budget: dict[str, Any] | None = None
+    if not args.no_parts:  # after the servers have stopped: every stage is timed alone
+        from benchmarks import request_budget
+
+        print("timing each part of a request alone (benchmarks.request_budget)", flush=True)
+        budget = request_budget.measure(0.3, 5, float(args.duration))
     print(table(results))
     print()
     print("\n".join(ratios(results)))
+    if budget is not None:
+        print()
+        print("\n".join(parts_report(results, budget)))
     if args.json:
-        args.json.write_text(
-            json.dumps({"model": description, "results": [asdict(r) for r in results]}, indent=2)
-        )
+        report = {"model": description, "results": [asdict(r) for r in results], "parts": budget}
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -28,3 +28,26 @@ def test_every_stage_is_measured_and_the_paths_add_up() -> None:
 def test_every_stage_on_a_path_has_a_budget() -> None:
     for names in request_budget.PATHS.values():
         assert set(names) <= set(request_budget.BUDGET_US)
+
+
+def test_gateway_speed_sets_the_gateway_against_the_limit_of_its_parts() -> None:
+    """The parts come from a real (short) request_budget run; the gateway rows are given, so the
+    ratios can be checked: each protocol's limit is 1e6 / its parts in us, gRPC's parts include
+    grpc.aio alone's cost per call."""
+    from benchmarks.gateway_speed import GRPC_ALONE, Result, parts_report
+
+    budget = request_budget.measure(seconds=0.02, rounds=1, transport_seconds=1.0)
+    results = [
+        Result("gateway, batching on", "REST JSON", 32, 5000.0, 1.0, 2.0, 0),
+        Result("gateway, batching on", "V2 binary", 32, 6000.0, 1.0, 2.0, 0),
+        Result("gateway, batching on", "gRPC", 32, 2000.0, 1.0, 2.0, 0),
+        Result(GRPC_ALONE, "gRPC", 32, 4000.0, 1.0, 2.0, 0),
+    ]
+    lines = parts_report(results, budget)
+    rest_us = budget["paths"]["REST JSON"]["total_us"]
+    grpc_us = budget["paths"]["gRPC (without transport)"]["total_us"] + 250.0
+    rest_row = next(line for line in lines if line.startswith("| REST JSON"))
+    assert f"| {5000 / (1e6 / rest_us):.2f} |" in rest_row
+    grpc_row = next(line for line in lines if line.startswith("| gRPC (transport"))
+    assert f"| {grpc_us:.1f} |" in grpc_row and f"| {2000 / (1e6 / grpc_us):.2f} |" in grpc_row
+    assert lines[-1].endswith("| 2,000 | 0.50 |")
