@@ -22,7 +22,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
-from serving.batching import BatchingConfig, warmup_batch_sizes
+from serving.batching import BatchingConfig, padded_batch_sizes, warmup_batch_sizes
 from serving.dataplane import DataPlane, Limits
 from serving.grpc.server import build_grpc_server
 from serving.metrics import GatewayMetrics
@@ -58,6 +58,7 @@ def onnx_options(settings: ServingSettings) -> OnnxOptions:
         cuda_prefer_nhwc=settings.cuda_prefer_nhwc,
         gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
         cuda_graph=settings.cuda_graph,
+        session_per_batch_size=settings.session_per_batch_size,
     )
 
 
@@ -98,6 +99,16 @@ class Gateway:
 
         def load(path: Path) -> ModelRuntime:
             runtime = OnnxRuntime(path, options)
+            if options.session_per_batch_size:
+                try:
+                    runtime.specialise(padded_batch_sizes(batching, runtime))
+                    if runtime.specialised_sizes:
+                        log.info(
+                            "%s: one session per batch size %s", path, runtime.specialised_sizes
+                        )
+                except BaseException:
+                    runtime.close()
+                    raise
             if settings.warmup:
                 try:
                     runtime.warmup(warmup_batch_sizes(batching, runtime))

@@ -137,6 +137,12 @@ class ServingSettings(BaseSettings):
         "CPU; 'none'; or a comma list ending with max_batch_size. --cuda-graph pads to "
         "max_batch_size.",
     )
+    session_per_batch_size: bool = Field(
+        False,
+        description="With more than one allowed batch size: one ONNX Runtime session per size, so "
+        "no session sees a second shape (no plan rebuilds on a GPU) at one copy of the model per "
+        "size in memory and load time.",
+    )
     max_queue_size: int = Field(
         _BATCHING.max_queue_size,
         ge=1,

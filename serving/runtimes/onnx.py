@@ -88,6 +88,8 @@ class OnnxOptions:
     gpu_mem_limit_mb: int = 0
     cuda_graph: bool = False
     device_id: int = 0
+    #: one session per padded batch size (OnnxRuntime.specialise)
+    session_per_batch_size: bool = False
 
 
 def _spec(node: Any) -> TensorSpec:
@@ -188,6 +190,8 @@ class OnnxRuntime(ModelRuntime):
         # previous call's (no per-shape cache): about 0.4 s per change for ResNet50 on an H200.
         self.new_shapes_are_costly = self._on_gpu
         self._graph: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+        #: batch size -> the session that runs exactly that size (see specialise)
+        self._by_batch: dict[int, ort.InferenceSession] = {}
         #: where IO binding places device buffers; "cuda" on GPUs ("cpu" lets tests run the path)
         self.io_device = "cuda"
 
@@ -236,13 +240,44 @@ class OnnxRuntime(ModelRuntime):
             provider_options=[opts for _, opts in providers],
         )
 
+    def specialise(self, batch_sizes: tuple[int, ...]) -> None:
+        """One session per batch size, so that no session ever sees a second input shape.
+
+        For batches padded to these sizes (``serving.batching``) on a GPU, where a session whose
+        batch size changes rebuilds its convolution plans; each extra session holds its own copy
+        of the model (memory, load time). Other sizes keep running on the first session.
+        """
+        sizes = sorted(set(batch_sizes))
+        if len(sizes) < 2 or self.options.cuda_graph:
+            return
+        providers = [
+            (self.provider, dict(candidate_providers(self.options)).get(self.provider, {}))
+        ]
+        if self.provider != CPU:
+            providers.append((CPU, {}))
+        self._by_batch = {sizes[0]: self.session}
+        for size in sizes[1:]:
+            self._by_batch[size] = self._session(self.model_file, providers)
+
+    @property
+    def specialised_sizes(self) -> tuple[int, ...]:
+        """The batch sizes with a session of their own (none unless specialised)."""
+        return tuple(sorted(self._by_batch))
+
+    def session_for(self, batch: int) -> ort.InferenceSession:
+        """The session that runs a batch of ``batch`` rows."""
+        return self._by_batch.get(batch, self.session)
+
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. On a GPU, IO binding lets outputs land in pinned host memory in one copy."""
+        session = self.session
+        if self._by_batch:
+            session = self.session_for(len(next(iter(inputs.values()))))
         if self._on_gpu:
             if self.options.cuda_graph and self.provider == CUDA:
                 return self._predict_cuda_graph(inputs)
-            return self._predict_io_binding(inputs)
-        results = self.session.run(self._output_names, inputs)
+            return self._predict_io_binding(inputs, session)
+        results = session.run(self._output_names, inputs)
         return dict(zip(self._output_names, results, strict=True))
 
     def _predict_cuda_graph(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -282,13 +317,15 @@ class OnnxRuntime(ModelRuntime):
         self.session.run_with_iobinding(binding)
         return {name: value.numpy() for name, value in graph_outputs.items()}
 
-    def _predict_io_binding(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        binding = self.session.io_binding()
+    def _predict_io_binding(
+        self, inputs: dict[str, np.ndarray], session: ort.InferenceSession
+    ) -> dict[str, np.ndarray]:
+        binding = session.io_binding()
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in self._output_names:
             binding.bind_output(name, self.io_device, self.options.device_id)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         results = binding.copy_outputs_to_cpu()
         return dict(zip(self._output_names, results, strict=True))
 
@@ -298,4 +335,5 @@ class OnnxRuntime(ModelRuntime):
         The CUDA graph's IO binding holds the native session (and device buffers) too, so it goes
         with it: with it kept, the session would outlive ``close``."""
         self._graph = None
+        self._by_batch = {}
         self.__dict__.pop("session", None)

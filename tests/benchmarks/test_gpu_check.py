@@ -77,3 +77,29 @@ def test_errors_are_counted_by_kind() -> None:
     )
     assert gpu_check.error_kind(exhausted) == "grpc RESOURCE_EXHAUSTED"
     assert gpu_check.error_kind(TimeoutError()) == "TimeoutError"
+
+
+def test_the_padding_check_script_runs_its_three_gateway_variants(tmp_path: Path) -> None:
+    """benchmarks/gpu_padding_check.sh as a dry run on the CPU: one report per variant, each
+    with the gateway options it names."""
+    import os
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    write_version(repo, gpu_check.LENET, 1, lenet_like())
+    out = tmp_path / "out"
+    subprocess.run(
+        ["bash", "benchmarks/gpu_padding_check.sh", "cpu", str(repo), str(out), "--seconds", "0.3",
+         "--batches", "1", "--concurrencies", "2"],
+        check=True, cwd=gpu_check.ROOT, timeout=300, env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    args = {
+        name: json.loads((out / name / "gpu_check.json").read_text())["gateway_args"]
+        for name in ("default", "sessions", "none")
+    }
+    assert args["default"] == []
+    assert args["sessions"] == [
+        "--allowed-batch-sizes", "1,8,32,128,256", "--session-per-batch-size"
+    ]  # fmt: skip
+    assert args["none"] == ["--allowed-batch-sizes", "none"]

@@ -15,7 +15,7 @@ from serving.batching import BatchingConfig, DynamicBatcher
 from serving.metrics import GatewayMetrics
 from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
 from tests.metrics_text import metric_value
-from tests.serving.serving_harness import RunningGateway
+from tests.serving.serving_harness import RunningGateway, batcher_of, gateway_settings
 from tests.tiny_models import (
     batch_one_classifier,
     linear_classifier,
@@ -430,3 +430,57 @@ def test_a_batch_failing_on_the_loop_fails_only_its_requests(tmp_path: Path) -> 
     assert all(isinstance(outcome, Exception) for outcome in outcomes[:3])
     assert outcomes[3]["probabilities"].shape == (1, 10)  # type: ignore[index]
     batcher.close()
+
+
+def test_one_session_per_padded_size_runs_each_size_and_answers_alike(tmp_path: Path) -> None:
+    """specialise: sizes 1, 4 and 8 each get a session of their own (1 keeps the first), other
+    sizes run on the first; every size answers as the model does; close drops them all."""
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    runtime = OnnxRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"))
+    first = runtime.session
+    runtime.specialise((8, 1, 4))
+    sessions = {size: runtime.session_for(size) for size in (1, 3, 4, 8)}
+    assert sessions[1] is first and sessions[3] is first
+    assert len({id(sessions[size]) for size in (1, 4, 8)}) == 3
+    reference = tmp_path / MODEL / "1" / "model.onnx"
+    for rows in (1, 3, 4, 8):
+        images = sample_images(rows, seed=rows)
+        np.testing.assert_allclose(
+            runtime.predict({"image": images})["probabilities"],
+            reference_predict(reference, images),
+            rtol=1e-5,
+        )
+    assert runtime.specialised_sizes == (1, 4, 8)
+    runtime.close()
+    assert runtime.specialised_sizes == ()
+
+
+def test_gateway_with_a_session_per_allowed_size_serves_every_size(tmp_path: Path) -> None:
+    """--allowed-batch-sizes 1,4 with --session-per-batch-size: the version holds two sessions,
+    was warmed on both, and answers requests of 1 to 4 rows over REST like the model."""
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    settings = gateway_settings(
+        tmp_path, allowed_batch_sizes="1,4", max_batch_size=4, session_per_batch_size=True
+    )
+    gateway = RunningGateway(settings).start()
+    try:
+        runtime = batcher_of(gateway, MODEL).runtime
+        assert isinstance(runtime, OnnxRuntime)
+        assert runtime.specialised_sizes == (1, 4)
+        assert runtime.session_for(4) is not runtime.session_for(1)
+        reference = tmp_path / MODEL / "1" / "model.onnx"
+        with httpx.Client(base_url=gateway.http_url, timeout=30) as client:
+            for rows in (1, 2, 4):
+                images = sample_images(rows, seed=rows)
+                reply = client.post(
+                    f"/v1/models/{MODEL}:predict", json={"instances": images.tolist()}
+                )
+                assert reply.status_code == 200, reply.text
+                np.testing.assert_allclose(
+                    np.asarray(reply.json()["predictions"], np.float32),
+                    reference_predict(reference, images),
+                    rtol=1e-5,
+                    atol=1e-6,
+                )
+    finally:
+        gateway.stop()
