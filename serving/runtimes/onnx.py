@@ -318,8 +318,9 @@ class OnnxRuntime(ModelRuntime):
         return {name: value.numpy() for name, value in graph_outputs.items()}
 
     def _predict_io_binding(
-        self, inputs: dict[str, np.ndarray], session: ort.InferenceSession
+        self, inputs: dict[str, np.ndarray], session: ort.InferenceSession | None = None
     ) -> dict[str, np.ndarray]:
+        session = session or self.session
         binding = session.io_binding()
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array))

@@ -450,6 +450,13 @@ def test_one_session_per_padded_size_runs_each_size_and_answers_alike(tmp_path: 
             reference_predict(reference, images),
             rtol=1e-5,
         )
+    runtime.io_device = "cpu"  # the GPU's IO binding path, run on the CPU device here
+    images = sample_images(4, seed=7)
+    np.testing.assert_allclose(
+        runtime._predict_io_binding({"image": images}, runtime.session_for(4))["probabilities"],
+        reference_predict(reference, images),
+        rtol=1e-5,
+    )
     assert runtime.specialised_sizes == (1, 4, 8)
     runtime.close()
     assert runtime.specialised_sizes == ()
