@@ -99,7 +99,8 @@ class Gateway:
 
         def load(path: Path) -> ModelRuntime:
             runtime = OnnxRuntime(path, options)
-            if options.session_per_batch_size:
+            # A CUDA graph is captured for one shape: several sizes need a session each.
+            if options.session_per_batch_size or options.cuda_graph:
                 try:
                     runtime.specialise(padded_batch_sizes(batching, runtime))
                     if runtime.specialised_sizes:

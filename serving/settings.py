@@ -87,7 +87,9 @@ class ServingSettings(BaseSettings):
     cuda_prefer_nhwc: bool = Field(True, description="CUDA provider: prefer NHWC kernels.")
     gpu_mem_limit_mb: int = Field(0, description="CUDA memory arena limit in MiB (0 = no limit).")
     cuda_graph: bool = Field(
-        False, description="CUDA graphs (pads every batch to max_batch_size so shapes are fixed)."
+        False,
+        description="CUDA graphs: every batch padded to max_batch_size so its shape is fixed, or "
+        "to the --allowed-batch-sizes listed, with one session and graph per size.",
     )
     max_concurrent_inferences: int = Field(
         _BATCHING.max_concurrent,
@@ -135,7 +137,7 @@ class ServingSettings(BaseSettings):
         "only ever sees these shapes: 'auto' = max_batch_size alone on a GPU (there every change "
         "of batch size rebuilds the convolution plans, about 0.4 s for ResNet50), none on the "
         "CPU; 'none'; or a comma list ending with max_batch_size. --cuda-graph pads to "
-        "max_batch_size.",
+        "max_batch_size unless sizes are listed (then one session and graph per size).",
     )
     session_per_batch_size: bool = Field(
         False,
@@ -291,12 +293,10 @@ class ServingSettings(BaseSettings):
 
     def padded_batch_sizes(self) -> tuple[int, ...] | None:
         """BatchingConfig.allowed_batch_sizes: None = decided per runtime ('auto')."""
-        if self.cuda_graph:  # a CUDA graph is captured for one shape
-            return (self.max_batch_size,)
-        if self.allowed_batch_sizes == "auto":
-            return None
-        if self.allowed_batch_sizes == "none":
-            return ()
+        if self.allowed_batch_sizes in ("auto", "none"):
+            if self.cuda_graph:  # a CUDA graph is captured for one shape
+                return (self.max_batch_size,)
+            return None if self.allowed_batch_sizes == "auto" else ()
         return tuple(int(size) for size in self.allowed_batch_sizes.split(","))
 
     def label_map(self) -> dict[str, dict[str, int]]:

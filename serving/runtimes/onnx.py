@@ -189,7 +189,8 @@ class OnnxRuntime(ModelRuntime):
         # With cuDNN 9, every Conv rebuilds its cuDNN plan when the input shape differs from the
         # previous call's (no per-shape cache): about 0.4 s per change for ResNet50 on an H200.
         self.new_shapes_are_costly = self._on_gpu
-        self._graph: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+        #: id of a session -> its CUDA graph's binding and fixed input and output buffers
+        self._graphs: dict[int, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
         #: batch size -> the session that runs exactly that size (see specialise)
         self._by_batch: dict[int, ort.InferenceSession] = {}
         #: where IO binding places device buffers; "cuda" on GPUs ("cpu" lets tests run the path)
@@ -244,11 +245,12 @@ class OnnxRuntime(ModelRuntime):
         """One session per batch size, so that no session ever sees a second input shape.
 
         For batches padded to these sizes (``serving.batching``) on a GPU, where a session whose
-        batch size changes rebuilds its convolution plans; each extra session holds its own copy
-        of the model (memory, load time). Other sizes keep running on the first session.
+        batch size changes rebuilds its convolution plans, and with ``cuda_graph``, whose graph
+        is captured for one shape; each extra session holds its own copy of the model (memory,
+        load time). Other sizes keep running on the first session.
         """
         sizes = sorted(set(batch_sizes))
-        if len(sizes) < 2 or self.options.cuda_graph:
+        if len(sizes) < 2:
             return
         providers = [
             (self.provider, dict(candidate_providers(self.options)).get(self.provider, {}))
@@ -275,17 +277,21 @@ class OnnxRuntime(ModelRuntime):
             session = self.session_for(len(next(iter(inputs.values()))))
         if self._on_gpu:
             if self.options.cuda_graph and self.provider == CUDA:
-                return self._predict_cuda_graph(inputs)
+                return self._predict_cuda_graph(inputs, session)
             return self._predict_io_binding(inputs, session)
         results = session.run(self._output_names, inputs)
         return dict(zip(self._output_names, results, strict=True))
 
-    def _predict_cuda_graph(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _predict_cuda_graph(
+        self, inputs: dict[str, np.ndarray], session: ort.InferenceSession | None = None
+    ) -> dict[str, np.ndarray]:
         """CUDA graphs replay fixed device addresses: bind preallocated device buffers once (the
         batcher pads every batch to one size), then copy each batch into them in place."""
         device = self.options.device_id
-        if self._graph is None:
-            binding = self.session.io_binding()
+        session = session or self.session
+        graph = self._graphs.get(id(session))
+        if graph is None:
+            binding = session.io_binding()
             graph_inputs = {}
             for name, array in inputs.items():
                 value = ort.OrtValue.ortvalue_from_numpy(
@@ -306,15 +312,15 @@ class OnnxRuntime(ModelRuntime):
                 )
                 binding.bind_ortvalue_output(spec.name, value)
                 graph_outputs[spec.name] = value
-            self._graph = (binding, graph_inputs, graph_outputs)
-        binding, graph_inputs, graph_outputs = self._graph
+            graph = self._graphs[id(session)] = (binding, graph_inputs, graph_outputs)
+        binding, graph_inputs, graph_outputs = graph
         for name, array in inputs.items():
             if tuple(graph_inputs[name].shape()) != array.shape:
                 raise RuntimeError(
                     f"cuda_graph was captured for {graph_inputs[name].shape()}, got {array.shape}"
                 )
             graph_inputs[name].update_inplace(np.ascontiguousarray(array))
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return {name: value.numpy() for name, value in graph_outputs.items()}
 
     def _predict_io_binding(
@@ -335,6 +341,6 @@ class OnnxRuntime(ModelRuntime):
 
         The CUDA graph's IO binding holds the native session (and device buffers) too, so it goes
         with it: with it kept, the session would outlive ``close``."""
-        self._graph = None
+        self._graphs = {}
         self._by_batch = {}
         self.__dict__.pop("session", None)

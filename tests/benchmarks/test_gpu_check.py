@@ -79,9 +79,9 @@ def test_errors_are_counted_by_kind() -> None:
     assert gpu_check.error_kind(TimeoutError()) == "TimeoutError"
 
 
-def test_the_padding_check_script_runs_its_three_gateway_variants(tmp_path: Path) -> None:
+def test_the_padding_check_script_runs_its_four_gateway_variants(tmp_path: Path) -> None:
     """benchmarks/gpu_padding_check.sh as a dry run on the CPU: one report per variant, each
-    with the gateway options it names."""
+    with the gateway options it names (--cuda-graph has no effect on the CPU provider)."""
     import os
     import subprocess
     import sys
@@ -96,10 +96,11 @@ def test_the_padding_check_script_runs_its_three_gateway_variants(tmp_path: Path
     )  # fmt: skip
     args = {
         name: json.loads((out / name / "gpu_check.json").read_text())["gateway_args"]
-        for name in ("default", "sessions", "none")
+        for name in ("default", "sessions", "graphs", "none")
     }
     assert args["default"] == []
     assert args["sessions"] == [
         "--allowed-batch-sizes", "1,8,32,128,256", "--session-per-batch-size"
     ]  # fmt: skip
+    assert args["graphs"] == ["--allowed-batch-sizes", "1,8,32,128,256", "--cuda-graph"]
     assert args["none"] == ["--allowed-batch-sizes", "none"]

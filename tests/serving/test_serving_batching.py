@@ -329,6 +329,8 @@ def test_allowed_batch_sizes_option_is_checked_and_maps_to_the_config(
     assert batching_config(listed).allowed_batch_sizes == (1, 8, 32)
     graph = ServingSettings(cuda_graph=True, max_batch_size=16)
     assert batching_config(graph).allowed_batch_sizes == (16,)
+    graphs = ServingSettings(cuda_graph=True, max_batch_size=16, allowed_batch_sizes="1,16")
+    assert batching_config(graphs).allowed_batch_sizes == (1, 16)
     for bad in ("8,4,32", "0,32", "1,2,x", "1,8"):
         with pytest.raises(SystemExit) as exit_info:
             settings_from_args(["--allowed-batch-sizes", bad, "--max-batch-size", "32"])
@@ -491,3 +493,23 @@ def test_gateway_with_a_session_per_allowed_size_serves_every_size(tmp_path: Pat
                 )
     finally:
         gateway.stop()
+
+
+def test_cuda_graph_path_keeps_one_graph_per_batch_size_session(tmp_path: Path) -> None:
+    """With sessions per size, the CUDA-graph path binds fixed buffers once per session and
+    reuses them: sizes 1 and 4 alternate, each answers like the model (run on the CPU device
+    here, as in test_serving_config)."""
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    runtime = OnnxRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"))
+    runtime.io_device = "cpu"
+    runtime.specialise((1, 4))
+    reference = tmp_path / MODEL / "1" / "model.onnx"
+    for seed, rows in enumerate((1, 4, 1, 4)):
+        images = sample_images(rows, seed=seed)
+        answer = runtime._predict_cuda_graph({"image": images}, runtime.session_for(rows))
+        np.testing.assert_allclose(
+            answer["probabilities"], reference_predict(reference, images), rtol=1e-5
+        )
+    with pytest.raises(RuntimeError, match="captured for"):
+        runtime._predict_cuda_graph({"image": sample_images(2)}, runtime.session_for(4))
+    runtime.close()
