@@ -25,17 +25,24 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: niceness of decode threads (Linux: per thread); 0 would compete equally with request serving.
+#: how much nicer decode threads are than the thread that starts them (Linux: per thread); equal
+#: niceness would compete equally with request serving.
 DECODE_THREAD_NICENESS = 10
 
 
 def _lower_priority() -> None:
-    """Thread initializer: raise this thread's niceness where the OS allows it (Linux)."""
+    """Thread initializer: raise this thread's niceness where the OS allows it (Linux).
+
+    Relative to the niceness it starts with, capped at 19: an absolute value would make decode
+    threads of a gateway started under ``nice -n 15`` run before its event loop (as root).
+    """
     setpriority = getattr(os, "setpriority", None)
     if setpriority is None:
         return
+    thread = threading.get_native_id()
     with contextlib.suppress(OSError):
-        setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_THREAD_NICENESS)
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        setpriority(os.PRIO_PROCESS, thread, min(19, current + DECODE_THREAD_NICENESS))
 
 
 class DecodePool:

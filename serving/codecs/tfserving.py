@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import gc
 import itertools
 from collections.abc import Iterator
@@ -190,8 +191,13 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
                 + (" (numbers with a fraction or an exponent, or integers beyond 64 bits)"
                    if array.dtype.kind == "f" else "")
             )  # fmt: skip
-        info = np.iinfo(spec.dtype)
-        if array.size and (array.min() < info.min or array.max() > info.max):
+        info = _int_info(spec.dtype)
+        if spec.dtype.kind == "u" and array.dtype == np.int64:
+            # One pass instead of a min and a max: read as uint64, a negative number is huge.
+            out_of_range = bool(array.view(np.uint64).max() > info.max)
+        else:
+            out_of_range = bool(array.min() < info.min or array.max() > info.max)
+        if out_of_range:
             raise InvalidArgument(
                 f"input '{spec.name}' expects {spec.dtype} in [{info.min}, {info.max}], got values "
                 f"in [{array.min()}, {array.max()}]"
@@ -199,6 +205,11 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
     elif spec.dtype.kind == "b" and array.dtype.kind != "b":
         raise InvalidArgument(f"input '{spec.name}' expects bool, got {_kind_name(array)} values")
     return array.astype(spec.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def _int_info(dtype: np.dtype) -> np.iinfo:
+    return np.iinfo(dtype)
 
 
 def _kind_name(array: np.ndarray) -> str:
