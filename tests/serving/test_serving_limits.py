@@ -109,6 +109,9 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
             )
     finally:
         release.set()
+    # The released job must leave the pool before the next big decode can have it.
+    pool = gateway.gateway.dataplane.decode_pool  # type: ignore[union-attr]
+    wait_until(lambda: pool.admitted == 0, what="the released job to leave the decode pool")
     with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
         assert http.post(CLASSIFY, content=png(512, noise=True)).status_code == 200
         assert http.post(PREDICT, content=b64_body).status_code == 200
