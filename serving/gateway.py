@@ -37,11 +37,42 @@ log = logging.getLogger("serving")
 
 
 class _UvicornServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the gateway drains both servers together."""
+    """uvicorn without its own signal handling (the gateway drains both servers together), and
+    whose shutdown serves the connections the kernel had already queued on its listeners."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # A connection waiting in a listener's accept queue is a client whose request may be on
+        # its way; closing the listener would reset it (a request written, never answered). Take
+        # them all, close the listeners in the same step (no await in between), then serve them
+        # like every open connection: the drain answers each with Connection: close.
+        queued: list[socket.socket] = []
+        for listener in sockets or []:
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                queued.append(connection)
+        for server in self.servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        for connection in queued:
+            connection.setblocking(False)
+            await loop.connect_accepted_socket(self._new_protocol, connection)
+        await super().shutdown(sockets)
+
+    def _new_protocol(self) -> asyncio.Protocol:
+        """What uvicorn's own accept path builds for a connection."""
+        return self.config.http_protocol_class(  # type: ignore[call-arg]
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+            _loop=asyncio.get_running_loop(),
+        )
 
 
 def onnx_options(settings: ServingSettings) -> OnnxOptions:
