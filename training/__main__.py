@@ -248,7 +248,12 @@ def _export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from training.export import MIN_PARITY_IMAGES, ExportRequest, export_model
-    from training.models import IMAGENET_CLASSES, build_model, imagenet_weights_path
+    from training.models import (
+        IMAGENET_CLASSES,
+        build_model,
+        float32_copy,
+        imagenet_weights_path,
+    )
 
     note = None
     if args.model == "resnet50_imagenet":
@@ -270,7 +275,8 @@ def _export(args: argparse.Namespace) -> int:
             return 2
         from training.data import load_dataset
 
-        model = keras.models.load_model(args.checkpoint)
+        # A mixed_bfloat16 run's checkpoint computes in bfloat16; the repository gets float32.
+        model = float32_copy(keras.models.load_model(args.checkpoint))
         dataset = load_dataset(args.dataset, args.data_dir)
         class_names, dataset_name = dataset.class_names, dataset.name
         parity_images = dataset.x_test[: max(MIN_PARITY_IMAGES, 2000)]

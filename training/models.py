@@ -87,6 +87,35 @@ def build_model(
     return keras.Model(inputs=image, outputs=probabilities, name=name)
 
 
+def float32_copy(model: Any) -> Any:
+    """`model` with every layer computing in float32: itself when it already does, else a copy of
+    its architecture (nested models included) with mixed dtype policies replaced by float32 and
+    its weights copied in. Mixed policies keep variables in float32, so no weight is rounded.
+    For checkpoints saved by a mixed-precision run, whose build arguments are not at hand."""
+
+    def float32_policies(node: Any) -> tuple[Any, bool]:
+        if isinstance(node, list):
+            pairs = [float32_policies(item) for item in node]
+            return [item for item, _ in pairs], any(changed for _, changed in pairs)
+        if not isinstance(node, dict):
+            return node, False
+        if node.get("class_name") == "DTypePolicy" and str(
+            node.get("config", {}).get("name", "")
+        ).startswith("mixed_"):
+            return {**node, "config": {**node["config"], "name": "float32"}}, True
+        pairs = {key: float32_policies(value) for key, value in node.items()}
+        return {key: item for key, (item, _) in pairs.items()}, any(
+            changed for _, changed in pairs.values()
+        )
+
+    config, changed = float32_policies(model.get_config())
+    if not changed:
+        return model
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _resnet50_features(
     image: Any,
     name: str,

@@ -86,13 +86,18 @@ def test_bf16_xla_training_exports_float32_through_the_parity_gate(tmp_path) -> 
     training = json.loads((result.version_dir / "metadata.json").read_text())["training"]
     assert (training["precision"], training["jit_compile"]) == ("mixed_bfloat16", True)
 
+    _assert_float32_export(result.version_dir)
+
+
+def _assert_float32_export(version_dir) -> None:
+    """float32 variables in the SavedModel; no 16-bit float weight or cast in the ONNX graph."""
     import onnx
     import tensorflow as tf
 
-    loaded = tf.saved_model.load(str(result.version_dir))
+    loaded = tf.saved_model.load(str(version_dir))
     floating = {v.dtype for v in loaded.variables if v.dtype.is_floating}
     assert floating == {tf.float32}  # (an int64 seed or step counter may sit next to them)
-    graph = onnx.load(str(result.version_dir / "model.onnx")).graph
+    graph = onnx.load(str(version_dir / "model.onnx")).graph
     float_types = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
     assert not [t.name for t in graph.initializer if t.data_type in float_types]
     assert not [n.name for n in graph.node if n.op_type == "Cast" and any(
@@ -130,3 +135,35 @@ def test_epoch_clock_logs_every_epoch(tmp_path) -> None:
     summary = json.loads((result.run_dir / "run_summary.json").read_text())
     expected = np.mean([float(row["wall_s"]) for row in rows[1:]])
     assert summary["later_epochs_wall_s"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet50"])
+def test_float32_copy_of_a_mixed_model(name: str) -> None:
+    from training.models import float32_copy
+
+    with dtype_policy("mixed_bfloat16"):
+        mixed = build_model(name, (28, 28, 1), 10)
+    copy = float32_copy(mixed)
+    assert copy is not mixed
+    assert all(layer.compute_dtype == "float32" for layer in copy._flatten_layers())
+    for a, b in zip(mixed.get_weights(), copy.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert float32_copy(copy) is copy  # nothing mixed left: returned as it is
+
+
+def test_checkpoint_of_a_bf16_run_exports_float32(tmp_path) -> None:
+    from training.__main__ import main
+
+    config = TrainConfig(
+        model="lenet", dataset="mnist", epochs=1, limit=1000, test_limit=1000, export=False,
+        precision="mixed_bfloat16", runs_dir=str(tmp_path / "runs"), seed=5,
+    )  # fmt: skip
+    result = run_training(config)
+    checkpoint = result.run_dir / "checkpoints" / "best_val_loss.keras"
+    repository = tmp_path / "repo"
+    code = main(["export", "--model", "lenet", "--checkpoint", str(checkpoint),
+                 "--repository", str(repository), "--no-fp16"])  # fmt: skip
+    assert code == 0
+    metadata = json.loads((repository / "lenet" / "1" / "metadata.json").read_text())
+    assert metadata["parity"]["fp32"]["argmax_agreement"] == 1.0
+    _assert_float32_export(repository / "lenet" / "1")
