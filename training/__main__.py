@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument(
         "--time-budget", type=float, metavar="MINUTES",
-        help="stop training cleanly (then evaluate and export) before an epoch that would end "
-        "more than MINUTES of wall time after training started",
+        help="keep training within MINUTES of wall time: stop after an epoch when the median "
+        "epoch would not fit, or mid-epoch when the time is spent; evaluation and export follow",
     )  # fmt: skip
     train.add_argument(
         "--runs-dir", default="runs", help="where run directories go (default runs/)"

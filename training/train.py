@@ -197,9 +197,13 @@ def as_float32(model: Any, config: TrainConfig, dataset: Dataset) -> Any:
 class EpochClock:
     """A Keras callback factory: per epoch, wall and process-CPU seconds (all threads) next to the
     validation accuracy, in `epoch_times.csv` and an accuracy-over-time PNG, rewritten after every
-    epoch so a run that is cut short still has its curve. With `budget_seconds` it also stops
-    training cleanly (evaluation and export still follow) before an epoch that would not finish
-    inside the budget, judged by the slowest epoch so far."""
+    epoch so a run that is cut short still has its curve.
+
+    With `budget_seconds` it also keeps training inside that much wall time, cleanly (validation,
+    evaluation and export still follow): it stops after an epoch when the median epoch so far
+    would not fit in what is left (the median, so that one epoch slowed by a pause or a neighbour
+    does not end the run early), and stops mid-epoch, after the current batch, when the budget is
+    spent all the same. What it did goes to `time_budget.json`."""
 
     FIELDS = ("epoch", "wall_s", "cpu_s", "cum_wall_s", "cum_cpu_s", "val_accuracy", "val_loss")
 
@@ -211,13 +215,18 @@ class EpochClock:
             def __init__(self) -> None:
                 super().__init__()
                 self.rows: list[dict[str, float]] = []
-                self.stopped_for_budget: int | None = None
 
             def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
                 self.train_wall, self.train_cpu = time.perf_counter(), time.process_time()
 
             def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+            def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+                if budget_seconds is None or self.model.stop_training:
+                    return
+                if time.perf_counter() - self.train_wall > budget_seconds:
+                    self._stop(f"mid-epoch, after batch {batch + 1}", mid_epoch=True)
 
             def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 logs = logs or {}
@@ -234,17 +243,21 @@ class EpochClock:
                     }
                 )
                 write_epoch_log(run_dir, self.rows)
-                if budget_seconds is not None:
-                    slowest = max(row["wall_s"] for row in self.rows)
-                    if now_wall - self.train_wall + slowest > budget_seconds:
-                        self.stopped_for_budget = epoch + 1
-                        self.model.stop_training = True
-                        print(
-                            f"time budget: stopping after epoch {epoch + 1} "
-                            f"({now_wall - self.train_wall:.0f} s of {budget_seconds:.0f} s used, "
-                            f"an epoch takes up to {slowest:.0f} s)",
-                            flush=True,
-                        )
+                if budget_seconds is None or self.model.stop_training:
+                    return
+                typical = float(np.median([row["wall_s"] for row in self.rows]))
+                if now_wall - self.train_wall + typical > budget_seconds:
+                    self._stop(f"after epoch {epoch + 1} (median epoch {typical:.0f} s)")
+
+            def _stop(self, when: str, mid_epoch: bool = False) -> None:
+                self.model.stop_training = True
+                used = time.perf_counter() - self.train_wall
+                print(f"time budget: stopping {when}, {used:.0f} s of {budget_seconds:.0f} s used",
+                      flush=True)  # fmt: skip
+                report = {"budget_s": budget_seconds, "used_s": round(used, 1),
+                          "epochs_finished": len(self.rows), "stopped": when,
+                          "mid_epoch": mid_epoch}  # fmt: skip
+                (run_dir / "time_budget.json").write_text(json.dumps(report, indent=2))
 
         return Callback()
 
@@ -417,6 +430,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         "train_images": len(dataset.y_train),
         "test_images": len(dataset.y_test),
         **_epoch_times(run_dir),
+        **_time_budget(run_dir),
         # Linux reports kilobytes: the process's peak resident memory so far (training included).
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
@@ -456,6 +470,11 @@ def _epoch_times(run_dir: Path) -> dict[str, float]:
         times["later_epochs_wall_s"] = float(np.mean([float(r["wall_s"]) for r in rows[1:]]))
         times["later_epochs_cpu_s"] = float(np.mean([float(r["cpu_s"]) for r in rows[1:]]))
     return times
+
+
+def _time_budget(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "time_budget.json"
+    return {"time_budget_stop": json.loads(path.read_text())} if path.is_file() else {}
 
 
 def _train_kfold(

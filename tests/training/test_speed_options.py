@@ -112,12 +112,15 @@ def test_time_budget_stops_cleanly_then_evaluates_and_exports(tmp_path) -> None:
     result = run_training(config)
     with open(result.run_dir / EPOCH_LOG) as stream:
         rows = list(csv.DictReader(stream))
-    assert [int(row["epoch"]) for row in rows] == [1]  # stopped after the first epoch
+    assert [int(row["epoch"]) for row in rows] == [1]  # stopped within the first epoch
     assert float(rows[0]["wall_s"]) > 0 and float(rows[0]["cpu_s"]) > 0
     assert 0.0 < float(rows[0]["val_accuracy"]) <= 1.0
     assert (result.run_dir / "accuracy_over_time.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((result.run_dir / "run_summary.json").read_text())
     assert summary["epochs_run"] == 1 and summary["first_epoch_wall_s"] > 0
+    # A budget of 6 ms runs out during the first batch: the epoch is cut there, validated, logged.
+    assert summary["time_budget_stop"]["mid_epoch"] is True
+    assert summary["time_budget_stop"]["stopped"] == "mid-epoch, after batch 1"
     assert result.version_dir is not None and result.metrics["examples"] == 1000
 
 
@@ -167,3 +170,18 @@ def test_checkpoint_of_a_bf16_run_exports_float32(tmp_path) -> None:
     metadata = json.loads((repository / "lenet" / "1" / "metadata.json").read_text())
     assert metadata["parity"]["fp32"]["argmax_agreement"] == 1.0
     _assert_float32_export(repository / "lenet" / "1")
+
+
+def test_time_budget_stops_between_epochs_by_the_median_epoch(tmp_path) -> None:
+    # mlp epochs on 900 images take about a second here, the first (tracing) the longest.
+    config = TrainConfig(
+        model="mlp", dataset="mnist", epochs=200, limit=1000, test_limit=1000, export=False,
+        time_budget_minutes=0.25, runs_dir=str(tmp_path / "runs"), seed=3,
+    )  # fmt: skip
+    result = run_training(config)
+    summary = json.loads((result.run_dir / "run_summary.json").read_text())
+    stop = summary["time_budget_stop"]
+    assert 2 <= summary["epochs_run"] < 200
+    assert stop["used_s"] <= 15.0 + 2.0  # at most a batch and a validation past the budget
+    if not stop["mid_epoch"]:
+        assert stop["stopped"].startswith(f"after epoch {summary['epochs_run']} (median epoch")
