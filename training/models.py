@@ -95,8 +95,8 @@ def float32_copy(model: Any) -> Any:
 
     def float32_policies(node: Any) -> tuple[Any, bool]:
         if isinstance(node, list):
-            pairs = [float32_policies(item) for item in node]
-            return [item for item, _ in pairs], any(changed for _, changed in pairs)
+            items = [float32_policies(item) for item in node]
+            return [item for item, _ in items], any(changed for _, changed in items)
         if not isinstance(node, dict):
             return node, False
         if node.get("class_name") == "DTypePolicy" and str(
