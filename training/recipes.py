@@ -41,8 +41,8 @@ _LENET_BEST: dict[str, Any] = {
 #: ResNet50 from scratch on Fashion-MNIST within 90 minutes of this project's 2-core CPU:
 #: mixed_bfloat16 was the fastest setting measured (XLA and thread settings did not pay), 20
 #: epochs of about 4 minutes each fit the budget with room for a neighbour's load; the 32x32
-#: ImageNet stem because the larger side (about 3.3x the time per image at 64) and the CIFAR stem
-#: (about 8x) would leave too few epochs. benchmarks/RESULTS.md, "ResNet50 at CPU speed".
+#: ImageNet stem because the larger side (about 4x the time per image at 64) and the CIFAR stem
+#: (about 10x) would leave too few epochs. benchmarks/RESULTS.md, "ResNet50 at CPU speed".
 _RESNET50_FASHION_BEST: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 128,
