@@ -14,10 +14,11 @@ from training.augment import AUGMENT_KINDS
 from training.compare import DATASETS as COMPARE_DATASETS
 from training.compare import MODELS as COMPARE_MODELS
 from training.data import DATASETS, DatasetUnavailable
-from training.models import MODEL_NAMES
+from training.models import MODEL_NAMES, RESNET_STEMS
 from training.recipes import DEFAULTS, RECIPES, UnknownRecipe, describe, resolve
 
 SCHEDULES = ("constant", "cosine", "plateau")
+PRECISIONS = ("float32", "mixed_bfloat16")  # training.train.PRECISIONS, without importing TF
 
 DEMO_EPOCHS = 8
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--recipe", choices=tuple(RECIPES),
         help="a measured combination of the settings below (flags given explicitly win); "
-        "`best`: LeNet on MNIST or Fashion-MNIST; `demo`: LeNet on MNIST in make demo's 8 epochs",
+        "`best`: LeNet on MNIST or Fashion-MNIST, ResNet50 on Fashion-MNIST; `demo`: LeNet on MNIST in make demo's 8 epochs",
     )  # fmt: skip
     train.add_argument("--epochs", type=int, help=f"default {DEFAULTS['epochs']}")
     train.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
@@ -88,8 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", choices=("imagenet",), help="resnet50: ImageNet weights on disk"
     )
     train.add_argument(
-        "--resnet-side", type=int, default=32, help="resnet50 input side (default 32)"
-    )
+        "--resnet-side", type=int,
+        help="resnet50: the side the 28x28 images are resized to inside the model (default 32); "
+        "compute grows with its square",
+    )  # fmt: skip
+    train.add_argument(
+        "--resnet-stem", choices=RESNET_STEMS,
+        help="resnet50's first layers: imagenet (default; 7x7 stride-2 conv and max-pool) or "
+        "cifar (3x3 stride-1 conv, no pool: about 16x the compute at the same side)",
+    )  # fmt: skip
+    train.add_argument(
+        "--precision", choices=PRECISIONS,
+        help="Keras dtype policy while training: float32 (default) or mixed_bfloat16 (bfloat16 "
+        "compute, float32 variables); the exported model is float32 either way",
+    )  # fmt: skip
+    train.add_argument(
+        "--jit-compile", action=argparse.BooleanOptionalAction,
+        help="compile the train and predict steps with XLA (default off)",
+    )  # fmt: skip
+    train.add_argument(
+        "--time-budget", type=float, metavar="MINUTES",
+        help="keep training within MINUTES of wall time: stop after an epoch when the median "
+        "epoch would not fit, or mid-epoch when the time is spent; evaluation and export follow",
+    )  # fmt: skip
     train.add_argument(
         "--runs-dir", default="runs", help="where run directories go (default runs/)"
     )
@@ -184,7 +206,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, str]:
         model=args.model, dataset=args.dataset, repository=args.repository, runs_dir=args.runs_dir,
         version=args.version, limit=args.limit, test_limit=args.test_limit, kfold=args.kfold,
         seed=args.seed, pipeline=args.pipeline, validation_fraction=args.validation_fraction,
-        data_dir=args.data_dir, weights=args.weights, resnet_side=args.resnet_side,
+        data_dir=args.data_dir, weights=args.weights, time_budget_minutes=args.time_budget,
         export=not args.no_export, fp16=not args.no_fp16, serving_base_path=args.serving_base_path,
         recipe=args.recipe, **settings,
     )  # fmt: skip
@@ -226,7 +248,12 @@ def _export(args: argparse.Namespace) -> int:
     import numpy as np
 
     from training.export import MIN_PARITY_IMAGES, ExportRequest, export_model
-    from training.models import IMAGENET_CLASSES, build_model, imagenet_weights_path
+    from training.models import (
+        IMAGENET_CLASSES,
+        build_model,
+        float32_copy,
+        imagenet_weights_path,
+    )
 
     note = None
     if args.model == "resnet50_imagenet":
@@ -248,7 +275,8 @@ def _export(args: argparse.Namespace) -> int:
             return 2
         from training.data import load_dataset
 
-        model = keras.models.load_model(args.checkpoint)
+        # A mixed_bfloat16 run's checkpoint computes in bfloat16; the repository gets float32.
+        model = float32_copy(keras.models.load_model(args.checkpoint))
         dataset = load_dataset(args.dataset, args.data_dir)
         class_names, dataset_name = dataset.class_names, dataset.name
         parity_images = dataset.x_test[: max(MIN_PARITY_IMAGES, 2000)]

@@ -11,6 +11,12 @@ from pathlib import Path
 from typing import Any
 
 MODEL_NAMES = ("mlp", "lenet", "resnet50", "resnet50_imagenet")
+# ResNet50's first layers: `imagenet` is Keras' (7x7 stride-2 conv, 3x3 stride-2 max-pool: the
+# feature map shrinks 4x per side before the first block); `cifar` is a 3x3 stride-1 conv and no
+# pool, so the blocks see the full input side (about 16x the compute at the same side).
+RESNET_STEMS = ("imagenet", "cifar")
+# Bottleneck blocks per stage in ResNet50 (He et al. 2015, table 1), with each stage's width.
+_RESNET50_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))
 IMAGENET_INPUT_SHAPE = (224, 224, 3)
 IMAGENET_CLASSES = 1000
 _KERAS_WEIGHTS_DIR = Path.home() / ".keras" / "models"
@@ -37,8 +43,13 @@ def build_model(
     *,
     weights: str | None = None,
     resnet_side: int = 32,
+    resnet_stem: str = "imagenet",
 ) -> Any:
-    """Build (uncompiled) model `name` for uint8 NHWC `input_shape` images and `num_classes`."""
+    """Build (uncompiled) model `name` for uint8 NHWC `input_shape` images and `num_classes`.
+
+    Layers follow Keras' global dtype policy (`keras.mixed_precision`); the `probabilities` output
+    is float32 whatever the policy.
+    """
     import keras
     from keras import layers
 
@@ -61,7 +72,9 @@ def build_model(
         x = layers.Dropout(0.4)(x)
         x = layers.Dense(128, activation="relu")(x)
     elif name in ("resnet50", "resnet50_imagenet"):
-        x, is_probabilities = _resnet50_features(image, name, input_shape, weights, resnet_side)
+        x, is_probabilities = _resnet50_features(
+            image, name, input_shape, weights, resnet_side, resnet_stem
+        )
         if is_probabilities:
             probabilities = layers.Activation("linear", dtype="float32", name="probabilities")(x)
             return keras.Model(inputs=image, outputs=probabilities, name=name)
@@ -74,8 +87,42 @@ def build_model(
     return keras.Model(inputs=image, outputs=probabilities, name=name)
 
 
+def float32_copy(model: Any) -> Any:
+    """`model` with every layer computing in float32: itself when it already does, else a copy of
+    its architecture (nested models included) with mixed dtype policies replaced by float32 and
+    its weights copied in. Mixed policies keep variables in float32, so no weight is rounded.
+    For checkpoints saved by a mixed-precision run, whose build arguments are not at hand."""
+
+    def float32_policies(node: Any) -> tuple[Any, bool]:
+        if isinstance(node, list):
+            items = [float32_policies(item) for item in node]
+            return [item for item, _ in items], any(changed for _, changed in items)
+        if not isinstance(node, dict):
+            return node, False
+        if node.get("class_name") == "DTypePolicy" and str(
+            node.get("config", {}).get("name", "")
+        ).startswith("mixed_"):
+            return {**node, "config": {**node["config"], "name": "float32"}}, True
+        pairs = {key: float32_policies(value) for key, value in node.items()}
+        return {key: item for key, (item, _) in pairs.items()}, any(
+            changed for _, changed in pairs.values()
+        )
+
+    config, changed = float32_policies(model.get_config())
+    if not changed:
+        return model
+    copy = model.__class__.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def _resnet50_features(
-    image: Any, name: str, input_shape: tuple[int, int, int], weights: str | None, side: int
+    image: Any,
+    name: str,
+    input_shape: tuple[int, int, int],
+    weights: str | None,
+    side: int,
+    stem: str = "imagenet",
 ) -> tuple[Any, bool]:
     """ResNet50 on the preprocessed image: (pooled features, False) or (probabilities, True)."""
     import keras
@@ -83,6 +130,12 @@ def _resnet50_features(
 
     if weights not in (None, "imagenet"):
         raise ValueError(f"weights must be None or 'imagenet', got {weights!r}")
+    if stem not in RESNET_STEMS:
+        raise ValueError(f"unknown ResNet stem {stem!r}; choose one of {', '.join(RESNET_STEMS)}")
+    if stem != "imagenet" and (weights is not None or name != "resnet50"):
+        raise ValueError(
+            "the cifar stem is for resnet50 trained from scratch (no ImageNet weights)"
+        )
     include_top = name == "resnet50_imagenet"
     weights_path = None
     if weights == "imagenet":
@@ -112,6 +165,8 @@ def _resnet50_features(
             include_top=True, weights=str(weights_path), input_shape=feature_shape
         )
         return layers.Identity(name="imagenet_softmax")(full(x)), True
+    if stem == "cifar":
+        return _resnet50_cifar(x), False
     backbone = keras.applications.ResNet50(
         include_top=False,
         weights=str(weights_path) if weights_path is not None else None,
@@ -119,3 +174,38 @@ def _resnet50_features(
         pooling="avg",
     )
     return backbone(x), False
+
+
+def _resnet50_cifar(x: Any) -> Any:
+    """ResNet50 (v1, as keras.applications builds it) with the CIFAR stem: a 3x3 stride-1 conv
+    and no max-pool, then the same four stages of bottleneck blocks; global-average-pooled."""
+    from keras import layers
+
+    x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for stage, (width, blocks) in enumerate(_RESNET50_STAGES, start=2):
+        for block in range(1, blocks + 1):
+            stride = 2 if block == 1 and stage > 2 else 1
+            x = _bottleneck(
+                x, width, stride, projection=block == 1, name=f"conv{stage}_block{block}"
+            )
+    return layers.GlobalAveragePooling2D(name="avg_pool")(x)
+
+
+def _bottleneck(x: Any, width: int, stride: int, projection: bool, name: str) -> Any:
+    """1x1 (stride) -> 3x3 -> 1x1 (4x width), BatchNorm after each, plus the shortcut."""
+    from keras import layers
+
+    def conv_bn(y: Any, filters: int, kernel: int, step: int, part: str) -> Any:
+        y = layers.Conv2D(
+            filters, kernel, strides=step, padding="same", name=f"{name}_{part}_conv"
+        )(y)
+        return layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_{part}_bn")(y)
+
+    shortcut = conv_bn(x, 4 * width, 1, stride, "0") if projection else x
+    y = layers.Activation("relu", name=f"{name}_1_relu")(conv_bn(x, width, 1, stride, "1"))
+    y = layers.Activation("relu", name=f"{name}_2_relu")(conv_bn(y, width, 3, 1, "2"))
+    y = conv_bn(y, 4 * width, 1, 1, "3")
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)

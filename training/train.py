@@ -8,10 +8,14 @@ repository through the parity gate in `training.export`.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime as dt
 import json
+import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +37,15 @@ from training.evaluate import (
     write_report,
 )
 from training.export import MIN_PARITY_IMAGES, ExportRequest, export_model
-from training.models import build_model
+from training.models import RESNET_STEMS, build_model
 
 CONFUSION_IMAGE_MAX_EXAMPLES = 2000
 SCHEDULES = ("constant", "cosine", "plateau")
+# Keras dtype policies for training. mixed_bfloat16 computes in bfloat16 (oneDNN uses AVX512_BF16
+# where the CPU has it) and keeps the variables in float32; the exported model is float32 always.
+PRECISIONS = ("float32", "mixed_bfloat16")
+EPOCH_LOG = "epoch_times.csv"
+CURVE_PNG = "accuracy_over_time.png"
 
 
 @dataclass
@@ -62,6 +71,10 @@ class TrainConfig:
     data_dir: str | None = None
     weights: str | None = None
     resnet_side: int = 32
+    resnet_stem: str = "imagenet"  # imagenet (Keras' 7x7/2 conv + max-pool) or cifar (3x3/1)
+    precision: str = "float32"  # a Keras dtype policy, see PRECISIONS
+    jit_compile: bool = False  # XLA for the train and predict steps
+    time_budget_minutes: float | None = None  # stop cleanly before an epoch that would overrun
     export: bool = True
     fp16: bool = True
     serving_base_path: str = "/models"
@@ -73,6 +86,10 @@ class TrainConfig:
         self.augment = augment_kind(self.augment)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
+        if self.resnet_stem not in RESNET_STEMS:
+            raise ValueError(f"unknown stem {self.resnet_stem!r}; choose one of {RESNET_STEMS}")
 
 
 @dataclass
@@ -85,13 +102,19 @@ class TrainResult:
     seconds_per_epoch: float
 
 
-def set_determinism(seed: int) -> None:
-    """Same seed, same metrics on the CPU: seeded RNGs and deterministic TensorFlow ops."""
+def set_determinism(seed: int, ops: bool = True) -> None:
+    """Same seed, same metrics on the CPU: seeded RNGs and (with `ops`) deterministic TensorFlow
+    ops. Keras turns XLA off while op determinism is on, so an XLA run seeds the RNGs only."""
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if ops:
+        tf.config.experimental.enable_op_determinism()
+    else:  # a test process may have turned it on for an earlier run; TF exports no public off
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
 
 
 def prepare_data(config: TrainConfig) -> Dataset:
@@ -121,22 +144,150 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
     )
 
 
-def compile_model(config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1) -> Any:
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy set to `name` while the block runs (models built in it keep it)."""
     import keras
 
-    model = build_model(
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _build(config: TrainConfig, dataset: Dataset) -> Any:
+    return build_model(
         config.model,
         dataset.input_shape,
         dataset.num_classes,
         weights=config.weights,
         resnet_side=config.resnet_side,
+        resnet_stem=config.resnet_stem,
     )
+
+
+def compile_model(config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1) -> Any:
+    import keras
+
+    with dtype_policy(config.precision):
+        model = _build(config, dataset)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=config.jit_compile,
     )
     return model
+
+
+def as_float32(model: Any, config: TrainConfig, dataset: Dataset) -> Any:
+    """The float32 twin of a model trained under a mixed policy: the same architecture built
+    under float32 with the trained weights copied in (mixed policies keep variables in float32,
+    so nothing is rounded). A float32 model is returned as it is."""
+    if config.precision == "float32":
+        return model
+    with dtype_policy("float32"):
+        twin = _build(config, dataset)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+class EpochClock:
+    """A Keras callback factory: per epoch, wall and process-CPU seconds (all threads) next to the
+    validation accuracy, in `epoch_times.csv` and an accuracy-over-time PNG, rewritten after every
+    epoch so a run that is cut short still has its curve.
+
+    With `budget_seconds` it also keeps training inside that much wall time, cleanly (validation,
+    evaluation and export still follow): it stops after an epoch when the median epoch so far
+    would not fit in what is left (the median, so that one epoch slowed by a pause or a neighbour
+    does not end the run early), and stops mid-epoch, after the current batch, when the budget is
+    spent all the same. What it did goes to `time_budget.json`."""
+
+    FIELDS = ("epoch", "wall_s", "cpu_s", "cum_wall_s", "cum_cpu_s", "val_accuracy", "val_loss")
+
+    @staticmethod
+    def create(run_dir: Path, budget_seconds: float | None = None) -> Any:
+        import keras
+
+        class Callback(keras.callbacks.Callback):  # type: ignore[misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.rows: list[dict[str, float]] = []
+
+            def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+                self.train_wall, self.train_cpu = time.perf_counter(), time.process_time()
+
+            def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+            def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+                if budget_seconds is None or self.model.stop_training:
+                    return
+                if time.perf_counter() - self.train_wall > budget_seconds:
+                    self._stop(f"mid-epoch, after batch {batch + 1}", mid_epoch=True)
+
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+                logs = logs or {}
+                now_wall, now_cpu = time.perf_counter(), time.process_time()
+                self.rows.append(
+                    {
+                        "epoch": epoch + 1,
+                        "wall_s": round(now_wall - self.wall, 3),
+                        "cpu_s": round(now_cpu - self.cpu, 3),
+                        "cum_wall_s": round(now_wall - self.train_wall, 3),
+                        "cum_cpu_s": round(now_cpu - self.train_cpu, 3),
+                        "val_accuracy": float(logs.get("val_accuracy", float("nan"))),
+                        "val_loss": float(logs.get("val_loss", float("nan"))),
+                    }
+                )
+                write_epoch_log(run_dir, self.rows)
+                if budget_seconds is None or self.model.stop_training:
+                    return
+                typical = float(np.median([row["wall_s"] for row in self.rows]))
+                if now_wall - self.train_wall + typical > budget_seconds:
+                    self._stop(f"after epoch {epoch + 1} (median epoch {typical:.0f} s)")
+
+            def _stop(self, when: str, mid_epoch: bool = False) -> None:
+                self.model.stop_training = True
+                used = time.perf_counter() - self.train_wall
+                print(f"time budget: stopping {when}, {used:.0f} s of {budget_seconds:.0f} s used",
+                      flush=True)  # fmt: skip
+                report = {"budget_s": budget_seconds, "used_s": round(used, 1),
+                          "epochs_finished": len(self.rows), "stopped": when,
+                          "mid_epoch": mid_epoch}  # fmt: skip
+                (run_dir / "time_budget.json").write_text(json.dumps(report, indent=2))
+
+        return Callback()
+
+
+def write_epoch_log(run_dir: Path, rows: list[dict[str, float]]) -> None:
+    """`epoch_times.csv` and `accuracy_over_time.png` (validation accuracy against cumulative
+    CPU seconds and against wall seconds) in `run_dir`."""
+    with open(run_dir / EPOCH_LOG, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=EpochClock.FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    accuracy = [row["val_accuracy"] * 100 for row in rows]
+    for ax, key, label in (
+        (axes[0], "cum_cpu_s", "training CPU seconds (process, all threads)"),
+        (axes[1], "cum_wall_s", "training wall seconds"),
+    ):
+        ax.plot([row[key] for row in rows], accuracy, marker="o")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy (%)")
+    fig.suptitle("validation accuracy over training time")
+    fig.tight_layout()
+    fig.savefig(run_dir / CURVE_PNG, dpi=100)
+    plt.close(fig)
 
 
 class ConfusionMatrixImage:
@@ -169,6 +320,7 @@ def make_callbacks(
     class_names: list[str],
     patience: int,
     schedule: str = "constant",
+    budget_seconds: float | None = None,
 ) -> list[Any]:
     import keras
 
@@ -190,6 +342,7 @@ def make_callbacks(
             monitor="val_loss", patience=patience, restore_best_weights=True
         ),
         keras.callbacks.CSVLogger(str(run_dir / "training_log.csv")),
+        EpochClock.create(run_dir, budget_seconds),
     ]
     if schedule == "plateau":
         callbacks.append(
@@ -207,10 +360,14 @@ def fit(
     y_val: np.ndarray,
     run_dir: Path,
 ) -> tuple[Any, dict[str, list[float]], float]:
-    """Train one model; return it, its history and the mean seconds per epoch."""
-    set_determinism(config.seed)
+    """Train one model; return it (float32 whatever the training precision), its history and the
+    mean seconds per epoch."""
+    set_determinism(config.seed, ops=not config.jit_compile)
     steps_per_epoch = -(-len(y_train) // config.batch_size)
     model = compile_model(config, dataset, steps_per_epoch)
+    if bool(model.jit_compile) != config.jit_compile:  # Keras drops XLA silently when it cannot
+        raise RuntimeError(f"asked for jit_compile={config.jit_compile}, Keras compiled with "
+                           f"{model.jit_compile}")  # fmt: skip
     train_data = make_pipeline(
         config.pipeline, x_train, y_train, config.batch_size,
         shuffle=True, augment=config.augment, seed=config.seed,
@@ -218,6 +375,7 @@ def fit(
     val_data = make_pipeline(
         config.pipeline, x_val, y_val, 512, shuffle=False, augment=False, seed=config.seed
     )
+    budget = None if config.time_budget_minutes is None else config.time_budget_minutes * 60
     started = time.perf_counter()
     history = model.fit(
         train_data,
@@ -225,12 +383,13 @@ def fit(
         epochs=config.epochs,
         shuffle=False,  # the pipelines shuffle themselves, reproducibly
         callbacks=make_callbacks(
-            run_dir, x_val, y_val, dataset.class_names, config.patience, config.schedule
+            run_dir, x_val, y_val, dataset.class_names, config.patience, config.schedule, budget
         ),
         verbose=1 if sys.stdout.isatty() else 2,
     )
     epochs_run = max(1, len(history.history.get("loss", [])))
-    return model, history.history, (time.perf_counter() - started) / epochs_run
+    seconds = (time.perf_counter() - started) / epochs_run
+    return as_float32(model, config, dataset), history.history, seconds
 
 
 def evaluate_model(model: Any, dataset: Dataset) -> dict[str, Any]:
@@ -270,6 +429,10 @@ def run_training(config: TrainConfig) -> TrainResult:
         "parameters": int(model.count_params()),
         "train_images": len(dataset.y_train),
         "test_images": len(dataset.y_test),
+        **_epoch_times(run_dir),
+        **_time_budget(run_dir),
+        # Linux reports kilobytes: the process's peak resident memory so far (training included).
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     (run_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     print_summary(f"{config.model} on {config.dataset} (test set)", metrics, dataset.class_names)
@@ -287,6 +450,31 @@ def run_training(config: TrainConfig) -> TrainResult:
         _print_export(version_dir, metadata)
     print(f"run artifacts: {run_dir} (tensorboard --logdir {run_dir / 'tensorboard'})", flush=True)
     return TrainResult(run_dir, metrics, version_dir, metadata, kfold_report, seconds_per_epoch)
+
+
+def _epoch_times(run_dir: Path) -> dict[str, float]:
+    """Wall and CPU seconds per epoch from the epoch log: the first epoch (which also traces,
+    and with XLA compiles) apart from the mean of the others."""
+    path = run_dir / EPOCH_LOG
+    if not path.is_file():
+        return {}
+    with open(path) as stream:
+        rows = list(csv.DictReader(stream))
+    times: dict[str, float] = {
+        "first_epoch_wall_s": float(rows[0]["wall_s"]),
+        "first_epoch_cpu_s": float(rows[0]["cpu_s"]),
+        "train_wall_s": float(rows[-1]["cum_wall_s"]),
+        "train_cpu_s": float(rows[-1]["cum_cpu_s"]),
+    }
+    if len(rows) > 1:
+        times["later_epochs_wall_s"] = float(np.mean([float(r["wall_s"]) for r in rows[1:]]))
+        times["later_epochs_cpu_s"] = float(np.mean([float(r["cpu_s"]) for r in rows[1:]]))
+    return times
+
+
+def _time_budget(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "time_budget.json"
+    return {"time_budget_stop": json.loads(path.read_text())} if path.is_file() else {}
 
 
 def _train_kfold(
@@ -349,6 +537,7 @@ def export_trained(
         preprocessing["resize"] = (
             f"inside the model to {config.resnet_side}x{config.resnet_side} RGB"
         )
+        preprocessing["stem"] = config.resnet_stem
     request = ExportRequest(
         model_name=config.model,
         dataset=dataset.name,

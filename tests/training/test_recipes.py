@@ -82,3 +82,33 @@ def test_demo_recipe_is_cosine_over_the_demo_epochs() -> None:
     assert (config.epochs, config.schedule, config.augment) == (4, "cosine", "none")
     assert config.learning_rate == RECIPES["demo"][("lenet", "mnist")]["learning_rate"]
     assert line.startswith("recipe demo: epochs=4 (flag)")
+
+
+def test_speed_and_shape_flags_reach_the_config() -> None:
+    config, line = _config(
+        "--model", "resnet50", "--dataset", "fashion_mnist", "--precision", "mixed_bfloat16",
+        "--jit-compile", "--resnet-stem", "cifar", "--resnet-side", "48", "--time-budget", "5",
+    )  # fmt: skip
+    assert (config.precision, config.jit_compile) == ("mixed_bfloat16", True)
+    assert (config.resnet_stem, config.resnet_side, config.time_budget_minutes) == ("cifar", 48, 5)
+    assert "precision=mixed_bfloat16 (flag)" in line and "jit_compile=True (flag)" in line
+    default, _ = _config("--model", "resnet50")
+    assert (default.precision, default.jit_compile) == ("float32", False)
+    assert (default.resnet_stem, default.resnet_side, default.time_budget_minutes) == (
+        "imagenet", 32, None,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="unknown precision"):
+        TrainConfig(precision="float16")
+
+
+def test_resnet50_best_recipe_trains_mixed_bfloat16() -> None:
+    config, line = _config("--model", "resnet50", "--dataset", "fashion_mnist", "--recipe", "best")
+    for key, value in RECIPES["best"][("resnet50", "fashion_mnist")].items():
+        assert getattr(config, key) == value, key
+    assert (config.precision, config.resnet_side, config.resnet_stem) == (
+        "mixed_bfloat16", 32, "imagenet",
+    )  # fmt: skip
+    assert "precision=mixed_bfloat16," in line
+    # LeNet's recipe leaves the new settings at their defaults.
+    lenet, _ = _config("--model", "lenet", "--recipe", "best")
+    assert (lenet.precision, lenet.jit_compile) == ("float32", False)
