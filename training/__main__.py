@@ -15,7 +15,7 @@ from training.compare import DATASETS as COMPARE_DATASETS
 from training.compare import MODELS as COMPARE_MODELS
 from training.data import DATASETS, DatasetUnavailable
 from training.models import MODEL_NAMES, RESNET_STEMS
-from training.recipes import DEFAULTS, RECIPES, UnknownRecipe, describe, resolve
+from training.recipes import DEFAULTS, RECIPES, describe, resolve
 
 SCHEDULES = ("constant", "cosine", "plateau")
 PRECISIONS = ("float32", "mixed_bfloat16")  # training.train.PRECISIONS, without importing TF
@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--augment", nargs="?", const="graph", choices=AUGMENT_KINDS,
         help="augment training batches: graph (TensorFlow ops inside the tf.data graph; the "
-        "default when --augment is given alone), albumentations (Python, one call per batch) "
+        "default when --augment is given alone), albumentations (Python, one call per batch), "
+        "flip_shift (Fashion-MNIST only: left-right mirror and a shift of up to 3 px, graph ops) "
         "or none (default)",
     )  # fmt: skip
     train.add_argument("--limit", type=int, help="at most N training images (stratified subset)")
@@ -218,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         config, line = train_config(args)
-    except UnknownRecipe as error:
+    except ValueError as error:  # UnknownRecipe, or settings that do not go together
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(line, flush=True)

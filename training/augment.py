@@ -2,8 +2,13 @@
 default: parallel map, no Python per batch) and albumentations (one Python call per batch).
 
 The same family of transforms both ways: small rotations, shifts and scale, brightness/contrast,
-noise; never flips (a flipped digit or garment can change class). Both are deterministic for a
-seed and a per-batch key, so a run repeats exactly whatever the pipeline's parallelism.
+noise; never flips (a mirrored digit can change class). Both are deterministic for a seed and a
+per-batch key, so a run repeats exactly whatever the pipeline's parallelism.
+
+A third, lighter kind for garments only (``flip_shift``, graph ops): a left-right mirror and a
+shift of a few pixels, the classic CIFAR-style augmentation. A mirrored shirt or shoe is still a
+shirt or shoe (Fashion-MNIST's classes do not depend on left and right), and a deep network
+trained for few epochs fits this lighter family faster than the full one.
 """
 
 from __future__ import annotations
@@ -61,7 +66,10 @@ class Augmenter:
 
 # The graph version of the same family: tf ops on whole batches inside the tf.data graph, so
 # augmentation runs in TensorFlow's threads instead of one Python call per batch.
-AUGMENT_KINDS = ("none", "graph", "albumentations")
+AUGMENT_KINDS = ("none", "graph", "albumentations", "flip_shift")
+#: The kinds that mirror images: never for digits.
+MIRRORING_KINDS = ("flip_shift",)
+FLIP_SHIFT_MAX_PIXELS = 3
 GRAPH_AUGMENT: dict[str, Any] = {
     "affine_p": 0.8,
     "rotate_degrees": 10.0,
@@ -157,3 +165,46 @@ def graph_augment(images: Any, seed: Any) -> Any:
     noise = tf.random.stateless_normal(tf.shape(x), seeds[10])
     x = x + noisy * std * noise
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
+
+
+def flip_shift_augment(images: Any, seed: Any) -> Any:
+    """Mirror left-right with p=0.5 and shift by up to `FLIP_SHIFT_MAX_PIXELS` each way (zero fill).
+
+    A uint8 batch `[N, H, W, C]` in, the same shape and dtype out. The shift is whole pixels, so
+    no interpolation blurs the image. Stateless draws keyed by `seed` (an int `[2]` tensor), like
+    `graph_augment`: the same seed gives the same batch whatever the parallelism.
+    """
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+    batch = tf.shape(images)[0]
+    mirrored = tf.random.stateless_uniform([batch], seeds[0]) < 0.5
+    images = tf.where(mirrored[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    reach = FLIP_SHIFT_MAX_PIXELS
+    shifts = tf.random.stateless_uniform(
+        [batch, 2], seeds[1], minval=-reach, maxval=reach + 1, dtype=tf.int32
+    )
+    zeros = tf.zeros([batch], tf.float32)
+    ones = tf.ones([batch], tf.float32)
+    # Output pixel (x, y) reads input pixel (x - dx, y - dy): a move of (dx, dy).
+    transforms = tf.stack(
+        [ones, zeros, -tf.cast(shifts[:, 0], tf.float32),
+         zeros, ones, -tf.cast(shifts[:, 1], tf.float32),
+         zeros, zeros],
+        axis=1,
+    )  # fmt: skip
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="NEAREST",
+        fill_mode="CONSTANT",
+    )
+    return tf.cast(moved, tf.uint8)
+
+
+def batch_augment_fn(kind: str) -> Any:
+    """The graph function for a graph kind (`graph` or `flip_shift`)."""
+    return {"graph": graph_augment, "flip_shift": flip_shift_augment}[kind]

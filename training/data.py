@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from training.augment import Augmenter, augment_kind, graph_augment
+from training.augment import Augmenter, augment_kind, batch_augment_fn
 
 DATA_DIR_ENV = "CONVNET_DATA_DIR"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -342,11 +342,12 @@ def make_tf_dataset(
     dataset = dataset.batch(batch_size)
     if kind != "none":
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        if kind == "graph":
+        if kind != "albumentations":
+            graph_fn = batch_augment_fn(kind)
 
             def augment_batch(pair: Any, key: Any) -> Any:
                 images, labels = pair
-                return graph_augment(images, tf.stack([key, tf.constant(seed, tf.int64)])), labels
+                return graph_fn(images, tf.stack([key, tf.constant(seed, tf.int64)])), labels
 
         else:
             augmenter = Augmenter(seed)
@@ -403,8 +404,10 @@ def make_py_dataset(
             key = self.epoch * 1_000_003 + index
             if self.augmenter is not None:
                 images = self.augmenter(images, key=key)
-            elif self.kind == "graph":
-                images = graph_augment(images, np.array([key, seed], np.int64)).numpy()
+            elif self.kind != "none":
+                images = batch_augment_fn(self.kind)(
+                    images, np.array([key, seed], np.int64)
+                ).numpy()
             return images, labels
 
         def on_epoch_end(self) -> None:

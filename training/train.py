@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.augment import augment_kind
+from training.augment import MIRRORING_KINDS, augment_kind
 from training.data import (
     Dataset,
     load_dataset,
@@ -60,7 +60,7 @@ class TrainConfig:
     repository: str = "model_repository"
     runs_dir: str = "runs"
     version: int | None = None
-    augment: str | bool = "none"  # none, graph or albumentations; True means graph
+    augment: str | bool = "none"  # none, graph, albumentations, flip_shift; True means graph
     limit: int | None = None
     test_limit: int | None = None
     kfold: int | None = None
@@ -84,6 +84,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.augment = augment_kind(self.augment)
+        if self.augment in MIRRORING_KINDS and self.dataset != "fashion_mnist":
+            raise ValueError(
+                f"--augment {self.augment} mirrors images; a mirrored character can change "
+                f"class, so it is for fashion_mnist only (not {self.dataset})"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.precision not in PRECISIONS:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.augment import Augmenter, graph_augment
+from training.augment import FLIP_SHIFT_MAX_PIXELS, Augmenter, flip_shift_augment, graph_augment
 from training.data import (
     FASHION_MNIST_DEBIAN_DIR,
     DatasetUnavailable,
@@ -234,3 +234,43 @@ def test_graph_augmentation_never_flips() -> None:
     # The check sees a flip when there is one.
     left, top = _ink_left_and_top(images[:, :, ::-1])
     assert not left.any() and top.all()
+
+
+def _one_dot(count: int, row: int, col: int) -> np.ndarray:
+    images = np.zeros((count, 16, 16, 1), np.uint8)
+    images[:, row, col] = 200
+    return images
+
+
+def test_flip_shift_mirrors_left_right_and_moves_whole_pixels() -> None:
+    row, col, reach = 8, 4, FLIP_SHIFT_MAX_PIXELS  # the dot never leaves the 16x16 frame
+    out = flip_shift_augment(_one_dot(512, row, col), np.array([3, 9])).numpy()
+    assert out.shape == (512, 16, 16, 1) and out.dtype == np.uint8
+    # Whole-pixel moves: one dot stays one dot of the same value (nearest, no blur).
+    assert ((out > 0).sum(axis=(1, 2, 3)) == 1).all() and set(np.unique(out)) == {0, 200}
+    rows, cols = np.nonzero(out[..., 0])[1:]
+    assert set(rows) == set(range(row - reach, row + reach + 1))  # up and down, never mirrored
+    mirrored_col = 15 - col
+    near_left = np.abs(cols - col) <= reach
+    near_right = np.abs(cols - mirrored_col) <= reach
+    assert (near_left | near_right).all()
+    assert 0.4 < near_right.mean() < 0.6  # mirrored half the time
+    assert set(cols[near_left]) == set(range(col - reach, col + reach + 1))
+
+
+def test_flip_shift_is_deterministic_for_a_seed() -> None:
+    images = _gamma_shapes(64)
+    first = flip_shift_augment(images, np.array([5, 1])).numpy()
+    np.testing.assert_array_equal(first, flip_shift_augment(images, np.array([5, 1])).numpy())
+    assert np.any(first != flip_shift_augment(images, np.array([5, 2])).numpy())
+
+
+@pytest.mark.parametrize("kind", ["tfdata", "pydataset"])
+def test_flip_shift_pipelines_mirror_about_half_never_upside_down(kind: str) -> None:
+    x, y = _gamma_shapes(96), np.arange(96, dtype=np.int64) % 10
+    pipeline = make_pipeline(kind, x, y, 32, shuffle=False, augment="flip_shift", seed=2)
+    batches = [pipeline[i] for i in range(len(pipeline))] if kind == "pydataset" else list(pipeline)
+    images = np.concatenate([np.asarray(b[0]) for b in batches])
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b[1]) for b in batches]), y)
+    left, top = _ink_left_and_top(images)
+    assert top.all() and 0.3 < left.mean() < 0.7

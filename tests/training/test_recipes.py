@@ -52,6 +52,14 @@ def test_recipe_without_settings_for_the_model_is_refused(capsys) -> None:
     assert "no settings for mlp on mnist" in capsys.readouterr().err
 
 
+def test_mirroring_augmentation_is_refused_for_characters(capsys) -> None:
+    for dataset in ("mnist", "kmnist"):
+        assert main(["train", "--dataset", dataset, "--augment", "flip_shift", "--no-export"]) == 2
+        assert f"fashion_mnist only (not {dataset})" in capsys.readouterr().err
+    config, line = _config("--dataset", "fashion_mnist", "--augment", "flip_shift")
+    assert config.augment == "flip_shift" and "augment=flip_shift (flag)" in line
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     config = TrainConfig(epochs=4, learning_rate=2e-3, schedule="cosine", warmup_epochs=1)
     schedule = learning_rate(config, steps_per_epoch=10)
