@@ -16,7 +16,7 @@ import resource
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -485,18 +485,28 @@ def _time_budget(run_dir: Path) -> dict[str, Any]:
 def _train_kfold(
     config: TrainConfig, dataset: Dataset, run_dir: Path
 ) -> tuple[Any, dict[str, list[float]], float, dict[str, Any]]:
-    """K stratified folds of the training set; the best fold's model (validation accuracy) wins."""
+    """K stratified folds of the training set; the best fold's model (validation accuracy) wins.
+
+    A time budget covers all folds: each fold gets an equal share of what is left when it starts,
+    so a fold that stops early leaves its time to the ones after it."""
     assert config.kfold
     folds: list[dict[str, Any]] = []
     best: tuple[float, Any, dict[str, list[float]]] | None = None
     seconds = []
+    started = time.perf_counter()
     for index, (train_rows, val_rows) in enumerate(
         stratified_kfold(dataset.y_train, config.kfold, config.seed)
     ):
         print(f"fold {index + 1}/{config.kfold}", flush=True)
         fold_dir = run_dir / f"fold-{index + 1}"
+        fold_config = config
+        if config.time_budget_minutes is not None:
+            left_minutes = config.time_budget_minutes - (time.perf_counter() - started) / 60
+            share = max(left_minutes, 0.0) / (config.kfold - index)
+            fold_config = replace(config, time_budget_minutes=share)
+            print(f"fold {index + 1}: time budget {share * 60:.0f} s", flush=True)
         model, history, seconds_per_epoch = fit(
-            config, dataset,
+            fold_config, dataset,
             dataset.x_train[train_rows], dataset.y_train[train_rows],
             dataset.x_train[val_rows], dataset.y_train[val_rows],
             fold_dir,

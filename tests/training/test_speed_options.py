@@ -187,3 +187,20 @@ def test_time_budget_stops_between_epochs_by_the_median_epoch(tmp_path) -> None:
     assert stop["used_s"] <= 6.0 + 2.0  # at most a batch and a validation past the budget
     if not stop["mid_epoch"]:
         assert stop["stopped"].startswith(f"after epoch {summary['epochs_run']} (median epoch")
+
+
+def test_kfold_shares_one_time_budget_among_the_folds(tmp_path) -> None:
+    total_s = 6.0
+    config = TrainConfig(
+        model="mlp", dataset="mnist", epochs=10_000, patience=10_000, limit=1000,
+        test_limit=1000, export=False, time_budget_minutes=total_s / 60, kfold=2,
+        runs_dir=str(tmp_path / "runs"), seed=3,
+    )  # fmt: skip
+    result = run_training(config)
+    first, second = (
+        json.loads((result.run_dir / f"fold-{n}" / "time_budget.json").read_text()) for n in (1, 2)
+    )
+    assert first["budget_s"] == pytest.approx(total_s / 2, abs=0.05)  # half of it, at the start
+    # The second fold gets what the first (and its evaluation) left, not a budget of its own.
+    assert second["budget_s"] <= total_s - first["used_s"]
+    assert len(result.kfold["folds"]) == 2  # both folds trained, were evaluated and reported
