@@ -25,6 +25,8 @@ with the server: on a 2-core host these are lower bounds.
 Then, with every server stopped, each part of one request is timed alone
 (``benchmarks.request_budget``) and the gateway at concurrency 32 is set against the limit those
 parts add up to, per protocol (gRPC's transport: this run's grpc.aio alone); ``--no-parts`` skips it.
+A last table sets the parts against what a request costs in situ: the gateway's CPU per request at
+concurrency 32, the event-loop thread's apart from the others (compute, gRPC's own threads).
 
     python -m benchmarks.gateway_speed [--duration 5] [--json out.json]   # from the repository root
 
@@ -71,6 +73,9 @@ class Result:
     p99_ms: float
     errors: int
     server_cpu_percent: float | None = None
+    #: CPU of the server's event-loop thread (its main thread), % of one core; single-process
+    #: servers only (a multi-worker gateway's main thread is the supervisor).
+    loop_cpu_percent: float | None = None
 
 
 # --- model -------------------------------------------------------------------------------------
@@ -117,6 +122,12 @@ def cpu_seconds(pid: int) -> float:
     children = Path(f"/proc/{pid}/task/{pid}/children")
     child_pids = children.read_text().split() if children.exists() else []
     return own + sum(cpu_seconds(int(child)) for child in child_pids)
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU seconds of one thread of a process."""
+    fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -456,13 +467,23 @@ def side_by_side(
         for name in servers
         for protocol in protocols.get(name, ("REST JSON", "V2 binary", "gRPC"))
     ]
-    samples: dict[tuple[str, str, int], list[tuple[float, float, float, int, float | None]]] = {
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float, int, float | None, float | None]]] = {
         k: [] for k in plan
-    }
+    }  # fmt: skip
     try:
         for round_number in range(rounds):
             for key in plan:
-                samples[key].append(measure(servers[key[0]], key[1], key[2], duration, work))
+                server = servers[key[0]]
+                single = key[0] != MULTI
+                pid = server.process.pid
+                loop_before = thread_cpu_seconds(pid, pid) if single else 0.0
+                started = time.monotonic()
+                measured = measure(server, key[1], key[2], duration, work)
+                loop_cpu = (
+                    (thread_cpu_seconds(pid, pid) - loop_before) / (time.monotonic() - started) * 100
+                    if single else None
+                )  # fmt: skip
+                samples[key].append((*measured, loop_cpu))
             print(f"round {round_number + 1}/{rounds} done", flush=True)
     finally:
         for server in servers.values():
@@ -470,10 +491,11 @@ def side_by_side(
     results = []
     for (name, protocol, concurrency), runs in samples.items():
         runs.sort(key=lambda run: run[0])
-        rps, p50, p99, _errors, cpu = runs[len(runs) // 2]
+        rps, p50, p99, _errors, cpu, loop_cpu = runs[len(runs) // 2]
         results.append(
-            Result(name, protocol, concurrency, rps, p50, p99, sum(r[3] for r in runs), cpu)
-        )
+            Result(name, protocol, concurrency, rps, p50, p99, sum(r[3] for r in runs), cpu,
+                   loop_cpu)
+        )  # fmt: skip
     return results
 
 
@@ -636,6 +658,46 @@ def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
     return lines
 
 
+def in_situ_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
+    """What a request costs inside the running gateway at concurrency 32 (CPU per request, from
+    its CPU share and its rate), set against the sum of its parts timed alone.
+
+    The gap is what the parts miss in situ: caches shared with the load generator and the compute
+    thread on a small host, wake-ups, and work no stage owns. grpc.aio alone is its transport's
+    own in-situ cost, per call.
+    """
+    lines = ["| protocol | parts alone, us | in situ: whole process, us | event-loop thread, us | "
+             "other threads, us | in situ / parts |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    paths = budget["paths"]
+    parts = {"REST JSON": paths["REST JSON"]["total_us"],
+             "V2 binary": paths["V2 binary"]["total_us"]}  # fmt: skip
+    alone = next((r for r in results if r.server == GRPC_ALONE and r.concurrency == 32), None)
+    if alone is not None:
+        parts["gRPC"] = paths["gRPC (without transport)"]["total_us"] + 1e6 / alone.requests_per_s
+    rows = [("gateway, batching on", protocol) for protocol in ("REST JSON", "V2 binary", "gRPC")]
+    rows.append((GRPC_ALONE, "gRPC"))
+    for server, protocol in rows:
+        r = next((r for r in results if r.server == server and r.protocol == protocol
+                  and r.concurrency == 32), None)  # fmt: skip
+        if r is None or r.server_cpu_percent is None or r.loop_cpu_percent is None:
+            continue
+        whole = r.server_cpu_percent * 1e4 / r.requests_per_s
+        loop = r.loop_cpu_percent * 1e4 / r.requests_per_s
+        if server == GRPC_ALONE:
+            label, part, ratio = "grpc.aio alone (no-op Predict)", "-", "-"
+        else:
+            label, part, ratio = (
+                protocol,
+                f"{parts[protocol]:.1f}",
+                f"{whole / parts[protocol]:.2f}",
+            )
+        lines.append(
+            f"| {label} | {part} | {whole:.1f} | {loop:.1f} | {whole - loop:.1f} | {ratio} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -686,6 +748,8 @@ def main() -> None:
     if budget is not None:
         print()
         print("\n".join(parts_report(results, budget)))
+        print()
+        print("\n".join(in_situ_report(results, budget)))
     if args.json:
         report = {"model": description, "results": [asdict(r) for r in results], "parts": budget}
         args.json.write_text(json.dumps(report, indent=2))

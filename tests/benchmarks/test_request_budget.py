@@ -51,3 +51,42 @@ def test_gateway_speed_sets_the_gateway_against_the_limit_of_its_parts() -> None
     grpc_row = next(line for line in lines if line.startswith("| gRPC (transport"))
     assert f"| {grpc_us:.1f} |" in grpc_row and f"| {2000 / (1e6 / grpc_us):.2f} |" in grpc_row
     assert lines[-1].endswith("| 2,000 | 0.50 |")
+
+
+def test_gateway_speed_sets_the_parts_against_the_cost_in_situ() -> None:
+    """CPU per request in situ = CPU share / rate: 100% of a core at 5,000 requests/s is 200 us,
+    80% of it on the event loop 160 us; grpc.aio alone gets its row without a ratio."""
+    from benchmarks.gateway_speed import GRPC_ALONE, Result, in_situ_report
+
+    budget = request_budget.measure(seconds=0.02, rounds=1, transport_seconds=1.0)
+    results = [
+        Result("gateway, batching on", "REST JSON", 32, 5000.0, 1.0, 2.0, 0, 100.0, 80.0),
+        Result("gateway, batching on", "V2 binary", 32, 6000.0, 1.0, 2.0, 0, 90.0, 60.0),
+        Result("gateway, batching on", "gRPC", 32, 2000.0, 1.0, 2.0, 0, 120.0, 90.0),
+        Result(GRPC_ALONE, "gRPC", 32, 4000.0, 1.0, 2.0, 0, 100.0, 70.0),
+    ]
+    lines = in_situ_report(results, budget)
+    rest_us = budget["paths"]["REST JSON"]["total_us"]
+    rest_row = next(line for line in lines if line.startswith("| REST JSON"))
+    assert rest_row == (
+        f"| REST JSON | {rest_us:.1f} | 200.0 | 160.0 | 40.0 | {200.0 / rest_us:.2f} |"
+    )
+    grpc_us = budget["paths"]["gRPC (without transport)"]["total_us"] + 250.0
+    grpc_row = next(line for line in lines if line.startswith("| gRPC"))
+    assert f"| {grpc_us:.1f} | 600.0 | 450.0 | 150.0 | {600.0 / grpc_us:.2f} |" in grpc_row
+    assert lines[-1] == "| grpc.aio alone (no-op Predict) | - | 250.0 | 175.0 | 75.0 | - |"
+
+
+def test_a_thread_s_cpu_time_is_read_from_proc() -> None:
+    """The event-loop thread's CPU time (the main thread: tid == pid) grows with its own work."""
+    import os
+    import time
+
+    from benchmarks.gateway_speed import thread_cpu_seconds
+
+    pid = os.getpid()
+    before = thread_cpu_seconds(pid, pid)
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert thread_cpu_seconds(pid, pid) - before >= 0.1
