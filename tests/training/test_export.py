@@ -280,3 +280,36 @@ def test_parity_verdicts_on_known_arrays() -> None:
     assert not compare_predictions(reference, decisive, 1e-4, 1.0)["passed"]
     drift = reference + np.array([2e-4, -2e-4, 0.0])
     assert not compare_predictions(reference, drift, 1e-4, 1.0)["passed"]
+
+
+def test_fp16_parity_report_reproduces_the_export_s_conversion(exported_lenet, tmp_path) -> None:
+    """benchmarks.fp16_parity's whole-graph variant is the published fp16 file's conversion (the
+    same probabilities), and a variant keeping Conv in float32 has float32 Conv weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    from benchmarks import fp16_parity
+    from training.data import load_dataset
+
+    _, repository = exported_lenet
+    version_dir = repository / "lenet" / "1"
+    dataset = load_dataset("mnist")
+    images, labels = dataset.x_test[:500], dataset.y_test[:500]
+    rows = fp16_parity.compare(version_dir, images, labels, [(), ("Conv",)])
+    assert [row["variant"] for row in rows] == [
+        "fp32 (model.onnx)", "fp16, whole graph", "fp16, Conv in fp32",
+    ]  # fmt: skip
+    published = onnx_predict(version_dir / "model.fp16.onnx", images)
+    reference = saved_model_predict(version_dir, images)
+    assert rows[1]["max_abs_diff"] == pytest.approx(float(np.abs(reference - published).max()))
+    assert rows[0]["max_abs_diff"] <= FP32_TOLERANCE
+    assert rows[0]["accuracy"] == pytest.approx(float(np.mean(reference.argmax(1) == labels)))
+
+    kept = tmp_path / "conv-fp32.onnx"
+    fp16_parity.fp16_variant(version_dir / "model.onnx", kept, ("Conv",))
+    graph = onnx.load(str(kept)).graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    conv_weights = [weights[node.input[1]] for node in graph.node if node.op_type == "Conv"]
+    assert conv_weights and all(w.dtype == np.float32 for w in conv_weights)
+    assert any(w.dtype == np.float16 for w in weights.values())
+    assert "| fp16, Conv in fp32 |" in fp16_parity.table(rows, len(images))
