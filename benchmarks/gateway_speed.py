@@ -620,6 +620,11 @@ def ratios(results: list[Result]) -> list[str]:
     return lines
 
 
+def grpc_parts_us(budget: dict[str, Any], alone_calls_per_s: float) -> float:
+    """gRPC's parts: its stages from ``budget`` plus grpc.aio alone's time per call."""
+    return float(budget["paths"]["gRPC (without transport)"]["total_us"]) + 1e6 / alone_calls_per_s
+
+
 def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
     """The gateway at concurrency 32 against the limit its parts add up to, per protocol.
 
@@ -643,7 +648,7 @@ def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
         rows.append((protocol + note, path["total_us"], protocol))
     alone = rps(GRPC_ALONE, "gRPC")
     if alone == alone and alone > 0:
-        grpc_us = paths["gRPC (without transport)"]["total_us"] + 1e6 / alone
+        grpc_us = grpc_parts_us(budget, alone)
         rows.append(("gRPC (transport: grpc.aio alone)", grpc_us, "gRPC"))
     for label, total_us, protocol in rows:
         ours = rps("gateway, batching on", protocol)
@@ -674,7 +679,7 @@ def in_situ_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
              "V2 binary": paths["V2 binary"]["total_us"]}  # fmt: skip
     alone = next((r for r in results if r.server == GRPC_ALONE and r.concurrency == 32), None)
     if alone is not None:
-        parts["gRPC"] = paths["gRPC (without transport)"]["total_us"] + 1e6 / alone.requests_per_s
+        parts["gRPC"] = grpc_parts_us(budget, alone.requests_per_s)
     rows = [("gateway, batching on", protocol) for protocol in ("REST JSON", "V2 binary", "gRPC")]
     rows.append((GRPC_ALONE, "gRPC"))
     for server, protocol in rows:
