@@ -206,8 +206,9 @@ class Gateway:
             # uvicorn's ProxyHeadersMiddleware would sit in front of every request; no route
             # reads the client's address or scheme.
             proxy_headers=False,
-            # httptools (a dependency) with the gateway's connection limits and drain.
-            http=gateway_protocol(http_limits(s)),
+            # httptools (a dependency) with the gateway's connection limits and drain, serving
+            # the hot routes itself (the front door's checks and handlers, no ASGI cycle).
+            http=gateway_protocol(http_limits(s), self.front if s.http_fast_path else None),
             timeout_keep_alive=s.keep_alive_timeout_s,
             loop="none",
             timeout_graceful_shutdown=int(s.drain_timeout_s),

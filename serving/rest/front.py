@@ -11,13 +11,13 @@ same hot routes too (with ``http_fast_path`` off) through the same handlers
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from serving.auth import DENIED_MESSAGE, ApiKeys
 from serving.dataplane import DataPlane
 from serving.errors import PayloadTooLarge, Unauthenticated
 from serving.rest import inference, routes
-from serving.rest.inference import error_response, send_response
+from serving.rest.inference import RawResponse, error_response, send_response
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,6 +27,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREDICT = routes.PREDICT.matchers()
 _INFER = routes.INFER.matchers()
+
+
+class HotMatch(NamedTuple):
+    """A hot route matched: which one, and its path parameters."""
+
+    is_predict: bool
+    params: dict[str, str]
 
 
 class GatewayFront:
@@ -53,7 +60,36 @@ class GatewayFront:
             return
         # ASGI header names are lower-case bytes; of repeated headers the last one counts.
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        if self.keys and not scope["path"].startswith(self.exempt):
+        refusal = self.refuse_head(scope["path"], headers)
+        if refusal is not None:
+            await send_response(send, refusal)
+            return
+        if scope["method"] == "POST":
+            route = self.hot_route(scope["path"])
+            if route is not None:
+                body = await self._read_body(receive, send)
+                if body is not None:
+                    await send_response(send, await self.serve_hot(route, headers, body))
+                return
+        if b"content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH"):
+            receive = self._counting(receive)
+        await self.app(scope, receive, send)
+
+    def hot_route(self, path: str) -> HotMatch | None:
+        """``path``'s hot route (POST :predict or /infer) when the front door serves them."""
+        if self.dataplane is None:
+            return None
+        is_predict = path.startswith("/v1/")
+        for matcher in _PREDICT if is_predict else _INFER:
+            match = matcher.match(path)
+            if match is not None:
+                return HotMatch(is_predict, match.groupdict())
+        return None
+
+    def refuse_head(self, path: str, headers: dict[bytes, bytes]) -> RawResponse | None:
+        """What the head alone decides, before any body is read: 401 without a valid API key,
+        413 for a declared length over the limit; None to go on."""
+        if self.keys and not path.startswith(self.exempt):
             authorization = headers.get(b"authorization")
             x_api_key = headers.get(b"x-api-key")
             if not self.keys.accepts(
@@ -62,58 +98,41 @@ class GatewayFront:
             ):
                 denied = error_response(Unauthenticated(DENIED_MESSAGE), "auth")
                 denied.headers.append((b"www-authenticate", b"Bearer"))
-                await send_response(send, denied)
-                return
+                return denied
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            too_large = PayloadTooLarge(
-                f"request body of {int(length)} bytes exceeds the limit of {self.max_body_bytes} bytes"
-            )
-            await send_response(send, error_response(too_large, "body"))
-            return
-        if (
-            self.dataplane is not None
-            and scope["method"] == "POST"
-            and await self._serve_hot(self.dataplane, scope["path"], headers, receive, send)
-        ):
-            return
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
-            receive = self._counting(receive)
-        await self.app(scope, receive, send)
+            return self.body_too_large(int(length))
+        return None
 
-    async def _serve_hot(
-        self, dp: DataPlane, path: str, headers: dict[bytes, bytes], receive: Receive, send: Send
-    ) -> bool:
-        """Serve ``path`` if it is a hot route; False to hand it to the app."""
-        is_predict = path.startswith("/v1/")
-        for matcher in _PREDICT if is_predict else _INFER:
-            match = matcher.match(path)
-            if match is not None:
-                break
-        else:
-            return False
-        body = await self._read_body(receive, send)
-        if body is None:
-            return True
+    def body_too_large(self, length: int | None = None) -> RawResponse:
+        """413 for a body over the limit (``length``: the declared one, when known)."""
+        what = f"request body of {length} bytes" if length is not None else "request body"
+        return error_response(
+            PayloadTooLarge(f"{what} exceeds the limit of {self.max_body_bytes} bytes"), "body"
+        )
+
+    async def serve_hot(
+        self, route: HotMatch, headers: dict[bytes, bytes], body: bytes
+    ) -> RawResponse:
+        """The answer to a hot request whose head passed :meth:`refuse_head`."""
+        dp = self.dataplane
+        assert dp is not None  # hot_route matched
         timeout = headers.get(inference.TIMEOUT_HEADER_BYTES)
         timeout_ms = timeout.decode("latin-1") if timeout is not None else None
-        params = match.groupdict()
-        if is_predict:
-            response = await inference.predict(
+        params = route.params
+        if route.is_predict:
+            return await inference.predict(
                 dp, params["name"], params.get("version"), params.get("label"), body, timeout_ms
             )
-        else:
-            header_length = headers.get(inference.V2_HEADER_LENGTH_BYTES)
-            response = await inference.infer(
-                dp,
-                params["name"],
-                params.get("version"),
-                body,
-                timeout_ms,
-                header_length.decode("latin-1") if header_length is not None else None,
-            )
-        await send_response(send, response)
-        return True
+        header_length = headers.get(inference.V2_HEADER_LENGTH_BYTES)
+        return await inference.infer(
+            dp,
+            params["name"],
+            params.get("version"),
+            body,
+            timeout_ms,
+            header_length.decode("latin-1") if header_length is not None else None,
+        )
 
     async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
         """The whole body within the limit; None once answered (413) or the client has gone."""
@@ -127,10 +146,7 @@ class GatewayFront:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                too_large = PayloadTooLarge(
-                    f"request body exceeds the limit of {self.max_body_bytes} bytes"
-                )
-                await send_response(send, error_response(too_large, "body"))
+                await send_response(send, self.body_too_large())
                 return None
             chunks.append(chunk)
             more = message.get("more_body", False)

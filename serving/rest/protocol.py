@@ -14,7 +14,12 @@ once, which resets a request the client had already written. :class:`GatewayHttp
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
 - a graceful shutdown that loses nothing already received: a request in progress is answered
   with ``Connection: close``, and an idle keep-alive connection is closed only after a short grace
-  (``drain_idle_grace_s``) in which a request already on its way is still answered.
+  (``drain_idle_grace_s``) in which a request already on its way is still answered;
+- the hot routes (POST ``:predict`` and ``/infer``) served by the protocol itself, through the
+  front door's own checks and handlers (``rest/front.py``) but without an ASGI cycle: no scope,
+  no receive/send messages, one write for the response. Everything else, and a hot request that
+  arrives pipelined behind an unanswered one, takes uvicorn's ASGI path to the front door, which
+  answers it the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HttpError
-from serving.rest.inference import error_response
+from serving.rest.front import GatewayFront, HotMatch
+from serving.rest.inference import RawResponse, error_response
 
 HEADER_TOO_LARGE = 431
 
@@ -47,12 +53,55 @@ class _HeadTooLarge(httptools.HttpParserError):
     """Raised from a parser callback: httptools stops, uvicorn's error path answers (431)."""
 
 
+class _NoEvent:
+    """Stands in for a cycle's ``message_event``: nobody waits on a hot exchange's body."""
+
+    @staticmethod
+    def set() -> None:
+        pass
+
+
+class _HotExchange:
+    """A hot request the protocol serves itself. It stands where uvicorn keeps a request's
+    ``RequestResponseCycle`` (``protocol.cycle``) and has the fields uvicorn's connection code and
+    the deadlines read there, so pipelining, disconnects and the drain treat both alike."""
+
+    __slots__ = (
+        "chunks",
+        "disconnected",
+        "headers",
+        "keep_alive",
+        "response_complete",
+        "response_started",
+        "route",
+        "size",
+    )
+    message_event = _NoEvent()
+
+    def __init__(self, route: HotMatch, headers: dict[bytes, bytes], keep_alive: bool) -> None:
+        self.route = route
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with bounded heads, read deadlines, a connection bound and a drain that
     resets nothing (see the module doc)."""
 
     limits = HttpLimits()
+    #: the front door whose hot routes this protocol serves; None: every request goes to ASGI
+    front: GatewayFront | None = None
     _sweeping = False  # per protocol class, i.e. per server (see gateway_protocol)
+    # uvicorn's default headers (server, date) as bytes, for the list object they were built from
+    _default_headers: tuple[object, bytes] = (None, b"")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -101,13 +150,38 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self._refused = True
                 raise _HeadTooLarge("request head too large")
         self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        if self.front is not None and self._begin_hot():
+            return
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with Connection: close, then closed
 
+    def on_body(self, body: bytes) -> None:
+        exchange = self.cycle
+        if type(exchange) is not _HotExchange:
+            super().on_body(body)
+            return
+        if exchange.response_complete:  # refused already: the rest of the body is dropped
+            return
+        exchange.size += len(body)
+        if exchange.size > self.front.max_body_bytes:  # type: ignore[union-attr]
+            self._answer(exchange, self.front.body_too_large())  # type: ignore[union-attr]
+            return
+        exchange.chunks.append(body)
+
     def on_message_complete(self) -> None:
         self._disarm()
-        super().on_message_complete()
+        exchange = self.cycle
+        if type(exchange) is _HotExchange:
+            if not exchange.response_complete:
+                chunks = exchange.chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                exchange.chunks = []
+                task = self.loop.create_task(self._serve_hot(exchange, body))
+                task.add_done_callback(self.tasks.discard)
+                self.tasks.add(task)  # uvicorn's shutdown waits for these
+        else:
+            super().on_message_complete()
         self._head_incomplete = True  # what follows on this connection is the next request's head
         # The rest of this read may be the next request's head: count it all (an over-count).
         self._head_bytes = self._read_bytes
@@ -137,6 +211,82 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._refuse_head()
             return
         super().send_400_response(msg)
+
+    # --- the hot routes -------------------------------------------------------------------------
+    def _begin_hot(self) -> bool:
+        """At the end of a head: take the request if it is a hot one that can be served now (no
+        unanswered request before it on this connection); False leaves it to uvicorn."""
+        parser = self.parser
+        if parser.get_method() != b"POST" or parser.should_upgrade() or self.root_path:
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # pipelined behind an unanswered request: uvicorn queues it in order
+        url = self.url
+        # Origin-form only, no percent-escapes (those take uvicorn's path, which decodes them).
+        if url[:1] != b"/" or b"%" in url:
+            return False
+        try:
+            path = url.split(b"?", 1)[0].decode("ascii")
+        except UnicodeDecodeError:
+            return False
+        front = self.front
+        assert front is not None
+        route = front.hot_route(path)
+        if route is None:
+            return False
+        headers = dict(self.headers)  # lower-case names; of repeated headers the last counts
+        keep_alive = (
+            not self._draining and parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        )
+        exchange = _HotExchange(route, headers, keep_alive)
+        self.cycle = exchange  # type: ignore[assignment]
+        refusal = front.refuse_head(path, headers)
+        if refusal is not None:
+            self._answer(exchange, refusal)
+        elif self.expect_100_continue:
+            self.transport.write(_CONTINUE)
+        return True
+
+    async def _serve_hot(self, exchange: _HotExchange, body: bytes) -> None:
+        try:
+            response = await self.front.serve_hot(exchange.route, exchange.headers, body)  # type: ignore[union-attr]
+        except Exception as exc:  # the handlers answer their own errors; this is a bug
+            response = error_response(exc, "hot route")
+        except BaseException:  # cancelled (the server stopped): nothing can be answered
+            if not self.transport.is_closing():
+                self.transport.close()
+            raise
+        self._answer(exchange, response)
+
+    def _answer(self, exchange: _HotExchange, response: RawResponse) -> None:
+        """Write ``response`` in one go and finish the exchange as uvicorn finishes a cycle."""
+        exchange.response_started = exchange.response_complete = True
+        if exchange.disconnected or self.transport.is_closing():
+            return  # the client has gone
+        defaults = self.server_state.default_headers
+        cached_for, default_bytes = self._default_headers
+        if cached_for is not defaults:  # uvicorn rebuilds the list when the date changes
+            default_bytes = b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
+            type(self)._default_headers = (defaults, default_bytes)
+        body = response.body
+        head = [
+            STATUS_LINE[response.status],
+            default_bytes,
+            b"content-type: ",
+            response.content_type,
+            b"\r\ncontent-length: ",
+            str(len(body)).encode(),
+            b"\r\n",
+        ]
+        for name, value in response.headers:
+            head += (name, b": ", value, b"\r\n")
+        if not exchange.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += (b"\r\n", body)
+        self.transport.write(b"".join(head))
+        if not exchange.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
 
     # --- shutdown -------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -238,6 +388,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def gateway_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
-    """A protocol class for ``uvicorn.Config(http=...)`` with these limits."""
-    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"limits": limits})
+def gateway_protocol(
+    limits: HttpLimits, front: GatewayFront | None = None
+) -> type[asyncio.Protocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` with these limits; with ``front``, it
+    serves the front door's hot routes itself."""
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"limits": limits, "front": front})

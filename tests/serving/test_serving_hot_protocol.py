@@ -1,0 +1,192 @@
+"""The hot routes served by the HTTP protocol itself (``rest/protocol.py``) answer exactly as the
+front door's ASGI path does, and keep HTTP's rules: pipelining order, ``Expect: 100-continue``,
+HTTP/1.0, chunked bodies, clients that leave before their answer.
+
+A hot request pipelined behind an unanswered one takes uvicorn's ASGI path to the front door, so
+sending a request twice in one write compares the two paths on one connection, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serving.serving_harness import RunningGateway, requests_total, wait_until
+from tests.tiny_models import sample_images
+
+PREDICT = "/v1/models/tiny:predict"
+INFER = "/v2/models/tiny/infer"
+
+
+def _request(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+class _Responses:
+    """Reads HTTP/1.1 responses (Content-Length framed) off one socket."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        chunk = self.conn.recv(65536)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def next(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        """(status line, headers without Date, body) of the next response."""
+        while b"\r\n\r\n" not in self.buffer:
+            assert self._fill(), f"connection closed mid-head: {self.buffer[:200]!r}"
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status, *lines = head.split(b"\r\n")
+        headers = dict(line.split(b": ", 1) for line in lines)
+        headers = {name.lower(): value for name, value in headers.items()}
+        length = int(headers[b"content-length"])
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed mid-body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        headers.pop(b"date", None)  # the one header that may differ between two answers
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (and sent nothing more)."""
+        self.conn.settimeout(5)
+        return not self._fill() and not self.buffer
+
+
+def _connect(gateway: RunningGateway) -> socket.socket:
+    host, port = gateway.http_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _v2_binary() -> tuple[bytes, dict[str, str]]:
+    images = sample_images(2, seed=3)
+    header = json.dumps(
+        {"inputs": [{"name": "image", "shape": [2, 28, 28, 1], "datatype": "UINT8",
+                     "parameters": {"binary_data_size": images.nbytes}}]}
+    ).encode()  # fmt: skip
+    return header + images.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
+
+
+V2_JSON = json.dumps(
+    {"inputs": [{"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8",
+                 "data": sample_images(1).ravel().tolist()}]}
+).encode()  # fmt: skip
+
+CASES = {
+    "predict rows": (PREDICT, json.dumps({"instances": sample_images(3).tolist()}).encode(), {}),
+    "predict by label": (
+        "/v1/models/tiny/labels/canary:predict",
+        json.dumps({"inputs": sample_images(1).tolist()}).encode(),
+        {},
+    ),
+    "v2 json": ("/v2/models/tiny/versions/2/infer", V2_JSON, {}),
+    "v2 binary": (INFER, *_v2_binary()),
+    "query string": (PREDICT + "?trace=1", json.dumps({"instances": [[0] * 4]}).encode(), {}),
+    "wrong shape (400)": (PREDICT, b'{"instances": [[1, 2]]}', {}),
+    "bad json (400)": (PREDICT, b'{"instances": [', {}),
+    "unknown model (404)": ("/v1/models/nope:predict", b'{"instances": [[1]]}', {}),
+    "unknown version (404)": ("/v2/models/tiny/versions/9/infer", b"{}", {}),
+    "bad timeout (400)": (PREDICT, b'{"instances": [[1]]}', {"x-request-timeout-ms": "soon"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_protocol_and_asgi_paths_answer_byte_for_byte_alike(
+    gateway: RunningGateway, case: str
+) -> None:
+    path, body, headers = CASES[case]
+    request = _request(path, body, headers)
+    with _connect(gateway) as conn:
+        conn.sendall(request * 3)  # the first served by the protocol, the others pipelined
+        responses = _Responses(conn)
+        answers = [responses.next() for _ in range(3)]
+    assert answers[0] == answers[1] == answers[2], case
+    assert answers[0][1][b"server"] == b"uvicorn"  # uvicorn's default headers, on both paths
+
+
+def test_expect_100_continue_is_answered_before_the_body(gateway: RunningGateway) -> None:
+    body = json.dumps({"instances": sample_images(1).tolist()}).encode()
+    head = _request(PREDICT, b"", {"Expect": "100-continue"}).replace(
+        b"Content-Length: 0", f"Content-Length: {len(body)}".encode()
+    )
+    with _connect(gateway) as conn:
+        conn.sendall(head)
+        assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(body)
+        status, _, answer = _Responses(conn).next()
+    assert status == b"HTTP/1.1 200 OK" and b"predictions" in answer
+
+
+def test_a_refused_head_gets_no_100_continue(start_gateway: Any, tiny_repo: Path) -> None:
+    gateway: RunningGateway = start_gateway(tiny_repo, max_body_bytes=1000)
+    head = _request(PREDICT, b"", {"Expect": "100-continue"}).replace(
+        b"Content-Length: 0", b"Content-Length: 5000"
+    )
+    with _connect(gateway) as conn:
+        conn.sendall(head)
+        status, _, answer = _Responses(conn).next()
+    assert status == b"HTTP/1.1 413 Request Entity Too Large", status
+    assert b"exceeds the limit of 1000 bytes" in answer
+
+
+def test_http_1_0_is_answered_then_closed(gateway: RunningGateway) -> None:
+    body = json.dumps({"instances": sample_images(1).tolist()}).encode()
+    request = _request(PREDICT, body).replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\n", 1)
+    with _connect(gateway) as conn:
+        conn.sendall(request)
+        responses = _Responses(conn)
+        status, headers, _ = responses.next()
+        assert status.endswith(b"200 OK") and headers[b"connection"] == b"close"
+        assert responses.closed()
+
+
+def test_chunked_bodies_are_read_whole_and_bounded(tiny_repo: Path, start_gateway: Any) -> None:
+    body = json.dumps({"instances": sample_images(2).tolist()}).encode()
+    gateway: RunningGateway = start_gateway(tiny_repo, max_body_bytes=len(body) + 10)
+    pieces = [body[i : i + 1000] for i in range(0, len(body), 1000)]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+    head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    with _connect(gateway) as conn:
+        for piece in [head, *[chunked[i : i + 700] for i in range(0, len(chunked), 700)]]:
+            conn.sendall(piece)
+        status, _, answer = _Responses(conn).next()
+    assert status.endswith(b"200 OK") and len(json.loads(answer)["predictions"]) == 2
+    too_big = b"%x\r\n%s\r\n" % (len(body) + 11, b"[" * (len(body) + 11)) + b"0\r\n\r\n"
+    with _connect(gateway) as conn:
+        conn.sendall(head + too_big + _request(PREDICT, body))
+        responses = _Responses(conn)
+        status, _, answer = responses.next()
+        assert status.endswith(b"413 Request Entity Too Large"), status
+        # The connection stays usable: the rest of the refused body is skipped, the next request
+        # is answered.
+        assert responses.next()[0].endswith(b"200 OK")
+
+
+def test_clients_that_leave_before_their_answer_hurt_no_one(gateway: RunningGateway) -> None:
+    body = json.dumps({"instances": sample_images(4).tolist()}).encode()
+    before = requests_total(gateway.http_url).get(("rest", "OK"), 0)
+    for _ in range(30):
+        with _connect(gateway) as conn:
+            conn.sendall(_request(PREDICT, body))
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+        # closed with a reset, most likely before the answer was written
+    with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
+        assert http.post(PREDICT, content=body).status_code == 200
+
+    def served() -> float:
+        return requests_total(gateway.http_url).get(("rest", "OK"), 0) - before
+
+    # Each request read whole was computed and counted although its answer had nowhere to go.
+    wait_until(lambda: served() >= 1, what="the requests to be counted")
+    assert 1 <= served() <= 31
