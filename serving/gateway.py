@@ -305,4 +305,5 @@ def http_limits(settings: ServingSettings) -> HttpLimits:
         body_timeout_s=settings.body_timeout_s,
         max_connections=settings.max_connections,
         drain_idle_grace_s=min(1.0, settings.drain_timeout_s),
+        keep_alive_timeout_s=settings.keep_alive_timeout_s,
     )

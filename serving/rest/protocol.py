@@ -9,9 +9,11 @@ once, which resets a request the client had already written. :class:`GatewayHttp
   while the head arrives, so a head costs at most the limit plus one read;
 - a deadline for the head (``header_timeout_s`` from the connection's start or the request's first
   byte) and for the body (``body_timeout_s`` from the end of the head): 408 and close, so slow
-  clients cannot hold connections (checked by one sweep per server, a quarter of the shorter
+  clients cannot hold connections (checked by one sweep per server, a quarter of the shortest
   timeout apart, at most a second);
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
+- the keep-alive timeout (``keep_alive_timeout_s``) as one more deadline of the sweep, where
+  uvicorn arms and cancels a timer around every request;
 - a graceful shutdown that loses nothing already received: a request in progress is answered
   with ``Connection: close``, and an idle keep-alive connection is closed only after a short grace
   (``drain_idle_grace_s``) in which a request already on its way is still answered;
@@ -47,6 +49,7 @@ class HttpLimits:
     body_timeout_s: float = 30.0
     max_connections: int = 2048
     drain_idle_grace_s: float = 1.0
+    keep_alive_timeout_s: float = 5.0
 
 
 class _HeadTooLarge(httptools.HttpParserError):
@@ -288,6 +291,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.transport.close()
         self.on_response_complete()
 
+    def on_response_complete(self) -> None:
+        """uvicorn's, except that the keep-alive timeout is the connection's deadline, checked by
+        the sweep, instead of a timer armed and cancelled around every request."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._deadline_at is None:  # else the next request's head has begun: its deadline
+            self._arm(self.limits.keep_alive_timeout_s, self._keep_alive_expired)
+
+    def _keep_alive_expired(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
+
     # --- shutdown -------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Called by uvicorn for every connection when the server stops."""
@@ -300,8 +320,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.loop.call_later(self.limits.drain_idle_grace_s, self._close_if_idle)
 
     def _close_if_idle(self) -> None:
-        idle = self.cycle is None or self.cycle.response_complete
-        if idle and self._deadline_at is None and not self.transport.is_closing():
+        idle = (self.cycle is None or self.cycle.response_complete) and (
+            self._deadline_at is None or self._on_deadline == self._keep_alive_expired
+        )
+        if idle and not self.transport.is_closing():
             self.transport.close()
         # else: a request arrived, and its response closes the connection (keep_alive False).
 
@@ -321,7 +343,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     @classmethod
     def _sweep_interval(cls) -> float:
-        shortest = min(cls.limits.header_timeout_s, cls.limits.body_timeout_s)
+        limits = cls.limits
+        shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.keep_alive_timeout_s)
         return min(1.0, max(0.02, shortest / 4))
 
     @classmethod

@@ -41,6 +41,18 @@ def _read_all(conn: socket.socket) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
+def _read_response(conn: socket.socket) -> bytes:
+    """One Content-Length framed response."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += conn.recv(65536)
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def test_slow_and_silent_clients_are_closed_while_others_are_served(
     tiny_repo: Path, start_gateway: Any
 ) -> None:
@@ -83,6 +95,29 @@ def test_slow_and_silent_clients_are_closed_while_others_are_served(
         assert answer == b""  # closed without a word
     for conn in [*silent, *half_head, *half_body, loris]:
         conn.close()
+
+
+@pytest.mark.parametrize("path", [PREDICT, "/v1/models/tiny"])  # served by protocol / by ASGI
+def test_idle_keep_alive_connections_close_after_the_timeout(
+    tiny_repo: Path, start_gateway: Any, path: str
+) -> None:
+    gateway: RunningGateway = start_gateway(tiny_repo, keep_alive_timeout_s=1)
+    method = "POST" if path == PREDICT else "GET"
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + (BODY if method == "POST" else b"")
+    request = (
+        request
+        if method == "POST"
+        else request.replace(f"Content-Length: {len(BODY)}\r\n".encode(), b"")
+    )
+    with _connect(gateway.http_url) as conn:
+        for _ in range(3):  # requests within the timeout keep the connection open
+            conn.sendall(request)
+            assert _read_response(conn).startswith(b"HTTP/1.1 200 OK")
+            time.sleep(0.3)
+        answer, waited = _read_all(conn)  # then idle: closed by the server
+    assert answer == b"" and 0.5 < waited < 5, (answer[:100], waited)
 
 
 def test_connections_beyond_the_bound_get_503(tiny_repo: Path, start_gateway: Any) -> None:
