@@ -136,7 +136,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     # --- parser callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's builds the ASGI scope here; it is built only for a request that takes the
+        # ASGI path (_build_scope), a hot one needs none.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self._head_incomplete = True
         # A head that starts in a read where another request ended may span that whole read.
         self._head_bytes = self._read_bytes if self._message_ended else 0
@@ -155,9 +159,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._arm(self.limits.body_timeout_s, self._body_timed_out)
         if self.front is not None and self._begin_hot():
             return
+        self._build_scope()
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with Connection: close, then closed
+
+    def _build_scope(self) -> None:
+        """uvicorn's scope for this request, built by uvicorn's own code, over what the head
+        has collected so far."""
+        url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+        super().on_message_begin()  # resets those three and builds the scope
+        self.url, self.expect_100_continue = url, expect_100_continue
+        self.headers = self.scope["headers"] = headers
 
     def on_body(self, body: bytes) -> None:
         exchange = self.cycle
