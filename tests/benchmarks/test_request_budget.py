@@ -14,7 +14,7 @@ def test_every_stage_is_measured_and_the_paths_add_up() -> None:
     stages = result["stages_us"]
     expected = set(request_budget.BUDGET_US)
     if shutil.which("wrk") is None:
-        expected.discard("HTTP transport (uvicorn + protocol, no-op app)")
+        expected -= {request_budget.HTTP_TRANSPORT, request_budget.HTTP_TRANSPORT_ASGI}
     assert set(stages) == expected
     assert all(0 < us < 1e5 for us in stages.values()), stages
     for protocol, path in result["paths"].items():
