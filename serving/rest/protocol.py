@@ -198,6 +198,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self.tasks.add(task)  # uvicorn's shutdown waits for these
         else:
             super().on_message_complete()
+        if exchange is not None and exchange.response_complete and not self.pipeline:
+            # Answered before its body ended (a refusal): idle from now on.
+            self._arm(self.limits.keep_alive_timeout_s, self._keep_alive_expired)
         self._head_incomplete = True  # what follows on this connection is the next request's head
         # The rest of this read may be the next request's head: count it all (an over-count).
         self._head_bytes = self._read_bytes

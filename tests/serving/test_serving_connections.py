@@ -97,24 +97,28 @@ def test_slow_and_silent_clients_are_closed_while_others_are_served(
         conn.close()
 
 
-@pytest.mark.parametrize("path", [PREDICT, "/v1/models/tiny"])  # served by protocol / by ASGI
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (PREDICT, b"200 OK"),  # served by the protocol
+        ("/v1/models/tiny", b"200 OK"),  # served through ASGI
+        (PREDICT, b"401 Unauthorized"),  # refused at the end of its head, before its body
+    ],
+)
 def test_idle_keep_alive_connections_close_after_the_timeout(
-    tiny_repo: Path, start_gateway: Any, path: str
+    tiny_repo: Path, start_gateway: Any, path: str, status: bytes
 ) -> None:
-    gateway: RunningGateway = start_gateway(tiny_repo, keep_alive_timeout_s=1)
+    keys = ["k-one"] if status.startswith(b"401") else []
+    gateway: RunningGateway = start_gateway(tiny_repo, keep_alive_timeout_s=1, api_keys=keys)
     method = "POST" if path == PREDICT else "GET"
+    body = BODY if method == "POST" else b""
     request = (
-        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n\r\n"
-    ).encode() + (BODY if method == "POST" else b"")
-    request = (
-        request
-        if method == "POST"
-        else request.replace(f"Content-Length: {len(BODY)}\r\n".encode(), b"")
-    )
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     with _connect(gateway.http_url) as conn:
         for _ in range(3):  # requests within the timeout keep the connection open
             conn.sendall(request)
-            assert _read_response(conn).startswith(b"HTTP/1.1 200 OK")
+            assert _read_response(conn).startswith(b"HTTP/1.1 " + status)
             time.sleep(0.3)
         answer, waited = _read_all(conn)  # then idle: closed by the server
     assert answer == b"" and 0.5 < waited < 5, (answer[:100], waited)
