@@ -259,7 +259,7 @@ class ServingSettings(BaseSettings):
     )
     http_fast_path: bool = Field(
         True,
-        description="Serve :predict and /infer at the ASGI front door, before FastAPI (off: FastAPI does).",
+        description="Serve :predict and /infer from the HTTP protocol itself, no ASGI cycle (off: FastAPI does).",
     )
     image_top_k: int = Field(5, description="Default number of labels the image endpoint returns.")
 
