@@ -267,8 +267,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return True
 
     async def _serve_hot(self, exchange: _HotExchange, body: bytes) -> None:
+        front = self.front
+        assert front is not None  # a hot exchange exists only with a front door
         try:
-            response = await self.front.serve_hot(exchange.route, exchange.headers, body)  # type: ignore[union-attr]
+            response = await front.serve_hot(exchange.route, exchange.headers, body)
         except Exception as exc:  # the handlers answer their own errors; this is a bug
             response = error_response(exc, "hot route")
         except BaseException:  # cancelled (the server stopped): nothing can be answered
@@ -287,22 +289,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if cached_for is not defaults:  # uvicorn rebuilds the list when the date changes
             default_bytes = b"".join(name + b": " + value + b"\r\n" for name, value in defaults)
             type(self)._default_headers = (defaults, default_bytes)
-        body = response.body
-        head = [
-            STATUS_LINE[response.status],
-            default_bytes,
-            b"content-type: ",
-            response.content_type,
-            b"\r\ncontent-length: ",
-            str(len(body)).encode(),
-            b"\r\n",
-        ]
-        for name, value in response.headers:
-            head += (name, b": ", value, b"\r\n")
-        if not exchange.keep_alive:
-            head.append(b"connection: close\r\n")
-        head += (b"\r\n", body)
-        self.transport.write(b"".join(head))
+        self.transport.write(http_response(response, exchange.keep_alive, default_bytes))
         if not exchange.keep_alive:
             self.transport.close()
         self.on_response_complete()
@@ -412,19 +399,30 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        body = error_response(HttpError(message, status), "connection").body
-        self.transport.write(
-            b"".join(
-                [
-                    STATUS_LINE[status],
-                    b"content-type: application/json\r\n",
-                    b"content-length: " + str(len(body)).encode() + b"\r\n",
-                    b"connection: close\r\n\r\n",
-                    body,
-                ]
-            )
-        )
+        refusal = error_response(HttpError(message, status), "connection")
+        self.transport.write(http_response(refusal, keep_alive=False))
         self.transport.close()
+
+
+def http_response(response: RawResponse, keep_alive: bool, default_headers: bytes = b"") -> bytes:
+    """``response`` as HTTP/1.1 bytes, one write: status line, ``default_headers`` (already
+    framed), content type and length, its own headers, ``Connection: close`` unless kept alive."""
+    body = response.body
+    parts = [
+        STATUS_LINE[response.status],
+        default_headers,
+        b"content-type: ",
+        response.content_type,
+        b"\r\ncontent-length: ",
+        str(len(body)).encode(),
+        b"\r\n",
+    ]
+    for name, value in response.headers:
+        parts += (name, b": ", value, b"\r\n")
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += (b"\r\n", body)
+    return b"".join(parts)
 
 
 def gateway_protocol(
