@@ -5,9 +5,10 @@ LeNet-like model of ``tests/tiny_models.py``), each stage of the hot path timed 
 process with the gateway's own code: decode, validation, admission, the batcher's event-loop work,
 the request's share of a batch-32 ONNX Runtime run, encode, metrics; and the HTTP transport alone
 (the gateway's HTTP protocol serving a do-nothing hot route, ``benchmarks.noop_http``, under
-``wrk -t1 -c32``, when ``wrk`` is installed; also through uvicorn's ASGI cycle, for comparison). The stages add up to the per-request cost of one gateway process and so
-to its limit in requests/s (with compute on its own thread the limit is an upper bound: the two
-cores are shared with the load generator). Each stage is checked against its budget in
+``wrk -t1 -c32``, when ``wrk`` is installed; also through uvicorn's ASGI cycle, for comparison).
+The stages add up to the per-request cost of one gateway process and so to its limit in
+requests/s (with compute on its own thread the limit is an upper bound: the two cores are shared
+with the load generator). Each stage is checked against its budget in
 ``docs/ARCHITECTURE.md`` ("The per-request cost budget"); a stage over budget is flagged.
 
     python -m benchmarks.request_budget [--seconds 0.3] [--rounds 5] [--json out.json]
@@ -34,11 +35,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Microseconds each stage may cost one request (one process, this repository's reference
-#: 2-core machine). The same table is in docs/ARCHITECTURE.md.
 HTTP_TRANSPORT = "HTTP transport (protocol, no-op hot route)"
 #: not on any path: what a request would cost with uvicorn's ASGI cycle (every non-hot route does)
 HTTP_TRANSPORT_ASGI = "HTTP transport via ASGI (uvicorn's cycle, no-op app)"
+#: Microseconds each stage may cost one request (one process, this repository's reference
+#: 2-core machine). The same table is in docs/ARCHITECTURE.md.
 BUDGET_US: dict[str, float] = {
     HTTP_TRANSPORT: 20.0,
     HTTP_TRANSPORT_ASGI: 40.0,

@@ -5,11 +5,12 @@ It refuses what must never reach any handler (no valid API key: 401; a body over
 ``max_body_bytes``: 413) and serves the hot inference routes, TF Serving ``:predict`` and KServe V2
 ``/infer`` (``rest/routes.py``), itself: no framework middleware or routing sits between the
 server and them. The HTTP protocol (``rest/protocol.py``) calls :meth:`GatewayFront.refuse_head`,
-:meth:`~GatewayFront.hot_route` and :meth:`~GatewayFront.serve_hot` directly for a hot request, with
-no ASGI cycle; every other request reaches :meth:`GatewayFront.__call__`, the outermost ASGI
-callable, which makes the same checks with the same methods. Every other request goes to the FastAPI app (``rest/app.py``), which serves the
-same hot routes too (with ``http_fast_path`` off) through the same handlers
-(``rest/inference.py``), so ``/docs`` describes exactly what the front door does.
+:meth:`~GatewayFront.hot_route` and :meth:`~GatewayFront.serve_hot` directly for a hot request,
+with no ASGI cycle; any other request reaches :meth:`GatewayFront.__call__`, the outermost ASGI
+callable, which makes the same checks with the same methods and hands what is not a hot route to
+the FastAPI app (``rest/app.py``). That app serves the same hot routes too (with
+``http_fast_path`` off) through the same handlers (``rest/inference.py``), so ``/docs`` describes
+exactly what the front door does.
 """
 
 from __future__ import annotations
