@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -267,3 +268,42 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+class RawResponses:
+    """Reads HTTP/1.1 responses (Content-Length framed) off one socket."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        chunk = self.conn.recv(65536)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def next(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
+        """(status line, headers without Date, body) of the next response."""
+        while b"\r\n\r\n" not in self.buffer:
+            assert self._fill(), f"connection closed mid-head: {self.buffer[:200]!r}"
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status, *lines = head.split(b"\r\n")
+        headers = dict(line.split(b": ", 1) for line in lines)
+        headers = {name.lower(): value for name, value in headers.items()}
+        length = int(headers[b"content-length"])
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed mid-body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        headers.pop(b"date", None)  # the one header that may differ between two answers
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection (and sent nothing more)."""
+        self.conn.settimeout(5)
+        return not self._fill() and not self.buffer
+
+
+def connect(http_url: str) -> socket.socket:
+    """A raw TCP connection to the gateway at ``http_url``, for what httpx would not send."""
+    host, port = http_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)

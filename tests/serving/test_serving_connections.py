@@ -17,17 +17,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving.serving_harness import GatewayProcess, RunningGateway, wait_until
+from tests.serving.serving_harness import (
+    GatewayProcess,
+    RawResponses,
+    RunningGateway,
+    connect,
+    wait_until,
+)
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"
 PREDICT = f"/v1/models/{MODEL}:predict"
 BODY = json.dumps({"instances": sample_images(1).tolist()}).encode()
-
-
-def _connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def _read_all(conn: socket.socket) -> tuple[bytes, float]:
@@ -41,35 +42,23 @@ def _read_all(conn: socket.socket) -> tuple[bytes, float]:
     return answer, time.monotonic() - started
 
 
-def _read_response(conn: socket.socket) -> bytes:
-    """One Content-Length framed response."""
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        answer += conn.recv(65536)
-    head, body = answer.split(b"\r\n\r\n", 1)
-    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
-    while len(body) < length:
-        body += conn.recv(65536)
-    return head + b"\r\n\r\n" + body
-
-
 def test_slow_and_silent_clients_are_closed_while_others_are_served(
     tiny_repo: Path, start_gateway: Any
 ) -> None:
     gateway: RunningGateway = start_gateway(tiny_repo, header_timeout_s=0.5, body_timeout_s=0.5)
     url = gateway.http_url
-    silent = [_connect(url) for _ in range(50)]
-    half_head = [_connect(url) for _ in range(50)]
+    silent = [connect(url) for _ in range(50)]
+    half_head = [connect(url) for _ in range(50)]
     for conn in half_head:
         conn.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\n".encode())
-    half_body = [_connect(url) for _ in range(50)]
+    half_body = [connect(url) for _ in range(50)]
     for conn in half_body:
         conn.sendall(
             f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n\r\n".encode()
             + BODY[:10]
         )
     # A slowloris head: a byte at a time, never idle for long, never finished.
-    loris = _connect(url)
+    loris = connect(url)
     loris.sendall(b"GET /v2/health/ready HTTP/1.1\r\n")
     with httpx.Client(base_url=url, timeout=10) as http:  # others are served meanwhile
         for _ in range(20):
@@ -115,10 +104,10 @@ def test_idle_keep_alive_connections_close_after_the_timeout(
     request = (
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    with _connect(gateway.http_url) as conn:
+    with connect(gateway.http_url) as conn:
         for _ in range(3):  # requests within the timeout keep the connection open
             conn.sendall(request)
-            assert _read_response(conn).startswith(b"HTTP/1.1 " + status)
+            assert RawResponses(conn).next()[0] == b"HTTP/1.1 " + status
             time.sleep(0.3)
         answer, waited = _read_all(conn)  # then idle: closed by the server
     assert answer == b"" and 0.5 < waited < 5, (answer[:100], waited)
@@ -126,8 +115,8 @@ def test_idle_keep_alive_connections_close_after_the_timeout(
 
 def test_connections_beyond_the_bound_get_503(tiny_repo: Path, start_gateway: Any) -> None:
     gateway: RunningGateway = start_gateway(tiny_repo, max_connections=4)
-    held = [_connect(gateway.http_url) for _ in range(4)]
-    extra = _connect(gateway.http_url)
+    held = [connect(gateway.http_url) for _ in range(4)]
+    extra = connect(gateway.http_url)
     answer, _ = _read_all(extra)
     assert answer.startswith(b"HTTP/1.1 503") and b"too many open connections" in answer
     for conn in held:

@@ -16,7 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving.serving_harness import RunningGateway, requests_total, wait_until
+from tests.serving.serving_harness import (
+    RawResponses,
+    RunningGateway,
+    connect,
+    requests_total,
+    wait_until,
+)
 from tests.tiny_models import sample_images
 
 PREDICT = "/v1/models/tiny:predict"
@@ -27,44 +33,6 @@ def _request(path: str, body: bytes, headers: dict[str, str] | None = None) -> b
     lines = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class _Responses:
-    """Reads HTTP/1.1 responses (Content-Length framed) off one socket."""
-
-    def __init__(self, conn: socket.socket) -> None:
-        self.conn = conn
-        self.buffer = b""
-
-    def _fill(self) -> bool:
-        chunk = self.conn.recv(65536)
-        self.buffer += chunk
-        return bool(chunk)
-
-    def next(self) -> tuple[bytes, dict[bytes, bytes], bytes]:
-        """(status line, headers without Date, body) of the next response."""
-        while b"\r\n\r\n" not in self.buffer:
-            assert self._fill(), f"connection closed mid-head: {self.buffer[:200]!r}"
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        status, *lines = head.split(b"\r\n")
-        headers = dict(line.split(b": ", 1) for line in lines)
-        headers = {name.lower(): value for name, value in headers.items()}
-        length = int(headers[b"content-length"])
-        while len(self.buffer) < length:
-            assert self._fill(), "connection closed mid-body"
-        body, self.buffer = self.buffer[:length], self.buffer[length:]
-        headers.pop(b"date", None)  # the one header that may differ between two answers
-        return status, headers, body
-
-    def closed(self) -> bool:
-        """True once the server has closed the connection (and sent nothing more)."""
-        self.conn.settimeout(5)
-        return not self._fill() and not self.buffer
-
-
-def _connect(gateway: RunningGateway) -> socket.socket:
-    host, port = gateway.http_url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
 
 
 def _v2_binary() -> tuple[bytes, dict[str, str]]:
@@ -105,9 +73,9 @@ def test_protocol_and_asgi_paths_answer_byte_for_byte_alike(
 ) -> None:
     path, body, headers = CASES[case]
     request = _request(path, body, headers)
-    with _connect(gateway) as conn:
+    with connect(gateway.http_url) as conn:
         conn.sendall(request * 3)  # the first served by the protocol, the others pipelined
-        responses = _Responses(conn)
+        responses = RawResponses(conn)
         answers = [responses.next() for _ in range(3)]
     assert answers[0] == answers[1] == answers[2], case
     assert answers[0][1][b"server"] == b"uvicorn"  # uvicorn's default headers, on both paths
@@ -118,11 +86,11 @@ def test_expect_100_continue_is_answered_before_the_body(gateway: RunningGateway
     head = _request(PREDICT, b"", {"Expect": "100-continue"}).replace(
         b"Content-Length: 0", f"Content-Length: {len(body)}".encode()
     )
-    with _connect(gateway) as conn:
+    with connect(gateway.http_url) as conn:
         conn.sendall(head)
         assert conn.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         conn.sendall(body)
-        status, _, answer = _Responses(conn).next()
+        status, _, answer = RawResponses(conn).next()
     assert status == b"HTTP/1.1 200 OK" and b"predictions" in answer
 
 
@@ -131,9 +99,9 @@ def test_a_refused_head_gets_no_100_continue(start_gateway: Any, tiny_repo: Path
     head = _request(PREDICT, b"", {"Expect": "100-continue"}).replace(
         b"Content-Length: 0", b"Content-Length: 5000"
     )
-    with _connect(gateway) as conn:
+    with connect(gateway.http_url) as conn:
         conn.sendall(head)
-        status, _, answer = _Responses(conn).next()
+        status, _, answer = RawResponses(conn).next()
     assert status == b"HTTP/1.1 413 Request Entity Too Large", status
     assert b"exceeds the limit of 1000 bytes" in answer
 
@@ -141,9 +109,9 @@ def test_a_refused_head_gets_no_100_continue(start_gateway: Any, tiny_repo: Path
 def test_http_1_0_is_answered_then_closed(gateway: RunningGateway) -> None:
     body = json.dumps({"instances": sample_images(1).tolist()}).encode()
     request = _request(PREDICT, body).replace(b"HTTP/1.1\r\n", b"HTTP/1.0\r\n", 1)
-    with _connect(gateway) as conn:
+    with connect(gateway.http_url) as conn:
         conn.sendall(request)
-        responses = _Responses(conn)
+        responses = RawResponses(conn)
         status, headers, _ = responses.next()
         assert status.endswith(b"200 OK") and headers[b"connection"] == b"close"
         assert responses.closed()
@@ -155,15 +123,15 @@ def test_chunked_bodies_are_read_whole_and_bounded(tiny_repo: Path, start_gatewa
     pieces = [body[i : i + 1000] for i in range(0, len(body), 1000)]
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
     head = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
-    with _connect(gateway) as conn:
+    with connect(gateway.http_url) as conn:
         for piece in [head, *[chunked[i : i + 700] for i in range(0, len(chunked), 700)]]:
             conn.sendall(piece)
-        status, _, answer = _Responses(conn).next()
+        status, _, answer = RawResponses(conn).next()
     assert status.endswith(b"200 OK") and len(json.loads(answer)["predictions"]) == 2
     too_big = b"%x\r\n%s\r\n" % (len(body) + 11, b"[" * (len(body) + 11)) + b"0\r\n\r\n"
-    with _connect(gateway) as conn:
+    with connect(gateway.http_url) as conn:
         conn.sendall(head + too_big + _request(PREDICT, body))
-        responses = _Responses(conn)
+        responses = RawResponses(conn)
         status, _, answer = responses.next()
         assert status.endswith(b"413 Request Entity Too Large"), status
         # The connection stays usable: the rest of the refused body is skipped, the next request
@@ -175,7 +143,7 @@ def test_clients_that_leave_before_their_answer_hurt_no_one(gateway: RunningGate
     body = json.dumps({"instances": sample_images(4).tolist()}).encode()
     before = requests_total(gateway.http_url).get(("rest", "OK"), 0)
     for _ in range(30):
-        with _connect(gateway) as conn:
+        with connect(gateway.http_url) as conn:
             conn.sendall(_request(PREDICT, body))
             conn.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
