@@ -89,6 +89,7 @@ def test_deadlines(slow_repo: Path, start_gateway) -> None:  # type: ignore[no-u
     assert reply.status_code == 504
     assert "deadline exceeded" in reply.json()["error"]
     request = wire.build_predict_request(SLOW, {"image": sample_images(4)})
+
     # The client's own deadline raises DEADLINE_EXCEEDED whatever the server does; the server's
     # count says whether it gave up on the requests itself. Ignoring the deadline it would count
     # each as CANCELLED (gRPC's core cuts the call off at the same instant) or OK; honouring it,
