@@ -60,6 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
     train.add_argument("--learning-rate", type=float, help=f"default {DEFAULTS['learning_rate']}")
     train.add_argument(
+        "--weight-decay", type=float,
+        help="AdamW's decoupled weight decay instead of Adam (biases and normalisation "
+        "excluded); default 0: plain Adam",
+    )  # fmt: skip
+    train.add_argument(
+        "--label-smoothing", type=float,
+        help="smooth the training targets towards uniform by this much, in [0, 1) (e.g. 0.1); "
+        "default 0",
+    )  # fmt: skip
+    train.add_argument(
         "--schedule", choices=SCHEDULES,
         help="learning rate over the run: constant (default), cosine decay to 0 after "
         "--warmup-epochs of linear warm-up, or plateau (halve when val_loss stalls for 2 epochs)",
@@ -274,6 +284,7 @@ def _export(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             print("error: --checkpoint is required for a trained model", file=sys.stderr)
             return 2
+        import training.losses  # noqa: F401  (registers the losses a checkpoint may name)
         from training.data import load_dataset
 
         # A mixed_bfloat16 run's checkpoint computes in bfloat16; the repository gets float32.

@@ -57,6 +57,8 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 1e-3
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay (not on biases or normalisation)
+    label_smoothing: float = 0.0  # > 0: targets smoothed towards uniform by this much
     repository: str = "model_repository"
     runs_dir: str = "runs"
     version: int | None = None
@@ -95,6 +97,10 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.resnet_stem not in RESNET_STEMS:
             raise ValueError(f"unknown stem {self.resnet_stem!r}; choose one of {RESNET_STEMS}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, not {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), not {self.label_smoothing}")
 
 
 @dataclass
@@ -173,14 +179,38 @@ def _build(config: TrainConfig, dataset: Dataset) -> Any:
     )
 
 
-def compile_model(config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1) -> Any:
+#: variables AdamW leaves undecayed (matched as parts of their names): biases and the
+#: normalisation layers' scale and offset, which decay would only pull towards zero.
+UNDECAYED_VARIABLES = ("bias", "gamma", "beta")
+
+
+def optimizer_for(config: TrainConfig, steps_per_epoch: int) -> Any:
+    """Adam, or AdamW when the config asks for weight decay."""
     import keras
 
+    rate = learning_rate(config, steps_per_epoch)
+    if config.weight_decay == 0:
+        return keras.optimizers.Adam(rate)
+    adamw = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
+    adamw.exclude_from_weight_decay(var_names=list(UNDECAYED_VARIABLES))
+    return adamw
+
+
+def loss_for(config: TrainConfig, dataset: Dataset) -> Any:
+    """Sparse cross-entropy, with its targets smoothed when the config asks for it."""
+    if config.label_smoothing == 0:
+        return "sparse_categorical_crossentropy"
+    from training.losses import SmoothedSparseCrossentropy
+
+    return SmoothedSparseCrossentropy(config.label_smoothing, dataset.num_classes)
+
+
+def compile_model(config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1) -> Any:
     with dtype_policy(config.precision):
         model = _build(config, dataset)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch)),
-        loss="sparse_categorical_crossentropy",
+        optimizer=optimizer_for(config, steps_per_epoch),
+        loss=loss_for(config, dataset),
         metrics=["accuracy"],
         jit_compile=config.jit_compile,
     )
