@@ -21,7 +21,8 @@ once, which resets a request the client had already written. :class:`GatewayHttp
   front door's own checks and handlers (``rest/front.py``) but without an ASGI cycle: no scope,
   no receive/send messages, one write for the response. Everything else, and a hot request that
   arrives pipelined behind an unanswered one, takes uvicorn's ASGI path to the front door, which
-  answers it the same way.
+  answers it the same way. Backpressure as on that path: while a client leaves its answers
+  unread (the write buffer over its high-water mark) no answer is written and no request read.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # times per request cost the hot path measurably.
         self._deadline_at: float | None = None
         self._on_deadline: Any = None
+        # Reading stopped because the client leaves its answers unread (see _answer).
+        self._paused_for_unread_answers = False
 
     # --- connections ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -270,9 +273,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         front = self.front
         assert front is not None  # a hot exchange exists only with a front door
         try:
-            response = await front.serve_hot(exchange.route, exchange.headers, body)
-        except Exception as exc:  # the handlers answer their own errors; this is a bug
-            response = error_response(exc, "hot route")
+            try:
+                response = await front.serve_hot(exchange.route, exchange.headers, body)
+            except Exception as exc:  # the handlers answer their own errors; this is a bug
+                response = error_response(exc, "hot route")
+            if self.flow.write_paused and not exchange.disconnected:
+                # As uvicorn's cycle does: no write while the client leaves earlier answers
+                # unread; meanwhile the exchange is open, so what follows queues unread.
+                await self.flow.drain()
         except BaseException:  # cancelled (the server stopped): nothing can be answered
             if not self.transport.is_closing():
                 self.transport.close()
@@ -293,6 +301,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not exchange.keep_alive:
             self.transport.close()
         self.on_response_complete()
+        if self.flow.write_paused and not self.transport.is_closing():
+            # The client leaves its answers unread: read no more requests until it catches up
+            # (resume_writing), else refusals written from the parser would pile up unbounded.
+            self.flow.pause_reading()
+            self._paused_for_unread_answers = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._paused_for_unread_answers:
+            self._paused_for_unread_answers = False
+            exchange = self.cycle
+            if not self.pipeline and (exchange is None or exchange.response_complete):
+                self.flow.resume_reading()  # else the request in progress resumes it when done
 
     def on_response_complete(self) -> None:
         """uvicorn's, except that the keep-alive timeout is the connection's deadline, checked by
