@@ -10,7 +10,8 @@ once, which resets a request the client had already written. :class:`GatewayHttp
 - a deadline for the head (``header_timeout_s`` from the connection's start or the request's first
   byte) and for the body (``body_timeout_s`` from the end of the head): 408 and close, so slow
   clients cannot hold connections (checked by one sweep per server, a quarter of the shortest
-  timeout apart, at most a second);
+  timeout apart, at most a second); a request pipelined behind one still being answered is not
+  late while it waits (its deadline is looked at again later), so no 408 takes an answer's place;
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
 - the keep-alive timeout (``keep_alive_timeout_s``) as one more deadline of the sweep, where
   uvicorn arms and cancels a timer around every request;
@@ -388,6 +389,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _head_timed_out(self) -> None:
         if self.transport.is_closing() or not self._head_incomplete:
             return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The request before this head is still being answered: a 408 now would go out in
+            # its place. Look again later (that answer is bounded by the request deadline).
+            self._arm(self.limits.header_timeout_s, self._head_timed_out)
+            return
         if not self._received_any:  # a connection that never said anything: just close it
             self._refused = True
             self.transport.close()
@@ -396,6 +403,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         if self.transport.is_closing() or self._head_incomplete:
+            return
+        if self.pipeline:
+            # This request waits its turn behind an unanswered one (uvicorn stopped reading its
+            # body meanwhile): as for a head, not late yet, and a 408 would jump the queue.
+            self._arm(self.limits.body_timeout_s, self._body_timed_out)
             return
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:

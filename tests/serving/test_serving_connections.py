@@ -169,3 +169,34 @@ def test_sigterm_under_load_answers_every_request_received(tiny_repo: Path, work
         gateway.stop()
     unanswered = {k: n for k, n in outcomes.items() if k not in ("200", "refused")}
     assert outcomes["200"] >= 500 and not unanswered, outcomes
+
+
+@pytest.mark.parametrize("cut", ["in the next head", "in the next body"])
+def test_a_pipelined_request_is_not_timed_out_while_the_one_before_computes(
+    slow_repo: Path, start_gateway: Any, cut: str
+) -> None:
+    """A request pipelined behind one that computes longer than the head and body deadlines,
+    cut short by the read it arrived in: the gateway is not reading it (it waits its turn), so
+    it is not late. Both are answered, in order, instead of a 408 in place of the first answer."""
+    gateway: RunningGateway = start_gateway(
+        slow_repo, batching=False, header_timeout_s=0.3, body_timeout_s=0.3
+    )
+    slow_body = json.dumps({"instances": sample_images(16).tolist()}).encode()
+    slow = f"POST /v1/models/slow:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(slow_body)}"
+    quick_body = json.dumps({"instances": sample_images(1).tolist()}).encode()
+    quick = (
+        f"POST /v1/models/slow:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(quick_body)}"
+        "\r\n\r\n"
+    ).encode() + quick_body
+    split = 20 if cut == "in the next head" else len(quick) - 10
+    with connect(gateway.http_url) as conn:
+        started = time.monotonic()
+        conn.sendall(slow.encode() + b"\r\n\r\n" + slow_body + quick[:split])
+        responses = RawResponses(conn)
+        first = responses.next()
+        computed_s = time.monotonic() - started
+        conn.sendall(quick[split:])
+        second = responses.next()
+    assert computed_s > 0.6, f"the first request took {computed_s:.2f} s: not past the deadlines"
+    assert first[0] == b"HTTP/1.1 200 OK", first
+    assert second[0] == b"HTTP/1.1 200 OK", second
