@@ -11,7 +11,8 @@ once, which resets a request the client had already written. :class:`GatewayHttp
   byte) and for the body (``body_timeout_s`` from the end of the head): 408 and close, so slow
   clients cannot hold connections (checked by one sweep per server, a quarter of the shortest
   timeout apart, at most a second); a request pipelined behind one still being answered is not
-  late while it waits (its deadline is looked at again later), so no 408 takes an answer's place;
+  late while it waits (its deadline is looked at again later, and its body's time starts when
+  its turn comes and reading resumes), so no 408 takes an answer's place;
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
 - the keep-alive timeout (``keep_alive_timeout_s``) as one more deadline of the sweep, where
   uvicorn arms and cancels a timer around every request;
@@ -23,7 +24,8 @@ once, which resets a request the client had already written. :class:`GatewayHttp
   no receive/send messages, one write for the response. Everything else, and a hot request that
   arrives pipelined behind an unanswered one, takes uvicorn's ASGI path to the front door, which
   answers it the same way. Backpressure as on that path: while a client leaves its answers
-  unread (the write buffer over its high-water mark) no answer is written and no request read.
+  unread (the write buffer over its high-water mark) no hot answer is written, and a new request
+  takes the ASGI path, whose cycle waits likewise and queues what follows with reading paused.
 """
 
 from __future__ import annotations
@@ -122,8 +124,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # times per request cost the hot path measurably.
         self._deadline_at: float | None = None
         self._on_deadline: Any = None
-        # Reading stopped because the client leaves its answers unread (see _answer).
-        self._paused_for_unread_answers = False
 
     # --- connections ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -244,6 +244,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return False
         if self.cycle is not None and not self.cycle.response_complete:
             return False  # pipelined behind an unanswered request: uvicorn queues it in order
+        if self.flow.write_paused:
+            # The client leaves its answers unread: uvicorn's cycle waits for the drain before
+            # it answers, and queues what follows with reading paused; a refusal written here,
+            # from the parser, would not wait.
+            return False
         url = self.url
         # Origin-form only, no percent-escapes (those take uvicorn's path, which decodes them).
         if url[:1] != b"/" or b"%" in url:
@@ -302,19 +307,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not exchange.keep_alive:
             self.transport.close()
         self.on_response_complete()
-        if self.flow.write_paused and not self.transport.is_closing():
-            # The client leaves its answers unread: read no more requests until it catches up
-            # (resume_writing), else refusals written from the parser would pile up unbounded.
-            self.flow.pause_reading()
-            self._paused_for_unread_answers = True
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._paused_for_unread_answers:
-            self._paused_for_unread_answers = False
-            exchange = self.cycle
-            if not self.pipeline and (exchange is None or exchange.response_complete):
-                self.flow.resume_reading()  # else the request in progress resumes it when done
 
     def on_response_complete(self) -> None:
         """uvicorn's, except that the keep-alive timeout is the connection's deadline, checked by
@@ -326,6 +318,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self.pipeline:
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
+            if self._deadline_at is not None and self._on_deadline == self._body_timed_out:
+                # A body uvicorn stopped reading while its request queued: its time starts now.
+                self._arm(self.limits.body_timeout_s, self._body_timed_out)
         elif self._deadline_at is None:  # else the next request's head has begun: its deadline
             self._arm(self.limits.keep_alive_timeout_s, self._keep_alive_expired)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,30 @@ def test_refusals_to_a_client_that_reads_none_stay_bounded(
         backlog = server_side.transport.get_write_buffer_size()
     bound = high_water + (one_read // len(request) + 1) * refusal_bytes
     assert backlog <= bound, (backlog, bound)
+
+
+def test_a_request_queued_behind_unread_refusals_gets_its_whole_body_time(
+    start_gateway: Any, tiny_repo: Path
+) -> None:
+    """A keyed predict, its body cut short, behind 1,500 refusals the client reads only later:
+    the request waits its turn unread (the gateway stops reading once the refusals back up), and
+    its body deadline counts from when the gateway reads again, not from its head."""
+    body_timeout_s = 2.0
+    gateway: RunningGateway = start_gateway(
+        tiny_repo, api_keys=["secret"], body_timeout_s=body_timeout_s
+    )
+    body = json.dumps({"instances": sample_images(2).tolist()}).encode()
+    keyed = _request(PREDICT, body, {"x-api-key": "secret"})
+    refused = _request(PREDICT, b"{}")
+    with connect(gateway.http_url) as conn:
+        server_side = _server_side(gateway)
+        _small_buffers(conn, server_side)
+        conn.sendall(refused * 1500 + keyed[:-10])
+        time.sleep(0.9 * body_timeout_s)  # most of its body time spent waiting its turn
+        responses = RawResponses(conn)
+        refusals = {responses.next()[0] for _ in range(1500)}
+        time.sleep(0.5 * body_timeout_s)  # then the client takes its time with the rest
+        conn.sendall(keyed[-10:])
+        status, _, answer = responses.next()
+    assert refusals == {b"HTTP/1.1 401 Unauthorized"}
+    assert status == b"HTTP/1.1 200 OK", answer
