@@ -209,6 +209,13 @@ class ServingSettings(BaseSettings):
     keep_alive_timeout_s: int = Field(
         5, ge=1, description="An idle keep-alive HTTP connection is closed after this many seconds."
     )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="An HTTP connection whose client leaves its answers unread (more than the "
+        "write buffer holds, or any after the connection was closed) with no progress for this "
+        "long is reset.",
+    )
     max_image_pixels: int = Field(
         0,
         ge=0,

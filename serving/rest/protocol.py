@@ -16,6 +16,10 @@ once, which resets a request the client had already written. :class:`GatewayHttp
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
 - the keep-alive timeout (``keep_alive_timeout_s``) as one more deadline of the sweep, where
   uvicorn arms and cancels a timer around every request;
+- a bound on answers left unread (``write_timeout_s``): a connection whose unsent bytes stay
+  over the write buffer's high-water mark, or stay unsent after it was closed, with no progress
+  for that long is reset. uvicorn waits for such a client for ever, so a client that sends
+  requests and never reads would hold its connection slot (and what is queued on it) for good;
 - a graceful shutdown that loses nothing already received: a request in progress is answered
   with ``Connection: close``, and an idle keep-alive connection is closed only after a short grace
   (``drain_idle_grace_s``) in which a request already on its way is still answered;
@@ -54,6 +58,7 @@ class HttpLimits:
     max_connections: int = 2048
     drain_idle_grace_s: float = 1.0
     keep_alive_timeout_s: float = 5.0
+    write_timeout_s: float = 30.0
 
 
 class _HeadTooLarge(httptools.HttpParserError):
@@ -124,6 +129,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # times per request cost the hot path measurably.
         self._deadline_at: float | None = None
         self._on_deadline: Any = None
+        # Unsent answers the client does not read: since when, and how many bytes at the last
+        # sweep (fewer is progress). See _check_unread_answers.
+        self._unread_since: float | None = None
+        self._unread_bytes = 0
 
     # --- connections ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -364,22 +373,45 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     @classmethod
     def _sweep_interval(cls) -> float:
         limits = cls.limits
-        shortest = min(limits.header_timeout_s, limits.body_timeout_s, limits.keep_alive_timeout_s)
+        shortest = min(
+            limits.header_timeout_s,
+            limits.body_timeout_s,
+            limits.keep_alive_timeout_s,
+            limits.write_timeout_s,
+        )
         return min(1.0, max(0.02, shortest / 4))
 
     @classmethod
     def _sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
-        """Fire the deadlines that have passed; runs while the server has connections."""
+        """Fire the deadlines that have passed and reset connections whose answers go unread;
+        runs while the server has connections."""
         now = loop.time()
         for connection in list(connections):
             at = getattr(connection, "_deadline_at", None)
             if at is not None and at <= now:
                 connection._deadline_at = None
                 connection._on_deadline()
+            if isinstance(connection, GatewayHttpProtocol):
+                connection._check_unread_answers(now)
         if connections:
             loop.call_later(cls._sweep_interval(), cls._sweep, loop, connections)
         else:
             cls._sweeping = False
+
+    def _check_unread_answers(self, now: float) -> None:
+        """Reset the connection once its unsent answers have made no progress for
+        ``write_timeout_s`` while the client should be reading them: writes paused (over the
+        high-water mark) or the connection closed with bytes still to send."""
+        transport = self.transport
+        unsent = transport.get_write_buffer_size()
+        if not unsent or not (self.flow.write_paused or transport.is_closing()):
+            self._unread_since = None
+            return
+        if self._unread_since is None or unsent < self._unread_bytes:
+            self._unread_since = now  # the first look, or the client read some: start again
+        elif now - self._unread_since >= self.limits.write_timeout_s:
+            transport.abort()
+        self._unread_bytes = unsent
 
     def _head_timed_out(self) -> None:
         if self.transport.is_closing() or not self._head_incomplete:

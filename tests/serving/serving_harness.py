@@ -307,3 +307,24 @@ def connect(http_url: str) -> socket.socket:
     """A raw TCP connection to the gateway at ``http_url``, for what httpx would not send."""
     host, port = http_url.removeprefix("http://").split(":")
     return socket.create_connection((host, int(port)), timeout=10)
+
+
+def server_connections(gateway: RunningGateway) -> set[Any]:
+    """The in-process gateway's ends of its open HTTP connections (uvicorn's protocol objects)."""
+    assert gateway.gateway._http is not None
+    return gateway.gateway._http.server_state.connections
+
+
+def server_side(gateway: RunningGateway) -> Any:
+    """The in-process gateway's end of its one HTTP connection."""
+    wait_until(lambda: len(server_connections(gateway)) == 1, what="the connection to be accepted")
+    return next(iter(server_connections(gateway)))
+
+
+def small_buffers(conn: socket.socket, server_end: Any) -> None:
+    """Small socket buffers at both ends, so answers a client leaves unread back up into the
+    gateway's write buffer after a few kilobytes instead of the kernel's megabytes."""
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    server_end.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )

@@ -22,6 +22,9 @@ from tests.serving.serving_harness import (
     RawResponses,
     RunningGateway,
     connect,
+    server_connections,
+    server_side,
+    small_buffers,
     wait_until,
 )
 from tests.tiny_models import sample_images
@@ -200,3 +203,42 @@ def test_a_pipelined_request_is_not_timed_out_while_the_one_before_computes(
     assert computed_s > 0.6, f"the first request took {computed_s:.2f} s: not past the deadlines"
     assert first[0] == b"HTTP/1.1 200 OK", first
     assert second[0] == b"HTTP/1.1 200 OK", second
+
+
+def _unread_client(gateway: RunningGateway, requests: int) -> socket.socket:
+    """A connection with small buffers that sends ``requests`` predicts in one write and reads
+    nothing yet: their answers back up into the gateway's write buffer."""
+    conn = connect(gateway.http_url)
+    small_buffers(conn, server_side(gateway))
+    request = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    conn.sendall((request.encode() + BODY) * requests)
+    return conn
+
+
+def test_a_client_that_never_reads_its_answers_is_reset_after_the_write_timeout(
+    tiny_repo: Path, start_gateway: Any
+) -> None:
+    gateway: RunningGateway = start_gateway(tiny_repo, write_timeout_s=1.0)
+    connections = server_connections(gateway)
+    started = time.monotonic()
+    with _unread_client(gateway, 2000) as conn:
+        wait_until(lambda: any(c.flow.write_paused for c in connections), what="answers backed up")
+        # Others are served meanwhile.
+        assert httpx.post(gateway.http_url + PREDICT, content=BODY, timeout=10).status_code == 200
+        wait_until(lambda: not connections, timeout_s=10, what="the connection to be reset")
+        held_s = time.monotonic() - started
+        with pytest.raises(ConnectionResetError):
+            while conn.recv(65536):  # what had reached the client's buffer, then the reset
+                pass
+    assert held_s >= 1.0, f"reset after {held_s:.2f} s, before the write timeout"
+
+
+def test_a_slow_reader_keeps_its_connection(tiny_repo: Path, start_gateway: Any) -> None:
+    """Reading a little at a time is progress: the write timeout counts only a stall."""
+    gateway: RunningGateway = start_gateway(tiny_repo, write_timeout_s=1.0)
+    with _unread_client(gateway, 300) as conn:
+        responses = RawResponses(conn)
+        for index in range(300):
+            if index % 20 == 0:
+                time.sleep(0.25)  # 20 answers per quarter second: slow, never stalled for 1 s
+            assert responses.next()[0] == b"HTTP/1.1 200 OK", index

@@ -22,6 +22,9 @@ from tests.serving.serving_harness import (
     RunningGateway,
     connect,
     requests_total,
+    server_connections,
+    server_side,
+    small_buffers,
     wait_until,
 )
 from tests.tiny_models import sample_images
@@ -161,26 +164,6 @@ def test_clients_that_leave_before_their_answer_hurt_no_one(gateway: RunningGate
     assert 1 <= served() <= 31
 
 
-def _connections(gateway: RunningGateway) -> set[Any]:
-    """The gateway's ends of its open connections (uvicorn's protocol objects)."""
-    assert gateway.gateway._http is not None
-    return gateway.gateway._http.server_state.connections
-
-
-def _server_side(gateway: RunningGateway) -> Any:
-    """The gateway's end of its one connection."""
-    wait_until(lambda: len(_connections(gateway)) == 1, what="the connection to be accepted")
-    return next(iter(_connections(gateway)))
-
-
-def _small_buffers(conn: socket.socket, server_side: Any) -> None:
-    """Small socket buffers at both ends, so unread answers back up to the gateway quickly."""
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    server_side.transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-    )
-
-
 def test_a_client_that_leaves_its_answers_unread_is_read_no_further(
     start_gateway: Any, tiny_repo: Path
 ) -> None:
@@ -194,9 +177,9 @@ def test_a_client_that_leaves_its_answers_unread_is_read_no_further(
     request = _request(PREDICT, json.dumps({"instances": sample_images(8).tolist()}).encode())
     sent, largest_backlog, writes_paused = 0, 0, False
     with connect(gateway.http_url) as conn:
-        server_side = _server_side(gateway)
-        _small_buffers(conn, server_side)
-        high_water = server_side.transport.get_write_buffer_limits()[1]
+        server_end = server_side(gateway)
+        small_buffers(conn, server_end)
+        high_water = server_end.transport.get_write_buffer_limits()[1]
         conn.settimeout(1)
         for _ in range(400):
             answered = state.total_requests
@@ -209,8 +192,8 @@ def test_a_client_that_leaves_its_answers_unread_is_read_no_further(
                 wait_until(lambda before=answered: state.total_requests > before, timeout_s=0.5)
             except AssertionError:
                 break  # the gateway holds this one back: it waits for the client to read
-            largest_backlog = max(largest_backlog, server_side.transport.get_write_buffer_size())
-            writes_paused = writes_paused or server_side.flow.write_paused
+            largest_backlog = max(largest_backlog, server_end.transport.get_write_buffer_size())
+            writes_paused = writes_paused or server_end.flow.write_paused
         assert writes_paused, "the client's unread answers never filled the gateway's buffer"
         assert sent < 400, "the gateway kept reading requests whose answers nobody read"
         one_answer = len(request)  # an 8-row answer is far smaller than its request
@@ -235,20 +218,20 @@ def test_refusals_to_a_client_that_reads_none_stay_bounded(
         assert refusal[0] == b"HTTP/1.1 401 Unauthorized"
     refusal_bytes = len(refusal[0]) + sum(len(k) + len(v) + 4 for k, v in refusal[1].items())
     refusal_bytes += len(refusal[2]) + 64  # the Date header and the blank line, generously
-    wait_until(lambda: not _connections(gateway), what="the first connection to close")
+    wait_until(lambda: not server_connections(gateway), what="the first connection to close")
     one_read = 256 * 1024  # the most the event loop reads from a socket at once
     with connect(gateway.http_url) as conn:
-        server_side = _server_side(gateway)
-        _small_buffers(conn, server_side)
-        high_water = server_side.transport.get_write_buffer_limits()[1]
+        server_end = server_side(gateway)
+        small_buffers(conn, server_end)
+        high_water = server_end.transport.get_write_buffer_limits()[1]
         conn.settimeout(2)
         try:
             for _ in range(200):  # 100,000 requests, about 7 MB
                 conn.sendall(request * 500)
         except TimeoutError:
             pass  # the gateway, and then the kernel's buffers, stopped taking them
-        wait_until(lambda: server_side.flow.read_paused, what="the gateway to stop reading")
-        backlog = server_side.transport.get_write_buffer_size()
+        wait_until(lambda: server_end.flow.read_paused, what="the gateway to stop reading")
+        backlog = server_end.transport.get_write_buffer_size()
     bound = high_water + (one_read // len(request) + 1) * refusal_bytes
     assert backlog <= bound, (backlog, bound)
 
@@ -267,8 +250,8 @@ def test_a_request_queued_behind_unread_refusals_gets_its_whole_body_time(
     keyed = _request(PREDICT, body, {"x-api-key": "secret"})
     refused = _request(PREDICT, b"{}")
     with connect(gateway.http_url) as conn:
-        server_side = _server_side(gateway)
-        _small_buffers(conn, server_side)
+        server_end = server_side(gateway)
+        small_buffers(conn, server_end)
         conn.sendall(refused * 1500 + keyed[:-10])
         time.sleep(0.9 * body_timeout_s)  # most of its body time spent waiting its turn
         responses = RawResponses(conn)
