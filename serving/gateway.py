@@ -307,4 +307,5 @@ def http_limits(settings: ServingSettings) -> HttpLimits:
         drain_idle_grace_s=min(1.0, settings.drain_timeout_s),
         keep_alive_timeout_s=settings.keep_alive_timeout_s,
         write_timeout_s=settings.write_timeout_s,
+        max_pipelined_requests=settings.max_pipelined_requests,
     )

@@ -216,6 +216,12 @@ class ServingSettings(BaseSettings):
         "write buffer holds, or any after the connection was closed) with no progress for this "
         "long is reset.",
     )
+    max_pipelined_requests: int = Field(
+        1024,
+        ge=1,
+        description="Requests an HTTP connection may have queued behind an unanswered one "
+        "(pipelining); beyond it the connection is reset.",
+    )
     max_image_pixels: int = Field(
         0,
         ge=0,

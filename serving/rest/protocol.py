@@ -16,6 +16,10 @@ once, which resets a request the client had already written. :class:`GatewayHttp
 - a bound on open connections (``max_connections``): beyond it a new connection gets 503 at once;
 - the keep-alive timeout (``keep_alive_timeout_s``) as one more deadline of the sweep, where
   uvicorn arms and cancels a timer around every request;
+- a bound on requests queued behind an unanswered one (``max_pipelined_requests``): uvicorn
+  parses every request a read holds and queues each, and reads again after every answer, so a
+  client pipelining faster than it reads would grow the queue without bound; beyond the bound
+  the connection is reset (nothing can be answered ahead of the answers still owed);
 - a bound on answers left unread (``write_timeout_s``): a connection whose unsent bytes stay
   over the write buffer's high-water mark, or stay unsent after it was closed, with no progress
   for that long is reset. uvicorn waits for such a client for ever, so a client that sends
@@ -59,10 +63,16 @@ class HttpLimits:
     drain_idle_grace_s: float = 1.0
     keep_alive_timeout_s: float = 5.0
     write_timeout_s: float = 30.0
+    max_pipelined_requests: int = 1024
 
 
 class _HeadTooLarge(httptools.HttpParserError):
     """Raised from a parser callback: httptools stops, uvicorn's error path answers (431)."""
+
+
+class _TooManyPipelined(httptools.HttpParserError):
+    """Raised from a parser callback: httptools stops, uvicorn's error path resets the
+    connection (no answer can go out ahead of those still owed)."""
 
 
 class _NoEvent:
@@ -133,6 +143,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # sweep (fewer is progress). See _check_unread_answers.
         self._unread_since: float | None = None
         self._unread_bytes = 0
+        self._pipeline_overflowed = False  # more than max_pipelined_requests queued: reset
 
     # --- connections ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -176,6 +187,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self._draining and self.cycle is not None:
             self.cycle.keep_alive = False  # answered with Connection: close, then closed
+        if len(self.pipeline) > self.limits.max_pipelined_requests:
+            self._pipeline_overflowed = True
+            raise _TooManyPipelined("too many pipelined requests")
 
     def _build_scope(self) -> None:
         """uvicorn's scope for this request, built by uvicorn's own code, over what the head
@@ -239,6 +253,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self._refuse_head()
 
     def send_400_response(self, msg: str) -> None:
+        if self._pipeline_overflowed:  # our callback stopped the parser: reset, see the class
+            for cycle, _ in self.pipeline:
+                cycle.disconnected = True
+            self.pipeline.clear()
+            self.transport.abort()
+            return
         if self._refused:  # our callback stopped the parser: answer 431, not 400
             self._refuse_head()
             return

@@ -218,7 +218,10 @@ def _unread_client(gateway: RunningGateway, requests: int) -> socket.socket:
 def test_a_client_that_never_reads_its_answers_is_reset_after_the_write_timeout(
     tiny_repo: Path, start_gateway: Any
 ) -> None:
-    gateway: RunningGateway = start_gateway(tiny_repo, write_timeout_s=1.0)
+    # The pipelining bound lifted: up to 2,000 may queue, the write timeout is what must act.
+    gateway: RunningGateway = start_gateway(
+        tiny_repo, write_timeout_s=1.0, max_pipelined_requests=5000
+    )
     connections = server_connections(gateway)
     started = time.monotonic()
     with _unread_client(gateway, 2000) as conn:
@@ -242,3 +245,22 @@ def test_a_slow_reader_keeps_its_connection(tiny_repo: Path, start_gateway: Any)
             if index % 20 == 0:
                 time.sleep(0.25)  # 20 answers per quarter second: slow, never stalled for 1 s
             assert responses.next()[0] == b"HTTP/1.1 200 OK", index
+
+
+def test_pipelining_beyond_the_bound_resets_the_connection(
+    tiny_repo: Path, start_gateway: Any
+) -> None:
+    """Up to ``max_pipelined_requests`` queued behind an unanswered one are answered in order;
+    one more and the connection is reset (an answer cannot jump the ones still owed)."""
+    gateway: RunningGateway = start_gateway(tiny_repo, max_pipelined_requests=50)
+    status = f"GET /v1/models/{MODEL} HTTP/1.1\r\nHost: x\r\n\r\n".encode()  # all in one read
+    with connect(gateway.http_url) as conn:
+        conn.sendall(status * 51)  # one answered at once, 50 queued behind it
+        responses = RawResponses(conn)
+        assert [responses.next()[0] for _ in range(51)] == [b"HTTP/1.1 200 OK"] * 51
+    with connect(gateway.http_url) as conn:
+        conn.sendall(status * 52)
+        answer, _ = _read_all(conn)
+    assert answer.count(b"HTTP/1.1 ") < 52, "every request was answered: nothing was bounded"
+    with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
+        assert http.post(PREDICT, content=BODY).status_code == 200

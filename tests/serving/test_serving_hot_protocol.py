@@ -210,7 +210,10 @@ def test_refusals_to_a_client_that_reads_none_stay_bounded(
     """Requests without a key, refused (401) as each head ends, pipelined in one stream and never
     read: the gateway stops reading once its unread refusals pass the high-water mark, so they
     stay within the mark plus the refusals of one read (without that, millions of bytes)."""
-    gateway: RunningGateway = start_gateway(tiny_repo, api_keys=["secret"])
+    # The pipelining bound would reset this connection first: lifted, to see backpressure alone.
+    gateway: RunningGateway = start_gateway(
+        tiny_repo, api_keys=["secret"], max_pipelined_requests=200_000
+    )
     request = _request(PREDICT, b"{}")
     with connect(gateway.http_url) as conn:
         conn.sendall(request)
@@ -244,8 +247,8 @@ def test_a_request_queued_behind_unread_refusals_gets_its_whole_body_time(
     its body deadline counts from when the gateway reads again, not from its head."""
     body_timeout_s = 2.0
     gateway: RunningGateway = start_gateway(
-        tiny_repo, api_keys=["secret"], body_timeout_s=body_timeout_s
-    )
+        tiny_repo, api_keys=["secret"], body_timeout_s=body_timeout_s, max_pipelined_requests=5000
+    )  # the bound lifted: up to 1,500 may queue
     body = json.dumps({"instances": sample_images(2).tolist()}).encode()
     keyed = _request(PREDICT, body, {"x-api-key": "secret"})
     refused = _request(PREDICT, b"{}")
