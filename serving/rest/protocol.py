@@ -461,9 +461,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # The application waiting for the body sees the client gone.
             cycle.disconnected = True
             cycle.message_event.set()
-            if cycle.response_started:
-                self.transport.close()
-                return
+        if cycle is not None and cycle.response_started:
+            # Answered, or answering, already (a 413 or 401 goes out before the body ends): a
+            # 408 would be a second answer to one request. Close without one.
+            self._refused = True
+            self.transport.close()
+            return
         self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s")
 
     def _refuse_head(self) -> None:

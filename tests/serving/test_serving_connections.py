@@ -264,3 +264,20 @@ def test_pipelining_beyond_the_bound_resets_the_connection(
     assert answer.count(b"HTTP/1.1 ") < 52, "every request was answered: nothing was bounded"
     with httpx.Client(base_url=gateway.http_url, timeout=10) as http:
         assert http.post(PREDICT, content=BODY).status_code == 200
+
+
+@pytest.mark.parametrize("route", ["hot", "asgi"])
+def test_a_request_refused_before_its_body_ends_gets_one_answer(
+    tiny_repo: Path, start_gateway: Any, route: str
+) -> None:
+    """413 from Content-Length, then the body stalls: the connection closes at the body deadline
+    without a 408, which would be a second answer to the one request."""
+    gateway: RunningGateway = start_gateway(tiny_repo, max_body_bytes=1000, body_timeout_s=0.5)
+    path = PREDICT if route == "hot" else f"/v1/models/{MODEL}/metadata"
+    with connect(gateway.http_url) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode())
+        conn.sendall(b"[" * 100)  # part of the body, then nothing
+        answer, waited = _read_all(conn)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert waited < 10
