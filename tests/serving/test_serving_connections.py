@@ -181,10 +181,12 @@ def test_a_pipelined_request_is_not_timed_out_while_the_one_before_computes(
     """A request pipelined behind one that computes longer than the head and body deadlines,
     cut short by the read it arrived in: the gateway is not reading it (it waits its turn), so
     it is not late. Both are answered, in order, instead of a 408 in place of the first answer."""
+    deadline_s = 0.1
     gateway: RunningGateway = start_gateway(
-        slow_repo, batching=False, header_timeout_s=0.3, body_timeout_s=0.3
+        slow_repo, batching=False, header_timeout_s=deadline_s, body_timeout_s=deadline_s
     )
-    slow_body = json.dumps({"instances": sample_images(16).tolist()}).encode()
+    # 32 images of the slow model: about a second here, many times the deadlines on any host.
+    slow_body = json.dumps({"instances": sample_images(32).tolist()}).encode()
     slow = f"POST /v1/models/slow:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(slow_body)}"
     quick_body = json.dumps({"instances": sample_images(1).tolist()}).encode()
     quick = (
@@ -200,7 +202,7 @@ def test_a_pipelined_request_is_not_timed_out_while_the_one_before_computes(
         computed_s = time.monotonic() - started
         conn.sendall(quick[split:])
         second = responses.next()
-    assert computed_s > 0.6, f"the first request took {computed_s:.2f} s: not past the deadlines"
+    assert computed_s > 3 * deadline_s, f"the first took {computed_s:.2f} s: deadlines not passed"
     assert first[0] == b"HTTP/1.1 200 OK", first
     assert second[0] == b"HTTP/1.1 200 OK", second
 
