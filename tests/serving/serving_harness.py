@@ -303,10 +303,18 @@ class RawResponses:
         return not self._fill() and not self.buffer
 
 
-def connect(http_url: str) -> socket.socket:
-    """A raw TCP connection to the gateway at ``http_url``, for what httpx would not send."""
+def connect(http_url: str, receive_buffer: int | None = None) -> socket.socket:
+    """A raw TCP connection to the gateway at ``http_url``, for what httpx would not send;
+    ``receive_buffer`` bytes of socket receive buffer, set before the connection's window is
+    agreed (set afterwards, a small buffer can stall the connection)."""
     host, port = http_url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=10)
+    if receive_buffer is None:
+        return socket.create_connection((host, int(port)), timeout=10)
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    conn.settimeout(10)
+    conn.connect((host, int(port)))
+    return conn
 
 
 def server_connections(gateway: RunningGateway) -> set[Any]:
