@@ -46,9 +46,17 @@ class Supervised:
                 break
         assert ready, "".join(self.lines)
         self.http_url, self.grpc_target = ready.group(1), ready.group(2)
-        threading.Thread(
+        self._reader = threading.Thread(
             target=lambda: self.lines.extend(self.process.stdout or []), daemon=True
-        ).start()
+        )
+        self._reader.start()
+
+    def log(self) -> str:
+        """Everything logged so far; once the process has exited, all of it (the reader may
+        still be catching up with the pipe when the process is reaped)."""
+        if self.process.poll() is not None:
+            self._reader.join(10)
+        return "".join(self.lines)
 
     def workers(self) -> list[int]:
         """PIDs of the supervisor's children."""
@@ -99,10 +107,10 @@ def test_workers_share_ports_and_metrics_sum_over_them(
 def test_sigterm_stops_every_worker(supervised: Supervised) -> None:
     workers = supervised.workers()
     supervised.process.send_signal(signal.SIGTERM)
-    assert supervised.process.wait(60) == 0, "".join(supervised.lines)
+    assert supervised.process.wait(60) == 0, supervised.log()
     # The supervisor waited for (and so reaped) each worker before exiting.
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
-    log = "".join(supervised.lines)
+    log = supervised.log()
     assert log.count("INFO serving: stopped") == 2, log
 
 
@@ -111,7 +119,7 @@ def test_a_dead_worker_stops_the_gateway(supervised: Supervised) -> None:
     os.kill(first, signal.SIGKILL)
     assert supervised.process.wait(60) == 1
     assert not Path(f"/proc/{second}").exists()  # stopped and reaped, not left serving alone
-    assert "exited with -9; stopping the others" in "".join(supervised.lines)
+    assert "exited with -9; stopping the others" in supervised.log()
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> None:
