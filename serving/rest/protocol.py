@@ -407,12 +407,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         runs while the server has connections."""
         now = loop.time()
         for connection in list(connections):
-            at = getattr(connection, "_deadline_at", None)
+            if not isinstance(connection, GatewayHttpProtocol):
+                continue  # upgraded to another protocol (WebSocket): uvicorn's own
+            at = connection._deadline_at
             if at is not None and at <= now:
                 connection._deadline_at = None
                 connection._on_deadline()
-            if isinstance(connection, GatewayHttpProtocol):
-                connection._check_unread_answers(now)
+            connection._check_unread_answers(now)
         if connections:
             loop.call_later(cls._sweep_interval(), cls._sweep, loop, connections)
         else:

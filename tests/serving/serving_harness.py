@@ -329,10 +329,10 @@ def server_side(gateway: RunningGateway) -> Any:
     return next(iter(server_connections(gateway)))
 
 
-def small_buffers(conn: socket.socket, server_end: Any) -> None:
-    """Small socket buffers at both ends, so answers a client leaves unread back up into the
+def small_send_buffer(server_end: Any) -> None:
+    """A small socket send buffer at the gateway's end (a client's small receive buffer is
+    ``connect(..., receive_buffer=...)``), so answers a client leaves unread back up into the
     gateway's write buffer after a few kilobytes instead of the kernel's megabytes."""
-    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     server_end.transport.get_extra_info("socket").setsockopt(
         socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
     )

@@ -24,6 +24,7 @@ from tests.serving.serving_harness import (
     connect,
     server_connections,
     server_side,
+    small_send_buffer,
     wait_until,
 )
 from tests.tiny_models import sample_images
@@ -211,9 +212,7 @@ def _unread_client(gateway: RunningGateway, requests: int) -> socket.socket:
     write and reads nothing yet: small requests (the write never waits) whose answers, 16 times
     their size, back up into the gateway's write buffer."""
     conn = connect(gateway.http_url, receive_buffer=4096)
-    server_side(gateway).transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
-    )
+    small_send_buffer(server_side(gateway))
     conn.sendall(f"GET /v1/models/{MODEL}/metadata HTTP/1.1\r\nHost: x\r\n\r\n".encode() * requests)
     return conn
 

@@ -24,7 +24,7 @@ from tests.serving.serving_harness import (
     requests_total,
     server_connections,
     server_side,
-    small_buffers,
+    small_send_buffer,
     wait_until,
 )
 from tests.tiny_models import sample_images
@@ -176,9 +176,9 @@ def test_a_client_that_leaves_its_answers_unread_is_read_no_further(
     state = gateway.gateway._http.server_state
     request = _request(PREDICT, json.dumps({"instances": sample_images(8).tolist()}).encode())
     sent, largest_backlog, writes_paused = 0, 0, False
-    with connect(gateway.http_url) as conn:
+    with connect(gateway.http_url, receive_buffer=4096) as conn:
         server_end = server_side(gateway)
-        small_buffers(conn, server_end)
+        small_send_buffer(server_end)
         high_water = server_end.transport.get_write_buffer_limits()[1]
         conn.settimeout(1)
         for _ in range(400):
@@ -223,9 +223,9 @@ def test_refusals_to_a_client_that_reads_none_stay_bounded(
     refusal_bytes += len(refusal[2]) + 64  # the Date header and the blank line, generously
     wait_until(lambda: not server_connections(gateway), what="the first connection to close")
     one_read = 256 * 1024  # the most the event loop reads from a socket at once
-    with connect(gateway.http_url) as conn:
+    with connect(gateway.http_url, receive_buffer=4096) as conn:
         server_end = server_side(gateway)
-        small_buffers(conn, server_end)
+        small_send_buffer(server_end)
         high_water = server_end.transport.get_write_buffer_limits()[1]
         conn.settimeout(2)
         try:
@@ -252,9 +252,9 @@ def test_a_request_queued_behind_unread_refusals_gets_its_whole_body_time(
     body = json.dumps({"instances": sample_images(2).tolist()}).encode()
     keyed = _request(PREDICT, body, {"x-api-key": "secret"})
     refused = _request(PREDICT, b"{}")
-    with connect(gateway.http_url) as conn:
+    with connect(gateway.http_url, receive_buffer=4096) as conn:
         server_end = server_side(gateway)
-        small_buffers(conn, server_end)
+        small_send_buffer(server_end)
         conn.sendall(refused * 1500 + keyed[:-10])
         time.sleep(0.9 * body_timeout_s)  # most of its body time spent waiting its turn
         responses = RawResponses(conn)
