@@ -279,8 +279,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             # from the parser, would not wait.
             return False
         url = self.url
-        # Origin-form only, no percent-escapes (those take uvicorn's path, which decodes them).
-        if url[:1] != b"/" or b"%" in url:
+        # Origin-form only, no percent-escapes and no fragment: those take uvicorn's path, which
+        # decodes escapes and drops a fragment (never valid in a request-target).
+        if url[:1] != b"/" or b"%" in url or b"#" in url:
             return False
         try:
             path = url.split(b"?", 1)[0].decode("ascii")

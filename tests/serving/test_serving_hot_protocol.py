@@ -63,6 +63,8 @@ CASES = {
     "v2 json": ("/v2/models/tiny/versions/2/infer", V2_JSON, {}),
     "v2 binary": (INFER, *_v2_binary()),
     "query string": (PREDICT + "?trace=1", json.dumps({"instances": [[0] * 4]}).encode(), {}),
+    # Not valid in a request-target; uvicorn drops it, so the model is "tiny", not "tiny#x".
+    "fragment": ("/v2/models/tiny#x/infer", V2_JSON, {}),
     "wrong shape (400)": (PREDICT, b'{"instances": [[1, 2]]}', {}),
     "bad json (400)": (PREDICT, b'{"instances": [', {}),
     "unknown model (404)": ("/v1/models/nope:predict", b'{"instances": [[1]]}', {}),
