@@ -144,6 +144,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._unread_since: float | None = None
         self._unread_bytes = 0
         self._pipeline_overflowed = False  # more than max_pipelined_requests queued: reset
+        self._running: Any = None  # the ASGI cycle started last (uvicorn keeps the newest only)
 
     # --- connections ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -156,7 +157,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        # uvicorn marks only the newest request (self.cycle) disconnected. The one running
+        # before it and those queued must not answer either: uvloop raises on a write to the
+        # closed transport, and uvicorn logs that as an exception in the application.
+        for cycle in (self._running, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running = cycle
+        super()._start_asgi_task(cycle, app)
 
     # --- parser callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -22,6 +22,7 @@ from tests.serving.serving_harness import (
     RawResponses,
     RunningGateway,
     connect,
+    requests_total,
     server_connections,
     server_side,
     small_send_buffer,
@@ -282,3 +283,40 @@ def test_a_request_refused_before_its_body_ends_gets_one_answer(
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:100]
     assert answer.count(b"HTTP/1.1 ") == 1, answer
     assert waited < 10
+
+
+@pytest.mark.parametrize("running", ["started at once", "started from the queue"])
+def test_a_client_that_leaves_with_requests_queued_leaves_no_error(
+    slow_repo: Path, running: str
+) -> None:
+    """The client sends a request with another queued behind it and leaves while the first
+    computes. uvicorn marks only the newest request of a connection as disconnected, so the
+    running one used to write its answer to the closed transport: under uvloop, an "Exception in
+    ASGI application" with a traceback per such client. Now every request of the connection is
+    marked, nothing is written, and the gateway goes on serving."""
+    gateway = GatewayProcess(slow_repo, "--no-batching")
+    body = json.dumps({"instances": sample_images(8).tolist()}).encode()
+
+    def request(path: str) -> bytes:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        return head.encode() + body
+
+    # A percent-escape sends a request through uvicorn's ASGI cycle (the hot path has none):
+    # it runs at once, or is popped from the queue behind a hot one.
+    through_asgi, hot = request("/v1/models/slow%3Apredict"), request("/v1/models/slow:predict")
+    sent = [through_asgi, hot] if running == "started at once" else [hot, through_asgi, hot]
+    computed = 1 if running == "started at once" else 2  # the last one never starts
+    try:
+        for expected in (computed, 2 * computed):
+            with connect(gateway.http_url) as conn:
+                conn.sendall(b"".join(sent))
+                time.sleep(0.05)  # 8 images of the slow model compute longer than this
+            wait_until(
+                lambda n=expected: sum(requests_total(gateway.http_url).values()) >= n,
+                what="the computing requests to finish",
+            )
+    finally:
+        gateway.stop()
+    wait_until(lambda: "stopped" in "".join(gateway.lines[-3:]), what="the gateway's last log")
+    log = "".join(gateway.lines)
+    assert "Exception in ASGI application" not in log and "handler is closed" not in log, log
