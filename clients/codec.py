@@ -195,6 +195,11 @@ _NARROW_RANGES: dict[int, tuple[int, int]] = {
 
 def _typed_values(proto: TensorProto, entry: DtypeEntry, count: int) -> np.ndarray[Any, Any]:
     values: Any = getattr(proto, entry.val_field)
+    # Counted before anything is converted: a message of a few bytes per value must not cost
+    # eight bytes or more per value (or a Python object each) before it is refused.
+    per_element = 2 if entry.tf in (DataType.DT_COMPLEX64, DataType.DT_COMPLEX128) else 1
+    if len(values) > count * per_element:
+        raise ValueError(f"tensor has {len(values) // per_element} values for {count} elements")
     narrow = _NARROW_RANGES.get(entry.tf)
     if narrow is not None and len(values):
         wide = np.asarray(values, dtype=np.int64)
@@ -219,8 +224,6 @@ def _typed_values(proto: TensorProto, entry: DtypeEntry, count: int) -> np.ndarr
         return flat
     if len(flat) == 0:
         return np.zeros(count, dtype=entry.numpy) if entry is not _STRING else np.full(count, b"")
-    if len(flat) > count:
-        raise ValueError(f"tensor has {len(flat)} values for {count} elements")
     # TensorFlow pads a short value list with its last element (e.g. a single fill value).
     return np.concatenate([flat, np.repeat(flat[-1:], count - len(flat))])
 

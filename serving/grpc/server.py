@@ -22,7 +22,7 @@ from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_
 from serving.auth import DENIED_MESSAGE, ApiKeys
 from serving.codecs import tfserving_status
 from serving.dataplane import DataPlane
-from serving.errors import InvalidArgument, as_serving_error
+from serving.errors import InvalidArgument, as_serving_error, shown
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
 from serving.validation import InputLimits, check_declared
@@ -87,12 +87,20 @@ class PredictionServicer:
             return await call(request, context)
         except Exception as exc:
             error = as_serving_error(exc, log, f"gRPC {types.name}")
+            code, message = error.grpc_code, error.message
             retry_after = getattr(error, "retry_after_s", None)
-            if retry_after is not None:  # gRPC's retry pushback (gRFC A6), in milliseconds
-                context.set_trailing_metadata(
-                    (("grpc-retry-pushback-ms", str(math.ceil(retry_after * 1000))),)
-                )
-            await context.abort(error.grpc_code, error.message)
+            del error  # its traceback holds the frames that hold the request (see below)
+        if retry_after is not None:  # gRPC's retry pushback (gRFC A6), in milliseconds
+            context.set_trailing_metadata(
+                (("grpc-retry-pushback-ms", str(math.ceil(retry_after * 1000))),)
+            )
+        # Ended by status, not by context.abort(): abort raises an error that grpc keeps in the
+        # call's state, chained to the one above, whose traceback holds the request's frames
+        # (raw bytes, the parsed message, decode buffers) in a reference cycle with the call.
+        # Only the cyclic garbage collector would free a refused request's memory then.
+        context.set_code(code)
+        context.set_details(message)
+        return None
 
     async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """``PredictionService/Predict``."""
@@ -134,7 +142,7 @@ class PredictionServicer:
         unsupported = sorted(fields - {"signature_def", wire.CLASS_NAMES_FIELD})
         if unsupported:
             raise InvalidArgument(
-                f"metadata_field {unsupported[0]!r} is not supported; "
+                f"metadata_field {shown(unsupported[0])} is not supported; "
                 f"use 'signature_def' or '{wire.CLASS_NAMES_FIELD}'"
             )
         spec = request.model_spec
@@ -171,7 +179,10 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         self.exempt_health = exempt_health
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
+            # By status, not abort(), for the reason given in PredictionServicer._guard.
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            context.set_details(DENIED_MESSAGE)
+            return None
 
         self._deny = grpc.unary_unary_rpc_method_handler(deny)
 

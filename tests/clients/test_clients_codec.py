@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -113,6 +114,30 @@ def test_typed_values_outside_their_dtype_are_rejected_not_wrapped(
     getattr(proto, field).extend(values)
     with pytest.raises(ValueError, match=re.escape(words)):
         codec.tensor_proto_to_ndarray(proto)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "field"),
+    [(wire.DataType.DT_UINT8, "int_val"), (wire.DataType.DT_FLOAT, "float_val"),
+     (wire.DataType.DT_STRING, "string_val"), (wire.DataType.DT_COMPLEX64, "scomplex_val")],
+)  # fmt: skip
+def test_too_many_typed_values_are_refused_before_they_are_converted(
+    dtype: int, field: str
+) -> None:
+    """A packed int_val costs one byte per zero on the wire; converting 2M of them first would
+    cost 16 MB (int64) before the count refused them. Refused at the count, nothing allocated."""
+    proto = wire.TensorProto(dtype=dtype)  # type: ignore[arg-type]
+    proto.tensor_shape.dim.add(size=784)
+    values = [b""] if field == "string_val" else [0]
+    getattr(proto, field).extend(values * 2_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="values for 784 elements"):
+            codec.tensor_proto_to_ndarray(proto)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"{peak} bytes allocated to refuse it"
 
 
 def test_tensor_content_together_with_typed_values_is_rejected() -> None:

@@ -3,6 +3,9 @@ our own client works over every transport."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import tracemalloc
 from pathlib import Path
 
 import grpc
@@ -11,7 +14,7 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.serving.serving_harness import RunningGateway
+from tests.serving.serving_harness import RunningGateway, wait_until
 from tests.tiny_models import reference_predict, sample_images
 
 MODEL = "tiny"
@@ -128,3 +131,50 @@ def test_version_states_are_tf_servings_numbers() -> None:
 
     for state in VersionState:
         assert state.value == wire.ModelVersionStatus.State.Value(state.name), state
+
+
+@pytest.mark.parametrize("refusal", ["unknown model", "bad tensor"])
+def test_a_refused_call_frees_its_request_without_the_garbage_collector(
+    channel: grpc.Channel, refusal: str
+) -> None:
+    """A refused call's request (its bytes, the parsed message, decode buffers) is freed when
+    the call ends. Ending it with grpc's abort() kept an error whose traceback held the request's
+    frames in a reference cycle with the call, so only the cyclic garbage collector, whenever it
+    ran, gave the memory back. Checked with that collector off: after eight refused 8 MiB
+    calls, what stays allocated falls below one of them (the last is freed as grpc finishes its
+    call, just after the client has the answer)."""
+    from clients import wire
+
+    size = 8 * 1024 * 1024
+    tensor = wire.TensorProto(dtype=wire.DataType.DT_UINT8, tensor_content=bytes(size))
+    if refusal == "bad tensor":  # parsed, then refused by the input checks (rank 1, not 4)
+        tensor.tensor_shape.dim.add(size=size)
+    model, code = (
+        ("unknown", grpc.StatusCode.NOT_FOUND)
+        if refusal == "unknown model"
+        else (MODEL, grpc.StatusCode.INVALID_ARGUMENT)
+    )
+    message = wire.PredictRequest(
+        model_spec=wire.model_spec(model), inputs={"image": tensor}
+    ).SerializeToString()
+    call = channel.unary_unary(wire.PREDICT_METHOD)
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        for _ in range(8):
+            with pytest.raises(grpc.RpcError) as failure:
+                call(message, timeout=30)
+            assert failure.value.code() == code, failure.value
+        kept: list[int] = []
+
+        def freed() -> bool:
+            kept.append(tracemalloc.get_traced_memory()[0])
+            return kept[-1] < size
+
+        with contextlib.suppress(AssertionError):  # the assertion below says how much is kept
+            wait_until(freed, timeout_s=5)
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert kept[-1] < size, f"{kept[-1] / 2**20:.1f} MiB still allocated after 8 refused calls"

@@ -447,6 +447,7 @@ GRPC_CASES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
     ("garbage-bytes", wire.PREDICT_METHOD, b"\xff\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a valid PredictRequest"),
     ("truncated-message", wire.PREDICT_METHOD, predict_request(("image", GOOD_TENSOR))[:-3], grpc.StatusCode.INVALID_ARGUMENT, "not a valid PredictRequest"),
     ("metadata-garbage", wire.GET_MODEL_METADATA_METHOD, b"\x0a\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a valid GetModelMetadataRequest"),
+    ("metadata-field-100kb", wire.GET_MODEL_METADATA_METHOD, wire.GetModelMetadataRequest(model_spec=wire.model_spec(MODEL), metadata_field=["f" * 100_000]).SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "(100000 characters)' is not supported"),
     ("status-garbage", wire.GET_MODEL_STATUS_METHOD, b"\x0a\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a valid GetModelStatusRequest"),
     ("message-over-limit", wire.PREDICT_METHOD, predict_request(("image", wire.TensorProto(dtype=DT.DT_UINT8, tensor_content=bytes(MAX_BODY + 1)))), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
 ]  # fmt: skip
