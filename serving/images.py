@@ -36,6 +36,11 @@ Image.MAX_IMAGE_PIXELS = None
 DERIVED_PIXELS_PER_INPUT_PIXEL = 256
 MIN_DERIVED_PIXELS = 2048 * 2048
 
+#: The most scans a JPEG may have. A progressive JPEG has about 10 (libjpeg's default script) and
+#: a baseline one 1 to 4; every scan makes the decoder walk the whole image again, so without a
+#: bound a few bytes per repeated scan buy a full pass over an image as large as the pixel limit.
+MAX_JPEG_SCANS = 100
+
 
 @dataclass(frozen=True)
 class ImageSpec:
@@ -94,6 +99,18 @@ def _check_pixels(image: Image.Image, max_pixels: int) -> None:
         )
 
 
+def _check_scans(data: bytes) -> None:
+    # A scan starts with the marker FF DA. Entropy-coded data never holds it (an FF byte there is
+    # followed by 00 or a restart marker); only an application segment could (an embedded
+    # thumbnail's scans), so the count may be a little high, never low.
+    scans = data.count(b"\xff\xda")
+    if scans > MAX_JPEG_SCANS:
+        raise InvalidArgument(
+            f"JPEG with {scans} scans exceeds the limit of {MAX_JPEG_SCANS} (progressive "
+            "JPEGs have about 10)"
+        )
+
+
 def declared_pixels(data: bytes) -> int:
     """Width x height as the image's header declares them, without decoding any pixel."""
     with _open(data) as image:
@@ -104,12 +121,15 @@ def declared_pixels(data: bytes) -> int:
 def decode_image(data: bytes, spec: ImageSpec, max_pixels: int) -> np.ndarray:
     """Decode, convert the colour mode and resize; returns uint8 ``[H, W, C]``.
 
-    The declared size is checked against ``max_pixels`` before decoding (413 above it). A JPEG
-    much larger than the target is decoded at a reduced scale (libjpeg's DCT scaling, never below
-    the target size), which halves its cost or better.
+    The declared size is checked against ``max_pixels`` before decoding (413 above it), and a
+    JPEG's scans against ``MAX_JPEG_SCANS`` (400 above it). A JPEG much larger than the target is
+    decoded at a reduced scale (libjpeg's DCT scaling, never below the target size), which halves
+    its cost or better.
     """
     with _open(data) as image:
         _check_pixels(image, max_pixels)
+        if image.format == "JPEG":
+            _check_scans(data)
         mode = "L" if spec.channels == 1 else "RGB"
         try:
             if image.format == "JPEG":

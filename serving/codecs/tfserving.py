@@ -68,9 +68,9 @@ def loads(body: bytes) -> Any:
 
 def has_b64(body: bytes) -> bool:
     """Whether a body may hold ``{"b64": ...}`` values, whose decoding (base64, images) is heavy
-    enough to belong off the event loop. Cheap and conservative: a key spelled with escapes is
-    missed, and then only costs event-loop time, never correctness."""
-    return b'"b64"' in body
+    enough to belong off the event loop. Cheap and conservative: any JSON escape counts too, as
+    the key may be spelled with escapes (``"\\u0062\\u0036\\u0034"``); numbers need none."""
+    return b'"b64"' in body or b"\\u" in body
 
 
 def _b64(value: dict[str, Any], spec: TensorSpec, limits: InputLimits) -> np.ndarray:

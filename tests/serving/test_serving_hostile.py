@@ -69,6 +69,7 @@ def send_good_requests(gateway: GatewayProcess) -> None:
         binary = v2_binary({**_BIN, "parameters": {"binary_data_size": 784}}, bytes(784))
         assert http.post(INFER, **binary).status_code == 200
         assert http.post(CLASSIFY, content=SMALL_PNG).status_code == 200
+        assert http.post(CLASSIFY, content=progressive_jpeg()).status_code == 200
         assert http.post(CLASSIFY, **multipart([("file", "a.png", SMALL_PNG)])).status_code == 200
         b64_body = json.dumps({"instances": [{"b64": b64(SMALL_PNG)}]}).encode()
         assert http.post(PREDICT, content=b64_body).status_code == 200
@@ -120,6 +121,18 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     struct.pack_into(">HH", data, sof + 5, height, width)
     end_of_sof = sof + 2 + struct.unpack_from(">H", data, sof + 2)[0]
     return bytes(data[:end_of_sof]) + b"\xff\xd9"
+
+
+def progressive_jpeg(side: int = 64, repeat_last_scan: int = 0) -> bytes:
+    """A real progressive grayscale JPEG; with ``repeat_last_scan``, its last scan (header and
+    entropy-coded data) is repeated that many more times before the end: a few bytes each, and
+    each a full pass of the decoder over the image."""
+    out = io.BytesIO()
+    pixels = np.random.default_rng(1).integers(0, 256, (side, side), np.uint8)
+    Image.fromarray(pixels).save(out, format="JPEG", progressive=True, quality=90)
+    data = out.getvalue()
+    last_scan, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last_scan:end] * repeat_last_scan + data[end:]
 
 
 SMALL_PNG = solid_png(28)
@@ -324,6 +337,8 @@ IMAGE_CASES: list[RestCase] = [
     ("png-truncated", "POST", CLASSIFY, {"content": NOISE_PNG[: len(NOISE_PNG) // 2]}, 400, "cannot decode image"),
     ("png-garbage-idat", "POST", CLASSIFY, {"content": png_declaring(28, 28, b"\x00garbage")}, 400, "cannot decode image"),
     ("png-zero-size", "POST", CLASSIFY, {"content": png_declaring(0, 0)}, 400, "cannot decode image"),
+    ("jpeg-1000-scans", "POST", CLASSIFY, {"content": progressive_jpeg(repeat_last_scan=1000)}, 400, "scans exceeds the limit of 100"),
+    ("b64-jpeg-1000-scans", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(progressive_jpeg(repeat_last_scan=1000))}]}).encode()}, 400, "scans exceeds the limit of 100"),
     ("jpeg-without-scan", "POST", CLASSIFY, {"content": jpeg_declaring(28, 28)}, 400, "cannot decode image"),
     ("gif", "POST", CLASSIFY, {"content": b"GIF89a" + bytes(64)}, 400, "PNG or JPEG expected"),
     ("random-bytes", "POST", CLASSIFY, {"content": bytes(range(256)) * 4}, 400, "PNG or JPEG expected"),

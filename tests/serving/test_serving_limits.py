@@ -95,6 +95,8 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
 ) -> None:
     gateway: RunningGateway = start_gateway(tiny_repo, decode_threads=1, decode_queue=0)
     b64_body = json.dumps({"instances": [{"b64": base64.b64encode(png(28)).decode()}]})
+    # The same key spelled with JSON escapes must not slip past the pool onto the event loop.
+    escaped_body = b64_body.replace('"b64"', '"\\u0062\\u0036\\u0034"')
     release = occupy_pool(gateway)
     try:
         with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
@@ -102,6 +104,7 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
             assert busy.status_code == 429, busy.text
             assert "decoding is at capacity" in busy.json()["error"]
             assert http.post(PREDICT, content=b64_body).status_code == 429
+            assert http.post(PREDICT, content=escaped_body).status_code == 429
             # Small images are decoded inline: the busy pool does not matter to them.
             assert http.post(CLASSIFY, content=png(28)).status_code == 200
             assert (
@@ -114,7 +117,9 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
     wait_until(lambda: pool.admitted == 0, what="the released job to leave the decode pool")
     with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
         assert http.post(CLASSIFY, content=png(512, noise=True)).status_code == 200
-        assert http.post(PREDICT, content=b64_body).status_code == 200
+        plain = http.post(PREDICT, content=b64_body)
+        assert plain.status_code == 200
+        assert http.post(PREDICT, content=escaped_body).json() == plain.json()
 
 
 def test_pixel_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:
