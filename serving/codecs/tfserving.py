@@ -86,10 +86,11 @@ def _b64(value: dict[str, Any], spec: TensorSpec, limits: InputLimits) -> np.nda
         return np.array(data, dtype=object)
     element_shape = spec.shape[1:]
     # A numeric input: accept an encoded image (decoded per the input shape) or raw tensor bytes.
-    if looks_like_image(data) and len(element_shape) == 3 and spec.dtype == np.uint8:
+    fixed = all(dim > 0 for dim in element_shape)
+    if looks_like_image(data) and fixed and len(element_shape) == 3 and spec.dtype == np.uint8:
         image = ImageSpec(*element_shape)
         return decode_image(data, image, pixel_limit(image, limits.max_image_pixels))
-    if all(dim > 0 for dim in element_shape):
+    if fixed:
         expected = int(np.prod(element_shape)) * spec.dtype.itemsize
         if len(data) == expected:
             return np.frombuffer(data, dtype=spec.dtype).reshape(element_shape)

@@ -236,6 +236,7 @@ TF_REST_CASES: list[RestCase] = [
     ("b64-png-over-limit-2049", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(solid_png(2049))}]}).encode()}, 413, "2049x2049 pixels exceeds the limit of 4194304"),
     ("b64-truncated-png", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(NOISE_PNG[: len(NOISE_PNG) // 2])}]}).encode()}, 400, "cannot decode image"),
     ("b64-gif", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(b"GIF89a" + bytes(100))}]}).encode()}, 400, "expected a PNG/JPEG image or 784 raw bytes"),
+    ("b64-png-any-size-model", "POST", f"/v1/models/{ANY_SIZE}:predict", {"content": json.dumps({"instances": [{"b64": b64(SMALL_PNG)}]}).encode()}, 400, "b64 values need a fixed per-instance shape"),
     ("b64-batch-over-limit", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(SMALL_PNG)}] * (MAX_BATCH + 1)}).encode()}, 400, f"the limit is {MAX_BATCH} per request"),
     ("2000-unknown-inputs", "POST", PREDICT, {"content": json.dumps({"inputs": {f"in{i}": [0] for i in range(2000)}}).encode()}, 400, "and 1995 more"),
     ("unknown-input-name", "POST", PREDICT, {"content": json.dumps({"inputs": {"x" * 3000: [image()]}}).encode()}, 400, "unknown input"),
