@@ -284,6 +284,7 @@ def _export(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             print("error: --checkpoint is required for a trained model", file=sys.stderr)
             return 2
+        import training.layers  # registers the layers a checkpoint may name
         import training.losses  # noqa: F401  (registers the losses a checkpoint may name)
         from training.data import load_dataset
 

@@ -173,7 +173,24 @@ def _resnet50_features(
         input_shape=feature_shape,
         pooling="avg",
     )
-    return backbone(x), False
+    return _with_fused_batch_norm(backbone)(x), False
+
+
+def _with_fused_batch_norm(model: Any) -> Any:
+    """``model`` (a Functional) with its BatchNormalization layers trained by TensorFlow's fused
+    kernel (``training.layers.FusedBatchNormalization``); same names, config and weights."""
+    import keras
+
+    from training.layers import FusedBatchNormalization
+
+    def clone(layer: Any) -> Any:
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    fused = keras.models.clone_model(model, clone_function=clone)
+    fused.set_weights(model.get_weights())
+    return fused
 
 
 def _resnet50_cifar(x: Any) -> Any:
@@ -181,8 +198,10 @@ def _resnet50_cifar(x: Any) -> Any:
     and no max-pool, then the same four stages of bottleneck blocks; global-average-pooled."""
     from keras import layers
 
+    from training.layers import FusedBatchNormalization
+
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(epsilon=1.001e-5, name="stem_bn")(x)
+    x = FusedBatchNormalization(epsilon=1.001e-5, name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     for stage, (width, blocks) in enumerate(_RESNET50_STAGES, start=2):
         for block in range(1, blocks + 1):
@@ -197,11 +216,13 @@ def _bottleneck(x: Any, width: int, stride: int, projection: bool, name: str) ->
     """1x1 (stride) -> 3x3 -> 1x1 (4x width), BatchNorm after each, plus the shortcut."""
     from keras import layers
 
+    from training.layers import FusedBatchNormalization
+
     def conv_bn(y: Any, filters: int, kernel: int, step: int, part: str) -> Any:
         y = layers.Conv2D(
             filters, kernel, strides=step, padding="same", name=f"{name}_{part}_conv"
         )(y)
-        return layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_{part}_bn")(y)
+        return FusedBatchNormalization(epsilon=1.001e-5, name=f"{name}_{part}_bn")(y)
 
     shortcut = conv_bn(x, 4 * width, 1, stride, "0") if projection else x
     y = layers.Activation("relu", name=f"{name}_1_relu")(conv_bn(x, width, 1, stride, "1"))
