@@ -37,12 +37,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):  # type: ignore[
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
 
+        # Without gamma (scale=False) or beta (center=False) the kernel still takes them: 1 and 0.
+        scale = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones_like(self.moving_mean)
+        offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros_like(self.moving_mean)
         outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
             x=inputs,
-            scale=tf.cast(self.gamma, tf.float32) if self.scale else tf.ones_like(self.moving_mean),
-            offset=tf.cast(self.beta, tf.float32)
-            if self.center
-            else tf.zeros_like(self.moving_mean),
+            scale=scale,
+            offset=offset,
             mean=tf.constant([], tf.float32),
             variance=tf.constant([], tf.float32),
             epsilon=self.epsilon,
