@@ -49,6 +49,7 @@ class Limits:
     request_timeout_s: float = 30.0
     max_tensor_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 0
+    max_request_image_pixels: int = 0
     decode_threads: int = 1
     decode_queue: int = 64
 
@@ -63,7 +64,10 @@ class DataPlane:
         self.metrics = metrics
         self.limits = limits
         self.input_limits = InputLimits(
-            limits.max_request_batch, limits.max_tensor_bytes, limits.max_image_pixels
+            limits.max_request_batch,
+            limits.max_tensor_bytes,
+            limits.max_image_pixels,
+            limits.max_request_image_pixels,
         )
         self.decode_pool = DecodePool(limits.decode_threads, limits.decode_queue)
         #: SIGTERM: readiness is false while in-flight and arriving requests are still served...

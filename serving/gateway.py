@@ -167,6 +167,7 @@ class Gateway:
                 request_timeout_s=settings.request_timeout_s,
                 max_tensor_bytes=settings.max_body_bytes,
                 max_image_pixels=settings.max_image_pixels,
+                max_request_image_pixels=settings.max_request_image_pixels,
                 decode_threads=settings.decode_threads,
                 decode_queue=settings.decode_queue,
             ),

@@ -36,6 +36,11 @@ Image.MAX_IMAGE_PIXELS = None
 DERIVED_PIXELS_PER_INPUT_PIXEL = 256
 MIN_DERIVED_PIXELS = 2048 * 2048
 
+#: The derived per-request budget (``--max-request-image-pixels 0``): the pixels of this many
+#: images at the per-image limit, whatever the number of images. The per-image limit alone bounds
+#: one decode, not a batch: 1,024 small PNGs that each declare the limit's size cost seconds.
+DERIVED_REQUEST_IMAGES = 16
+
 #: The most scans a JPEG may have. A progressive JPEG has about 10 (libjpeg's default script) and
 #: a baseline one 1 to 4; every scan makes the decoder walk the whole image again, so without a
 #: bound a few bytes per repeated scan buy a full pass over an image as large as the pixel limit.
@@ -71,6 +76,31 @@ def pixel_limit(spec: ImageSpec, configured: int) -> int:
     if configured > 0:
         return configured
     return max(MIN_DERIVED_PIXELS, DERIVED_PIXELS_PER_INPUT_PIXEL * spec.height * spec.width)
+
+
+def request_pixel_limit(spec: ImageSpec, limits_per_image: int, configured: int) -> int:
+    """The most pixels all images of one request may declare together: ``configured``, or
+    ``DERIVED_REQUEST_IMAGES`` times the per-image limit when 0."""
+    if configured > 0:
+        return configured
+    return DERIVED_REQUEST_IMAGES * pixel_limit(spec, limits_per_image)
+
+
+class PixelBudget:
+    """The pixels one request's images have declared so far, checked before each is decoded."""
+
+    def __init__(self) -> None:
+        self.spent = 0
+
+    def spend(self, pixels: int, limit: int) -> None:
+        """Count ``pixels`` more; PayloadTooLarge (nothing counted) when the total would pass
+        ``limit``."""
+        if self.spent + pixels > limit:
+            raise PayloadTooLarge(
+                f"the images of this request declare more than {limit} pixels together "
+                f"({self.spent} before one of {pixels}; --max-request-image-pixels)"
+            )
+        self.spent += pixels
 
 
 def looks_like_image(data: bytes) -> bool:
@@ -118,16 +148,25 @@ def declared_pixels(data: bytes) -> int:
     return width * height
 
 
-def decode_image(data: bytes, spec: ImageSpec, max_pixels: int) -> np.ndarray:
+def decode_image(
+    data: bytes,
+    spec: ImageSpec,
+    max_pixels: int,
+    budget: PixelBudget | None = None,
+    budget_limit: int = 0,
+) -> np.ndarray:
     """Decode, convert the colour mode and resize; returns uint8 ``[H, W, C]``.
 
-    The declared size is checked against ``max_pixels`` before decoding (413 above it), and a
-    JPEG's scans against ``MAX_JPEG_SCANS`` (400 above it). A JPEG much larger than the target is
-    decoded at a reduced scale (libjpeg's DCT scaling, never below the target size), which halves
-    its cost or better.
+    The declared size is checked against ``max_pixels`` before decoding (413 above it), then
+    spent from the request's ``budget`` when one is given (413 once its images together pass
+    ``budget_limit``), and a JPEG's scans are checked against ``MAX_JPEG_SCANS`` (400 above it).
+    A JPEG much larger than the target is decoded at a reduced scale (libjpeg's DCT scaling,
+    never below the target size), which halves its cost or better.
     """
     with _open(data) as image:
         _check_pixels(image, max_pixels)
+        if budget is not None:
+            budget.spend(image.size[0] * image.size[1], budget_limit)
         if image.format == "JPEG":
             _check_scans(data)
         mode = "L" if spec.channels == 1 else "RGB"

@@ -228,6 +228,13 @@ class ServingSettings(BaseSettings):
         description="Largest image (width x height, read from its header before decoding; 413 "
         "above). 0 = 256x the model's input pixels, at least 2048x2048.",
     )
+    max_request_image_pixels: int = Field(
+        0,
+        ge=0,
+        description="Pixels all images of one request (a TF Serving JSON batch of b64 images) "
+        "may declare together, counted before each is decoded; 413 above. 0 = 16x the "
+        "per-image limit.",
+    )
     decode_threads: int = Field(
         1,
         ge=1,

@@ -33,6 +33,9 @@ class InputLimits:
     #: pixels (width x height) an encoded image may declare; 0 = derived from the model's input
     #: size (see ``serving.images.pixel_limit``).
     max_image_pixels: int = 0
+    #: pixels all encoded images of one request may declare together; 0 = derived from the
+    #: per-image limit (see ``serving.images.request_pixel_limit``).
+    max_request_image_pixels: int = 0
 
 
 #: The limits a decoder applies when its caller names none.

@@ -22,7 +22,14 @@ import orjson
 from clients.wire import DEFAULT_SIGNATURE
 from serving.codecs import regular_json
 from serving.errors import InvalidArgument, shown_list
-from serving.images import ImageSpec, decode_image, looks_like_image, pixel_limit
+from serving.images import (
+    ImageSpec,
+    PixelBudget,
+    decode_image,
+    looks_like_image,
+    pixel_limit,
+    request_pixel_limit,
+)
 from serving.runtimes.base import TensorSpec
 from serving.validation import DEFAULT_LIMITS, InputLimits, check_rows
 
@@ -73,7 +80,9 @@ def has_b64(body: bytes) -> bool:
     return b'"b64"' in body or b"\\u" in body
 
 
-def _b64(value: dict[str, Any], spec: TensorSpec, limits: InputLimits) -> np.ndarray:
+def _b64(
+    value: dict[str, Any], spec: TensorSpec, limits: InputLimits, budget: PixelBudget
+) -> np.ndarray:
     """One ``{"b64": ...}`` element: bytes for string inputs, image or raw bytes for numeric ones."""
     encoded = value.get("b64")
     if not isinstance(encoded, str) or len(value) != 1:
@@ -89,7 +98,12 @@ def _b64(value: dict[str, Any], spec: TensorSpec, limits: InputLimits) -> np.nda
     fixed = all(dim > 0 for dim in element_shape)
     if looks_like_image(data) and fixed and len(element_shape) == 3 and spec.dtype == np.uint8:
         image = ImageSpec(*element_shape)
-        return decode_image(data, image, pixel_limit(image, limits.max_image_pixels))
+        request_limit = request_pixel_limit(
+            image, limits.max_image_pixels, limits.max_request_image_pixels
+        )
+        return decode_image(
+            data, image, pixel_limit(image, limits.max_image_pixels), budget, request_limit
+        )
     if fixed:
         expected = int(np.prod(element_shape)) * spec.dtype.itemsize
         if len(data) == expected:
@@ -106,17 +120,25 @@ def _is_b64(value: Any) -> bool:
 
 
 def to_array(
-    value: Any, spec: TensorSpec, batch: bool, limits: InputLimits = DEFAULT_LIMITS
+    value: Any,
+    spec: TensorSpec,
+    batch: bool,
+    limits: InputLimits = DEFAULT_LIMITS,
+    budget: PixelBudget | None = None,
 ) -> np.ndarray:
-    """A JSON value -> ndarray of the spec's dtype (integers stay integers; no silent rounding)."""
+    """A JSON value -> ndarray of the spec's dtype (integers stay integers; no silent rounding).
+
+    ``budget``: the pixels the request's images have declared so far, shared by every call for
+    one request (a new one when None)."""
     if batch and isinstance(value, list):
         check_rows(spec.name, len(value), limits)
+    budget = PixelBudget() if budget is None else budget
     if _is_b64(value):
-        array = _b64(value, spec, limits)
+        array = _b64(value, spec, limits, budget)
         return array[None] if batch else array
     if isinstance(value, list) and value and _is_b64(value[0]):
         try:
-            return np.stack([_b64(item, spec, limits) for item in value])
+            return np.stack([_b64(item, spec, limits, budget) for item in value])
         except ValueError as exc:
             raise InvalidArgument(
                 f"input '{spec.name}': b64 values differ in shape: {exc}"
@@ -295,15 +317,20 @@ def _decode_general(body: bytes, specs: list[TensorSpec], limits: InputLimits) -
             f"model inputs take numbers ({', '.join(f'{s.name}: {s.dtype}' for s in specs)}); "
             "JSON true/false are not numbers"
         )
+    budget = PixelBudget()
     if has_rows:
-        inputs = _decode_rows(values, specs, by_name, limits)
+        inputs = _decode_rows(values, specs, by_name, limits, budget)
     else:
-        inputs = _decode_columns(values, specs, by_name, limits)
+        inputs = _decode_columns(values, specs, by_name, limits, budget)
     return PredictRequest(inputs, has_rows, signature)
 
 
 def _decode_rows(
-    instances: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec], limits: InputLimits
+    instances: Any,
+    specs: list[TensorSpec],
+    by_name: dict[str, TensorSpec],
+    limits: InputLimits,
+    budget: PixelBudget,
 ) -> dict[str, np.ndarray]:
     if not isinstance(instances, list):
         raise InvalidArgument("'instances' must be a list with one element per instance")
@@ -319,7 +346,7 @@ def _decode_rows(
             )
         spec = specs[0]
         # A list of values (or of b64 objects) is the batch itself.
-        return {spec.name: to_array(instances, spec, batch=True, limits=limits)}
+        return {spec.name: to_array(instances, spec, batch=True, limits=limits, budget=budget)}
     columns: dict[str, list[Any]] = {}
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict) or _is_b64(instance):
@@ -334,7 +361,7 @@ def _decode_rows(
         spec = by_name[name]
         try:
             inputs[name] = np.stack(
-                [to_array(value, spec, batch=False, limits=limits) for value in values]
+                [to_array(value, spec, False, limits, budget) for value in values]
             )
         except ValueError:
             raise InvalidArgument(f"input '{name}': instances differ in shape") from None
@@ -342,18 +369,22 @@ def _decode_rows(
 
 
 def _decode_columns(
-    columns: Any, specs: list[TensorSpec], by_name: dict[str, TensorSpec], limits: InputLimits
+    columns: Any,
+    specs: list[TensorSpec],
+    by_name: dict[str, TensorSpec],
+    limits: InputLimits,
+    budget: PixelBudget,
 ) -> dict[str, np.ndarray]:
     if isinstance(columns, dict) and not _is_b64(columns):
         _check_names(columns, by_name)
         return {
-            name: to_array(value, by_name[name], batch=True, limits=limits)
+            name: to_array(value, by_name[name], batch=True, limits=limits, budget=budget)
             for name, value in columns.items()
         }
     if len(specs) != 1:
         names = ", ".join(by_name)
         raise InvalidArgument(f"model has several inputs ({names}): 'inputs' must be an object")
-    return {specs[0].name: to_array(columns, specs[0], batch=True, limits=limits)}
+    return {specs[0].name: to_array(columns, specs[0], batch=True, limits=limits, budget=budget)}
 
 
 def _check_names(given: dict[str, Any], by_name: dict[str, TensorSpec]) -> None:

@@ -27,7 +27,8 @@ ERROR_STATUSES: dict[int, str] = {
     404: "Unknown model, version or label.",
     408: "The request's head or body did not arrive within --header-timeout-s / --body-timeout-s "
     "(the connection is closed).",
-    413: "Body larger than --max-body-bytes, or an image declaring more than --max-image-pixels.",
+    413: "Body larger than --max-body-bytes, an image declaring more than --max-image-pixels, "
+    "or a request's images more than --max-request-image-pixels together.",
     429: "The model's queue or the decode pool is full: back off for Retry-After seconds.",
     431: "Request line and headers larger than --max-header-bytes (the connection is closed).",
     500: "An unexpected failure; the message is a request id the gateway logged.",

@@ -240,3 +240,50 @@ def test_a_small_body_claiming_a_huge_shape_is_not_expanded() -> None:
 @pytest.mark.parametrize("shape", [[1], [3], [2, 3], [2, 3, 1], [4, 1, 5, 2]])
 def test_skeleton_length_matches_the_skeleton(shape: list[int]) -> None:
     assert regular_json.skeleton_length(shape) == len(regular_json._skeleton(shape))
+
+
+# --- one pixel budget across the images of a request --------------------------------------------
+def _png_b64(side: int) -> dict[str, str]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (side, side), 90).save(out, format="PNG")
+    return {"b64": base64.b64encode(out.getvalue()).decode()}
+
+
+@pytest.mark.parametrize("form", ["rows", "named-rows", "columns", "named-columns"])
+def test_the_images_of_one_request_share_one_pixel_budget(form: str) -> None:
+    import orjson
+
+    from serving.errors import PayloadTooLarge
+    from serving.validation import InputLimits
+
+    spec = TensorSpec("image", np.dtype(np.uint8), (-1, 28, 28, 1))
+    limits = InputLimits(max_image_pixels=1000, max_request_image_pixels=3000)
+
+    def body(count: int) -> bytes:
+        values = [_png_b64(31)] * count  # 961 pixels each
+        payload = {
+            "rows": {"instances": values},
+            "named-rows": {"instances": [{"image": value} for value in values]},
+            "columns": {"inputs": values},
+            "named-columns": {"inputs": {"image": values}},
+        }[form]
+        return orjson.dumps(payload)
+
+    decoded = tfserving.decode_general_predict(body(3), [spec], limits)  # 2,883 pixels
+    assert decoded.inputs["image"].shape == (3, 28, 28, 1)
+    with pytest.raises(PayloadTooLarge, match="declare more than 3000 pixels together"):
+        tfserving.decode_general_predict(body(4), [spec], limits)
+
+
+def test_the_request_pixel_budget_is_derived_from_the_per_image_limit() -> None:
+    from serving.images import DERIVED_REQUEST_IMAGES, ImageSpec, request_pixel_limit
+
+    spec = ImageSpec(28, 28, 1)
+    assert request_pixel_limit(spec, 1000, 0) == DERIVED_REQUEST_IMAGES * 1000
+    assert request_pixel_limit(spec, 0, 0) == DERIVED_REQUEST_IMAGES * 2048 * 2048
+    assert request_pixel_limit(spec, 1000, 5000) == 5000

@@ -131,6 +131,19 @@ def test_pixel_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> Non
     assert "32x32 pixels exceeds the limit of 1000 pixels" in refused.json()["error"]
 
 
+def test_request_pixel_budget_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:
+    gateway: RunningGateway = start_gateway(
+        tiny_repo, max_image_pixels=1000, max_request_image_pixels=3000
+    )
+    value = {"b64": base64.b64encode(png(31)).decode()}  # 961 pixels
+    with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+        assert http.post(PREDICT, json={"instances": [value] * 3}).status_code == 200
+        refused = http.post(PREDICT, json={"instances": [value] * 4})
+        assert http.post(PREDICT, json={"instances": [value] * 3}).status_code == 200
+    assert refused.status_code == 413
+    assert "declare more than 3000 pixels together" in refused.json()["error"]
+
+
 # --- the request-head limit ---------------------------------------------------------------------
 def raw_exchange(url: str, payload: bytes, answers: int) -> bytes:
     """Send ``payload`` on one connection, read until ``answers`` responses have begun (or the
