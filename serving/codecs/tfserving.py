@@ -157,14 +157,30 @@ def to_array(
     if batch:
         regular = _regular_batch(value, spec.shape[1:])
         if regular is not None:
-            return cast(regular, spec)
+            return cast(exact_uint64(value, regular, spec.dtype), spec)
     try:
         array = np.asarray(value)
     except ValueError:
         raise InvalidArgument(
             f"input '{spec.name}': ragged nested lists (rows of different lengths)"
         ) from None
-    return cast(array, spec)
+    return cast(exact_uint64(value, array, spec.dtype), spec)
+
+
+def exact_uint64(value: Any, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """``array`` (numpy's reading of the JSON ``value``), or for a uint64 input the integers
+    exactly: numpy reads a mix of integers below 2**63 and at or above it as float64, which would
+    round them (and then be refused as floats). Anything else is returned as it is, for ``cast``
+    to judge."""
+    if dtype != np.uint64 or array.dtype.kind != "f":
+        return array
+    objects = np.asarray(value, dtype=object)
+    if not all(type(item) is int for item in objects.flat):  # a real float, or a bool
+        return array
+    try:
+        return objects.astype(np.uint64)
+    except OverflowError:  # negative, or 2**64 and above
+        return array
 
 
 def _regular_batch(value: Any, element_shape: tuple[int, ...]) -> np.ndarray | None:
@@ -215,8 +231,9 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
                    if array.dtype.kind == "f" else "")
             )  # fmt: skip
         info = _int_info(spec.dtype)
-        if spec.dtype.kind == "u" and array.dtype == np.int64:
-            # One pass instead of a min and a max: read as uint64, a negative number is huge.
+        if spec.dtype.kind == "u" and array.dtype == np.int64 and info.max < 2**63:
+            # One pass instead of a min and a max: read as uint64, a negative number is huge
+            # (larger than any unsigned type's maximum but uint64's).
             out_of_range = bool(array.view(np.uint64).max() > info.max)
         else:
             out_of_range = bool(array.min() < info.min or array.max() > info.max)

@@ -18,7 +18,7 @@ import orjson
 
 from clients import v2 as v2_wire
 from clients.codec import numpy_dtype_from_v2, v2_datatype
-from serving.codecs.tfserving import contains_bool, gc_paused, loads
+from serving.codecs.tfserving import contains_bool, exact_uint64, gc_paused, loads
 from serving.errors import InvalidArgument, shown
 from serving.runtimes.base import TensorSpec
 from serving.validation import DEFAULT_LIMITS, InputLimits, check_declared
@@ -231,7 +231,7 @@ def _json_data(
                 f"input {shown(name)} is {datatype}: 'data' must hold numbers, not true/false"
             )
         try:
-            array = np.asarray(data)
+            array = exact_uint64(data, np.asarray(data), dtype)
         except ValueError:
             raise InvalidArgument(f"input {shown(name)}: ragged 'data'") from None
         if dtype.kind == "b":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -287,3 +288,40 @@ def test_the_request_pixel_budget_is_derived_from_the_per_image_limit() -> None:
     assert request_pixel_limit(spec, 1000, 0) == DERIVED_REQUEST_IMAGES * 1000
     assert request_pixel_limit(spec, 0, 0) == DERIVED_REQUEST_IMAGES * 2048 * 2048
     assert request_pixel_limit(spec, 1000, 5000) == 5000
+
+
+# --- uint64: exact above 2**63, and never wrapped from a negative --------------------------------
+UINT64 = TensorSpec("x", np.dtype(np.uint64), (-1, 2))
+# (case, JSON values, decoded values or the (TF Serving JSON, V2 JSON) refusals)
+UINT64_JSON: list[tuple[str, bytes, Any]] = [
+    ("max", b"[[18446744073709551615, 0]]", [[2**64 - 1, 0]]),
+    ("mixed-around-2**63", b"[[1, 9223372036854775808]]", [[1, 2**63]]),
+    ("negative", b"[[-1, 0]]", ("expects uint64 in [0, 18446744073709551615]", "out of range")),
+    ("negative-and-big", b"[[-1, 9223372036854775808]]", ("got float values", "holds floats")),
+    ("fraction-and-big", b"[[1.5, 9223372036854775808]]", ("got float values", "holds floats")),
+    ("2**64", b"[[18446744073709551616, 0]]", ("integers beyond 64 bits", "holds floats")),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "expected"), UINT64_JSON, ids=[c[0] for c in UINT64_JSON])
+def test_uint64_values_are_exact_or_refused_on_both_json_wires(
+    case: str, data: bytes, expected: Any
+) -> None:
+    from serving.codecs import v2
+
+    tf_body = b'{"instances": ' + data + b"}"
+    v2_body = (
+        b'{"inputs": [{"name": "x", "datatype": "UINT64", "shape": [1, 2], "data": ' + data + b"}]}"
+    )
+    decoders = [
+        lambda: tfserving.decode_predict(tf_body, [UINT64]).inputs["x"],
+        lambda: v2.decode_infer(v2_body, specs=[UINT64]).inputs["x"],
+    ]
+    for wire, decode in enumerate(decoders):
+        if isinstance(expected, tuple):
+            with pytest.raises(InvalidArgument, match=re.escape(expected[wire])):
+                decode()
+        else:
+            array = decode()
+            assert array.dtype == np.uint64
+            assert array.tolist() == expected
