@@ -44,11 +44,14 @@ def build_model(
     weights: str | None = None,
     resnet_side: int = 32,
     resnet_stem: str = "imagenet",
+    fused_batch_norm: bool = False,
 ) -> Any:
     """Build (uncompiled) model `name` for uint8 NHWC `input_shape` images and `num_classes`.
 
     Layers follow Keras' global dtype policy (`keras.mixed_precision`); the `probabilities` output
-    is float32 whatever the policy.
+    is float32 whatever the policy. `fused_batch_norm`: ResNet50's batch normalisation trains
+    with TensorFlow's fused kernel (training.layers), faster on a CPU but, under
+    mixed_bfloat16, a worse learner (benchmarks/RESULTS.md), so not the default.
     """
     import keras
     from keras import layers
@@ -73,7 +76,7 @@ def build_model(
         x = layers.Dense(128, activation="relu")(x)
     elif name in ("resnet50", "resnet50_imagenet"):
         x, is_probabilities = _resnet50_features(
-            image, name, input_shape, weights, resnet_side, resnet_stem
+            image, name, input_shape, weights, resnet_side, resnet_stem, fused_batch_norm
         )
         if is_probabilities:
             probabilities = layers.Activation("linear", dtype="float32", name="probabilities")(x)
@@ -123,6 +126,7 @@ def _resnet50_features(
     weights: str | None,
     side: int,
     stem: str = "imagenet",
+    fused_batch_norm: bool = False,
 ) -> tuple[Any, bool]:
     """ResNet50 on the preprocessed image: (pooled features, False) or (probabilities, True)."""
     import keras
@@ -166,14 +170,16 @@ def _resnet50_features(
         )
         return layers.Identity(name="imagenet_softmax")(full(x)), True
     if stem == "cifar":
-        return _resnet50_cifar(x), False
+        return _resnet50_cifar(x, fused_batch_norm), False
     backbone = keras.applications.ResNet50(
         include_top=False,
         weights=str(weights_path) if weights_path is not None else None,
         input_shape=feature_shape,
         pooling="avg",
     )
-    return _with_fused_batch_norm(backbone)(x), False
+    if fused_batch_norm:
+        backbone = _with_fused_batch_norm(backbone)
+    return backbone(x), False
 
 
 def _with_fused_batch_norm(model: Any) -> Any:
@@ -193,36 +199,36 @@ def _with_fused_batch_norm(model: Any) -> Any:
     return fused
 
 
-def _resnet50_cifar(x: Any) -> Any:
+def _resnet50_cifar(x: Any, fused_batch_norm: bool = False) -> Any:
     """ResNet50 (v1, as keras.applications builds it) with the CIFAR stem: a 3x3 stride-1 conv
     and no max-pool, then the same four stages of bottleneck blocks; global-average-pooled."""
     from keras import layers
 
     from training.layers import FusedBatchNormalization
 
+    norm = FusedBatchNormalization if fused_batch_norm else layers.BatchNormalization
     x = layers.Conv2D(64, 3, padding="same", use_bias=False, name="stem_conv")(x)
-    x = FusedBatchNormalization(epsilon=1.001e-5, name="stem_bn")(x)
+    x = norm(epsilon=1.001e-5, name="stem_bn")(x)
     x = layers.Activation("relu", name="stem_relu")(x)
     for stage, (width, blocks) in enumerate(_RESNET50_STAGES, start=2):
         for block in range(1, blocks + 1):
             stride = 2 if block == 1 and stage > 2 else 1
             x = _bottleneck(
-                x, width, stride, projection=block == 1, name=f"conv{stage}_block{block}"
+                x, width, stride, projection=block == 1, name=f"conv{stage}_block{block}", norm=norm
             )
     return layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
 
-def _bottleneck(x: Any, width: int, stride: int, projection: bool, name: str) -> Any:
-    """1x1 (stride) -> 3x3 -> 1x1 (4x width), BatchNorm after each, plus the shortcut."""
+def _bottleneck(x: Any, width: int, stride: int, projection: bool, name: str, norm: Any) -> Any:
+    """1x1 (stride) -> 3x3 -> 1x1 (4x width), ``norm`` (a BatchNormalization) after each, plus
+    the shortcut."""
     from keras import layers
-
-    from training.layers import FusedBatchNormalization
 
     def conv_bn(y: Any, filters: int, kernel: int, step: int, part: str) -> Any:
         y = layers.Conv2D(
             filters, kernel, strides=step, padding="same", name=f"{name}_{part}_conv"
         )(y)
-        return FusedBatchNormalization(epsilon=1.001e-5, name=f"{name}_{part}_bn")(y)
+        return norm(epsilon=1.001e-5, name=f"{name}_{part}_bn")(y)
 
     shortcut = conv_bn(x, 4 * width, 1, stride, "0") if projection else x
     y = layers.Activation("relu", name=f"{name}_1_relu")(conv_bn(x, width, 1, stride, "1"))

@@ -74,6 +74,7 @@ class TrainConfig:
     weights: str | None = None
     resnet_side: int = 32
     resnet_stem: str = "imagenet"  # imagenet (Keras' 7x7/2 conv + max-pool) or cifar (3x3/1)
+    fused_batch_norm: bool = False  # ResNet50's batch norm on TensorFlow's fused kernel
     precision: str = "float32"  # a Keras dtype policy, see PRECISIONS
     jit_compile: bool = False  # XLA for the train and predict steps
     time_budget_minutes: float | None = None  # stop cleanly before an epoch that would overrun
@@ -138,7 +139,8 @@ def prepare_data(config: TrainConfig) -> Dataset:
 
 
 def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """The optimizer's learning rate: a number, or a per-step schedule for `cosine`."""
+    """The optimizer's learning rate: a number, or a per-step schedule for `cosine` (paced by the
+    time budget when there is one: training.schedules)."""
     import keras
 
     if config.schedule != "cosine":
@@ -146,13 +148,19 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int) -> Any:
     warmup = min(config.warmup_epochs, max(config.epochs - 1, 0)) * steps_per_epoch
     total = max(config.epochs * steps_per_epoch, 1)
     if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.learning_rate / 10,
-        decay_steps=total - warmup,
-        warmup_target=config.learning_rate,
-        warmup_steps=warmup,
-    )
+        cosine = keras.optimizers.schedules.CosineDecay(config.learning_rate, total)
+    else:
+        cosine = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate / 10,
+            decay_steps=total - warmup,
+            warmup_target=config.learning_rate,
+            warmup_steps=warmup,
+        )
+    if config.time_budget_minutes is None:
+        return cosine
+    from training.schedules import BudgetPacedSchedule
+
+    return BudgetPacedSchedule(cosine, total)
 
 
 @contextlib.contextmanager
@@ -176,6 +184,7 @@ def _build(config: TrainConfig, dataset: Dataset) -> Any:
         weights=config.weights,
         resnet_side=config.resnet_side,
         resnet_stem=config.resnet_stem,
+        fused_batch_norm=config.fused_batch_norm,
     )
 
 
@@ -184,11 +193,12 @@ def _build(config: TrainConfig, dataset: Dataset) -> Any:
 UNDECAYED_VARIABLES = ("bias", "gamma", "beta")
 
 
-def optimizer_for(config: TrainConfig, steps_per_epoch: int) -> Any:
-    """Adam, or AdamW when the config asks for weight decay."""
+def optimizer_for(config: TrainConfig, steps_per_epoch: int, rate: Any = None) -> Any:
+    """Adam, or AdamW when the config asks for weight decay; at ``rate`` (a number or schedule),
+    else at the config's ``learning_rate(...)``."""
     import keras
 
-    rate = learning_rate(config, steps_per_epoch)
+    rate = learning_rate(config, steps_per_epoch) if rate is None else rate
     if config.weight_decay == 0:
         return keras.optimizers.Adam(rate)
     adamw = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
@@ -205,11 +215,13 @@ def loss_for(config: TrainConfig, dataset: Dataset) -> Any:
     return SmoothedSparseCrossentropy(config.label_smoothing, dataset.num_classes)
 
 
-def compile_model(config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1) -> Any:
+def compile_model(
+    config: TrainConfig, dataset: Dataset, steps_per_epoch: int = 1, rate: Any = None
+) -> Any:
     with dtype_policy(config.precision):
         model = _build(config, dataset)
     model.compile(
-        optimizer=optimizer_for(config, steps_per_epoch),
+        optimizer=optimizer_for(config, steps_per_epoch, rate),
         loss=loss_for(config, dataset),
         metrics=["accuracy"],
         jit_compile=config.jit_compile,
@@ -399,7 +411,8 @@ def fit(
     mean seconds per epoch."""
     set_determinism(config.seed, ops=not config.jit_compile)
     steps_per_epoch = -(-len(y_train) // config.batch_size)
-    model = compile_model(config, dataset, steps_per_epoch)
+    rate = learning_rate(config, steps_per_epoch)
+    model = compile_model(config, dataset, steps_per_epoch, rate)
     if bool(model.jit_compile) != config.jit_compile:  # Keras drops XLA silently when it cannot
         raise RuntimeError(f"asked for jit_compile={config.jit_compile}, Keras compiled with "
                            f"{model.jit_compile}")  # fmt: skip
@@ -411,15 +424,22 @@ def fit(
         config.pipeline, x_val, y_val, 512, shuffle=False, augment=False, seed=config.seed
     )
     budget = None if config.time_budget_minutes is None else config.time_budget_minutes * 60
+    callbacks = make_callbacks(
+        run_dir, x_val, y_val, dataset.class_names, config.patience, config.schedule, budget
+    )
+    if budget is not None and config.schedule == "cosine":
+        from training.schedules import BudgetPace
+
+        callbacks.append(BudgetPace(rate, budget))
+        print(f"time budget: the cosine decay ends with the {budget / 60:g}-minute budget or "
+              f"after epoch {config.epochs}, whichever comes first", flush=True)  # fmt: skip
     started = time.perf_counter()
     history = model.fit(
         train_data,
         validation_data=val_data,
         epochs=config.epochs,
         shuffle=False,  # the pipelines shuffle themselves, reproducibly
-        callbacks=make_callbacks(
-            run_dir, x_val, y_val, dataset.class_names, config.patience, config.schedule, budget
-        ),
+        callbacks=callbacks,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     epochs_run = max(1, len(history.history.get("loss", [])))

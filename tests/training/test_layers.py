@@ -60,15 +60,20 @@ def test_inference_is_keras_own() -> None:
     np.testing.assert_array_equal(fused(x, training=False), plain(x, training=False))
 
 
-def test_resnet50_trains_with_the_fused_layer_and_its_checkpoint_loads(tmp_path: Path) -> None:
+def test_resnet50_trains_with_the_fused_layer_when_asked_and_its_checkpoint_loads(
+    tmp_path: Path,
+) -> None:
     import keras
 
     for stem in ("imagenet", "cifar"):
-        model = build_model("resnet50", (28, 28, 1), 10, resnet_side=32, resnet_stem=stem)
-        norms = [layer for layer in model._flatten_layers() if "BatchNormalization" in
-                 type(layer).__name__]  # fmt: skip
-        assert len(norms) == 53, stem
-        assert all(type(layer) is FusedBatchNormalization for layer in norms), stem
+        for fused in (False, True):
+            model = build_model("resnet50", (28, 28, 1), 10, resnet_side=32, resnet_stem=stem,
+                                fused_batch_norm=fused)  # fmt: skip
+            norms = [layer for layer in model._flatten_layers() if "BatchNormalization" in
+                     type(layer).__name__]  # fmt: skip
+            assert len(norms) == 53, stem
+            kind = FusedBatchNormalization if fused else keras.layers.BatchNormalization
+            assert all(type(layer) is kind for layer in norms), (stem, fused)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(3)
     assert np.isfinite(model.train_on_batch(rng.integers(0, 256, (4, 28, 28, 1), np.uint8),
