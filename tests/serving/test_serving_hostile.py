@@ -70,6 +70,8 @@ def send_good_requests(gateway: GatewayProcess) -> None:
         assert http.post(INFER, **binary).status_code == 200
         assert http.post(CLASSIFY, content=SMALL_PNG).status_code == 200
         assert http.post(CLASSIFY, content=progressive_jpeg()).status_code == 200
+        assert http.post(CLASSIFY, content=with_empty_segments(SMALL_PNG, 50)).status_code == 200
+        assert http.post(CLASSIFY, content=with_empty_segments(SMALL_JPEG, 50)).status_code == 200
         assert http.post(CLASSIFY, **multipart([("file", "a.png", SMALL_PNG)])).status_code == 200
         b64_body = json.dumps({"instances": [{"b64": b64(SMALL_PNG)}]}).encode()
         assert http.post(PREDICT, content=b64_body).status_code == 200
@@ -135,7 +137,19 @@ def progressive_jpeg(side: int = 64, repeat_last_scan: int = 0) -> bytes:
     return data[:end] + data[last_scan:end] * repeat_last_scan + data[end:]
 
 
+def with_empty_segments(image: bytes, count: int) -> bytes:
+    """``image`` with ``count`` empty segments after its signature: PNG ancillary chunks (12
+    bytes each) or JPEG comments (4 bytes each), each parsed in Python by Pillow."""
+    if image.startswith(b"\x89PNG"):
+        header_end = 8 + 25  # the signature and IHDR
+        return image[:header_end] + png_chunk(b"prVt", b"") * count + image[header_end:]
+    return image[:2] + b"\xff\xfe\x00\x02" * count + image[2:]
+
+
 SMALL_PNG = solid_png(28)
+_small_jpeg = io.BytesIO()
+Image.new("L", (28, 28), 90).save(_small_jpeg, format="JPEG")
+SMALL_JPEG = _small_jpeg.getvalue()
 _noise = io.BytesIO()
 Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)).save(_noise, "PNG")
 NOISE_PNG = _noise.getvalue()  # its IDAT is most of the file: cutting it in half truncates data
@@ -340,6 +354,9 @@ IMAGE_CASES: list[RestCase] = [
     ("png-zero-size", "POST", CLASSIFY, {"content": png_declaring(0, 0)}, 400, "cannot decode image"),
     ("jpeg-1000-scans", "POST", CLASSIFY, {"content": progressive_jpeg(repeat_last_scan=1000)}, 400, "scans exceeds the limit of 100"),
     ("b64-jpeg-1000-scans", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(progressive_jpeg(repeat_last_scan=1000))}]}).encode()}, 400, "scans exceeds the limit of 100"),
+    ("png-5400-empty-chunks", "POST", CLASSIFY, {"content": with_empty_segments(SMALL_PNG, 5400)}, 400, "PNG with more than 95 chunks in 64"),
+    ("jpeg-16000-empty-comments", "POST", CLASSIFY, {"content": with_empty_segments(SMALL_JPEG, 16000)}, 400, "segments before its first scan"),
+    ("b64-png-5400-empty-chunks", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(with_empty_segments(SMALL_PNG, 5400))}]}).encode()}, 400, "PNG with more than 95 chunks"),
     ("jpeg-without-scan", "POST", CLASSIFY, {"content": jpeg_declaring(28, 28)}, 400, "cannot decode image"),
     ("gif", "POST", CLASSIFY, {"content": b"GIF89a" + bytes(64)}, 400, "PNG or JPEG expected"),
     ("random-bytes", "POST", CLASSIFY, {"content": bytes(range(256)) * 4}, 400, "PNG or JPEG expected"),

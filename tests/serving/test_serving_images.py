@@ -1,0 +1,84 @@
+"""serving/images.py on real encoders' output and on images built to cost more than their size."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.errors import InvalidArgument
+from serving.images import BASE_SEGMENTS, ImageSpec, decode_image, segment_limit
+
+SPEC = ImageSpec(28, 28, 1)
+LIMIT = 4096 * 4096
+
+
+def noise_png(side: int, idat_bytes: int | None = None) -> bytes:
+    """A real grayscale noise PNG (incompressible), its compressed data re-cut into IDAT chunks of
+    ``idat_bytes`` when given (libpng writes 8 KiB chunks, Pillow 64 KiB)."""
+    out = io.BytesIO()
+    pixels = np.random.default_rng(side).integers(0, 256, (side, side), np.uint8)
+    Image.fromarray(pixels).save(out, format="PNG")
+    data = out.getvalue()
+    if idat_bytes is None:
+        return data
+    chunks, position, compressed = [], 8, b""
+    while position < len(data):
+        (length,) = struct.unpack_from(">I", data, position)
+        kind, body = data[position + 4 : position + 8], data[position + 8 : position + 8 + length]
+        if kind == b"IDAT":
+            compressed += body
+        else:
+            chunks.append((kind, body))
+        position += 12 + length
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    idats = [compressed[i : i + idat_bytes] for i in range(0, len(compressed), idat_bytes)]
+    head, tail = chunks[0], chunks[-1]  # IHDR, IEND
+    return data[:8] + chunk(*head) + b"".join(chunk(b"IDAT", part) for part in idats) + chunk(*tail)
+
+
+@pytest.mark.parametrize("idat_bytes", [None, 8192, 2048])
+def test_real_pngs_decode_whatever_their_idat_chunk_size(idat_bytes: int | None) -> None:
+    data = noise_png(512, idat_bytes)
+    chunks = data.count(b"IDAT")
+    if idat_bytes == 2048:  # more chunks than the base allows: the allowance per byte admits them
+        assert chunks > BASE_SEGMENTS
+    assert decode_image(data, SPEC, LIMIT).shape == (28, 28, 1)
+
+
+def test_real_jpegs_decode_with_their_metadata() -> None:
+    out = io.BytesIO()
+    pixels = np.random.default_rng(2).integers(0, 256, (256, 256, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "camera"
+    Image.fromarray(pixels).save(
+        out, format="JPEG", progressive=True, exif=exif.tobytes(), comment=b"a comment"
+    )
+    assert decode_image(out.getvalue(), ImageSpec(28, 28, 3), LIMIT).shape == (28, 28, 3)
+
+
+def test_images_of_empty_segments_are_refused_before_pillow_parses_them() -> None:
+    small = noise_png(28)
+    png = (
+        small[:33]
+        + (struct.pack(">I", 0) + b"prVt" + struct.pack(">I", zlib.crc32(b"prVt"))) * 5400
+    )
+    png += small[33:]
+    with pytest.raises(
+        InvalidArgument, match=f"PNG with more than {segment_limit(len(png))} chunks"
+    ):
+        decode_image(png, SPEC, LIMIT)
+    out = io.BytesIO()
+    Image.new("L", (28, 28), 9).save(out, format="JPEG")
+    jpeg = out.getvalue()[:2] + b"\xff\xfe\x00\x02" * 16000 + out.getvalue()[2:]
+    with pytest.raises(InvalidArgument, match="segments before its first scan"):
+        decode_image(jpeg, SPEC, LIMIT)
