@@ -55,10 +55,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
         "--max-body-bytes", str(MAX_BODY),
         "--max-request-batch", str(MAX_BATCH),
     )  # fmt: skip
-    send_good_requests(running)  # warm every path once, then take the baseline
-    running.baseline_rss_mb = running.rss_mb()  # type: ignore[attr-defined]
-    yield running
-    running.stop()
+    try:
+        send_good_requests(running)  # warm every path once, then take the baseline
+        running.baseline_rss_mb = running.rss_mb()  # type: ignore[attr-defined]
+        yield running
+    finally:  # also when the warm-up fails: never leave the gateway process behind
+        running.stop()
 
 
 def send_good_requests(gateway: GatewayProcess) -> None:
