@@ -18,6 +18,7 @@ from training.models import MODEL_NAMES, RESNET_STEMS
 from training.recipes import DEFAULTS, RECIPES, describe, resolve
 
 SCHEDULES = ("constant", "cosine", "plateau")
+OPTIMIZERS = ("adam", "sgd")  # training.train.OPTIMIZERS, without importing TF
 PRECISIONS = ("float32", "mixed_bfloat16")  # training.train.PRECISIONS, without importing TF
 
 DEMO_EPOCHS = 8
@@ -60,9 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help=f"default {DEFAULTS['batch_size']}")
     train.add_argument("--learning-rate", type=float, help=f"default {DEFAULTS['learning_rate']}")
     train.add_argument(
+        "--optimizer", choices=OPTIMIZERS,
+        help="adam (default; AdamW with --weight-decay) or sgd (Nesterov momentum, "
+        "--momentum); SGD wants a rate near 0.1 where Adam wants 1e-3",
+    )  # fmt: skip
+    train.add_argument(
+        "--momentum", type=float, help="sgd's momentum in [0, 1) (default 0.9; 0: plain SGD)"
+    )
+    train.add_argument(
         "--weight-decay", type=float,
-        help="AdamW's decoupled weight decay instead of Adam (biases and normalisation "
-        "excluded); default 0: plain Adam",
+        help="decoupled weight decay, each step shrinks a weight by rate x decay (biases and "
+        "normalisation excluded; with adam: AdamW); default 0",
     )  # fmt: skip
     train.add_argument(
         "--label-smoothing", type=float,

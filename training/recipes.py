@@ -15,6 +15,8 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 5,
     "batch_size": 128,
     "learning_rate": 1e-3,
+    "optimizer": "adam",
+    "momentum": 0.9,
     "weight_decay": 0.0,
     "label_smoothing": 0.0,
     "augment": "none",

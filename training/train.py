@@ -41,6 +41,7 @@ from training.models import RESNET_STEMS, build_model
 
 CONFUSION_IMAGE_MAX_EXAMPLES = 2000
 SCHEDULES = ("constant", "cosine", "plateau")
+OPTIMIZERS = ("adam", "sgd")
 # Keras dtype policies for training. mixed_bfloat16 computes in bfloat16 (oneDNN uses AVX512_BF16
 # where the CPU has it) and keeps the variables in float32; the exported model is float32 always.
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -57,7 +58,9 @@ class TrainConfig:
     epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 1e-3
-    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay (not on biases or normalisation)
+    optimizer: str = "adam"  # adam (AdamW with weight decay) or sgd (Nesterov momentum)
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # > 0: decoupled decay, scaled by the rate (not on biases or norms)
     label_smoothing: float = 0.0  # > 0: targets smoothed towards uniform by this much
     repository: str = "model_repository"
     runs_dir: str = "runs"
@@ -98,6 +101,10 @@ class TrainConfig:
             raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
         if self.resnet_stem not in RESNET_STEMS:
             raise ValueError(f"unknown stem {self.resnet_stem!r}; choose one of {RESNET_STEMS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), not {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"weight decay must be >= 0, not {self.weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -194,16 +201,25 @@ UNDECAYED_VARIABLES = ("bias", "gamma", "beta")
 
 
 def optimizer_for(config: TrainConfig, steps_per_epoch: int, rate: Any = None) -> Any:
-    """Adam, or AdamW when the config asks for weight decay; at ``rate`` (a number or schedule),
-    else at the config's ``learning_rate(...)``."""
+    """The config's optimizer at ``rate`` (a number or schedule), else at the config's
+    ``learning_rate(...)``: Adam, AdamW when the config asks for weight decay, or SGD with
+    Nesterov momentum. Weight decay is decoupled either way (each step shrinks a weight by
+    rate x decay) and spares biases and the normalisation layers' scale and offset."""
     import keras
 
     rate = learning_rate(config, steps_per_epoch) if rate is None else rate
-    if config.weight_decay == 0:
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            rate, momentum=config.momentum, nesterov=config.momentum > 0, weight_decay=decay
+        )
+    elif decay is None:
         return keras.optimizers.Adam(rate)
-    adamw = keras.optimizers.AdamW(rate, weight_decay=config.weight_decay)
-    adamw.exclude_from_weight_decay(var_names=list(UNDECAYED_VARIABLES))
-    return adamw
+    else:
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=decay)
+    if decay is not None:
+        optimizer.exclude_from_weight_decay(var_names=list(UNDECAYED_VARIABLES))
+    return optimizer
 
 
 def loss_for(config: TrainConfig, dataset: Dataset) -> Any:

@@ -78,3 +78,57 @@ def test_a_run_with_both_trains_and_its_checkpoint_loads(tmp_path: Path) -> None
     assert isinstance(loaded.loss, SmoothedSparseCrossentropy)
     assert loaded.loss.label_smoothing == pytest.approx(0.1)
     assert isinstance(loaded.optimizer, keras.optimizers.AdamW)
+
+
+def test_sgd_is_nesterov_momentum_with_the_same_decoupled_decay() -> None:
+    from training import __main__ as cli
+    from training import train
+
+    assert cli.OPTIMIZERS == train.OPTIMIZERS  # the CLI's copy, kept without importing TF
+    inputs = keras.Input((3,))
+    outputs = keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs))
+    model = keras.Model(inputs, outputs)
+    rate, decay, momentum = 0.1, 0.5, 0.9
+    sgd = optimizer_for(
+        TrainConfig(optimizer="sgd", learning_rate=rate, momentum=momentum, weight_decay=decay), 1
+    )
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov
+    kernel = next(v for v in model.trainable_variables if v.path.endswith("kernel"))
+    gamma = next(v for v in model.trainable_variables if v.path.endswith("gamma"))
+    start = np.array(kernel)
+    # One step of gradient 1 on the kernel: Nesterov moves it by rate * (1 + momentum), after
+    # the decoupled decay has shrunk it by rate * decay; biases and normalisation do not decay.
+    gradients = [np.ones(v.shape, "float32") if v is kernel else np.zeros(v.shape, "float32")
+                 for v in model.trainable_variables]  # fmt: skip
+    sgd.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+    expected = start * (1 - rate * decay) - rate * (1 + momentum)
+    np.testing.assert_allclose(np.array(kernel), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.array(gamma), np.ones(2, "float32"))  # 1s, not decayed
+    plain = optimizer_for(TrainConfig(optimizer="sgd", momentum=0.0), 1)
+    assert plain.momentum == 0.0 and not plain.nesterov
+
+
+def test_optimizer_flags_reach_the_config_and_bad_values_are_refused(capsys) -> None:  # type: ignore[no-untyped-def]
+    config, line = train_config(
+        build_parser().parse_args(["train", "--optimizer", "sgd", "--momentum", "0.8"])
+    )
+    assert (config.optimizer, config.momentum) == ("sgd", 0.8)
+    assert "optimizer=sgd (flag)" in line and "momentum=0.8 (flag)" in line
+    default, _ = train_config(build_parser().parse_args(["train"]))
+    assert (default.optimizer, default.momentum) == ("adam", 0.9)
+    assert main(["train", "--optimizer", "sgd", "--momentum", "1.0", "--no-export"]) == 2
+    assert "momentum must be in [0, 1)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_an_sgd_run_trains_and_its_checkpoint_loads(tmp_path: Path) -> None:
+    config = TrainConfig(
+        model="mlp", epochs=2, limit=1000, test_limit=1000, optimizer="sgd", learning_rate=0.05,
+        weight_decay=5e-4, schedule="cosine", export=False,
+        repository=str(tmp_path / "repo"), runs_dir=str(tmp_path / "runs"),
+    )  # fmt: skip
+    result = run_training(config)
+    assert result.metrics["accuracy"] > 0.5  # 2 epochs of 900 images: far above chance (0.1)
+    loaded = keras.models.load_model(next(result.run_dir.glob("checkpoints/*.keras")))
+    assert isinstance(loaded.optimizer, keras.optimizers.SGD) and loaded.optimizer.nesterov
