@@ -6,7 +6,7 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 
 1. Normal requests' latency while big images attack. Normal load: one-image TF Serving REST JSON
    ``:predict`` (row format, 28x28x1 uint8) from Debian's ``wrk`` (``-t1 -c4 --latency``, a 30 s
-   timeout so slow answers count in the percentiles) for ``--duration`` seconds, in five phases:
+   timeout so slow answers count in the percentiles) for ``--duration`` seconds, in six phases:
 
    - unloaded;
    - while a busy loop runs at nice 19 in another process, no attack: the floor of what any
@@ -20,6 +20,9 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
      Huffman-decode every byte) the one slowest to decode here with Pillow attacks;
    - while they send the same kind of image one pixel wider and taller, which a gateway with the
      limit must refuse, quickly;
+   - while two clients send the largest JSON body of the common kind the limits admit: a TF
+     Serving JSON ``:predict`` of ``--max-request-batch`` (1,024) uint8 images in the row format
+     (about 3 MB for 28x28x1), whose parsing holds the GIL;
    - unloaded again (how far the baseline drifts).
 
    Goal: p99 under attack at most 3x the unloaded p99 (the mean of the two unloaded phases; the
@@ -74,7 +77,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -98,6 +101,7 @@ WRK_TIMEOUT_S = 30  # wrk drops answers slower than its timeout from the percent
 ATTACK_TIMEOUT_S = 60.0  # one attack request
 P99_GOAL = 3.0  # p99 under attack / unloaded
 RSS_GOAL_MB = 50.0
+DEFAULT_MAX_BATCH = 1024  # the gateway's --max-request-batch
 DEFAULT_PIXEL_FLOOR = 2048 * 2048  # the gateway's --max-image-pixels 0: max(this, 256*H*W)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -327,8 +331,8 @@ def wrk_phase(
 class Attackers:
     """``count`` threads, each an httpx client POSTing ``body`` one request at a time."""
 
-    def __init__(self, url: str, body: bytes, count: int) -> None:
-        self.url, self.body = url, body
+    def __init__(self, url: str, body: bytes, count: int, content_type: str = "image/png") -> None:
+        self.url, self.body, self.content_type = url, body, content_type
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.records: list[tuple[str, float]] = []  # (HTTP status or exception name, seconds)
@@ -344,7 +348,7 @@ class Attackers:
                 start = time.perf_counter()
                 try:
                     reply = client.post(
-                        self.url, content=self.body, headers={"content-type": "image/png"}
+                        self.url, content=self.body, headers={"content-type": self.content_type}
                     )
                     status, text = str(reply.status_code), reply.text[:160]
                 except httpx.HTTPError as exc:
@@ -383,17 +387,45 @@ class Attackers:
         }
 
 
+class Attack(NamedTuple):
+    """What attackers POST: ``path`` (with ``{model}``), the body, and how the report names it."""
+
+    what: str
+    path: str
+    body: bytes
+    content_type: str
+    summary: dict[str, Any]
+
+
+def image_attack(image: AttackImage) -> Attack:
+    what = f"{image.side}x{image.side} {image.variant}"
+    summary = {"what": what, "bytes": image.png_bytes, "image": image.summary()}
+    return Attack(what, IMAGE_PATH, image.png, "image/png", summary)
+
+
+def json_batch_attack(shape: tuple[int, int, int], rows: int) -> Attack:
+    """The largest body of the common kind the limits admit: a TF Serving JSON ``:predict`` of
+    ``rows`` (the gateway's --max-request-batch) uint8 images in the row format, what a client
+    sending big batches as JSON sends."""
+    images = np.random.default_rng(1).integers(0, 256, size=(rows, *shape), dtype=np.uint8)
+    body = json.dumps({"instances": images.tolist()}, separators=(",", ":")).encode()
+    what = f"TF JSON :predict of {rows} images ({len(body) / 1e6:.1f} MB)"
+    return Attack(what, PREDICT_PATH, body, "application/json", {"what": what, "bytes": len(body)})
+
+
 def latency_part(
     root: Path,
     repo: Path,
     gateway_args: list[str],
     images: tuple[AttackImage, AttackImage],
+    json_attack: Attack,
     concurrency: int,
     attackers: int,
     duration: int,
     work: Path,
 ) -> dict[str, Any]:
-    """Part 1: wrk phases unloaded / under admitted images / under refused images / unloaded."""
+    """Part 1: wrk phases unloaded / under a busy loop / under admitted images / under refused
+    images / under big JSON batches / unloaded."""
     import httpx
 
     body_file, script = work / "body.json", work / "post.lua"
@@ -419,18 +451,20 @@ def latency_part(
             flush=True,
         )
         url = server.url + PREDICT_PATH.format(model=MODEL)
-        # (kind, label, attack image): the burner phase is the machine's floor, the cost of any
-        # busy thread at all (a nice-19 busy loop in another process, no requests).
-        plan: list[tuple[str, str, AttackImage | None]] = [
+        # (kind, label, attack): the burner phase is the machine's floor, the cost of any busy
+        # thread at all (a nice-19 busy loop in another process, no requests).
+        admitted, above = (image_attack(image) for image in images)
+        plan: list[tuple[str, str, Attack | None]] = [
             ("unloaded", "unloaded", None),
             ("burner", "a nice-19 busy loop, no attack (the floor)", None),
             ("admitted", f"{attackers} attackers, {images[0].side}x{images[0].side} "
-             "(largest admitted)", images[0]),
+             "(largest admitted)", admitted),
             ("above", f"{attackers} attackers, {images[1].side}x{images[1].side} "
-             "(just above the limit)", images[1]),
+             "(just above the limit)", above),
+            ("json", f"{attackers} clients, {json_attack.what}", json_attack),
             ("unloaded_again", "unloaded again", None),
         ]  # fmt: skip
-        for kind, name, image in plan:
+        for kind, name, attack_plan in plan:
             if server.process.poll() is not None:
                 phases.append(
                     {
@@ -441,8 +475,13 @@ def latency_part(
                 )
                 continue
             attack = (
-                Attackers(server.url + IMAGE_PATH.format(model=MODEL), image.png, attackers)
-                if image
+                Attackers(
+                    server.url + attack_plan.path.format(model=MODEL),
+                    attack_plan.body,
+                    attackers,
+                    attack_plan.content_type,
+                )
+                if attack_plan
                 else None
             )
             burner = (
@@ -464,8 +503,8 @@ def latency_part(
                 if burner:
                     burner.kill()
                     burner.wait()
-            if attack and image:
-                result["attack"] = {"image": image.summary(), **attack.stop()}
+            if attack and attack_plan:
+                result["attack"] = {**attack_plan.summary, **attack.stop()}
             phases.append(result)
             print(f"  {name}: done", flush=True)
     finally:
@@ -686,6 +725,7 @@ def add_ratios(latency: dict[str, Any]) -> None:
     for key, kind in (
         ("p99_ratio_admitted", "admitted"),
         ("p99_ratio_above_limit", "above"),
+        ("p99_ratio_json", "json"),
         ("p99_ratio_busy_loop", "burner"),
     ):
         value = p99.get(kind)
@@ -775,27 +815,26 @@ def report(out: dict[str, Any]) -> str:
             )
         lines += [
             "",
-            "| attack | PNG bytes | requests | answered | statuses | answered/s | p50 ms "
-            "| p99 ms |",
+            "| attack | bytes | requests | answered | statuses | answered/s | p50 ms | p99 ms |",
             "|---|---:|---:|---:|---|---:|---:|---:|",
         ]
         for p in latency["phases"]:
             if a := p.get("attack"):
                 lines.append(
-                    f"| {a['image']['side']}x{a['image']['side']} {a['image']['variant']} | "
-                    f"{a['image']['png_bytes']:,} | {a['requests']} | {a['answered']} | "
+                    f"| {a['what']} | {a['bytes']:,} | {a['requests']} | {a['answered']} | "
                     f"{_statuses(a['statuses'])} | {_f(a['answered_per_s'], 1)} | "
                     f"{_f(a['p50_ms'])} | {_f(a['p99_ms'])} |"
                 )
         for p in latency["phases"]:
             for status, text in (p.get("attack") or {}).get("examples", {}).items():
                 if not status.startswith("2"):
-                    lines.append(f"- {p['attack']['image']['side']}px answer {status}: {text}")
+                    lines.append(f"- {p['attack']['what']}: answer {status}: {text}")
         lines.append("")
         for key, label in (
             ("p99_ratio_busy_loop", "no attack, a nice-19 busy loop: the machine's floor"),
             ("p99_ratio_admitted", "largest admitted image"),
             ("p99_ratio_above_limit", "image above the limit"),
+            ("p99_ratio_json", "the largest JSON batch admitted"),
         ):
             ratio, spread = latency.get(key), latency.get(key + "_range") or [None, None]
             verdict = "met" if ratio is not None and ratio <= P99_GOAL else "missed"
@@ -919,12 +958,14 @@ def main() -> None:
             limit, chosen, above, candidates = attack_images(
                 args.gateway_arg, shape, args.attack_image_side
             )
-            print(f"part 1: {args.duration} s x 5 phases", flush=True)
+            print(f"part 1: {args.duration} s x 6 phases", flush=True)
+            rows = int(option_value(args.gateway_arg, "--max-request-batch") or DEFAULT_MAX_BATCH)
             latency = latency_part(
                 root,
                 repo,
                 args.gateway_arg,
                 (chosen, above),
+                json_batch_attack(shape, rows),
                 args.concurrency,
                 args.attackers,
                 args.duration,

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import sys
 
-from serving.gateway import Gateway
 from serving.settings import settings_from_args
 
 
@@ -27,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from serving.workers import follow_supervisor
 
         follow_supervisor()
+    # Imported here, not at the top: the JSON decode processes (spawned) import this module as
+    # their __main__, and need none of the gateway.
+    from serving.gateway import Gateway
+
     try:
         import uvloop
 

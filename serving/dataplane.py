@@ -52,6 +52,8 @@ class Limits:
     max_request_image_pixels: int = 0
     decode_threads: int = 1
     decode_queue: int = 64
+    json_offload_bytes: int = 256 * 1024
+    json_decode_processes: int = 1
 
 
 class DataPlane:
@@ -70,6 +72,9 @@ class DataPlane:
             limits.max_request_image_pixels,
         )
         self.decode_pool = DecodePool(limits.decode_threads, limits.decode_queue)
+        self.json_pool = DecodePool(
+            limits.json_decode_processes, limits.decode_queue, "JSON decode", processes=True
+        )
         #: SIGTERM: readiness is false while in-flight and arriving requests are still served...
         self.draining = False
         #: ...until the listeners are closed and the models are being unloaded.
@@ -107,8 +112,9 @@ class DataPlane:
         return time.monotonic() + min(timeout_s, self.limits.request_timeout_s * 10)
 
     def close(self) -> None:
-        """Release what the dataplane itself holds (the decode pool); models are the repository's."""
+        """Release what the dataplane itself holds (the decode pools); models are the repository's."""
         self.decode_pool.close()
+        self.json_pool.close()
 
     # --- lookups ------------------------------------------------------------------------------
     def resolve(
@@ -206,6 +212,11 @@ class DataPlane:
         if len(data) <= INLINE_IMAGE_BYTES and images.declared_pixels(data) <= INLINE_IMAGE_PIXELS:
             return images.decode_image(data, spec, limit)
         return await self.decode_pool.run(images.decode_image, data, spec, limit)
+
+    def offloads_json(self, body_bytes: int) -> bool:
+        """Whether a JSON body this big is decoded in the JSON decode processes: parsing it on
+        the event loop would stall every other request for as long (JSON parsers hold the GIL)."""
+        return 0 < self.limits.json_offload_bytes <= body_bytes
 
     # --- descriptions -------------------------------------------------------------------------
     def statuses(

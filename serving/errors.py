@@ -102,9 +102,12 @@ class ResourceExhausted(ServingError):
 
 
 class Unavailable(ServingError):
-    """The model or the server is not ready (loading, failed, draining)."""
+    """The model or the server is not ready (loading, failed, draining), or a worker it needed
+    died."""
 
     status = "UNAVAILABLE"
+    #: when set, how long the client should wait before retrying (REST Retry-After).
+    retry_after_s: float | None = None
 
 
 class DeadlineExceeded(ServingError):

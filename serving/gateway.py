@@ -170,6 +170,8 @@ class Gateway:
                 max_request_image_pixels=settings.max_request_image_pixels,
                 decode_threads=settings.decode_threads,
                 decode_queue=settings.decode_queue,
+                json_offload_bytes=settings.json_offload_bytes,
+                json_decode_processes=settings.json_decode_processes,
             ),
         )
         self.app = create_app(self.dataplane, settings)
@@ -185,6 +187,8 @@ class Gateway:
     async def start(self) -> None:
         """Load every model, then open the HTTP and gRPC ports."""
         s = self.settings
+        if s.json_offload_bytes > 0:  # its processes start while the models load
+            self.dataplane.json_pool.warm()
         await self.repository.sync()
         if not self.repository.models:
             log.warning("no models found under %s", s.repository)

@@ -1,11 +1,20 @@
-"""A bounded pool for the CPU-heavy decoding a few requests need (big images, base64 bodies).
+"""Bounded pools for the CPU-heavy decoding a few requests need (big images, base64 bodies, big
+JSON bodies).
 
 Decoding on the event loop would stall every other request for its whole duration (milliseconds
-for the largest images admitted: benchmarks/RESULTS.md, "Hostile input"). Here it runs on worker threads (Pillow and base64 release the GIL for the
-heavy part) with a lowered CPU priority, so that when the cores are contended the event loop and
-ONNX Runtime, which serve everyone, go first. At most ``threads`` decodes run at once and at most
-``queue`` more wait; a request beyond that is refused at once with 429, so a flood of expensive
-requests costs the others a bounded share of the machine and a bounded amount of memory.
+for the largest images admitted, a second for a 17 MB JSON batch: benchmarks/RESULTS.md, "Hostile
+input" and "Big JSON bodies"). ``DecodePool`` runs it on worker threads where the decoder
+releases the GIL for the heavy part (Pillow, base64); ``DecodePool(processes=True)`` in worker
+processes where it does not (JSON parsers and the conversion of their output hold the GIL
+throughout, so a thread would stall the loop all the same). Workers run at a lowered CPU priority,
+so that when the cores are contended the event loop and ONNX Runtime, which serve everyone, go
+first. At most ``workers`` decodes run at once and at most ``queue`` more wait; a request beyond
+that is refused at once with 429, so a flood of expensive requests costs the others a bounded
+share of the machine and a bounded amount of memory.
+
+Worker processes are started with ``spawn`` on the first job (a clean interpreter: forking a
+process that runs ONNX Runtime's and gRPC's threads is unsafe), import only what the job's
+function needs, and are replaced if one dies.
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from serving.errors import ResourceExhausted, Unavailable
@@ -45,21 +56,63 @@ def _lower_priority() -> None:
         setpriority(os.PRIO_PROCESS, thread, min(19, current + DECODE_THREAD_NICENESS))
 
 
-class DecodePool:
-    """``await pool.run(fn, *args)``: ``fn(*args)`` on a low-priority worker thread, bounded."""
+def _lower_process_priority() -> None:
+    """Process initializer: raise the worker process's niceness, as ``_lower_priority`` does."""
+    with contextlib.suppress(OSError, AttributeError):  # AttributeError: no setpriority (Windows)
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, current + DECODE_THREAD_NICENESS))
 
-    def __init__(self, threads: int, queue: int, name: str = "decode") -> None:
+
+class DecodePool:
+    """``await pool.run(fn, *args)``: ``fn(*args)`` on a low-priority worker, bounded.
+
+    Threads by default; with ``processes=True``, worker processes (``fn`` must then be a
+    module-level function, and its arguments, result and errors picklable).
+    """
+
+    def __init__(
+        self, threads: int, queue: int, name: str = "decode", processes: bool = False
+    ) -> None:
         if threads < 1 or queue < 0:
             raise ValueError(
-                f"a decode pool needs threads >= 1 and queue >= 0, got {threads}, {queue}"
+                f"a decode pool needs workers >= 1 and queue >= 0, got {threads}, {queue}"
             )
         self.threads = threads
         self.queue = queue
-        self._executor = ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix=name, initializer=_lower_priority
-        )
+        self.name = name
+        self.processes = processes
+        self._closed = False
+        self._executor: Executor | None = None  # created by the first job
         self._lock = threading.Lock()
         self._admitted = 0  # running or waiting; decremented by the worker when a job ends
+        #: worker processes that died and were replaced (processes=True)
+        self.restarts = 0
+
+    def _new_executor(self) -> Executor:
+        if not self.processes:
+            return ThreadPoolExecutor(
+                max_workers=self.threads,
+                thread_name_prefix=self.name,
+                initializer=_lower_priority,
+            )
+        return ProcessPoolExecutor(
+            max_workers=self.threads,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_lower_process_priority,
+        )
+
+    def warm(self) -> None:
+        """Start the workers now instead of on the first job (a worker process takes about a
+        second to start; the first big request should not wait for it). Returns at once."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._executor is None:
+                self._executor = self._new_executor()
+            executor = self._executor
+        with contextlib.suppress(RuntimeError, BrokenProcessPool):
+            for _ in range(self.threads):
+                executor.submit(os.getpid)
 
     @property
     def admitted(self) -> int:
@@ -73,6 +126,8 @@ class DecodePool:
         and keeps its place until then, so the bound holds for the threads' real work.
         """
         with self._lock:
+            if self._closed:
+                raise Unavailable("server is shutting down")
             if self._admitted >= self.threads + self.queue:
                 busy = ResourceExhausted(
                     f"decoding is at capacity ({self.threads} running, {self.queue} waiting); "
@@ -81,16 +136,42 @@ class DecodePool:
                 busy.retry_after_s = 1.0
                 raise busy
             self._admitted += 1
-
+            if self._executor is None:
+                self._executor = self._new_executor()
+            executor = self._executor
         try:
-            future = self._executor.submit(fn, *args)
-        except RuntimeError:  # the pool is closed: the gateway is stopping
+            future = executor.submit(fn, *args)
+        except BrokenProcessPool:  # a worker died since the last job: replace them, refuse this one
+            self._release()
+            self._replace(executor)
+            raise self._worker_died() from None
+        except RuntimeError:  # the pool was closed meanwhile: the gateway is stopping
             self._release()
             raise Unavailable("server is shutting down") from None
         # Runs when the job ends, or when it is cancelled before it started (the caller's
         # cancellation reaches a job that has not started): either way its place is freed once.
         future.add_done_callback(lambda _: self._release())
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except BrokenProcessPool:  # a worker died during this job (or one queued with it)
+            self._replace(executor)
+            raise self._worker_died() from None
+
+    def _worker_died(self) -> Unavailable:
+        error = Unavailable(f"a {self.name} worker process died; retry")
+        error.retry_after_s = 1.0
+        return error
+
+    def _replace(self, broken: Executor) -> None:
+        """Drop a broken executor (the next job starts a new one), once however many jobs saw it
+        break."""
+        with self._lock:
+            if self._executor is not broken:
+                return
+            self._executor = None
+            self.restarts += 1
+        log.error("a %s worker process died; started a new pool", self.name)
+        broken.shutdown(wait=False, cancel_futures=True)
 
     def _release(self) -> None:
         with self._lock:
@@ -98,4 +179,8 @@ class DecodePool:
 
     def close(self) -> None:
         """Stop taking jobs; queued ones are cancelled, running ones finish on their own."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -242,7 +242,23 @@ class ServingSettings(BaseSettings):
         "CPU priority.",
     )
     decode_queue: int = Field(
-        64, ge=0, description="Decodes that may wait for a decode thread (429 beyond)."
+        64,
+        ge=0,
+        description="Decodes that may wait for a decode thread, and as many for a JSON decode "
+        "process (429 beyond).",
+    )
+    json_offload_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="JSON bodies of at least this many bytes (TF Serving :predict, KServe V2 "
+        "infer without binary data) are decoded in separate processes at low CPU priority, so "
+        "that parsing them does not stall the event loop. 0 = always on the event loop.",
+    )
+    json_decode_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes decoding big JSON bodies (started on the first one, about 60 MB "
+        "each).",
     )
     request_timeout_s: float = Field(
         30.0,

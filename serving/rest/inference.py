@@ -97,13 +97,17 @@ async def predict(
             assert mv.runtime is not None
             dp.admit(mv, len(body))
             specs, limits = mv.runtime.inputs, dp.input_limits
-            decoded = tfserving.decode_simple_predict(body, specs, limits)
-            if decoded is None and tfserving.has_b64(body):  # base64, images: off the loop
-                decoded = await dp.decode_pool.run(
-                    tfserving.decode_general_predict, body, specs, limits
-                )
-            elif decoded is None:
-                decoded = tfserving.decode_general_predict(body, specs, limits)
+            decoded: tfserving.PredictRequest | None = None
+            if dp.offloads_json(len(body)):  # parsing it here would stall everyone else
+                decoded = await dp.json_pool.run(tfserving.decode_predict, body, specs, limits)
+            else:
+                decoded = tfserving.decode_simple_predict(body, specs, limits)
+                if decoded is None and tfserving.has_b64(body):  # base64, images: off the loop
+                    decoded = await dp.decode_pool.run(
+                        tfserving.decode_general_predict, body, specs, limits
+                    )
+                elif decoded is None:
+                    decoded = tfserving.decode_general_predict(body, specs, limits)
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
@@ -131,7 +135,11 @@ async def infer(
             record.version = str(mv.version)
             assert mv.runtime is not None
             dp.admit(mv, len(body))
-            decoded = v2.decode_infer(body, header_length, mv.runtime.inputs, dp.input_limits)
+            specs, limits = mv.runtime.inputs, dp.input_limits
+            if header_length is None and dp.offloads_json(len(body)):  # all JSON: as :predict
+                decoded = await dp.json_pool.run(v2.decode_infer, body, None, specs, limits)
+            else:  # binary tensors are views of the body; only their JSON header is parsed here
+                decoded = v2.decode_infer(body, header_length, specs, limits)
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,

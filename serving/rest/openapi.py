@@ -29,11 +29,12 @@ ERROR_STATUSES: dict[int, str] = {
     "(the connection is closed).",
     413: "Body larger than --max-body-bytes, an image declaring more than --max-image-pixels, "
     "or a request's images more than --max-request-image-pixels together.",
-    429: "The model's queue or the decode pool is full: back off for Retry-After seconds.",
+    429: "The model's queue or a decode pool (images, big JSON bodies) is full: back off for "
+    "Retry-After seconds.",
     431: "Request line and headers larger than --max-header-bytes (the connection is closed).",
     500: "An unexpected failure; the message is a request id the gateway logged.",
-    503: "The model has no version ready, the gateway is shutting down, or it has "
-    "--max-connections open.",
+    503: "The model has no version ready, the gateway is shutting down, it has "
+    "--max-connections open, or the process decoding a big JSON body died (retry).",
     504: "The deadline (x-request-timeout-ms, else --request-timeout-s) passed first.",
 }
 

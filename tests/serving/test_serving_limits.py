@@ -1,5 +1,6 @@
-"""The limits that keep one request from hurting the others: the bounded decode pool (big images
-and base64 bodies off the event loop, 429 when full), the pixel limit, the request-head limit, and
+"""The limits that keep one request from hurting the others: the bounded decode pools (big images
+and base64 bodies on threads, big JSON bodies in processes, off the event loop, 429 when full),
+the pixel limit, the request-head limit, and
 that ordinary traffic (big bodies on keep-alive connections, pipelined requests) is never caught
 by them."""
 
@@ -10,8 +11,10 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +23,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.errors import ResourceExhausted, Unavailable
+from serving.codecs import tfserving
+from serving.errors import InvalidArgument, ResourceExhausted, Unavailable
 from serving.offload import DECODE_THREAD_NICENESS, DecodePool
+from serving.validation import DEFAULT_LIMITS
 from tests.serving.serving_harness import RunningGateway, wait_until, wait_until_async
 from tests.tiny_models import sample_images
 
@@ -79,6 +84,46 @@ def test_decode_threads_run_at_lower_cpu_priority() -> None:
     assert asyncio.run(scenario()) >= min(19, niceness() + DECODE_THREAD_NICENESS)
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="niceness is a POSIX notion")
+def test_process_pool_runs_jobs_elsewhere_carries_errors_and_replaces_a_dead_worker() -> None:
+    async def scenario() -> None:
+        pool = DecodePool(threads=1, queue=1, name="JSON decode", processes=True)
+        try:
+            worker = await pool.run(os.getpid)
+            assert worker != os.getpid()
+            expected_niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + DECODE_THREAD_NICENESS)
+            assert await pool.run(os.getpriority, os.PRIO_PROCESS, 0) >= expected_niceness
+            # A decoder's refusal comes back as the same error, worded as on the event loop.
+            with pytest.raises(InvalidArgument) as in_process:
+                tfserving.decode_predict(b'{"instances": [1, 2', [], DEFAULT_LIMITS)
+            with pytest.raises(InvalidArgument) as offloaded:
+                await pool.run(tfserving.decode_predict, b'{"instances": [1, 2', [], DEFAULT_LIMITS)
+            assert str(offloaded.value) == str(in_process.value)
+            # A worker that dies during a job: that job is refused with 503, the next one runs in
+            # a new worker.
+            sleeping = asyncio.ensure_future(pool.run(time.sleep, 60))
+            await wait_until_async(lambda: pool.admitted == 1, what="the job to be admitted")
+            await asyncio.sleep(0.2)  # the job reaches the worker
+            os.kill(worker, signal.SIGKILL)
+            with pytest.raises(Unavailable, match="worker process died"):
+                await sleeping
+            replacement = await pool.run(os.getpid)
+            assert replacement not in (worker, os.getpid()) and pool.restarts == 1
+            # One that dies between jobs: the next job is refused the same way, then all is well.
+            os.kill(replacement, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            with pytest.raises(Unavailable, match="worker process died"):
+                await pool.run(os.getpid)
+            assert await pool.run(os.getpid) not in (replacement, os.getpid())
+            assert pool.restarts == 2 and pool.admitted == 0
+        finally:
+            pool.close()
+        with pytest.raises(Unavailable, match="shutting down"):
+            await pool.run(os.getpid)
+
+    asyncio.run(scenario())
+
+
 # --- the pool in the gateway --------------------------------------------------------------------
 def occupy_pool(gateway: RunningGateway) -> threading.Event:
     """Fill the gateway's decode pool (1 thread, queue 0) with a job that waits for the event."""
@@ -120,6 +165,62 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
         plain = http.post(PREDICT, content=b64_body)
         assert plain.status_code == 200
         assert http.post(PREDICT, content=escaped_body).json() == plain.json()
+
+
+def test_big_json_bodies_are_decoded_in_a_process_and_answered_as_on_the_loop(
+    tiny_repo: Path, start_gateway: Any
+) -> None:
+    threshold = 16 * 1024  # a 28x28 image is about 3 KB of JSON: 8 of them go to the process
+    offloading: RunningGateway = start_gateway(
+        tiny_repo, json_offload_bytes=threshold, decode_queue=0
+    )
+    on_loop: RunningGateway = start_gateway(tiny_repo, json_offload_bytes=0)
+    images = sample_images(8, seed=3)
+    v2_json = {"inputs": [{"name": "image", "shape": [8, 28, 28, 1], "datatype": "UINT8",
+                           "data": images.ravel().tolist()}]}  # fmt: skip
+    many = sample_images(32, seed=4)  # 25 KB of binary tensor
+    header = json.dumps(
+        {"inputs": [{"name": "image", "shape": [32, 28, 28, 1], "datatype": "UINT8",
+                     "parameters": {"binary_data_size": many.nbytes}}]}
+    ).encode()  # fmt: skip
+    requests = [
+        (PREDICT, {"content": json.dumps({"instances": images.tolist()})}),  # the common body
+        (PREDICT, {"content": json.dumps({"inputs": {"image": images.tolist()}})}),  # columnar
+        (PREDICT, {"content": json.dumps({"instances": images.tolist()})[:-1]}),  # malformed
+        (PREDICT, {"content": json.dumps({"instances": (images / 2).tolist()})}),  # fractions
+        (f"/v2/models/{MODEL}/infer", {"json": v2_json}),
+    ]
+    assert all(len(kwargs.get("content", "")) >= threshold for _, kwargs in requests[:4])
+    for path, kwargs in requests:
+        answers = [
+            httpx.post(gw.http_url + path, timeout=30, **kwargs) for gw in (offloading, on_loop)
+        ]
+        assert answers[0].status_code == answers[1].status_code, (path, answers[0].text)
+        assert answers[0].content == answers[1].content, path
+    # Proof that they went to the process pool: with its only process busy (and no queue), big
+    # JSON bodies are refused with 429, while small ones and binary tensors are answered.
+    assert offloading.gateway is not None and offloading.loop is not None
+    pool = offloading.gateway.dataplane.json_pool
+    worker = asyncio.run_coroutine_threadsafe(pool.run(os.getpid), offloading.loop).result(30)
+    asyncio.run_coroutine_threadsafe(pool.run(time.sleep, 60), offloading.loop)
+    wait_until(lambda: pool.admitted == 1, what="the job to occupy the JSON decode process")
+    with httpx.Client(base_url=offloading.http_url, timeout=30) as http:
+        busy = [http.post(path, **kwargs) for path, kwargs in (requests[0], requests[-1])]
+        assert [reply.status_code for reply in busy] == [429, 429], busy[0].text
+        assert "decoding is at capacity" in busy[0].json()["error"]
+        small = {"instances": images[:1].tolist()}
+        assert http.post(PREDICT, json=small).status_code == 200
+        binary = http.post(
+            f"/v2/models/{MODEL}/infer",
+            content=header + many.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
+        assert binary.status_code == 200, binary.text
+    # The busy process is killed: the gateway replaces it and big bodies are answered again.
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: pool.admitted == 0, what="the killed job to leave the pool")
+    reply = httpx.post(offloading.http_url + PREDICT, timeout=30, **requests[0][1])
+    assert reply.status_code == 200 and pool.restarts == 1
 
 
 def test_pixel_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:
