@@ -15,7 +15,7 @@ from training.compare import DATASETS as COMPARE_DATASETS
 from training.compare import MODELS as COMPARE_MODELS
 from training.data import DATASETS, DatasetUnavailable
 from training.models import MODEL_NAMES, RESNET_STEMS
-from training.recipes import DEFAULTS, RECIPES, describe, resolve
+from training.recipes import DEFAULTS, RECIPES, adapt_to_cpu, cpu_flags, describe, resolve
 
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "sgd")  # training.train.OPTIMIZERS, without importing TF
@@ -228,6 +228,7 @@ def train_config(args: argparse.Namespace) -> tuple[Any, str]:
 
     explicit = {key: getattr(args, key) for key in DEFAULTS}
     settings, sources = resolve(args.recipe, args.model, args.dataset, explicit)
+    cpu_note = adapt_to_cpu(settings, sources, cpu_flags())
     config = TrainConfig(
         model=args.model, dataset=args.dataset, repository=args.repository, runs_dir=args.runs_dir,
         version=args.version, limit=args.limit, test_limit=args.test_limit, kfold=args.kfold,
@@ -237,7 +238,8 @@ def train_config(args: argparse.Namespace) -> tuple[Any, str]:
         fused_batch_norm=args.fused_batch_norm,
         recipe=args.recipe, **settings,
     )  # fmt: skip
-    return config, describe(args.recipe, settings, sources)
+    line = describe(args.recipe, settings, sources)
+    return config, line if cpu_note is None else f"{line}\n{cpu_note}"
 
 
 def _train(args: argparse.Namespace) -> int:

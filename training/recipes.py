@@ -8,6 +8,7 @@ and what it scores: benchmarks/RESULTS.md, "Training quality".
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # The settings a recipe may fix, with the trainer's defaults when neither flag nor recipe does.
@@ -77,6 +78,47 @@ RECIPES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
         },
     },
 }
+
+
+#: /proc/cpuinfo flags of native bfloat16 arithmetic. Without one, oneDNN emulates bfloat16:
+#: ResNet50 then trained about 9x slower under mixed_bfloat16 than in float32 (RESULTS.md).
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
+    """The CPU's feature flags (Linux); None where they cannot be read."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return None
+
+
+def adapt_to_cpu(
+    settings: dict[str, Any], sources: dict[str, str], flags: set[str] | None
+) -> str | None:
+    """A recipe's mixed_bfloat16 becomes float32 on a CPU known to lack native bfloat16 (in
+    place; its source becomes "this CPU"). Returns a line saying so, or warning that an explicit
+    ``--precision mixed_bfloat16`` will be slow there; None when there is nothing to say."""
+    if settings.get("precision") != "mixed_bfloat16" or flags is None:
+        return None
+    if flags & set(BFLOAT16_CPU_FLAGS):
+        return None
+    if sources["precision"] == "flag":
+        return (
+            "warning: this CPU has no native bfloat16 (none of "
+            f"{', '.join(BFLOAT16_CPU_FLAGS)}): --precision mixed_bfloat16 is emulated, "
+            "several times slower than float32"
+        )
+    settings["precision"], sources["precision"] = "float32", "this CPU"
+    return (
+        "precision float32 instead of the recipe's mixed_bfloat16: this CPU has no native "
+        f"bfloat16 (none of {', '.join(BFLOAT16_CPU_FLAGS)}), where it is emulated and several "
+        "times slower (--precision mixed_bfloat16 forces it)"
+    )
 
 
 class UnknownRecipe(ValueError):

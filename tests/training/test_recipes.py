@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.__main__ import build_parser, main, train_config
-from training.recipes import DEFAULTS, RECIPES
+from training.recipes import BFLOAT16_CPU_FLAGS, DEFAULTS, RECIPES, adapt_to_cpu, cpu_flags, resolve
 from training.train import TrainConfig, learning_rate, run_training
 
 
@@ -109,14 +109,67 @@ def test_speed_and_shape_flags_reach_the_config() -> None:
         TrainConfig(precision="float16")
 
 
-def test_resnet50_best_recipe_trains_mixed_bfloat16() -> None:
+def test_resnet50_best_recipe_trains_mixed_bfloat16_where_the_cpu_has_it() -> None:
     config, line = _config("--model", "resnet50", "--dataset", "fashion_mnist", "--recipe", "best")
+    flags = cpu_flags()
+    native = flags is None or bool(flags & set(BFLOAT16_CPU_FLAGS))  # unknown: the recipe's
     for key, value in RECIPES["best"][("resnet50", "fashion_mnist")].items():
-        assert getattr(config, key) == value, key
+        if key != "precision":
+            assert getattr(config, key) == value, key
     assert (config.precision, config.resnet_side, config.resnet_stem) == (
-        "mixed_bfloat16", 32, "imagenet",
+        "mixed_bfloat16" if native else "float32", 32, "imagenet",
     )  # fmt: skip
-    assert "precision=mixed_bfloat16," in line
+    assert ("precision=mixed_bfloat16," if native else "precision=float32 (this CPU),") in line
     # LeNet's recipe leaves the new settings at their defaults.
     lenet, _ = _config("--model", "lenet", "--recipe", "best")
     assert (lenet.precision, lenet.jit_compile) == ("float32", False)
+
+
+def test_a_cpu_without_native_bfloat16_trains_the_recipe_in_float32() -> None:
+    def resolved(flags: set[str] | None, *explicit: str) -> tuple[str, str, str | None]:
+        settings, sources = resolve(
+            "best", "resnet50", "fashion_mnist", {"precision": explicit[0] if explicit else None}
+        )
+        note = adapt_to_cpu(settings, sources, flags)
+        return settings["precision"], sources["precision"], note
+
+    avx2_only = {"fpu", "sse2", "avx2", "fma"}
+    precision, source, note = resolved(avx2_only)
+    assert (precision, source) == ("float32", "this CPU")
+    assert note is not None and "no native bfloat16" in note
+    for native in ({"avx2", "avx512_bf16"}, {"amx_bf16"}):
+        assert resolved(native) == ("mixed_bfloat16", "recipe", None)
+    assert resolved(None) == ("mixed_bfloat16", "recipe", None)  # flags unknown: keep the recipe
+    # Asked for explicitly, it is kept, with a warning.
+    precision, source, note = resolved(avx2_only, "mixed_bfloat16")
+    assert (precision, source) == ("mixed_bfloat16", "flag")
+    assert note is not None and note.startswith("warning:")
+    assert resolved(avx2_only, "float32") == ("float32", "flag", None)
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(("preset", "enabled"), [(None, True), ("0", False)])
+def test_training_turns_onednn_on_unless_told_otherwise(preset: str | None, enabled: bool) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if preset is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = preset
+    probe = (
+        "import training, tensorflow\n"
+        "from tensorflow.python.util import _pywrap_util_port as port\n"
+        "print(port.IsMklEnabled())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(enabled)
