@@ -80,8 +80,8 @@ RECIPES: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
 }
 
 
-#: /proc/cpuinfo flags of native bfloat16 arithmetic. Without one, oneDNN emulates bfloat16:
-#: ResNet50 then trained about 9x slower under mixed_bfloat16 than in float32 (RESULTS.md).
+#: /proc/cpuinfo flags of native bfloat16 arithmetic. Without one, bfloat16 is emulated: ResNet50
+#: then trained 10 to 16x slower under mixed_bfloat16 than in float32 (benchmarks/RESULTS.md).
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -244,7 +244,22 @@ def cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
             )
     elif spec.dtype.kind == "b" and array.dtype.kind != "b":
         raise InvalidArgument(f"input '{spec.name}' expects bool, got {_kind_name(array)} values")
+    elif spec.dtype.kind == "f":
+        return float_within_range(array, spec.dtype, f"input '{spec.name}'")
     return array.astype(spec.dtype)
+
+
+def float_within_range(array: np.ndarray, dtype: np.dtype[Any], what: str) -> np.ndarray:
+    """``array`` as the float ``dtype``, refusing numbers beyond its range: JSON has no infinity,
+    so an infinity after the conversion is a finite number that overflowed (1e300 in float32)."""
+    with np.errstate(over="ignore"):
+        out = array.astype(dtype)
+    if dtype.itemsize < 8 and out.size and np.isinf(out).any():
+        limit = float(np.finfo(dtype).max)
+        raise InvalidArgument(
+            f"{what} expects {dtype} numbers within +-{limit:.4g}, got larger ones"
+        )
+    return out
 
 
 @functools.lru_cache(maxsize=16)

@@ -18,7 +18,13 @@ import orjson
 
 from clients import v2 as v2_wire
 from clients.codec import numpy_dtype_from_v2, v2_datatype
-from serving.codecs.tfserving import contains_bool, exact_uint64, gc_paused, loads
+from serving.codecs.tfserving import (
+    contains_bool,
+    exact_uint64,
+    float_within_range,
+    gc_paused,
+    loads,
+)
 from serving.errors import InvalidArgument, shown
 from serving.runtimes.base import TensorSpec
 from serving.validation import DEFAULT_LIMITS, InputLimits, check_declared
@@ -247,7 +253,10 @@ def _json_data(
                 raise InvalidArgument(
                     f"input {shown(name)}: values out of range for {datatype} [{info.min}, {info.max}]"
                 )
-        array = array.astype(dtype).ravel()
+        if dtype.kind == "f":
+            array = float_within_range(array, dtype, f"input {shown(name)} ({datatype})").ravel()
+        else:
+            array = array.astype(dtype).ravel()
     count = math.prod(shape)
     if array.size != count:
         raise InvalidArgument(

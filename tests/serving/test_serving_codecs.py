@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from serving.codecs import regular_json, tfserving
@@ -325,3 +326,57 @@ def test_uint64_values_are_exact_or_refused_on_both_json_wires(
             array = decode()
             assert array.dtype == np.uint64
             assert array.tolist() == expected
+
+
+FLOAT_JSON = [
+    (
+        "float32 overflow",
+        "float32",
+        "FP32",
+        b"[[1e300, 1]]",
+        "expects float32 numbers within +-3.403e+38",
+    ),
+    ("float32 negative", "float32", "FP32", b"[[-3.5e38, 1]]", "expects float32 numbers within"),
+    (
+        "float16 overflow",
+        "float16",
+        "FP16",
+        b"[[70000, 1]]",
+        "expects float16 numbers within +-6.55e+04",
+    ),
+    ("float32 largest", "float32", "FP32", b"[[3.4e38, -3.4e38]]", None),
+    ("float32 underflow is zero", "float32", "FP32", b"[[1e-300, 1]]", None),
+    ("float64 keeps 1e300", "float64", "FP64", b"[[1e300, 1]]", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "dtype", "datatype", "data", "refusal"), FLOAT_JSON, ids=[c[0] for c in FLOAT_JSON]
+)
+def test_numbers_beyond_a_float_type_are_refused_not_made_infinite(
+    case: str, dtype: str, datatype: str, data: bytes, refusal: str | None
+) -> None:
+    from serving.codecs import v2
+
+    spec = TensorSpec("x", np.dtype(dtype), (-1, 2))
+    tf_bodies = [
+        b'{"instances": ' + data + b"}",
+        b'{"inputs": {"x": ' + data + b'}, "signature_name": "serving_default"}',
+    ]
+    v2_body = (
+        b'{"inputs": [{"name": "x", "datatype": "'
+        + datatype.encode()
+        + b'", "shape": [1, 2], "data": '
+        + data[1:-1]
+        + b"}]}"
+    )
+    decoders = [lambda b=b: tfserving.decode_predict(b, [spec]).inputs["x"] for b in tf_bodies]
+    decoders.append(lambda: v2.decode_infer(v2_body, specs=[spec]).inputs["x"])
+    for decode in decoders:
+        if refusal is not None:
+            with pytest.raises(InvalidArgument, match=re.escape(refusal)):
+                decode()
+        else:
+            array, expected = decode(), np.array(orjson.loads(data), dtype=dtype)
+            assert array.dtype == np.dtype(dtype) and np.isfinite(array).all()
+            np.testing.assert_array_equal(array, expected)
