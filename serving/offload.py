@@ -56,11 +56,21 @@ def _lower_priority() -> None:
         setpriority(os.PRIO_PROCESS, thread, min(19, current + DECODE_THREAD_NICENESS))
 
 
-def _lower_process_priority() -> None:
-    """Process initializer: raise the worker process's niceness, as ``_lower_priority`` does."""
+def _init_worker_process() -> None:
+    """Process initializer: raise the worker's niceness as ``_lower_priority`` does, and end the
+    worker when the gateway that started it ends, however it ends. A worker waits on the pool's
+    queue, whose pipe it holds both ends of, so it would outlive a gateway that was killed."""
     with contextlib.suppress(OSError, AttributeError):  # AttributeError: no setpriority (Windows)
         current = os.getpriority(os.PRIO_PROCESS, 0)
         os.setpriority(os.PRIO_PROCESS, 0, min(19, current + DECODE_THREAD_NICENESS))
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+
+        def exit_with_parent() -> None:
+            parent.join()  # returns when the parent process has ended
+            os._exit(0)
+
+        threading.Thread(target=exit_with_parent, name="exit-with-parent", daemon=True).start()
 
 
 class DecodePool:
@@ -98,7 +108,7 @@ class DecodePool:
         return ProcessPoolExecutor(
             max_workers=self.threads,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lower_process_priority,
+            initializer=_init_worker_process,
         )
 
     def warm(self) -> None:

@@ -27,7 +27,12 @@ from serving.codecs import tfserving
 from serving.errors import InvalidArgument, ResourceExhausted, Unavailable
 from serving.offload import DECODE_THREAD_NICENESS, DecodePool
 from serving.validation import DEFAULT_LIMITS
-from tests.serving.serving_harness import RunningGateway, wait_until, wait_until_async
+from tests.serving.serving_harness import (
+    GatewayProcess,
+    RunningGateway,
+    wait_until,
+    wait_until_async,
+)
 from tests.tiny_models import sample_images
 
 MODEL = "tiny"
@@ -221,6 +226,40 @@ def test_big_json_bodies_are_decoded_in_a_process_and_answered_as_on_the_loop(
     wait_until(lambda: pool.admitted == 0, what="the killed job to leave the pool")
     reply = httpx.post(offloading.http_url + PREDICT, timeout=30, **requests[0][1])
     assert reply.status_code == 200 and pool.restarts == 1
+
+
+def json_workers_of(pid: int) -> list[int]:
+    """The JSON decode worker processes a gateway process spawned (Linux: /proc)."""
+    workers = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):  # gone meanwhile, or a line without a tab
+            continue
+        if fields.get("PPid", "").strip() == str(pid) and b"spawn_main" in cmdline:
+            workers.append(int(status.parent.name))
+    return workers
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads processes from /proc")
+def test_json_workers_end_with_a_gateway_that_is_killed(tiny_repo: Path) -> None:
+    gateway = GatewayProcess(tiny_repo)
+    try:
+        wait_until(lambda: json_workers_of(gateway.process.pid), what="the JSON decode worker")
+        (worker,) = json_workers_of(gateway.process.pid)
+    finally:
+        gateway.process.kill()  # SIGKILL: no chance to stop its pool
+        gateway.process.wait(30)
+    wait_until(lambda: not alive(worker), what=f"the orphaned JSON worker {worker} to exit")
 
 
 def test_pixel_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:
