@@ -2,8 +2,8 @@
 JSON bodies).
 
 Decoding on the event loop would stall every other request for its whole duration (milliseconds
-for the largest images admitted, a second for a 17 MB JSON batch: benchmarks/RESULTS.md, "Hostile
-input" and "Big JSON bodies"). ``DecodePool`` runs it on worker threads where the decoder
+for the largest images admitted, 110 to 350 ms for a JSON batch of 1,024 small images:
+benchmarks/RESULTS.md, "Hostile input" and "big JSON bodies off the event loop"). ``DecodePool`` runs it on worker threads where the decoder
 releases the GIL for the heavy part (Pillow, base64); ``DecodePool(processes=True)`` in worker
 processes where it does not (JSON parsers and the conversion of their output hold the GIL
 throughout, so a thread would stall the loop all the same). Workers run at a lowered CPU priority,
@@ -12,9 +12,9 @@ first. At most ``workers`` decodes run at once and at most ``queue`` more wait; 
 that is refused at once with 429, so a flood of expensive requests costs the others a bounded
 share of the machine and a bounded amount of memory.
 
-Worker processes are started with ``spawn`` on the first job (a clean interpreter: forking a
-process that runs ONNX Runtime's and gRPC's threads is unsafe), import only what the job's
-function needs, and are replaced if one dies.
+Worker processes are started with ``spawn`` by ``warm()`` or the first job (a clean interpreter:
+forking a process that runs ONNX Runtime's and gRPC's threads is unsafe), import only what the
+job's function needs, are replaced if one dies, and exit when the gateway does.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class DecodePool:
                 return
             self._executor = None
             self.restarts += 1
-        log.error("a %s worker process died; started a new pool", self.name)
+        log.error("a %s worker process died; the next job starts new ones", self.name)
         broken.shutdown(wait=False, cancel_futures=True)
 
     def _release(self) -> None:

@@ -257,7 +257,7 @@ class ServingSettings(BaseSettings):
     json_decode_processes: int = Field(
         1,
         ge=1,
-        description="Processes decoding big JSON bodies (started on the first one, about 60 MB "
+        description="Processes decoding big JSON bodies (started with the gateway, about 40 MB "
         "each).",
     )
     request_timeout_s: float = Field(

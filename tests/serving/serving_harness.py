@@ -223,6 +223,24 @@ def model_busy(gateway: RunningGateway, model: str, requests: int, rows: int) ->
     assert statuses == [200] * requests, f"the requests holding {model} were answered {statuses}"
 
 
+def child_pids(pid: int) -> list[int]:
+    """PIDs of a process's children, whichever of its threads started them (Linux: /proc)."""
+    return [
+        int(child)
+        for children in Path(f"/proc/{pid}/task").glob("*/children")
+        for child in children.read_text().split()
+    ]
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan that exited may wait for init to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 class GatewayProcess:
     """``python -m serving`` as its own process on 127.0.0.1 (free ports), its log collected:
     for tests that need the process's own memory (``rss_mb``) or its exit. It reads the ports

@@ -30,6 +30,8 @@ from serving.validation import DEFAULT_LIMITS
 from tests.serving.serving_harness import (
     GatewayProcess,
     RunningGateway,
+    child_pids,
+    process_running,
     wait_until,
     wait_until_async,
 )
@@ -230,24 +232,11 @@ def test_big_json_bodies_are_decoded_in_a_process_and_answered_as_on_the_loop(
 
 def json_workers_of(pid: int) -> list[int]:
     """The JSON decode worker processes a gateway process spawned (Linux: /proc)."""
-    workers = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
-            cmdline = (status.parent / "cmdline").read_bytes()
-        except (OSError, ValueError):  # gone meanwhile, or a line without a tab
-            continue
-        if fields.get("PPid", "").strip() == str(pid) and b"spawn_main" in cmdline:
-            workers.append(int(status.parent.name))
-    return workers
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return [
+        child
+        for child in child_pids(pid)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads processes from /proc")
@@ -259,7 +248,9 @@ def test_json_workers_end_with_a_gateway_that_is_killed(tiny_repo: Path) -> None
     finally:
         gateway.process.kill()  # SIGKILL: no chance to stop its pool
         gateway.process.wait(30)
-    wait_until(lambda: not alive(worker), what=f"the orphaned JSON worker {worker} to exit")
+    wait_until(
+        lambda: not process_running(worker), what=f"the orphaned JSON worker {worker} to exit"
+    )
 
 
 def test_pixel_limit_is_configurable(tiny_repo: Path, start_gateway: Any) -> None:

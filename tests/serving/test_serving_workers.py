@@ -19,7 +19,13 @@ import pytest
 
 from clients import wire
 from clients.codec import tensor_proto_to_ndarray
-from tests.serving.serving_harness import predict_call, requests_total, wait_until
+from tests.serving.serving_harness import (
+    child_pids,
+    predict_call,
+    process_running,
+    requests_total,
+    wait_until,
+)
 from tests.tiny_models import reference_predict, sample_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,8 +66,7 @@ class Supervised:
 
     def workers(self) -> list[int]:
         """PIDs of the supervisor's children."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
+        return child_pids(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -127,14 +132,6 @@ def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> N
     supervised.process.kill()  # SIGKILL: no chance to stop them itself
     supervised.process.wait(30)
     wait_until(
-        lambda: not any(_running(pid) for pid in workers), what="the orphaned workers to exit"
+        lambda: not any(process_running(pid) for pid in workers),
+        what="the orphaned workers to exit",
     )
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (an orphan that exited may wait for init to reap it)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
