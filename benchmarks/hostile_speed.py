@@ -6,7 +6,7 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 
 1. Normal requests' latency while big images attack. Normal load: one-image TF Serving REST JSON
    ``:predict`` (row format, 28x28x1 uint8) from Debian's ``wrk`` (``-t1 -c4 --latency``, a 30 s
-   timeout so slow answers count in the percentiles) for ``--duration`` seconds, in six phases:
+   timeout so slow answers count in the percentiles) for ``--duration`` seconds, in seven phases:
 
    - unloaded;
    - while a busy loop runs at nice 19 in another process, no attack: the floor of what any
@@ -23,6 +23,8 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
    - while two clients send the largest JSON body of the common kind the limits admit: a TF
      Serving JSON ``:predict`` of ``--max-request-batch`` (1,024) uint8 images in the row format
      (about 3 MB for 28x28x1), whose parsing holds the GIL;
+   - while two clients send the same batch as a KServe V2 ``/infer`` with binary data (0.8 MB),
+     which costs nothing to decode: what the largest batch's compute does to the others;
    - unloaded again (how far the baseline drifts).
 
    Goal: p99 under attack at most 3x the unloaded p99 (the mean of the two unloaded phases; the
@@ -96,6 +98,7 @@ from benchmarks.gateway_speed import (
 
 PREDICT_PATH = "/v1/models/{model}:predict"
 IMAGE_PATH = "/v1/models/{model}:classify_image"
+V2_INFER_PATH = "/v2/models/{model}/infer"
 MODEL = "lenet"
 WRK_TIMEOUT_S = 30  # wrk drops answers slower than its timeout from the percentiles (default 2 s)
 ATTACK_TIMEOUT_S = 60.0  # one attack request
@@ -331,8 +334,8 @@ def wrk_phase(
 class Attackers:
     """``count`` threads, each an httpx client POSTing ``body`` one request at a time."""
 
-    def __init__(self, url: str, body: bytes, count: int, content_type: str = "image/png") -> None:
-        self.url, self.body, self.content_type = url, body, content_type
+    def __init__(self, url: str, body: bytes, count: int, headers: dict[str, str]) -> None:
+        self.url, self.body, self.headers = url, body, headers
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.records: list[tuple[str, float]] = []  # (HTTP status or exception name, seconds)
@@ -347,9 +350,7 @@ class Attackers:
             while not self.stopping.is_set():
                 start = time.perf_counter()
                 try:
-                    reply = client.post(
-                        self.url, content=self.body, headers={"content-type": self.content_type}
-                    )
+                    reply = client.post(self.url, content=self.body, headers=self.headers)
                     status, text = str(reply.status_code), reply.text[:160]
                 except httpx.HTTPError as exc:
                     status, text = type(exc).__name__, str(exc)[:160]
@@ -388,19 +389,20 @@ class Attackers:
 
 
 class Attack(NamedTuple):
-    """What attackers POST: ``path`` (with ``{model}``), the body, and how the report names it."""
+    """What attackers POST: ``path`` (with ``{model}``), the body and its headers, and how the
+    report names it."""
 
     what: str
     path: str
     body: bytes
-    content_type: str
+    headers: dict[str, str]
     summary: dict[str, Any]
 
 
 def image_attack(image: AttackImage) -> Attack:
     what = f"{image.side}x{image.side} {image.variant}"
     summary = {"what": what, "bytes": image.png_bytes, "image": image.summary()}
-    return Attack(what, IMAGE_PATH, image.png, "image/png", summary)
+    return Attack(what, IMAGE_PATH, image.png, {"content-type": "image/png"}, summary)
 
 
 def json_batch_attack(shape: tuple[int, int, int], rows: int) -> Attack:
@@ -410,7 +412,33 @@ def json_batch_attack(shape: tuple[int, int, int], rows: int) -> Attack:
     images = np.random.default_rng(1).integers(0, 256, size=(rows, *shape), dtype=np.uint8)
     body = json.dumps({"instances": images.tolist()}, separators=(",", ":")).encode()
     what = f"TF JSON :predict of {rows} images ({len(body) / 1e6:.1f} MB)"
-    return Attack(what, PREDICT_PATH, body, "application/json", {"what": what, "bytes": len(body)})
+    headers = {"content-type": "application/json"}
+    return Attack(what, PREDICT_PATH, body, headers, {"what": what, "bytes": len(body)})
+
+
+def binary_batch_attack(input_name: str, shape: tuple[int, int, int], rows: int) -> Attack:
+    """The same batch as a KServe V2 ``/infer`` with its tensor as binary data: no parsing to
+    speak of, so what it costs the others is its compute."""
+    images = np.random.default_rng(1).integers(0, 256, size=(rows, *shape), dtype=np.uint8)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": [rows, *shape],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": images.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    body = header + images.tobytes()
+    what = f"V2 binary /infer of {rows} images ({len(body) / 1e6:.1f} MB)"
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+    return Attack(what, V2_INFER_PATH, body, headers, {"what": what, "bytes": len(body)})
 
 
 def latency_part(
@@ -418,14 +446,14 @@ def latency_part(
     repo: Path,
     gateway_args: list[str],
     images: tuple[AttackImage, AttackImage],
-    json_attack: Attack,
+    batch_attacks: tuple[Attack, Attack],
     concurrency: int,
     attackers: int,
     duration: int,
     work: Path,
 ) -> dict[str, Any]:
     """Part 1: wrk phases unloaded / under a busy loop / under admitted images / under refused
-    images / under big JSON batches / unloaded."""
+    images / under big JSON batches / under big binary batches / unloaded."""
     import httpx
 
     body_file, script = work / "body.json", work / "post.lua"
@@ -454,6 +482,7 @@ def latency_part(
         # (kind, label, attack): the burner phase is the machine's floor, the cost of any busy
         # thread at all (a nice-19 busy loop in another process, no requests).
         admitted, above = (image_attack(image) for image in images)
+        json_attack, binary_attack = batch_attacks
         plan: list[tuple[str, str, Attack | None]] = [
             ("unloaded", "unloaded", None),
             ("burner", "a nice-19 busy loop, no attack (the floor)", None),
@@ -462,6 +491,7 @@ def latency_part(
             ("above", f"{attackers} attackers, {images[1].side}x{images[1].side} "
              "(just above the limit)", above),
             ("json", f"{attackers} clients, {json_attack.what}", json_attack),
+            ("batch", f"{attackers} clients, {binary_attack.what}", binary_attack),
             ("unloaded_again", "unloaded again", None),
         ]  # fmt: skip
         for kind, name, attack_plan in plan:
@@ -479,7 +509,7 @@ def latency_part(
                     server.url + attack_plan.path.format(model=MODEL),
                     attack_plan.body,
                     attackers,
-                    attack_plan.content_type,
+                    attack_plan.headers,
                 )
                 if attack_plan
                 else None
@@ -726,6 +756,7 @@ def add_ratios(latency: dict[str, Any]) -> None:
         ("p99_ratio_admitted", "admitted"),
         ("p99_ratio_above_limit", "above"),
         ("p99_ratio_json", "json"),
+        ("p99_ratio_batch", "batch"),
         ("p99_ratio_busy_loop", "burner"),
     ):
         value = p99.get(kind)
@@ -835,6 +866,7 @@ def report(out: dict[str, Any]) -> str:
             ("p99_ratio_admitted", "largest admitted image"),
             ("p99_ratio_above_limit", "image above the limit"),
             ("p99_ratio_json", "the largest JSON batch admitted"),
+            ("p99_ratio_batch", "the largest batch, V2 binary"),
         ):
             ratio, spread = latency.get(key), latency.get(key + "_range") or [None, None]
             verdict = "met" if ratio is not None and ratio <= P99_GOAL else "missed"
@@ -958,14 +990,14 @@ def main() -> None:
             limit, chosen, above, candidates = attack_images(
                 args.gateway_arg, shape, args.attack_image_side
             )
-            print(f"part 1: {args.duration} s x 6 phases", flush=True)
+            print(f"part 1: {args.duration} s x 7 phases", flush=True)
             rows = int(option_value(args.gateway_arg, "--max-request-batch") or DEFAULT_MAX_BATCH)
             latency = latency_part(
                 root,
                 repo,
                 args.gateway_arg,
                 (chosen, above),
-                json_batch_attack(shape, rows),
+                (json_batch_attack(shape, rows), binary_batch_attack(input_name, shape, rows)),
                 args.concurrency,
                 args.attackers,
                 args.duration,

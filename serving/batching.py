@@ -14,6 +14,12 @@ ending early when none arrive (``peer_idle_us``), at most ``peer_wait_us``. One 
 never waits. :class:`serving.batching_policy.PeerWaitPolicy` decides (its docstring has the
 invariants and the reasons); the scheduler here only arms the timers it asks for.
 
+A request of more rows than ``max_batch_size`` is computed a batch at a time
+(``split_large_requests``, TF Serving's ``enable_large_batch_splitting``): one chunk of it is
+queued at once and the next joins the back of the queue when it finishes, so requests that
+arrived meanwhile wait for one chunk, not for the whole request, and the model sees no batch
+larger than ``max_batch_size`` (on a GPU, no new shape). Its answer is the chunks' rows joined.
+
 With ``merge=False`` (batching off) the same queue, bound and deadlines apply, one request per call.
 
 Admission (:meth:`DynamicBatcher.admit`, asked by every transport before it decodes): below
@@ -23,8 +29,8 @@ closed-loop flood refusals cannot take over the event loop. ``max_queue_bytes`` 
 inputs. The scheduler task is supervised: if it dies, its queue fails at once and it restarts.
 
 Layout: the config, then ``DynamicBatcher`` by concern (admission, supervision, ``infer``, the
-scheduler and its two waits, take, launch, finish, drain and close), each a screen or less. It
-stays one module of about 530 lines because those concerns share the queue and its row and byte
+chunks of a split request, the scheduler and its two waits, take, launch, finish, drain and
+close), each a screen or less. It stays one module of about 620 lines because those concerns share the queue and its row and byte
 counters, which a split would pass around on the per-request path; the peer-wait decision, which
 keeps state of its own, is the part that moved out.
 """
@@ -85,6 +91,10 @@ class BatchingConfig:
     peer_wait_us: int = 3000
     #: a peer wait also ends once no request has arrived for this long (nobody else is coming).
     peer_idle_us: int = 1000
+    #: a request of more than max_batch_size rows runs a max_batch_size chunk at a time, the
+    #: next chunk queued behind what arrived meanwhile; False = it runs whole, and every request
+    #: queued behind it waits for all of it.
+    split_large_requests: bool = True
     #: peer waits only while the event loop's thread was at least this busy over a 0.5 s window:
     #: above what a load generator that is itself the bottleneck drives it to, below what a
     #: saturating load does (benchmarks/RESULTS.md, "Gateway speed (serving/), 2026-11-27,
@@ -115,14 +125,30 @@ def warmup_batch_sizes(config: BatchingConfig, runtime: ModelRuntime) -> tuple[i
     )
 
 
+@dataclass(eq=False)
+class _Split:
+    """A request of more rows than a batch, computed one chunk at a time (``next_row`` is the
+    first row not yet queued); ``pieces`` are the chunks' outputs so far, in order."""
+
+    inputs: Tensors
+    rows: int
+    nbytes: int
+    future: asyncio.Future[Tensors]
+    next_row: int = 0
+    pieces: list[Tensors] = field(default_factory=list)
+
+
 @dataclass
 class _Pending:
     inputs: Tensors
     rows: int
     key: tuple[Any, ...]
     future: asyncio.Future[Tensors]
+    #: queued input bytes this entry stands for (a chunk: the rest of its request).
     nbytes: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
+    #: set on a chunk of a split request; its future is the whole request's.
+    split: _Split | None = None
 
 
 def _merge_key(inputs: Tensors) -> tuple[Any, ...]:
@@ -172,6 +198,10 @@ class DynamicBatcher:
                 model, version, ",".join(map(str, self._padded_sizes)), runtime.provider,
             )  # fmt: skip
         self._max_rows = config.max_batch_size if config.merge else 1
+        # Requests above this many rows are split into chunks of it (0 = never split).
+        self._split_rows = self._max_rows if config.merge and config.split_large_requests else 0
+        # Split requests not finished yet (for Retry-After: their rows not yet queued).
+        self._splits: set[_Split] = set()
         # Rows queued, computing, and inside infer() right now (the last for the peer wait).
         self._queued_rows = 0
         self._computing_rows = 0
@@ -234,6 +264,8 @@ class DynamicBatcher:
     def _refusal(self, why: str) -> ResourceExhausted:
         """429 with how long the queue needs to drain at the measured rate (Retry-After)."""
         rows = self._queued_rows + self._computing_rows
+        for split in self._splits:
+            rows += split.rows - split.next_row
         drain_s = rows / self._rows_per_s if self._rows_per_s else 1.0
         error = ResourceExhausted(f"model '{self.model}' queue is full ({why}); retry later")
         # At least 100 ms: the measured rate is compute alone, and a retry sooner than that
@@ -275,6 +307,7 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(Unavailable(message))
         self._queue.clear()
+        self._splits.clear()
         self._queued_rows = self._queued_bytes = 0
 
     async def infer(self, inputs: Tensors, deadline: float) -> Tensors:
@@ -300,8 +333,12 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         rows = next(iter(inputs.values())).shape[0]
-        self._queue.append(_Pending(inputs, rows, _merge_key(inputs), future, nbytes))
-        self._queued_bytes += nbytes
+        if self._split_rows and rows > self._split_rows:
+            item = self._split(_Split(inputs, rows, nbytes, future))
+        else:
+            item = _Pending(inputs, rows, _merge_key(inputs), future, nbytes)
+        self._queue.append(item)
+        self._queued_bytes += item.nbytes
         if self.config.refusal_share:
             self._refusal_tokens = min(
                 self._refusal_burst, self._refusal_tokens + self.config.refusal_share
@@ -309,6 +346,9 @@ class DynamicBatcher:
         if self.metrics is not None:
             self._depth.set(len(self._queue))
         now = loop.time()
+        # What a split request has inside at once is one chunk (and so is its part in the
+        # concurrency the peer wait estimates).
+        rows = item.rows
         self._queued_rows += rows
         self._inside_rows += rows
         if self._note_arrival(self._inside_rows, self._queued_rows, now):
@@ -324,6 +364,45 @@ class DynamicBatcher:
         finally:
             timer.cancel()
             self._inside_rows -= rows
+
+    def _split(self, split: _Split) -> _Pending:
+        """The first chunk of a request larger than a batch; the rest follow from _finish."""
+        self._splits.add(split)
+        split.future.add_done_callback(lambda _: self._splits.discard(split))
+        return self._next_chunk(split)
+
+    def _next_chunk(self, split: _Split) -> _Pending:
+        start = split.next_row
+        end = split.next_row = min(start + self._split_rows, split.rows)
+        chunk = {name: array[start:end] for name, array in split.inputs.items()}
+        rest_bytes = split.nbytes * (split.rows - start) // split.rows
+        return _Pending(
+            chunk, end - start, _merge_key(chunk), split.future, rest_bytes, split=split
+        )
+
+    def _chunk_done(self, split: _Split, outputs: Tensors) -> None:
+        """Keep a chunk's rows; queue the next chunk at the back, or answer the request."""
+        split.pieces.append(outputs)
+        if split.next_row < split.rows:
+            self._requeue(self._next_chunk(split))
+            return
+        pieces = split.pieces
+        split.future.set_result(
+            {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+        )
+
+    def _requeue(self, item: _Pending) -> None:
+        """Queue an entry behind everything waiting (the admission check was the request's)."""
+        if self._closed:
+            item.future.set_exception(Unavailable(f"model '{self.model}' was unloaded"))
+            return
+        self._queue.append(item)
+        self._queued_rows += item.rows
+        self._queued_bytes += item.nbytes
+        if self.metrics is not None:
+            self._depth.set(len(self._queue))
+        assert self._wakeup is not None
+        self._wakeup.set()
 
     def _expire(self, future: asyncio.Future[Tensors]) -> None:
         if not future.done():
@@ -428,7 +507,8 @@ class DynamicBatcher:
         now = time.perf_counter()
         if self.metrics is not None:
             for item in batch:
-                self._queue_latency.observe(now - item.enqueued)
+                if item.split is None or not item.split.pieces:  # per request: its first chunk
+                    self._queue_latency.observe(now - item.enqueued)
         if len(batch) == 1:
             feeds = batch[0].inputs
         else:
@@ -437,7 +517,7 @@ class DynamicBatcher:
                 for name in batch[0].inputs
             }
         rows = sum(item.rows for item in batch)
-        # More rows than the largest padded size (batching off, one large request) run as they are.
+        # More rows than the largest padded size (batching off, or splitting off) run as they are.
         padded = next((size for size in self._padded_sizes if size >= rows), rows)
         if padded > rows:
             feeds = {
@@ -508,10 +588,14 @@ class DynamicBatcher:
         for item in batch:
             end = start + item.rows
             if not item.future.done():
-                item.future.set_result(
+                result = (
                     outputs if len(batch) == 1 and padded == end
                     else {name: array[start:end] for name, array in outputs.items()}
                 )  # fmt: skip
+                if item.split is None:
+                    item.future.set_result(result)
+                else:
+                    self._chunk_done(item.split, result)
             start = end
 
     async def drain(self, timeout: float) -> bool:

@@ -98,6 +98,7 @@ def batching_config(settings: ServingSettings) -> BatchingConfig:
     return BatchingConfig(
         merge=settings.batching,
         max_batch_size=settings.max_batch_size,
+        split_large_requests=settings.split_large_requests,
         batch_timeout_us=settings.batch_timeout_us,
         peer_wait_us=settings.batch_peer_wait_us,
         peer_idle_us=settings.batch_peer_idle_us,

@@ -110,6 +110,13 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(
         _BATCHING.max_batch_size, description="Largest merged batch, in rows."
     )
+    split_large_requests: bool = Field(
+        _BATCHING.split_large_requests,
+        description="A request of more than max_batch_size rows is computed max_batch_size rows "
+        "at a time, each next chunk queued behind the requests that arrived meanwhile, so they "
+        "wait for one chunk rather than the whole request (TF Serving's "
+        "enable_large_batch_splitting). Off: it runs whole.",
+    )
     batch_timeout_us: int = Field(
         _BATCHING.batch_timeout_us,
         description="How long a batch waits for more rows once compute is free (0 = take what is queued).",

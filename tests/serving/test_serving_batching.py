@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -291,7 +292,7 @@ def test_batches_are_padded_and_every_caller_gets_only_its_rows(tmp_path: Path) 
         [sample_images(1, seed=1), sample_images(2, seed=2)],  # 3 rows -> 4
         [sample_images(2, seed=3), sample_images(3, seed=4)],  # 5 rows -> 8
         [sample_images(1, seed=5)],  # 1 row -> 1
-        [sample_images(9, seed=6)],  # larger than every allowed size: as it is
+        [sample_images(9, seed=6)],  # larger than every allowed size: split into 8 and 1
     ]
 
     async def scenario() -> list[list[dict[str, np.ndarray]]]:
@@ -307,8 +308,187 @@ def test_batches_are_padded_and_every_caller_gets_only_its_rows(tmp_path: Path) 
             np.testing.assert_allclose(
                 result["probabilities"], reference_predict(reference, image), rtol=1e-5
             )
-    assert runtime.seen == [4, 8, 1, 9]
+    assert runtime.seen == [4, 8, 1, 8, 1]
     batcher.close()
+
+
+class GatedRuntime(ShapeRecordingRuntime):
+    """Records batch sizes; the first call waits for ``gate`` (so a test can queue requests
+    behind a computing batch), and the call numbered ``fail_call`` raises."""
+
+    def __init__(self, *args: object, fail_call: int = -1, **kwargs: object) -> None:
+        import threading
+
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.fail_call = fail_call
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        call = len(self.seen)
+        outputs = super().predict(inputs)
+        if call == 0:
+            assert self.gate.wait(30), "the test never opened the gate"
+        if call == self.fail_call:
+            raise RuntimeError("chunk failed")
+        return outputs
+
+
+def _gated_batcher(
+    tmp_path: Path, max_batch_size: int = 8, **config: Any
+) -> tuple[DynamicBatcher, GatedRuntime, Path]:
+    write_version(tmp_path, MODEL, 1, linear_classifier())
+    fail_call = config.pop("fail_call", -1)
+    runtime = GatedRuntime(tmp_path / MODEL / "1", OnnxOptions(device="cpu"), fail_call=fail_call)
+    batching = BatchingConfig(max_batch_size=max_batch_size, inline_compute_us=0, **config)
+    return (
+        DynamicBatcher(runtime, MODEL, 1, batching),
+        runtime,
+        tmp_path / MODEL / "1" / "model.onnx",
+    )
+
+
+async def _until(condition: Any, timeout_s: float = 30) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "condition never held"
+        await asyncio.sleep(0.001)
+
+
+def test_a_large_request_runs_a_batch_at_a_time_and_later_requests_run_in_between(
+    tmp_path: Path,
+) -> None:
+    """40 rows at max_batch_size 8 run as five chunks of 8. A 1-row request that arrives while
+    the first chunk computes runs right after it, not after all five; both answers equal the
+    model on their own rows, the large one in its rows' order."""
+    batcher, runtime, reference = _gated_batcher(tmp_path)
+    large, small = sample_images(40, seed=1), sample_images(1, seed=2)
+
+    async def scenario() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[int]]:
+        deadline = time.monotonic() + 30
+        large_task = asyncio.create_task(batcher.infer({"image": large}, deadline))
+        await _until(lambda: runtime.seen == [8])  # the first chunk is computing, held
+        small_task = asyncio.create_task(batcher.infer({"image": small}, deadline))
+        await _until(lambda: batcher.queued == 1)
+        runtime.gate.set()
+        small_result = await small_task
+        seen_when_small_answered = list(runtime.seen)
+        return await large_task, small_result, seen_when_small_answered
+
+    large_result, small_result, seen_then = asyncio.run(scenario())
+    assert runtime.seen == [8, 1, 8, 8, 8, 8]
+    assert seen_then[:2] == [8, 1] and len(seen_then) < 6
+    np.testing.assert_allclose(
+        large_result["probabilities"], reference_predict(reference, large), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        small_result["probabilities"], reference_predict(reference, small), rtol=1e-5
+    )
+    assert not batcher._splits
+    batcher.close()
+
+
+def test_with_splitting_off_a_large_request_runs_whole_and_later_ones_wait(tmp_path: Path) -> None:
+    batcher, runtime, reference = _gated_batcher(tmp_path, split_large_requests=False)
+    large, small = sample_images(40, seed=1), sample_images(1, seed=2)
+
+    async def scenario() -> dict[str, np.ndarray]:
+        deadline = time.monotonic() + 30
+        large_task = asyncio.create_task(batcher.infer({"image": large}, deadline))
+        await _until(lambda: runtime.seen == [40])
+        small_task = asyncio.create_task(batcher.infer({"image": small}, deadline))
+        await _until(lambda: batcher.queued == 1)
+        runtime.gate.set()
+        await small_task
+        return await large_task
+
+    result = asyncio.run(scenario())
+    assert runtime.seen == [40, 1]
+    np.testing.assert_allclose(
+        result["probabilities"], reference_predict(reference, large), rtol=1e-5
+    )
+    batcher.close()
+
+
+def test_a_large_request_past_its_deadline_stops_between_chunks(tmp_path: Path) -> None:
+    """The deadline passes while the first chunk computes: the caller gets DeadlineExceeded, no
+    further chunk runs, and the batcher serves the next request."""
+    from serving.errors import DeadlineExceeded
+
+    batcher, runtime, _ = _gated_batcher(tmp_path)
+
+    async def scenario() -> tuple[BaseException | None, dict[str, np.ndarray]]:
+        task = asyncio.create_task(
+            batcher.infer({"image": sample_images(40, seed=1)}, time.monotonic() + 0.2)
+        )
+        await _until(lambda: runtime.seen == [8])
+        error = None
+        try:
+            await task
+        except DeadlineExceeded as exc:
+            error = exc
+        runtime.gate.set()
+        await _until(lambda: batcher.idle)
+        later = await batcher.infer({"image": sample_images(3, seed=2)}, time.monotonic() + 30)
+        return error, later
+
+    error, later = asyncio.run(scenario())
+    assert isinstance(error, DeadlineExceeded)
+    assert runtime.seen == [8, 3]
+    assert later["probabilities"].shape == (3, 10)
+    assert not batcher._splits
+    batcher.close()
+
+
+def test_a_failing_chunk_fails_its_request_only(tmp_path: Path) -> None:
+    """The second chunk of a large request fails: that request gets the error and runs no more
+    chunks; the request queued beside it is answered."""
+    batcher, runtime, reference = _gated_batcher(tmp_path, fail_call=1)
+    small = sample_images(2, seed=2)
+
+    async def scenario() -> list[Any]:
+        deadline = time.monotonic() + 30
+        large_task = asyncio.create_task(
+            batcher.infer({"image": sample_images(40, seed=1)}, deadline)
+        )
+        await _until(lambda: runtime.seen == [8])
+        runtime.gate.set()
+        await _until(lambda: len(runtime.seen) == 2)
+        small_result = await batcher.infer({"image": small}, deadline)
+        (large_outcome,) = await asyncio.gather(large_task, return_exceptions=True)
+        return [large_outcome, small_result]
+
+    large_outcome, small_result = asyncio.run(scenario())
+    assert isinstance(large_outcome, RuntimeError)
+    assert runtime.seen == [8, 8, 2]
+    np.testing.assert_allclose(
+        small_result["probabilities"], reference_predict(reference, small), rtol=1e-5
+    )
+    batcher.close()
+
+
+def test_gateway_splits_large_requests_into_max_batch_size_batches(
+    start_gateway, tiny_repo: Path
+) -> None:
+    """Over REST: 100 rows at --max-batch-size 8 run as 13 batches (12 of 8, one of 4), and the
+    answer is the model's on those rows in order; --no-split-large-requests runs them as one."""
+    from serving.settings import settings_from_args
+
+    assert settings_from_args(["--no-split-large-requests"]).split_large_requests is False
+    images = sample_images(100, seed=7)
+    reference = reference_predict(tiny_repo / MODEL / "1" / "model.onnx", images)
+    for split, batches in ((True, 13), (False, 1)):
+        gateway: RunningGateway = start_gateway(
+            tiny_repo, max_batch_size=8, split_large_requests=split
+        )
+        reply = httpx.post(
+            f"{gateway.http_url}/v1/models/{MODEL}/versions/1:predict",
+            json={"instances": images.tolist()},
+            timeout=30,
+        )
+        assert reply.status_code == 200, reply.text
+        got = np.array(reply.json()["predictions"], dtype=np.float32)
+        np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-7)
+        assert batch_stats(gateway.metrics_text(), MODEL) == (batches, 100)
 
 
 def test_allowed_batch_sizes_option_is_checked_and_maps_to_the_config(

@@ -46,9 +46,14 @@ def strict_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     write_version(root, MODEL, 1, linear_classifier(seed=1))
     write_version(root, "one", 1, batch_one_classifier())
     write_models_config(root, [MODEL, "one"], labels={MODEL: {"stable": 1}})
-    # max_batch_size=1: warmup runs batch 1 only, so the "one" model loads (and fails later, at 2 rows).
+    # max_batch_size=1: warmup runs batch 1 only, so the "one" model loads; with splitting off a
+    # 2-row request runs whole, and fails.
     settings = gateway_settings(
-        root, max_body_bytes=MAX_BODY, max_request_batch=MAX_BATCH, max_batch_size=1
+        root,
+        max_body_bytes=MAX_BODY,
+        max_request_batch=MAX_BATCH,
+        max_batch_size=1,
+        split_large_requests=False,
     )
     running = RunningGateway(settings).start()
     yield running
