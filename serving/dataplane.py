@@ -207,9 +207,12 @@ class DataPlane:
 
     async def decode_image(self, data: bytes, spec: images.ImageSpec) -> np.ndarray:
         """``images.decode_image`` within the pixel limit: small images inline, others in the
-        decode pool (429 when it is full)."""
+        decode pool (429 when it is full). An image whose header declares more pixels than the
+        limit is refused here (413), before it waits for the pool."""
         limit = images.pixel_limit(spec, self.limits.max_image_pixels)
-        if len(data) <= INLINE_IMAGE_BYTES and images.declared_pixels(data) <= INLINE_IMAGE_PIXELS:
+        width, height = images.declared_size(data)
+        images.check_size((width, height), limit)
+        if len(data) <= INLINE_IMAGE_BYTES and width * height <= INLINE_IMAGE_PIXELS:
             return images.decode_image(data, spec, limit)
         return await self.decode_pool.run(images.decode_image, data, spec, limit)
 

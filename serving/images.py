@@ -6,9 +6,9 @@ body or multipart file, or TF Serving JSON's ``{"b64": ...}`` values).
 
 An encoded image is the one input whose cost is not bounded by its size: a 69-byte PNG can
 declare 30000x30000 pixels, a 140 KB one 12000x12000. So the declared size is read from the header
-and checked against a pixel limit before anything is decoded (:func:`declared_pixels`,
-:func:`pixel_limit`); the dataplane decodes small images inline and big ones in a bounded pool
-off the event loop.
+and checked against a pixel limit before anything is decoded (:func:`declared_size`,
+:func:`pixel_limit`, :func:`check_size`); the dataplane refuses an image above the limit at once,
+decodes small images inline and big ones in a bounded pool off the event loop.
 """
 
 from __future__ import annotations
@@ -173,8 +173,9 @@ def _check_segments(data: bytes) -> None:
         )
 
 
-def _check_pixels(image: Image.Image, max_pixels: int) -> None:
-    width, height = image.size
+def check_size(size: tuple[int, int], max_pixels: int) -> None:
+    """PayloadTooLarge when an image of ``size`` (width, height) has more than ``max_pixels``."""
+    width, height = size
     if width * height > max_pixels:
         raise PayloadTooLarge(
             f"image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels "
@@ -194,11 +195,11 @@ def _check_scans(data: bytes) -> None:
         )
 
 
-def declared_pixels(data: bytes) -> int:
-    """Width x height as the image's header declares them, without decoding any pixel."""
+def declared_size(data: bytes) -> tuple[int, int]:
+    """(width, height) as the image's header declares them, without decoding any pixel;
+    InvalidArgument when the bytes are not a PNG or JPEG."""
     with _open(data) as image:
-        width, height = image.size
-    return width * height
+        return image.size
 
 
 def decode_image(
@@ -217,7 +218,7 @@ def decode_image(
     never below the target size), which halves its cost or better.
     """
     with _open(data) as image:
-        _check_pixels(image, max_pixels)
+        check_size(image.size, max_pixels)
         if budget is not None:
             budget.spend(image.size[0] * image.size[1], budget_limit)
         if image.format == "JPEG":

@@ -174,6 +174,25 @@ def test_big_images_and_base64_bodies_use_the_pool_small_images_do_not(
         assert http.post(PREDICT, content=escaped_body).json() == plain.json()
 
 
+def test_images_above_the_pixel_limit_are_refused_before_they_wait_for_the_pool(
+    tiny_repo: Path, start_gateway: Any
+) -> None:
+    """With the decode pool full, an image whose header declares more than the limit still gets
+    its 413 (it never queues for a decode), while an admitted big image gets 429."""
+    gateway: RunningGateway = start_gateway(
+        tiny_repo, decode_threads=1, decode_queue=0, max_image_pixels=300 * 300
+    )
+    release = occupy_pool(gateway)
+    try:
+        with httpx.Client(base_url=gateway.http_url, timeout=30) as http:
+            refused = http.post(CLASSIFY, content=png(512, noise=True))
+            assert refused.status_code == 413, refused.text
+            assert "512x512 pixels exceeds the limit of 90000" in refused.json()["error"]
+            assert http.post(CLASSIFY, content=png(256, noise=True)).status_code == 429
+    finally:
+        release.set()
+
+
 def test_big_json_bodies_are_decoded_in_a_process_and_answered_as_on_the_loop(
     tiny_repo: Path, start_gateway: Any
 ) -> None:
