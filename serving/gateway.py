@@ -273,12 +273,14 @@ class Gateway:
         log.info("stopped")
 
     async def serve_forever(self) -> None:
-        """Start, wait for SIGTERM or SIGINT, drain, return."""
-        await self.start()
+        """Start, wait for SIGTERM or SIGINT, drain, return. The handlers are in place before
+        anything starts: a signal while starting (the ports may already take requests) drains
+        once the start is complete, instead of killing the process with what it holds."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        await self.start()
         wait_http = self._http_task
         waiters = [asyncio.ensure_future(stop.wait())]
         if wait_http is not None:

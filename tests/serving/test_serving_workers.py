@@ -110,6 +110,9 @@ def test_workers_share_ports_and_metrics_sum_over_them(
 
 
 def test_sigterm_stops_every_worker(supervised: Supervised) -> None:
+    """SIGTERM as soon as the workers are ready: each drains and logs that it stopped. A worker
+    announces its ports before its start-up has finished, and its signal handlers used to be
+    installed only then: a SIGTERM in between killed it (this test, run alone, failed so)."""
     workers = supervised.workers()
     supervised.process.send_signal(signal.SIGTERM)
     assert supervised.process.wait(60) == 0, supervised.log()
