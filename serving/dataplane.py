@@ -182,17 +182,12 @@ class DataPlane:
         self, mv: ModelVersion, image: bytes, top_k: int, deadline: float
     ) -> list[dict[str, Any]]:
         """Decode and preprocess one image per the model's metadata; top-k labels with scores."""
-        assert mv.runtime is not None
         if top_k < 1:
             raise InvalidArgument(f"top_k must be at least 1, got {top_k}")
-        spec = mv.runtime.inputs[0]
-        if len(mv.runtime.inputs) != 1 or spec.dtype != np.uint8 or len(spec.shape) != 4:
-            raise InvalidArgument(f"model '{mv.model}' does not take a single uint8 NHWC image")
+        name, image_spec = self.image_input(mv)
         self.admit(mv, len(image))
-        pixels = await self.decode_image(
-            image, images.ImageSpec.from_metadata(mv.metadata, spec.shape)
-        )
-        outputs = await self.predict(mv, {spec.name: pixels[None]}, deadline=deadline)
+        pixels = await self.decode_image(image, image_spec)
+        outputs = await self.predict(mv, {name: pixels[None]}, deadline=deadline)
         scores = np.asarray(next(iter(outputs.values()))[0], dtype=np.float64).ravel()
         names = mv.class_names or [str(i) for i in range(scores.size)]
         order = np.argsort(-scores, kind="stable")[:top_k]
@@ -204,6 +199,19 @@ class DataPlane:
             }
             for i in order
         ]
+
+    def image_input(self, mv: ModelVersion) -> tuple[str, images.ImageSpec]:
+        """The name and image spec of the model's one input; InvalidArgument for a model that
+        does not take a single uint8 NHWC image."""
+        assert mv.runtime is not None
+        spec = mv.runtime.inputs[0]
+        if len(mv.runtime.inputs) != 1 or spec.dtype != np.uint8 or len(spec.shape) != 4:
+            raise InvalidArgument(f"model '{mv.model}' does not take a single uint8 NHWC image")
+        return spec.name, images.ImageSpec.from_metadata(mv.metadata, spec.shape)
+
+    def image_pixel_limit(self, mv: ModelVersion) -> int:
+        """The most pixels an image for ``mv`` may declare (InvalidArgument as image_input)."""
+        return images.pixel_limit(self.image_input(mv)[1], self.limits.max_image_pixels)
 
     async def decode_image(self, data: bytes, spec: images.ImageSpec) -> np.ndarray:
         """``images.decode_image`` within the pixel limit: small images inline, others in the

@@ -195,6 +195,54 @@ def _check_scans(data: bytes) -> None:
         )
 
 
+#: How much of a streamed image body :func:`peek_size` may look at for the header (a JPEG's
+#: metadata segments come before its size); past it the whole body is read and parsed as before.
+PEEK_BYTES = 256 * 1024
+
+#: JPEG start-of-frame markers (they carry the size): C0 to CF except DHT, JPG and DAC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def peek_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first bytes of a PNG or JPEG, before the rest has arrived; None
+    while ``head`` is too short to tell, or when its structure is not the plain one (Pillow then
+    judges the whole image). InvalidArgument as soon as the bytes cannot start a PNG or JPEG.
+
+    PNG: the IHDR chunk, which must come first. JPEG: the segments up to the first
+    start-of-frame, walked at most ``segment_limit(len(head))`` steps."""
+    for magic in (PNG_MAGIC, JPEG_MAGIC):
+        if head[: len(magic)] == magic[: len(head)]:
+            break
+    else:
+        raise InvalidArgument("cannot decode image: PNG or JPEG expected")
+    if head.startswith(PNG_MAGIC):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            return None
+        width, height = struct.unpack_from(">II", head, 16)
+        return width, height
+    if not head.startswith(JPEG_MAGIC):
+        return None  # a prefix of a magic so far
+    position, steps, limit = 2, 0, segment_limit(len(head))
+    while position + 4 <= len(head) and steps <= limit and head[position] == 0xFF:
+        marker = head[position + 1]
+        steps += 1
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            position += 2
+        elif marker in _JPEG_SOF:
+            if position + 9 > len(head):
+                return None
+            height, width = struct.unpack_from(">HH", head, position + 5)
+            return width, height
+        elif marker == 0xDA:  # a scan before any frame: not for a peek to judge
+            return None
+        else:
+            (length,) = struct.unpack_from(">H", head, position + 2)
+            position += 2 + length
+    return None
+
+
 def declared_size(data: bytes) -> tuple[int, int]:
     """(width, height) as the image's header declares them, without decoding any pixel;
     InvalidArgument when the bytes are not a PNG or JPEG."""

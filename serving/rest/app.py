@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from clients.codec import v2_datatype
-from serving import __version__
+from serving import __version__, images
 from serving.codecs import tfserving_status
 from serving.codecs import v2 as v2_codec
 from serving.dataplane import DataPlane
@@ -145,6 +145,29 @@ MAX_FORM_FIELDS = 16
 MAX_FORM_FIELD_BYTES = 64 * 1024
 
 
+async def read_image_body(request: Request, max_pixels: int) -> bytes:
+    """A raw image body, refused as soon as its first bytes are not a PNG or JPEG (400) or its
+    header declares more than ``max_pixels`` (413): the rest is then never buffered (uvicorn
+    drops what follows a finished response), so a refused multi-megabyte body costs little more
+    than the kernel's copy of it. The full checks still run on the whole image afterwards."""
+    parts: list[bytes] = []
+    received = 0
+    # Bytes received before the next look at the header (0 = done looking). It doubles each
+    # time, so a body arriving in tiny pieces costs a few dozen looks, not one per piece.
+    peek_at = 1
+    async for chunk in request.stream():
+        parts.append(chunk)
+        received += len(chunk)
+        if peek_at and received >= peek_at:
+            size = images.peek_size(b"".join(parts))
+            if size is not None:
+                images.check_size(size, max_pixels)
+                peek_at = 0
+            else:
+                peek_at = 2 * received if received < images.PEEK_BYTES else 0
+    return b"".join(parts)  # one part: the part itself, no copy
+
+
 def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     """The FastAPI app over ``dataplane``: every route, and the OpenAPI document. It has no auth
     or body limit of its own: serve it behind :func:`create_front`."""
@@ -229,7 +252,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
                         raise InvalidArgument("multipart request has no file part")
                     image = await files[0].read()
             else:
-                image = await request.body()
+                image = await read_image_body(request, dp.image_pixel_limit(mv))
             top = await dp.classify_image(
                 mv,
                 image,

@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from serving.errors import InvalidArgument
-from serving.images import BASE_SEGMENTS, ImageSpec, decode_image, segment_limit
+from serving.images import (
+    BASE_SEGMENTS,
+    PNG_MAGIC,
+    ImageSpec,
+    decode_image,
+    peek_size,
+    segment_limit,
+)
 
 SPEC = ImageSpec(28, 28, 1)
 LIMIT = 4096 * 4096
@@ -82,3 +89,41 @@ def test_images_of_empty_segments_are_refused_before_pillow_parses_them() -> Non
     jpeg = out.getvalue()[:2] + b"\xff\xfe\x00\x02" * 16000 + out.getvalue()[2:]
     with pytest.raises(InvalidArgument, match="segments before its first scan"):
         decode_image(jpeg, SPEC, LIMIT)
+
+
+# --- peeking at a header before the body has arrived -------------------------------------------
+def _jpeg(progressive: bool, big_app_segment: bool = False) -> bytes:
+    out = io.BytesIO()
+    pixels = np.random.default_rng(3).integers(0, 256, (120, 200, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "c" * (60_000 if big_app_segment else 10)  # EXIF before the frame header
+    Image.fromarray(pixels).save(
+        out, format="JPEG", progressive=progressive, exif=exif.tobytes(), comment=b"comment"
+    )
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [noise_png(64), noise_png(300, 2048), _jpeg(False), _jpeg(True), _jpeg(True, True)],
+    ids=["png", "png-small-idat", "jpeg", "progressive-jpeg", "jpeg-60kb-exif"],
+)
+def test_peek_reads_the_size_pillow_reads_from_any_long_enough_prefix(data: bytes) -> None:
+    """Every prefix gives None (too short to tell) or Pillow's size; the whole image gives it."""
+    with Image.open(io.BytesIO(data)) as image:
+        size = image.size
+    answers = {peek_size(data[:length]) for length in range(0, min(len(data), 70_000), 97)}
+    assert answers <= {None, size}
+    assert peek_size(data) == size
+
+
+def test_peek_sees_a_declared_size_from_a_few_bytes_and_refuses_what_is_no_image() -> None:
+    header = PNG_MAGIC + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 30_000, 20_000)
+    assert peek_size(header) == (30_000, 20_000)
+    assert peek_size(header[:20]) is None
+    assert peek_size(b"\xff\xd8") is None  # the start of a JPEG
+    for junk in (b"GIF89a", b"{}", b"\x89PNX"):
+        with pytest.raises(InvalidArgument, match="PNG or JPEG expected"):
+            peek_size(junk)
+    # A structure a peek does not follow (no IHDR first) is left to Pillow: None, no error.
+    assert peek_size(PNG_MAGIC + struct.pack(">I", 0) + b"tEXt" + b"\0" * 20) is None

@@ -31,6 +31,7 @@ from tests.serving.serving_harness import (
     GatewayProcess,
     RunningGateway,
     child_pids,
+    connect,
     process_running,
     wait_until,
     wait_until_async,
@@ -191,6 +192,64 @@ def test_images_above_the_pixel_limit_are_refused_before_they_wait_for_the_pool(
             assert http.post(CLASSIFY, content=png(256, noise=True)).status_code == 429
     finally:
         release.set()
+
+
+def _read_answer(conn: socket.socket) -> bytes:
+    """One HTTP answer with a Content-Length body, read off a raw connection."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = conn.recv(65536)
+        assert chunk, f"connection closed after {answer!r}"
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        ).split(b":")[1]
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    ("start", "status", "words"),
+    [
+        (
+            b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (30_000).to_bytes(4, "big") * 2,
+            413,
+            b"30000x30000 pixels exceeds the limit",
+        ),
+        (b"GIF89a" + b"\x00" * 30, 400, b"PNG or JPEG expected"),
+    ],
+    ids=["too-many-pixels", "not-an-image"],
+)
+def test_an_image_body_is_refused_from_its_first_bytes_and_the_connection_goes_on(
+    tiny_repo: Path, start_gateway: Any, start: bytes, status: int, words: bytes
+) -> None:
+    """The answer comes while most of a 4 MB body is still unsent; the rest is then dropped
+    unread, and the next request on the same connection is answered."""
+    gateway: RunningGateway = start_gateway(tiny_repo)
+    rest = b"\0" * (4_000_000 - len(start))
+    with connect(gateway.http_url) as conn:
+        conn.sendall(
+            f"POST {CLASSIFY} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(start) + len(rest)}\r\n\r\n".encode()
+            + start
+        )
+        refused = _read_answer(conn)  # nothing more of the body has been sent
+        assert refused.startswith(f"HTTP/1.1 {status} ".encode()), refused[:200]
+        assert words in refused
+        conn.sendall(rest)
+        image = png(28)
+        conn.sendall(
+            f"POST {CLASSIFY} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(image)}\r\n\r\n".encode()
+            + image
+        )
+        answered = _read_answer(conn)
+    assert answered.startswith(b"HTTP/1.1 200 "), answered[:300]
+    assert b'"predictions"' in answered
 
 
 def test_big_json_bodies_are_decoded_in_a_process_and_answered_as_on_the_loop(
