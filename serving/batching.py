@@ -30,9 +30,10 @@ inputs. The scheduler task is supervised: if it dies, its queue fails at once an
 
 Layout: the config, then ``DynamicBatcher`` by concern (admission, supervision, ``infer``, the
 chunks of a split request, the scheduler and its two waits, take, launch, finish, drain and
-close), each a screen or less. It stays one module of about 620 lines because those concerns share the queue and its row and byte
-counters, which a split would pass around on the per-request path; the peer-wait decision, which
-keeps state of its own, is the part that moved out.
+close), each a screen or less. It stays one module of about 620 lines because those concerns
+share the queue and its row and byte counters, which a split would pass around on the
+per-request path; the peer-wait decision, which keeps state of its own, is the part that moved
+out.
 """
 
 from __future__ import annotations
