@@ -29,7 +29,9 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 
    Goal: p99 under attack at most 3x the unloaded p99 (the mean of the two unloaded phases; the
    ratio against each is reported too). The attackers' answers (status codes,
-   rate, latency) are reported too.
+   rate, latency) are reported too. They attack as fast as answers come back, so a gateway that
+   refuses faster draws a faster attack, whose own CPU shares this machine; ``--attack-rate R``
+   paces them to R requests per second in all, to compare two gateways under one attack.
 2. Memory after hostile gRPC Predicts: VmRSS of the gateway (``/proc/<pid>/status``) after start-up
    and a warmup of normal requests, then ``--hostile-requests`` (1,000) hostile Predicts in turn
    from a mix of seven kinds (a [2**40, 28, 28, 1] DT_FLOAT without values; the same dims in
@@ -51,6 +53,7 @@ the numbers are a lower bound of what the gateway could do alone.
 
     .venv/bin/python -m benchmarks.hostile_speed [--duration 10] [--json out.json]
         [--gateway-root DIR] [--gateway-arg=--max-image-pixels=N ...] [--only latency|memory]
+        [--attack-rate R]
 
 Size: each numbered part is one self-contained experiment (its gateway, its attackers, its
 verdict) run by one command; they share the harness below (ports, wrk, VmRSS) and one report,
@@ -332,10 +335,16 @@ def wrk_phase(
 
 
 class Attackers:
-    """``count`` threads, each an httpx client POSTing ``body`` one request at a time."""
+    """``count`` threads, each an httpx client POSTing ``body`` one request at a time, as fast
+    as answers come back, or at most ``rate`` requests per second in all (0 = no cap): a
+    closed-loop attacker's rate rises as the gateway refuses faster, and on a shared machine its
+    own CPU then weighs on the gateway, so comparisons of two gateways want the same rate."""
 
-    def __init__(self, url: str, body: bytes, count: int, headers: dict[str, str]) -> None:
+    def __init__(
+        self, url: str, body: bytes, count: int, headers: dict[str, str], rate: float = 0.0
+    ) -> None:
         self.url, self.body, self.headers = url, body, headers
+        self.interval = count / rate if rate > 0 else 0.0  # per thread
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.records: list[tuple[str, float]] = []  # (HTTP status or exception name, seconds)
@@ -346,8 +355,14 @@ class Attackers:
     def _loop(self) -> None:
         import httpx
 
+        next_send = time.perf_counter()
         with httpx.Client(timeout=ATTACK_TIMEOUT_S) as client:
             while not self.stopping.is_set():
+                if self.interval:
+                    # Paced: never a burst to catch up after a slow answer.
+                    next_send = max(next_send + self.interval, time.perf_counter())
+                    if self.stopping.wait(max(0.0, next_send - time.perf_counter())):
+                        break
                 start = time.perf_counter()
                 try:
                     reply = client.post(self.url, content=self.body, headers=self.headers)
@@ -451,6 +466,7 @@ def latency_part(
     attackers: int,
     duration: int,
     work: Path,
+    attack_rate: float = 0.0,
 ) -> dict[str, Any]:
     """Part 1: wrk phases unloaded / under a busy loop / under admitted images / under refused
     images / under big JSON batches / under big binary batches / unloaded."""
@@ -510,6 +526,7 @@ def latency_part(
                     attack_plan.body,
                     attackers,
                     attack_plan.headers,
+                    attack_rate,
                 )
                 if attack_plan
                 else None
@@ -828,7 +845,12 @@ def report(out: dict[str, Any]) -> str:
         lines += [
             "",
             f"Part 1: normal REST JSON :predict, wrk -t1 -c{latency['concurrency']}, "
-            f"{latency['duration_s']} s per phase",
+            f"{latency['duration_s']} s per phase; attackers "
+            + (
+                f"paced to {latency['attack_rate']:g} requests/s in all"
+                if latency.get("attack_rate")
+                else "as fast as answers come back"
+            ),
             "| phase | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors | gateway CPU % "
             "| wrk CPU % | attackers CPU % |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -939,6 +961,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4, help="wrk connections (normal load)")
     parser.add_argument("--attackers", type=int, default=2, help="attacker threads")
     parser.add_argument(
+        "--attack-rate",
+        type=float,
+        default=0.0,
+        help="attack requests per second in all, at most (0 = as fast as answers come back); "
+        "compare two gateways at one rate",
+    )
+    parser.add_argument(
         "--attack-image-side",
         type=int,
         help="side of the admitted attack image (default: from the pixel limit)",
@@ -1002,6 +1031,7 @@ def main() -> None:
                 args.attackers,
                 args.duration,
                 work,
+                args.attack_rate,
             )
             add_ratios(latency)
             latency.update(
@@ -1009,6 +1039,7 @@ def main() -> None:
                     "pixel_limit": limit,
                     "concurrency": args.concurrency,
                     "attackers": args.attackers,
+                    "attack_rate": args.attack_rate,
                     "duration_s": args.duration,
                     "candidates": [c.summary() for c in candidates],
                     "chosen_image": chosen.summary(),
