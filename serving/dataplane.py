@@ -218,10 +218,17 @@ class DataPlane:
         decode pool (429 when it is full). An image whose header declares more pixels than the
         limit is refused here (413), before it waits for the pool."""
         limit = images.pixel_limit(spec, self.limits.max_image_pixels)
-        width, height = images.declared_size(data)
-        images.check_size((width, height), limit)
-        if len(data) <= INLINE_IMAGE_BYTES and width * height <= INLINE_IMAGE_PIXELS:
-            return images.decode_image(data, spec, limit)
+        if len(data) <= INLINE_IMAGE_BYTES:
+            width, height = images.declared_size(data)
+            images.check_size((width, height), limit)
+            if width * height <= INLINE_IMAGE_PIXELS:
+                return images.decode_image(data, spec, limit)
+        else:
+            # Only a bounded peek on the loop: the full header checks walk up to one step per
+            # 2 KiB of a big image, and run in the pool.
+            size = images.peek_size(data[: images.PEEK_BYTES])
+            if size is not None:
+                images.check_size(size, limit)
         return await self.decode_pool.run(images.decode_image, data, spec, limit)
 
     def offloads_json(self, body_bytes: int) -> bool:
