@@ -231,6 +231,11 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
+    def padded_sizes(self) -> tuple[int, ...]:
+        """The batch sizes every batch is padded up to (ascending; () = none)."""
+        return self._padded_sizes
+
+    @property
     def idle(self) -> bool:
         """Nothing queued and nothing computing."""
         return not self._queue and self._busy == 0

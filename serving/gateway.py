@@ -87,6 +87,7 @@ def onnx_options(settings: ServingSettings) -> OnnxOptions:
         allow_spinning=settings.allow_spinning,
         graph_optimization=settings.graph_optimization,
         cuda_prefer_nhwc=settings.cuda_prefer_nhwc,
+        cudnn_conv_algo_search=settings.cudnn_conv_algo_search,
         gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
         cuda_graph=settings.cuda_graph,
         session_per_batch_size=settings.session_per_batch_size,

@@ -25,6 +25,12 @@ LATENCY_BUCKETS = (
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: labels of serving_model_runtime_info beyond model, version and provider: ModelRuntime.describe()
+#: plus the batcher's padded sizes; "" where one does not apply (the CUDA options on a CPU)
+RUNTIME_INFO_LABELS = (
+    "model_file", "prefer_nhwc", "cudnn_conv_algo_search", "enable_cuda_graph", "sessions",
+    "padded_batch_sizes",
+)  # fmt: skip
 
 
 class GatewayMetrics:
@@ -67,6 +73,16 @@ class GatewayMetrics:
             "serving_model_provider", "1 for the execution provider a model version runs on.",
             ["model", "version", "provider"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.model_runtime_info = Gauge(
+            "serving_model_runtime_info",
+            "1 for the runtime configuration a model version runs with: its provider, model file, "
+            "the CUDA provider options read back from ONNX Runtime, the batch sizes with a "
+            "session of their own and the sizes batches are padded to.",
+            ["model", "version", "provider", *RUNTIME_INFO_LABELS], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
+        #: (model, version) -> its runtime info's label values, to drop them at unload
+        self._runtime_info: dict[tuple[str, str], tuple[str, ...]] = {}
 
         #: (model, version, protocol, status) -> that request's two series, bound once: a label
         #: lookup per request (a lock and label validation) costs more than the update itself.
@@ -89,17 +105,31 @@ class GatewayMetrics:
         """Record a model version's state (TF Serving's number; None, a failed load, is 0)."""
         self.model_state.labels(model, str(version)).set(state.value if state else 0)
 
+    def set_runtime_info(
+        self, model: str, version: int, provider: str, info: dict[str, str]
+    ) -> None:
+        """Record what a loaded version runs with (``info``: RUNTIME_INFO_LABELS, others ignored)."""
+        labels = (model, str(version), provider, *(info.get(n, "") for n in RUNTIME_INFO_LABELS))
+        self._runtime_info[(model, str(version))] = labels
+        self.model_runtime_info.labels(*labels).set(1)
+
     def forget_version(self, model: str, version: int, provider: str | None) -> None:
         """Drop the series of an unloaded version (multiprocess mode cannot drop a series: the
-        version reads END and its provider 0 instead)."""
+        version reads END and its provider and runtime info 0 instead)."""
+        info = self._runtime_info.pop((model, str(version)), None)
         if os.environ.get(MULTIPROCESS_ENV):
             self.set_state(model, version, VersionState.END)
             self.model_provider.labels(model, str(version), provider or "").set(0)
+            if info is not None:
+                self.model_runtime_info.labels(*info).set(0)
             return
-        for metric, labels in (
+        series: list[tuple[Any, tuple[str, ...]]] = [
             (self.model_state, (model, str(version))),
             (self.model_provider, (model, str(version), provider or "")),
-        ):
+        ]
+        if info is not None:
+            series.append((self.model_runtime_info, info))
+        for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)
 

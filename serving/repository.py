@@ -387,12 +387,18 @@ class ModelRepository:
             mv, VersionState.AVAILABLE
         )  # the switch: from here on resolve() may return it
         self._failed.pop((entry.name, version), None)
+        info = {
+            **runtime.describe(),
+            "padded_batch_sizes": ",".join(map(str, batcher.padded_sizes)),
+        }
         if self.metrics is not None:
             self.metrics.model_provider.labels(entry.name, str(version), runtime.provider).set(1)
+            self.metrics.set_runtime_info(entry.name, version, runtime.provider, info)
         log.info(
-            "model %s version %s AVAILABLE on %s (%s, %.0f ms incl. warmup)",
+            "model %s version %s AVAILABLE on %s (%s, %.0f ms incl. warmup; %s)",
             entry.name, version, runtime.provider, getattr(runtime, "model_file", path),
             (time.perf_counter() - started) * 1000,
+            " ".join(f"{name}={value}" for name, value in info.items() if value) or "no options",
         )  # fmt: skip
         return True
 

@@ -85,6 +85,13 @@ class ServingSettings(BaseSettings):
         "all", description="ONNX Runtime graph optimisation level."
     )
     cuda_prefer_nhwc: bool = Field(True, description="CUDA provider: prefer NHWC kernels.")
+    cudnn_conv_algo_search: Literal["exhaustive", "heuristic", "default"] = Field(
+        "exhaustive",
+        description="CUDA provider: how cuDNN picks each convolution's algorithm for a new input "
+        "shape: exhaustive = time every candidate (ONNX Runtime's default: the fastest kernels, "
+        "the costliest change of batch size), heuristic = cuDNN's heuristics (cheap changes), "
+        "default = one fixed algorithm. Ignored on the CPU.",
+    )
     gpu_mem_limit_mb: int = Field(0, description="CUDA memory arena limit in MiB (0 = no limit).")
     cuda_graph: bool = Field(
         False,

@@ -43,6 +43,11 @@ class ModelRuntime(abc.ABC):
         for batch in batch_sizes:
             self.predict(self.zero_feeds(batch))
 
+    def describe(self) -> dict[str, str]:
+        """The options this runtime really runs with, for the load log and /metrics (label
+        names to values; the same names for every version of a runtime class)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook, most runtimes free memory on GC
         """Release resources (sessions, GPU memory). Called once a version is unloaded, or when
         its load fails after the runtime was made; may run in a worker thread; should not raise."""

@@ -85,6 +85,9 @@ class OnnxOptions:
     allow_spinning: bool = False
     graph_optimization: str = "all"
     cuda_prefer_nhwc: bool = True
+    #: cuDNN's convolution algorithm choice for each new input shape (CUDA provider option
+    #: ``cudnn_conv_algo_search``): exhaustive (ONNX Runtime's default), heuristic, default
+    cudnn_conv_algo_search: str = "exhaustive"
     gpu_mem_limit_mb: int = 0
     cuda_graph: bool = False
     device_id: int = 0
@@ -100,6 +103,21 @@ def _spec(node: Any) -> TensorSpec:
     return TensorSpec(node.name, dtype, shape)
 
 
+def cuda_provider_options(options: OnnxOptions) -> dict[str, Any]:
+    """The CUDA provider's options from ours (ONNX Runtime's names and string values)."""
+    cuda_options: dict[str, Any] = {
+        "device_id": options.device_id,
+        "prefer_nhwc": "1" if options.cuda_prefer_nhwc else "0",
+        "cudnn_conv_algo_search": options.cudnn_conv_algo_search.upper(),
+    }
+    if options.gpu_mem_limit_mb > 0:
+        cuda_options["gpu_mem_limit"] = options.gpu_mem_limit_mb * 1024 * 1024
+        cuda_options["arena_extend_strategy"] = "kSameAsRequested"
+    if options.cuda_graph:
+        cuda_options["enable_cuda_graph"] = "1"
+    return cuda_options
+
+
 def candidate_providers(options: OnnxOptions) -> list[tuple[str, dict[str, Any]]]:
     """Providers to ask for, best first, with their options; CPU always last."""
     available = set(ort.get_available_providers())
@@ -107,15 +125,6 @@ def candidate_providers(options: OnnxOptions) -> list[tuple[str, dict[str, Any]]
         available &= _working_gpu_providers | {CPU}
     wanted: list[tuple[str, dict[str, Any]]] = []
     if options.device != "cpu":
-        cuda_options: dict[str, Any] = {
-            "device_id": options.device_id,
-            "prefer_nhwc": "1" if options.cuda_prefer_nhwc else "0",
-        }
-        if options.gpu_mem_limit_mb > 0:
-            cuda_options["gpu_mem_limit"] = options.gpu_mem_limit_mb * 1024 * 1024
-            cuda_options["arena_extend_strategy"] = "kSameAsRequested"
-        if options.cuda_graph:
-            cuda_options["enable_cuda_graph"] = "1"
         if options.tensorrt and TENSORRT in available and not options.cuda_graph:
             wanted.append(
                 (
@@ -127,7 +136,7 @@ def candidate_providers(options: OnnxOptions) -> list[tuple[str, dict[str, Any]]
                 )
             )
         if CUDA in available:
-            wanted.append((CUDA, cuda_options))
+            wanted.append((CUDA, cuda_provider_options(options)))
     wanted.append((CPU, {}))
     return wanted
 
@@ -260,6 +269,22 @@ class OnnxRuntime(ModelRuntime):
         self._by_batch = {sizes[0]: self.session}
         for size in sizes[1:]:
             self._by_batch[size] = self._session(self.model_file, providers)
+
+    #: CUDA provider options reported by ``describe``, read back from the session (what ONNX
+    #: Runtime really applied, not what was asked for)
+    DESCRIBED_CUDA_OPTIONS = ("prefer_nhwc", "cudnn_conv_algo_search", "enable_cuda_graph")
+
+    def describe(self) -> dict[str, str]:
+        """Model file, the CUDA options in force ("" on other providers) and the batch sizes
+        with a session of their own."""
+        applied = {}
+        if self.provider == CUDA:
+            applied = self.session.get_provider_options().get(CUDA, {})
+        return {
+            "model_file": self.model_file.name,
+            **{name: str(applied.get(name, "")) for name in self.DESCRIBED_CUDA_OPTIONS},
+            "sessions": ",".join(map(str, self.specialised_sizes)),
+        }
 
     @property
     def specialised_sizes(self) -> tuple[int, ...]:

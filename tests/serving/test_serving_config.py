@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.gateway import onnx_options
 from serving.repository import VersionPolicy, parse_models_config
 from serving.runtimes.onnx import (
     AUTO_THREADS,
@@ -18,8 +19,10 @@ from serving.runtimes.onnx import (
     HEAVY_MODEL_S,
     OnnxOptions,
     OnnxRuntime,
+    cuda_provider_options,
 )
 from serving.settings import ServingSettings, settings_from_args
+from tests.metrics_text import metric_samples
 from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import (
     lenet_like,
@@ -71,6 +74,58 @@ def test_invalid_values_exit_2_naming_option_and_variable(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--workers (env SERVING_WORKERS): Input should be greater than or equal to 0" in error
     assert "--max-batch-size (env SERVING_MAX_BATCH_SIZE): Input should be a valid integer" in error
+
+
+def test_cuda_options_reach_the_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    """--cudnn-conv-algo-search and --no-cuda-prefer-nhwc become the CUDA provider's own options
+    (ONNX Runtime's names and values); the default is ONNX Runtime's (exhaustive); anything but
+    the three choices exits 2 naming the option."""
+    default = cuda_provider_options(onnx_options(settings_from_args([])))
+    assert default["cudnn_conv_algo_search"] == "EXHAUSTIVE" and default["prefer_nhwc"] == "1"
+    argv = ["--cudnn-conv-algo-search", "heuristic", "--no-cuda-prefer-nhwc", "--cuda-graph"]
+    chosen = cuda_provider_options(onnx_options(settings_from_args(argv)))
+    assert chosen["cudnn_conv_algo_search"] == "HEURISTIC" and chosen["prefer_nhwc"] == "0"
+    assert chosen["enable_cuda_graph"] == "1"
+    with pytest.raises(SystemExit) as exited:
+        settings_from_args(["--cudnn-conv-algo-search", "fastest"])
+    assert exited.value.code == 2
+    assert "--cudnn-conv-algo-search" in capsys.readouterr().err
+
+
+def test_runtime_options_in_the_load_log_and_metrics(
+    tmp_path: Path,
+    start_gateway,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    """What a version runs with (provider, file, sessions, padded sizes, and the CUDA options
+    read back from ONNX Runtime, empty on the CPU) is one info series per version and part of
+    its AVAILABLE log line; the series goes with the version."""
+    write_version(tmp_path, "m", 1, linear_classifier())
+    caplog.set_level("INFO", logger="serving.repository")
+    gateway: RunningGateway = start_gateway(
+        tmp_path, max_batch_size=4, allowed_batch_sizes="1,4", session_per_batch_size=True,
+        cudnn_conv_algo_search="heuristic",
+    )  # fmt: skip
+    (info,) = [s for s in metric_samples(gateway.metrics_text())
+               if s.name == "serving_model_runtime_info"]  # fmt: skip
+    assert info.value == 1.0
+    assert info.labels == {
+        "model": "m", "version": "1", "provider": CPU, "model_file": "model.onnx",
+        "sessions": "1,4", "padded_batch_sizes": "1,4",
+        # CUDA options apply to the CUDA provider only: not claimed for a CPU session
+        "prefer_nhwc": "", "cudnn_conv_algo_search": "", "enable_cuda_graph": "",
+    }  # fmt: skip
+    (line,) = [r.getMessage() for r in caplog.records if "AVAILABLE" in r.getMessage()]
+    assert "model_file=model.onnx sessions=1,4 padded_batch_sizes=1,4" in line
+    import shutil
+
+    shutil.rmtree(tmp_path / "m" / "1")
+    write_version(tmp_path, "m", 2, linear_classifier(seed=2))
+    assert gateway.gateway is not None
+    gateway.run(gateway.gateway.repository.sync())
+    versions = [s.labels["version"] for s in metric_samples(gateway.metrics_text())
+                if s.name == "serving_model_runtime_info"]  # fmt: skip
+    assert versions == ["2"]
 
 
 def test_version_policies() -> None:
