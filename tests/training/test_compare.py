@@ -13,17 +13,24 @@ from training.compare import BUDGET, MissingRun, compare, find_runs, markdown
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """MLP and LeNet on 1,000 MNIST images, one epoch, through the command line."""
-    runs = tmp_path_factory.mktemp("compare") / "runs"
+    """MLP and LeNet on 1,000 MNIST images, one epoch, through the command line, run from a
+    temporary working directory: the runs record the default repository, `model_repository`
+    relative to it, and "no export" is checked there, not in the checkout (where `make demo`
+    has just published a LeNet)."""
+    root = tmp_path_factory.mktemp("compare")
+    runs = root / "runs"
     out = runs / "compare.md"
-    status = main(["compare", "--runs-dir", str(runs), "--train", "--datasets", "mnist",
-                   "--epochs", "1", "--limit", "1000", "--out", str(out)])  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        status = main(["compare", "--runs-dir", str(runs), "--train", "--datasets", "mnist",
+                       "--epochs", "1", "--limit", "1000", "--out", str(out)])  # fmt: skip
     assert status == 0
     return runs, out.read_text()
 
 
 def test_trains_both_models_with_one_budget(compared: tuple[Path, str]) -> None:
     runs, _ = compared
+    root = runs.parent
     records = find_runs(runs, datasets=("mnist",))
     assert set(records) == {("mlp", "mnist"), ("lenet", "mnist")}
     for record in records.values():
@@ -31,7 +38,8 @@ def test_trains_both_models_with_one_budget(compared: tuple[Path, str]) -> None:
         assert config["epochs"] == 1 and config["limit"] == 1000 and config["export"] is False
         for key in ("learning_rate", "schedule", "warmup_epochs", "batch_size", "augment"):
             assert config[key] == BUDGET[key]
-        assert not (Path(config["repository"]) / record.model).exists()  # no export
+        repository = root / config["repository"]  # relative: the fixture's working directory
+        assert repository.parent == root and not repository.exists()  # no export
         # The plots every run directory gets, as real PNG files.
         for name in ("test_confusion_matrix.png", "test_per_class.png"):
             assert (record.run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
