@@ -5,7 +5,10 @@
 3. classify a few test images through the client, over HTTP and over gRPC;
 4. send the whole test set through the server and compare with the offline accuracy;
 5. a short Locust run that checks every answer, with a report;
-6. stop the gateway and print a summary table with where everything is.
+6. stop the gateway, print a summary table with where everything is, and what to try next.
+
+The terminal shows the project's own lines only: TensorFlow's C++ log lines (absl's ``I0000``,
+``W0000``, ``E0000`` ...), which say nothing about the run, go to ``<out>/train-stderr.log``.
 
     .venv/bin/python -m benchmarks.demo [--epochs 8] [--duration 20s] [--skip-training]
 """
@@ -14,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +33,42 @@ def _step(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def train(repository: Path, epochs: int) -> None:
-    """Training runs in a child process, so this process never holds TensorFlow's memory."""
+#: a line of TensorFlow's C++ logging (absl: severity letter, date, time, thread, file:line), or
+#: absl's notice before its logging is set up; TF_CPP_MIN_LOG_LEVEL does not hide all of them
+CPP_LOG_LINE = re.compile(
+    r"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.]+:\d+\]"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called)"
+)
+
+
+def train(repository: Path, epochs: int, log_path: Path) -> None:
+    """Training runs in a child process, so this process never holds TensorFlow's memory. Its
+    stderr passes through, less TensorFlow's C++ log lines, which go to ``log_path`` with the rest."""
     command = [
         sys.executable, "-m", "training", "train",
         "--model", MODEL, "--dataset", DATASET, "--recipe", "demo", "--epochs", str(epochs),
         "--repository", str(repository),
     ]  # fmt: skip
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(command, check=True, env=env)
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as child,
+    ):
+        assert child.stderr is not None
+        reader = threading.Thread(target=_filter_stderr, args=(child.stderr, log), daemon=True)
+        reader.start()
+        child.wait()
+        reader.join()
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
+
+
+def _filter_stderr(stream: Any, log: Any) -> None:
+    for line in stream:
+        log.write(line)
+        if not CPP_LOG_LINE.match(line):
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def newest_version(repository: Path) -> int | None:
@@ -107,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         _step(f"1/5 using {repository / MODEL / str(newest_version(repository))}")
     else:
         _step(f"1/5 train {MODEL} on {DATASET} ({args.epochs} epochs) and export")
-        train(repository, args.epochs)
+        train(repository, args.epochs, out / "train-stderr.log")
     timings["train + export"] = time.perf_counter() - started
     version = newest_version(repository)
 
@@ -120,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ) as server:  # fmt: skip
         assert server.http and server.grpc
         timings["gateway start"] = time.perf_counter() - phase
-        console.print(f"gateway: REST {server.http}, gRPC {server.grpc}, log {out / 'gateway.log'}")
+        print(f"gateway: REST {server.http}, gRPC {server.grpc}, log {out / 'gateway.log'}")
 
         _step("3/5 classify test images through the client (HTTP and gRPC)")
         table = Table("image", "true", "HTTP top-1", "gRPC top-1")
@@ -177,10 +209,22 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in timings.items():
         final.add_row(f"time: {name}", f"{seconds:.1f} s")
     console.print(final)
+    print(WHAT_NEXT.format(repository=repository, out=out))
     failed = not run.get("passed", True) or not all(
         summary[f"accuracy_{p}"].get("passed", False) for p in ("rest", "grpc")
     )
     return 1 if failed else 0
+
+
+WHAT_NEXT = """
+What next (README.md, "After the demo", walks through each):
+  serve it:      .venv/bin/python -m serving --repository {repository}
+  call it:       .venv/bin/python -m clients predict --target http://127.0.0.1:8501 --model lenet examples/digit-7.png
+                 .venv/bin/python -m clients predict --target grpc://127.0.0.1:8500 --model lenet examples/digit-7.png
+  curl it:       curl -s -X POST localhost:8501/v1/models/lenet:predict -d @examples/predict-tfserving.json
+  measure it:    .venv/bin/python -m benchmarks run --target http://127.0.0.1:8501 --model lenet --dry-run --out reports/smoke
+  the reports:   {out}/locust/report.html, and runs/ (tensorboard --logdir runs/)
+"""
 
 
 def _percent(result: dict[str, Any], which: str) -> str:
