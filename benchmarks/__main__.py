@@ -42,9 +42,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m benchmarks``."""
+    from benchmarks.lab import index
+
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Load tests that measure latency, throughput and the accuracy of served answers.",
+        epilog="More tools, without this command line: python -m benchmarks.demo (make demo).\n\n"
+        + index(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

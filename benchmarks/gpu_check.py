@@ -322,7 +322,7 @@ def jpeg_of(image: np.ndarray) -> bytes:
 
 # --- gateway -----------------------------------------------------------------------------------
 def start_gateway(repo: Path, device: str, precision: str, extra: tuple[str, ...] = ()) -> Any:
-    from benchmarks.gateway_speed import Server
+    from benchmarks.lab.gateway_speed import Server
 
     return Server(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",

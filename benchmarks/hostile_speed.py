@@ -86,7 +86,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from benchmarks.gateway_speed import (
+from benchmarks.lab.gateway_speed import (
     ROOT,
     WRK_LUA,
     Server,

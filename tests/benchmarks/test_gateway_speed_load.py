@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import gateway_speed
+from benchmarks.lab import gateway_speed
 
 
 @pytest.mark.skipif(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import overload
+from benchmarks.lab import overload
 
 
 @pytest.mark.skipif(

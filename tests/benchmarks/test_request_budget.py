@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from benchmarks import request_budget
+from benchmarks.lab import request_budget
 
 
 def test_every_stage_is_measured_and_the_paths_add_up() -> None:
@@ -34,7 +34,7 @@ def test_gateway_speed_sets_the_gateway_against_the_limit_of_its_parts() -> None
     """The parts come from a real (short) request_budget run; the gateway rows are given, so the
     ratios can be checked: each protocol's limit is 1e6 / its parts in us, gRPC's parts include
     grpc.aio alone's cost per call."""
-    from benchmarks.gateway_speed import GRPC_ALONE, Result, parts_report
+    from benchmarks.lab.gateway_speed import GRPC_ALONE, Result, parts_report
 
     budget = request_budget.measure(seconds=0.02, rounds=1, transport_seconds=1.0)
     results = [
@@ -56,7 +56,7 @@ def test_gateway_speed_sets_the_gateway_against_the_limit_of_its_parts() -> None
 def test_gateway_speed_sets_the_parts_against_the_cost_in_situ() -> None:
     """CPU per request in situ = CPU share / rate: 100% of a core at 5,000 requests/s is 200 us,
     80% of it on the event loop 160 us; grpc.aio alone gets its row without a ratio."""
-    from benchmarks.gateway_speed import GRPC_ALONE, Result, in_situ_report
+    from benchmarks.lab.gateway_speed import GRPC_ALONE, Result, in_situ_report
 
     budget = request_budget.measure(seconds=0.02, rounds=1, transport_seconds=1.0)
     results = [
@@ -82,7 +82,7 @@ def test_a_thread_s_cpu_time_is_read_from_proc() -> None:
     import os
     import time
 
-    from benchmarks.gateway_speed import thread_cpu_seconds
+    from benchmarks.lab.gateway_speed import thread_cpu_seconds
 
     pid = os.getpid()
     before = thread_cpu_seconds(pid, pid)

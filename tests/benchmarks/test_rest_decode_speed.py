@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from benchmarks import rest_decode_speed
+from benchmarks.lab import rest_decode_speed
 
 
 def test_rest_decode_speed_prints_both_paths(

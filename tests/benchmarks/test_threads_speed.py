@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks import gateway_speed, threads_speed
+from benchmarks.lab import gateway_speed, threads_speed
 
 
 def test_v2_one_image_body_is_answered_by_the_gateway(tmp_path: Path) -> None:

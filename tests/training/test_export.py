@@ -283,12 +283,12 @@ def test_parity_verdicts_on_known_arrays() -> None:
 
 
 def test_fp16_parity_report_reproduces_the_export_s_conversion(exported_lenet, tmp_path) -> None:
-    """benchmarks.fp16_parity's whole-graph variant is the published fp16 file's conversion (the
+    """benchmarks.lab.fp16_parity's whole-graph variant is the published fp16 file's conversion (the
     same probabilities), and a variant keeping Conv in float32 has float32 Conv weights."""
     import onnx
     from onnx import numpy_helper
 
-    from benchmarks import fp16_parity
+    from benchmarks.lab import fp16_parity
     from training.data import load_dataset
 
     _, repository = exported_lenet

@@ -15,7 +15,7 @@ Measures, side by side in one run:
 3. Decoding a ``[64, 10]`` float32 output: ``clients.codec.tensor_proto_to_ndarray`` against
    ``tf.make_ndarray``.
 
-Run: ``.venv/bin/python -m benchmarks.client_speed`` (``--json`` for machine output). It prints
+Run: ``.venv/bin/python -m benchmarks.lab.client_speed`` (``--json`` for machine output). It prints
 numbers and ratios; it asserts nothing.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BATCH_SHAPE = (64, 28, 28, 1)
 
 IMPORT_SNIPPETS = {

@@ -23,12 +23,12 @@ in this process, which on a small host is itself the bottleneck. Both share the 
 with the server: on a 2-core host these are lower bounds.
 
 Then, with every server stopped, each part of one request is timed alone
-(``benchmarks.request_budget``) and the gateway at concurrency 32 is set against the limit those
+(``benchmarks.lab.request_budget``) and the gateway at concurrency 32 is set against the limit those
 parts add up to, per protocol (gRPC's transport: this run's grpc.aio alone); ``--no-parts`` skips it.
 A last table sets the parts against what a request costs in situ: the gateway's CPU per request at
 concurrency 32, the event-loop thread's apart from the others (compute, gRPC's own threads).
 
-    python -m benchmarks.gateway_speed [--duration 5] [--json out.json]   # from the repository root
+    python -m benchmarks.lab.gateway_speed [--duration 5] [--json out.json]   # from the repository root
 
 Size: every row of the one side-by-side table (servers, loads, ceilings, the batcher alone) is
 set up here, so that all rows are measured the same way in one run.
@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 PREDICT_PATH = "/v1/models/{model}:predict"
 INFER_PATH = "/v2/models/{model}/infer"
@@ -452,7 +452,13 @@ def side_by_side(
     if WORKERS > 1:  # one process per core, as --workers 0 would start
         servers[MULTI] = start_gateway(repo, [], workers=WORKERS)
     servers["naive FastAPI+ORT"] = Server(
-        [sys.executable, "-m", "benchmarks.naive_server", str(model_file(repo)), str(free_port())],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.lab.naive_server",
+            str(model_file(repo)),
+            str(free_port()),
+        ],
         wait_for="Uvicorn running",
     )
     servers[GRPC_ALONE] = start_grpc_aio_alone()
@@ -503,8 +509,8 @@ GRPC_ALONE = "grpc.aio alone, no-op Predict"
 
 
 def start_grpc_aio_alone() -> Server:
-    """The transport-ceiling server, ``benchmarks.grpc_aio_alone``."""
-    return Server([sys.executable, "-m", "benchmarks.grpc_aio_alone"], wait_for="gRPC")
+    """The transport-ceiling server, ``benchmarks.lab.grpc_aio_alone``."""
+    return Server([sys.executable, "-m", "benchmarks.lab.grpc_aio_alone"], wait_for="gRPC")
 
 
 def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:
@@ -628,7 +634,7 @@ def grpc_parts_us(budget: dict[str, Any], alone_calls_per_s: float) -> float:
 def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
     """The gateway at concurrency 32 against the limit its parts add up to, per protocol.
 
-    ``budget`` is ``benchmarks.request_budget.measure``'s result (each stage timed alone, the HTTP
+    ``budget`` is ``benchmarks.lab.request_budget.measure``'s result (each stage timed alone, the HTTP
     transport under wrk). gRPC's transport is grpc.aio alone's measured cost per call (this run's
     row), its other stages from ``budget``; its target in docs/ARCHITECTURE.md is grpc.aio alone.
     """
@@ -720,7 +726,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-parts", action="store_true",
-        help="leave out the per-request parts (benchmarks.request_budget) and the limit they make",
+        help="leave out the per-request parts (benchmarks.lab.request_budget) and the limit they make",
     )  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -743,9 +749,9 @@ def main() -> None:
             results += spinning_scenarios(repo, args.duration, work)
     budget: dict[str, Any] | None = None
     if not args.no_parts:  # after the servers have stopped: every stage is timed alone
-        from benchmarks import request_budget
+        from benchmarks.lab import request_budget
 
-        print("timing each part of a request alone (benchmarks.request_budget)", flush=True)
+        print("timing each part of a request alone (benchmarks.lab.request_budget)", flush=True)
         budget = request_budget.measure(0.3, 5, float(args.duration))
     print(table(results))
     print()

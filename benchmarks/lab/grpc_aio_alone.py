@@ -5,7 +5,7 @@ reading the request: what is left is the gRPC transport in one Python process on
 gateway runs), the ceiling ``gateway_speed`` compares the gateway's gRPC numbers with. It prints
 ``gRPC (grpc.aio alone) on 127.0.0.1:<port>`` once it listens (on a port the OS picks).
 
-    python -m benchmarks.grpc_aio_alone
+    python -m benchmarks.lab.grpc_aio_alone
 """
 
 from __future__ import annotations

@@ -4,14 +4,14 @@ One LeNet image per request (``model_repository/lenet`` if training has exported
 LeNet-like model of ``tests/tiny_models.py``), each stage of the hot path timed on its own in this
 process with the gateway's own code: decode, validation, admission, the batcher's event-loop work,
 the request's share of a batch-32 ONNX Runtime run, encode, metrics; and the HTTP transport alone
-(the gateway's HTTP protocol serving a do-nothing hot route, ``benchmarks.noop_http``, under
+(the gateway's HTTP protocol serving a do-nothing hot route, ``benchmarks.lab.noop_http``, under
 ``wrk -t1 -c32``, when ``wrk`` is installed; also through uvicorn's ASGI cycle, for comparison).
 The stages add up to the per-request cost of one gateway process and so to its limit in
 requests/s (with compute on its own thread the limit is an upper bound: the two cores are shared
 with the load generator). Each stage is checked against its budget in
 ``docs/ARCHITECTURE.md`` ("The per-request cost budget"); a stage over budget is flagged.
 
-    python -m benchmarks.request_budget [--seconds 0.3] [--rounds 5] [--json out.json]
+    python -m benchmarks.lab.request_budget [--seconds 0.3] [--rounds 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 HTTP_TRANSPORT = "HTTP transport (protocol, no-op hot route)"
 #: not on any path: what a request would cost with uvicorn's ASGI cycle (every non-hot route does)
@@ -56,7 +56,7 @@ BUDGET_US: dict[str, float] = {
     "metrics": 2.0,
 }
 #: The stages one request of each protocol goes through (the transport is measured for HTTP only:
-#: grpc.aio's per-call cost is in ``benchmarks.gateway_speed``'s "grpc.aio alone" row).
+#: grpc.aio's per-call cost is in ``benchmarks.lab.gateway_speed``'s "grpc.aio alone" row).
 PATHS: dict[str, list[str]] = {
     "REST JSON": [
         HTTP_TRANSPORT, "REST JSON decode", "validation",
@@ -205,7 +205,7 @@ def batcher_loop_us(make_runtime: Callable[[], Any], seconds: float, rounds: int
 
 
 def transport_us(seconds: float, work: Path, asgi: bool = False) -> float | None:
-    """1 / requests-per-second of ``benchmarks.noop_http`` (the gateway's HTTP protocol serving a
+    """1 / requests-per-second of ``benchmarks.lab.noop_http`` (the gateway's HTTP protocol serving a
     do-nothing hot route; ``asgi``: a do-nothing ASGI app) under ``wrk -t1 -c32`` with the REST
     body: the HTTP transport's share of one process."""
     if shutil.which("wrk") is None:
@@ -221,7 +221,7 @@ def transport_us(seconds: float, work: Path, asgi: bool = False) -> float | None
         f'wrk.method = "POST"\nlocal f = io.open("{body}", "rb")\nwrk.body = f:read("*all")\n'
         'f:close()\nwrk.headers["Content-Type"] = "application/json"\n'
     )
-    command = [sys.executable, "-m", "benchmarks.noop_http", str(port)] + (
+    command = [sys.executable, "-m", "benchmarks.lab.noop_http", str(port)] + (
         ["--asgi"] if asgi else []
     )
     server = subprocess.Popen(command, cwd=ROOT)

@@ -3,7 +3,7 @@
 What a first attempt looks like: one ``session.run`` per request, on the event loop, JSON lists
 in and out, default session options, TF Serving's REST ``:predict`` route only (row format).
 
-    python -m benchmarks.naive_server MODEL.onnx PORT [MODEL_NAME]
+    python -m benchmarks.lab.naive_server MODEL.onnx PORT [MODEL_NAME]
 """
 
 import sys

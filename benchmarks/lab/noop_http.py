@@ -9,7 +9,7 @@ other gateway route, and a pipelined hot request, goes through). Both run on uvi
 configured as the gateway configures them (no proxy headers, no lifespan), so the time per request
 under load is what the transport alone costs.
 
-    python -m benchmarks.noop_http PORT [--asgi]
+    python -m benchmarks.lab.noop_http PORT [--asgi]
 """
 
 from __future__ import annotations

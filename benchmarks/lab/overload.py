@@ -14,11 +14,11 @@ latency p50/p99, the latency of admitted requests, failures of any other kind, a
 CPU. HTTP statuses and latencies come from h2load's per-request log; for gRPC, whose statuses
 travel in trailers, the counts come from the gateway's ``serving_requests_total`` and the
 latencies are those of one more client beside h2load, one call at a time. ``--grpc-floor`` also
-floods ``benchmarks/grpc_floor.py``, a grpc.aio server that refuses every call at once: the
+floods ``benchmarks/lab/grpc_floor.py``, a grpc.aio server that refuses every call at once: the
 refusal latency grpc.aio alone gives at each load, beside the gateway's. The goal (issue 13): at 8x, admitted throughput at least 80% of capacity (the
 admitted rate at 1x with the largest queue) and a 429 p99 of at most 10 ms, on every protocol.
 
-    .venv/bin/python -m benchmarks.overload [--duration 5] [--queues 4,32,256] [--loads 1,2,8]
+    .venv/bin/python -m benchmarks.lab.overload [--duration 5] [--queues 4,32,256] [--loads 1,2,8]
         [--protocols rest,v2,grpc] [--gateway-root DIR] [--gateway-arg=--option=value ...]
         [--grpc-floor] [--json out.json]
 """
@@ -40,7 +40,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.gateway_speed import (
+from benchmarks.hostile_speed import gateway_commit, machine, start_gateway
+from benchmarks.lab.gateway_speed import (
     INFER_PATH,
     PREDICT_PATH,
     Server,
@@ -52,7 +53,6 @@ from benchmarks.gateway_speed import (
     rest_json_body,
     v2_binary_body,
 )
-from benchmarks.hostile_speed import gateway_commit, machine, start_gateway
 
 GRPC_CONNECTIONS = 8
 PROTOCOL_NAMES = {"rest": "REST JSON", "v2": "V2 binary", "grpc": "gRPC"}
@@ -207,9 +207,11 @@ def measure(
 
 
 def measure_grpc_floor(clients: int, duration: float, work: Path) -> dict[str, Any]:
-    """The same gRPC flood against ``benchmarks/grpc_floor.py`` (refuses every call at once): the
+    """The same gRPC flood against ``benchmarks/lab/grpc_floor.py`` (refuses every call at once): the
     refusal latency that grpc.aio alone gives at this load."""
-    floor = Server([sys.executable, "-m", "benchmarks.grpc_floor", "--port", "0"], wait_for="gRPC")
+    floor = Server(
+        [sys.executable, "-m", "benchmarks.lab.grpc_floor", "--port", "0"], wait_for="gRPC"
+    )
     try:
         pid = floor.process.pid
         cpu_before, started = cpu_seconds(pid), time.monotonic()
@@ -240,7 +242,7 @@ def main() -> None:
     parser.add_argument("--loads", default="1,2,8", help="multiples of --base-concurrency")
     parser.add_argument("--base-concurrency", type=int, default=32)
     parser.add_argument("--protocols", default="rest,v2,grpc")
-    parser.add_argument("--gateway-root", type=Path, default=Path(__file__).resolve().parents[1])
+    parser.add_argument("--gateway-root", type=Path, default=Path(__file__).resolve().parents[2])
     parser.add_argument("--gateway-arg", action="append", default=[], help="raw gateway option")
     parser.add_argument(
         "--grpc-floor",
@@ -344,7 +346,7 @@ def table(report: dict[str, Any]) -> str:
     if report["grpc_floor"]:
         lines += [
             "",
-            "gRPC floor (`benchmarks/grpc_floor.py`: grpc.aio on uvloop refusing every call as its"
+            "gRPC floor (`benchmarks/lab/grpc_floor.py`: grpc.aio on uvloop refusing every call as its"
             " first statement), the same flood and probe:",
             "",
             "| load (clients) | refused/s | 429 p50 / p99 ms | other failures | server / h2load CPU % |",

@@ -7,7 +7,7 @@ the difference comes from, and what float16 does to the answers and the accuracy
 converted from the version's ``model.onnx`` the way the export converts it (ONNX Runtime's
 ``convert_float_to_float16``, inputs and outputs kept), and run on ONNX Runtime's CPU provider.
 
-    python -m benchmarks.fp16_parity --version-dir model_repository/lenet/1 --dataset fashion_mnist
+    python -m benchmarks.lab.fp16_parity --version-dir model_repository/lenet/1 --dataset fashion_mnist
         [--limit 10000] [--keep-fp32 Conv MatMul] [--json out.json]
 """
 

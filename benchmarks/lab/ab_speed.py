@@ -8,7 +8,7 @@ model of ``tests/tiny_models.py``). For each protocol and concurrency the rounds
 median round of each is reported with the ratio B / A. Load as in ``gateway_speed.py``: Debian's
 ``wrk`` for REST JSON and V2 binary, nghttp2's ``h2load`` for gRPC, one 28x28 image per request.
 
-    .venv/bin/python -m benchmarks.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4]
+    .venv/bin/python -m benchmarks.lab.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4]
         [--concurrency 1,32] [--protocols "REST JSON,V2 binary,gRPC"] [--json out.json]
 """
 
@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.gateway_speed import measure, prepare_repository
 from benchmarks.hostile_speed import gateway_commit, machine, start_gateway
+from benchmarks.lab.gateway_speed import measure, prepare_repository
 
 PROTOCOLS = ("REST JSON", "V2 binary", "gRPC")
 

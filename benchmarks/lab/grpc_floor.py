@@ -3,10 +3,10 @@
 No model, no decode, no admission logic: the handler aborts with RESOURCE_EXHAUSTED as its first
 statement, on the same stack as the gateway (grpc.aio on uvloop, one process). Whatever latency a
 client sees for these refusals under a flood is what grpc.aio itself costs, so
-``benchmarks/overload.py --grpc-floor`` runs it beside the gateway to tell the gateway's share from
+``benchmarks/lab/overload.py --grpc-floor`` runs it beside the gateway to tell the gateway's share from
 the framework's.
 
-    .venv/bin/python -m benchmarks.grpc_floor --port 0 [--max-streams-per-connection N]
+    .venv/bin/python -m benchmarks.lab.grpc_floor --port 0 [--max-streams-per-connection N]
 """
 
 from __future__ import annotations

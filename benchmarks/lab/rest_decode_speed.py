@@ -5,7 +5,7 @@ The common body (one numeric input as regular nested lists) goes through simdjso
 ``serving.codecs.tfserving.decode_predict`` on the same bodies with the simdjson path on and off:
 28x28x1 images, uint8 (pixel integers) and float32 (pixels / 255), 1 and 32 per request.
 
-    python -m benchmarks.rest_decode_speed [--repeat 7]
+    python -m benchmarks.lab.rest_decode_speed [--repeat 7]
 """
 
 from __future__ import annotations

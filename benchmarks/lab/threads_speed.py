@@ -16,7 +16,7 @@ Models: the LeNet-like ONNX of ``tests/tiny_models.py`` (or a trained ``model_re
 and, given ``--resnet-repository``, its ``resnet50_imagenet`` (export it with
 ``python -m training export --model resnet50_imagenet --repository DIR``).
 
-    .venv/bin/python -m benchmarks.threads_speed --resnet-repository /tmp/r16/repo [--duration 8]
+    .venv/bin/python -m benchmarks.lab.threads_speed --resnet-repository /tmp/r16/repo [--duration 8]
 """
 
 from __future__ import annotations
@@ -33,10 +33,16 @@ from typing import Any
 import numpy as np
 
 from benchmarks.ceiling import measure_ceiling
-from benchmarks.gateway_speed import INFER_PATH, model_file, prepare_repository, start_gateway, wrk
 from benchmarks.hostile_speed import gateway_commit, machine
+from benchmarks.lab.gateway_speed import (
+    INFER_PATH,
+    model_file,
+    prepare_repository,
+    start_gateway,
+    wrk,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESNET = "resnet50_imagenet"
 
 
