@@ -38,10 +38,13 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -105,17 +108,20 @@ def prepare(out: Path, pack_script: Path | None) -> None:
         print("no --pack-script: pack the repository with your own tooling; device command:")
     else:
         subprocess.run(["bash", str(pack_script), str(repo)], check=True, cwd=ROOT)
+    from benchmarks import gpu_matrix
+
     print(
-        "check call (after the parts are on the device):\n"
-        "  python3 -m benchmarks.gpu_check run --device cuda --repository $GPU_EXTRA/repo "
-        "--out $OUT --budget-s 480"
+        "check call (after the parts are on the device), with a hard stop past its budget:\n"
+        "  source .gpu/unpack.sh && timeout 560 python3 -m benchmarks.gpu_matrix --device cuda "
+        "--repository $GPU_EXTRA/repo --out $OUT --budget-s 450"
     )
     parts = sorted((ROOT / ".gpu").glob("p[0-9]*")) if pack_script else []
-    check = expected_seconds(PLANS["cuda"], 2)
     # One start (about a minute), one short call per part, the check, then give the device back.
     print(
-        f"expected device time: start ~60 s + {len(parts)} part call(s) + check ~{check:.0f} s "
-        f"(measurement plan; model loads and the load processes' start come on top)"
+        f"expected device time: start ~60 s + {len(parts)} part call(s) + check <= 450 s (the "
+        f"matrix fits its budget by skipping its last screen variants; "
+        f"{gpu_matrix.expected_seconds(gpu_matrix.PLANS['cuda'], gpu_matrix.VARIANTS):.0f} s "
+        "would measure all of them)"
     )
 
 
@@ -320,15 +326,68 @@ def jpeg_of(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-# --- gateway -----------------------------------------------------------------------------------
-def start_gateway(repo: Path, device: str, precision: str, extra: tuple[str, ...] = ()) -> Any:
-    from benchmarks.lab.gateway_speed import Server
+# --- gateway ----------------------------------------------------------------------------------
+class GatewayProcess:
+    """``python -m serving`` in a subprocess of its own session, ready once its ports are
+    announced (with ``--workers``: once all workers are); ``url`` and ``grpc`` read from its log.
+    Raises RuntimeError, with the log, when it exits or stays silent past ``timeout_s``."""
 
-    return Server(
+    def __init__(self, command: list[str], timeout_s: float, workers: int = 1) -> None:
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # stop() reaches a supervisor's workers too
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.url = ""
+        self.grpc = ""
+        ready = threading.Event()
+        ready_text = "workers ready" if workers > 1 else "gRPC ("
+
+        def read() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                self.lines.append(line)
+                if ready_text in line:
+                    if match := re.search(r"on (http://127\.0\.0\.1:\d+)", line):
+                        self.url = match.group(1)
+                    if match := re.search(r"gRPC\b.*?\bon (127\.0\.0\.1:\d+)", line):
+                        self.grpc = match.group(1)
+                    ready.set()
+                elif not self.url and (match := re.search(r"on (http://127\.0\.0\.1:\d+)", line)):
+                    self.url = match.group(1)
+            ready.set()  # exited
+
+        threading.Thread(target=read, daemon=True).start()
+        self.started = time.monotonic()
+        ready.wait(timeout_s)
+        #: seconds from the command to ready: model loads, sessions and warmup included
+        self.start_seconds = time.monotonic() - self.started
+        if self.process.poll() is not None or not (self.url and self.grpc):
+            self.stop()
+            raise RuntimeError(
+                f"gateway not ready after {self.start_seconds:.0f} s:\n" + "".join(self.lines[-40:])
+            )
+
+    def stop(self) -> None:
+        """SIGTERM (a drain), then SIGKILL to the whole session after 30 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def start_gateway(
+    repo: Path, device: str, precision: str, extra: tuple[str, ...] = (), timeout_s: float = 300
+) -> GatewayProcess:
+    workers = int(extra[extra.index("--workers") + 1]) if "--workers" in extra else 1
+    return GatewayProcess(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
          "--http-port", "0", "--grpc-port", "0", "--device", device, "--precision", precision,
          "--poll-interval-s", "0", "--max-batch-size", "256", *extra],
-        wait_for="gRPC",
+        timeout_s, workers,
     )  # fmt: skip
 
 
@@ -374,49 +433,17 @@ def run(
         "gateway_args": list(gateway_args), "plan": dataclasses.asdict(plan),
     }  # fmt: skip
     for model in models:
-        version_dir = max((p for p in (repo / model).iterdir() if p.name.isdigit()),
-                          key=lambda p: int(p.name))  # fmt: skip
+        version_dir = latest_version(repo, model)
         for precision in plan.precisions:
             key = f"{model} {precision}"
             print(f"--> {key}: in-process ceiling", flush=True)
             entry: dict[str, Any] = {"ceiling": ceiling(version_dir, device, precision, plan)}
-            only = repo.parent / f".only-{model}"
-            if not only.exists():
-                only.mkdir()
-                (only / model).symlink_to((repo / model).resolve())
-            server = start_gateway(only, device, precision, gateway_args)
+            server = start_gateway(only_repo(repo, model), device, precision, gateway_args)
             try:
-                runtime = runtime_for(version_dir, device, precision)
-                try:
-                    entry["agreement"] = agreement(server, model, runtime, plan.agreement_images)
-                    one = model_inputs(runtime, 1)
-                finally:
-                    runtime.close()
-                body, headers = v2_body(one)
-                from clients import wire
-
-                grpc_body = wire.build_predict_request(model, one).SerializeToString()
-                loads = []
-                for protocol, payload, hdrs in (("v2", body, headers), ("grpc", grpc_body, ())):
-                    for concurrency in plan.concurrencies:
-                        spec = LoadSpec(protocol, server.url + f"/v2/models/{model}/infer",
-                                        server.grpc, model, payload, hdrs, concurrency,
-                                        plan.seconds)  # fmt: skip
-                        print(f"    {protocol} c={concurrency}", flush=True)
-                        loads.append(drive(spec, plan.load_processes))
-                image = next(iter(one.values()))[0]
-                if image.ndim == 3 and image.shape[-1] in (1, 3) and image.dtype == np.uint8:
-                    spec = LoadSpec("image", server.url + f"/v1/models/{model}:classify_image",
-                                    server.grpc, model, jpeg_of(image),
-                                    (("content-type", "image/jpeg"),),
-                                    plan.concurrencies[-1], plan.seconds)  # fmt: skip
-                    loads.append(drive(spec, plan.load_processes))
-                entry["gateway"] = loads
+                entry.update(measure_gateway(server, model, version_dir, device, precision, plan))
             finally:
                 server.stop()
-            best = max(row["images_per_s"] for row in entry["ceiling"])
-            for load in entry["gateway"]:
-                load["ratio_to_ceiling"] = load["requests_per_s"] / best
+            set_ratios(entry)
             report["models"][key] = entry
             # Written after every entry: a call cut short by the device's limit still brings
             # back what it measured.
@@ -426,6 +453,69 @@ def run(
                 break
     print(write_report(report, out, started))
     return 0
+
+
+def latest_version(repo: Path, model: str) -> Path:
+    return max((p for p in (repo / model).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def only_repo(repo: Path, model: str) -> Path:
+    """A repository beside ``repo`` holding ``model`` alone (a link), so a gateway loads one."""
+    only = repo.parent / f".only-{model}"
+    if not only.exists():
+        only.mkdir()
+        (only / model).symlink_to((repo / model).resolve())
+    return only
+
+
+def measure_gateway(
+    server: GatewayProcess, model: str, version_dir: Path, device: str, precision: str,
+    plan: Plan, protocols: tuple[str, ...] = ("v2", "grpc", "image"),
+) -> dict[str, Any]:  # fmt: skip
+    """Agreement with in-process, then closed-loop load per protocol and concurrency (the image
+    endpoint at the highest concurrency only) against a started gateway."""
+    entry: dict[str, Any] = {"gateway_start_s": server.start_seconds}
+    runtime = runtime_for(version_dir, device, precision)
+    try:
+        if plan.agreement_images:
+            entry["agreement"] = agreement(server, model, runtime, plan.agreement_images)
+        one = model_inputs(runtime, 1)
+    finally:
+        runtime.close()
+    body, headers = v2_body(one)
+    from clients import wire
+
+    grpc_body = wire.build_predict_request(model, one).SerializeToString()
+    loads = []
+    for protocol, payload, hdrs in (("v2", body, headers), ("grpc", grpc_body, ())):
+        if protocol not in protocols:
+            continue
+        for concurrency in plan.concurrencies:
+            spec = LoadSpec(protocol, server.url + f"/v2/models/{model}/infer", server.grpc,
+                            model, payload, hdrs, concurrency, plan.seconds)  # fmt: skip
+            print(f"    {protocol} c={concurrency}", flush=True)
+            loads.append(drive(spec, plan.load_processes))
+    image = next(iter(one.values()))[0]
+    if (
+        "image" in protocols
+        and image.ndim == 3
+        and image.shape[-1] in (1, 3)
+        and image.dtype == np.uint8
+    ):
+        spec = LoadSpec("image", server.url + f"/v1/models/{model}:classify_image",
+                        server.grpc, model, jpeg_of(image), (("content-type", "image/jpeg"),),
+                        plan.concurrencies[-1], plan.seconds)  # fmt: skip
+        print(f"    image c={plan.concurrencies[-1]}", flush=True)
+        loads.append(drive(spec, plan.load_processes))
+    entry["gateway"] = loads
+    return entry
+
+
+def set_ratios(entry: dict[str, Any]) -> None:
+    """Each load's images/s over the entry's best in-process row."""
+    best = max(row["images_per_s"] for row in entry["ceiling"])
+    for load in entry["gateway"]:
+        load["ratio_to_ceiling"] = load["requests_per_s"] / best
 
 
 def write_report(report: dict[str, Any], out: Path, started: float) -> str:

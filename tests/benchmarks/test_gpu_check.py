@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,28 +80,110 @@ def test_errors_are_counted_by_kind() -> None:
     assert gpu_check.error_kind(TimeoutError()) == "TimeoutError"
 
 
-def test_the_padding_check_script_runs_its_four_gateway_variants(tmp_path: Path) -> None:
-    """benchmarks/gpu_padding_check.sh as a dry run on the CPU: one report per variant, each
-    with the gateway options it names (--cuda-graph has no effect on the CPU provider)."""
-    import os
-    import subprocess
-    import sys
+def test_the_matrix_screens_variants_chooses_one_and_gives_a_verdict(tmp_path: Path) -> None:
+    """The device check's dry run: ceilings, transport floors, two variants screened (their
+    options read back from the gateway's metrics), the better one measured on every wire, and the
+    verdict line in the form RESULTS.md records (marked as a dry run: no GPU here)."""
+    import re
+
+    from benchmarks import gpu_matrix
 
     repo = tmp_path / "repo"
     write_version(repo, gpu_check.LENET, 1, lenet_like())
-    out = tmp_path / "out"
-    subprocess.run(
-        ["bash", "benchmarks/gpu_padding_check.sh", "cpu", str(repo), str(out), "--seconds", "0.3",
-         "--batches", "1", "--concurrencies", "2"],
-        check=True, cwd=gpu_check.ROOT, timeout=300, env={**os.environ, "PYTHON": sys.executable},
+    plan = gpu_matrix.MatrixPlan(
+        (gpu_check.LENET, "fp32"), ((gpu_check.LENET, "fp32"),), (1, 4), (1, 2), 0.3, 0.3, 1, 8,
+        5.0,
     )  # fmt: skip
-    args = {
-        name: json.loads((out / name / "gpu_check.json").read_text())["gateway_args"]
-        for name in ("default", "sessions", "graphs", "none")
-    }
-    assert args["default"] == []
-    assert args["sessions"] == [
-        "--allowed-batch-sizes", "1,8,32,128,256", "--session-per-batch-size"
+    variants = gpu_matrix.VARIANTS[:2]  # the defaults; five sizes with a session each
+    report = gpu_matrix.run("cpu", repo, tmp_path / "out", 120, plan, variants)
+    assert [row["batch"] for row in report["ceilings"]["lenet fp32"]] == [1, 4]
+    assert report["floors"]["v2"]["p50_ms"] > 0 and report["floors"]["grpc"]["p50_ms"] > 0
+    screened = {row["variant"]: row for row in report["screen"]}
+    assert list(screened) == ["default", "sessions-heuristic"] and report["skipped"] == []
+    (info,) = screened["sessions-heuristic"]["runtime_info"]
+    assert info["sessions"] == info["padded_batch_sizes"] == gpu_matrix.SIZES
+    assert screened["default"]["runtime_info"][0]["sessions"] == ""
+    for row in screened.values():
+        assert row["light"]["errors"] == row["heavy"]["errors"] == 0 and row["start_s"] > 0
+    assert report["chosen"]["variant"] in screened
+    entry = report["full"]["lenet fp32"]
+    assert [(r["protocol"], r["concurrency"]) for r in entry["gateway"]] == [
+        ("v2", 1), ("v2", 2), ("grpc", 1), ("grpc", 2), ("image", 2)
     ]  # fmt: skip
-    assert args["graphs"] == ["--allowed-batch-sizes", "1,8,32,128,256", "--cuda-graph"]
-    assert args["none"] == ["--allowed-batch-sizes", "none"]
+    assert all(r["errors"] == 0 for r in entry["gateway"])
+    assert entry["agreement"]["v2"] == entry["agreement"]["grpc"] == 1.0
+    verdict, details = report["verdicts"]
+    assert re.fullmatch(
+        r"CPU dry-run verdict \(\d{4}-\d\d-\d\d, .+\): LeNet fp32 V2 binary c=2 "
+        r"gateway/ceiling = \d+\.\d\d", verdict
+    ), verdict  # fmt: skip
+    assert "gRPC c=2" in details and "decode threads" in details and "one caller p50" in details
+    written = json.loads((tmp_path / "out" / "gpu_matrix.json").read_text())
+    assert written["verdicts"] == report["verdicts"]
+    assert verdict in (tmp_path / "out" / "gpu_matrix.md").read_text()
+
+
+def test_the_matrix_keeps_its_budget_for_the_full_step(tmp_path: Path) -> None:
+    """Variants whose screen would eat the full step's reserve are skipped and listed, not run."""
+    from benchmarks import gpu_matrix
+
+    repo = tmp_path / "repo"
+    write_version(repo, gpu_check.LENET, 1, lenet_like())
+    slow_starts = gpu_matrix.MatrixPlan(
+        (gpu_check.LENET, "fp32"), ((gpu_check.LENET, "fp32"),), (1,), (1, 2), 0.2, 0.2, 1, 0,
+        200.0,  # a gateway start guessed at 200 s: nothing fits a 60 s budget
+    )  # fmt: skip
+    report = gpu_matrix.run("cpu", repo, tmp_path / "out", 60, slow_starts, gpu_matrix.VARIANTS)
+    assert report["screen"] == [] and report["chosen"] is None and report["verdicts"] == []
+    assert [s["step"] for s in report["skipped"]] == [
+        f"screen {v.name}" for v in gpu_matrix.VARIANTS
+    ]  # fmt: skip
+    assert report["seconds"] < 60
+
+
+def test_every_variant_is_a_valid_gateway_command_line() -> None:
+    from benchmarks import gpu_matrix
+    from serving.settings import settings_from_args
+
+    for variant in gpu_matrix.VARIANTS:
+        settings = settings_from_args([*variant.args, "--max-batch-size", "256"])
+        assert settings.max_batch_size == 256, variant.name
+
+
+def test_the_verdict_line_form_on_a_device() -> None:
+    """The line RESULTS.md records: date, the device's name, the model and the V2 ratio at the
+    most callers; its details name gRPC, the JPEG endpoint's decode threads and the light-load
+    goal (1.5 x in-process batch 1 + transport)."""
+    from benchmarks import gpu_matrix
+
+    def load(protocol: str, concurrency: int, ratio: float, p50: float = 1.0) -> dict[str, Any]:
+        return {"protocol": protocol, "concurrency": concurrency, "ratio_to_ceiling": ratio,
+                "p50_ms": p50}  # fmt: skip
+
+    report = {
+        "date": "2026-12-06T20:00:00+00:00", "device": "cuda", "device_name": "NVIDIA H100",
+        "chosen": {"variant": "sessions-heuristic", "args": []},
+        "floors": {"v2": {"p50_ms": 0.5}},
+        "ceilings": {"resnet50_imagenet fp16": [
+            {"batch": 1, "how": "IO binding", "p50_ms": 1.2},
+            {"batch": 1, "how": "CUDA graph", "p50_ms": 0.5}]},
+        "full": {"resnet50_imagenet fp16": {"decode_threads": 1, "gateway": [
+            load("v2", 1, 0.1, p50=2.0), load("v2", 256, 0.856), load("grpc", 256, 0.8),
+            load("image", 256, 0.3)]}},
+    }  # fmt: skip
+    verdict, details = gpu_matrix.verdicts(report)
+    assert verdict == (
+        "GPU verdict (2026-12-06, NVIDIA H100): ResNet50-224 fp16 V2 binary c=256 "
+        "gateway/ceiling = 0.86"
+    )  # fmt: skip
+    assert "gRPC c=256 0.80; JPEG c=256 0.30 (1 decode threads)" in details
+    assert "one caller p50 2.00 ms against goal 2.30 ms" in details and ": met;" in details
+
+
+def test_the_device_plan_screens_the_first_variants_within_one_call() -> None:
+    """With the guessed start times, the ceilings, floors, full step and the four most telling
+    variants fit the 450 s budget of the prepared call (the rest as the budget allows)."""
+    from benchmarks import gpu_matrix
+
+    plan = gpu_matrix.PLANS["cuda"]
+    assert gpu_matrix.expected_seconds(plan, gpu_matrix.VARIANTS[:4]) < 450
