@@ -14,6 +14,7 @@ decodes small images inline and big ones in a bounded pool off the event loop.
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -118,12 +119,15 @@ def looks_like_image(data: bytes) -> bool:
 
 
 def _open(data: bytes) -> Image.Image:
-    """The image's header parsed (nothing decoded yet); InvalidArgument if it is not PNG/JPEG."""
+    """The image's header parsed (nothing decoded yet); InvalidArgument if it is not PNG/JPEG.
+
+    Pillow sees the image only after :func:`_walk_header` has bounded its structure and dropped
+    what Pillow would inflate for nothing (see ``INFLATED_PNG_CHUNKS``)."""
     if not data:
         raise InvalidArgument("image is empty")
     if not looks_like_image(data):
         raise InvalidArgument("cannot decode image: PNG or JPEG expected")
-    _check_segments(data)
+    data = _walk_header(data)
     try:
         return Image.open(io.BytesIO(data), formats=FORMATS)
     except Exception as exc:  # anything Pillow raises on these bytes means they are not an image
@@ -136,34 +140,73 @@ def segment_limit(size: int) -> int:
     return BASE_SEGMENTS + size // SEGMENT_BYTES
 
 
-def _check_segments(data: bytes) -> None:
-    """InvalidArgument when the image has more chunks (PNG) or header segments (JPEG) than
-    ``segment_limit``; the walk stops there, so it costs at most that many steps. A structure
-    that breaks off (a length past the end) ends the walk: Pillow reports what is wrong with it."""
+#: PNG chunks whose data Pillow inflates (zlib) as it meets them, text and ICC profiles: up to a
+#: megabyte each (Pillow's own cap per chunk), so a 58 KB PNG of 56 of them cost 80-100 ms of
+#: inflating. None changes a pixel: they are dropped, never inflated, before Pillow sees the image.
+INFLATED_PNG_CHUNKS = frozenset({b"zTXt", b"iTXt", b"iCCP"})
+
+_JPEG_FILL = re.compile(rb"\xff+")  # fill bytes before a marker (the last is the marker's own)
+_JPEG_STRAY = re.compile(rb"[^\xff]+")  # bytes where a marker should be, which Pillow skips
+
+
+def _walk_header(data: bytes) -> bytes:
+    """The image bytes Pillow may parse: ``data`` once its structure is bounded, a PNG without
+    its ``INFLATED_PNG_CHUNKS``.
+
+    InvalidArgument when the image has more chunks (PNG), or segments before its first scan
+    (JPEG; fill bytes and stray bytes between segments count one each, as Pillow walks them a
+    byte at a time in Python), than ``segment_limit``; the walk stops there, and a run of fill or
+    stray bytes is measured in one step, so it costs at most that many steps of Python. A
+    structure that breaks off (a length past the end) ends the walk: Pillow reports what is wrong
+    with it."""
     limit = segment_limit(len(data))
     count = 0
     if data.startswith(PNG_MAGIC):
         kind, position = "PNG with more than {} chunks", len(PNG_MAGIC)
+        dropped: list[tuple[int, int]] = []
         while position + 8 <= len(data) and count <= limit:
             (length,) = struct.unpack_from(">I", data, position)
             chunk_type = data[position + 4 : position + 8]
             count += 1
+            if chunk_type == b"IHDR" and count > 1:  # Pillow would take the last one's size
+                raise InvalidArgument("PNG with an IHDR chunk after its first chunk")
+            if chunk_type in INFLATED_PNG_CHUNKS:
+                dropped.append((position, position + 12 + length))
             position += 12 + length  # length, type, data, CRC
             if chunk_type == b"IEND":
                 break
+        if count <= limit and dropped:
+            kept, at = [], 0
+            for begin, end in dropped:
+                kept.append(data[at:begin])
+                at = end
+            kept.append(data[at:])
+            data = b"".join(kept)
     else:  # JPEG: markers up to the first scan, whose entropy-coded data libjpeg reads in C
-        kind, position = "JPEG with more than {} segments before its first scan", 2
-        while position + 4 <= len(data) and count <= limit and data[position] == 0xFF:
-            marker = data[position + 1]
-            if marker == 0xFF:  # fill byte before a marker
-                position += 1
+        kind = "JPEG with more than {} segments before its first scan (fill and stray bytes count)"
+        position = 2
+        while position < len(data) and count <= limit:
+            if data[position] != 0xFF:  # stray bytes where a marker should start
+                stray = _JPEG_STRAY.match(data, position)
+                assert stray is not None
+                count += stray.end() - position
+                position = stray.end()
                 continue
+            fill = _JPEG_FILL.match(data, position)
+            assert fill is not None
+            count += fill.end() - position - 1  # fill bytes before the marker's own 0xFF
+            position = fill.end() - 1
+            if position + 1 >= len(data):
+                break
+            marker = data[position + 1]
             count += 1
             if marker == 0xDA:  # start of scan
                 break
-            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # markers without a length
                 position += 2
                 continue
+            if position + 4 > len(data):
+                break
             (length,) = struct.unpack_from(">H", data, position + 2)
             position += 2 + length
     if count > limit:
@@ -171,6 +214,7 @@ def _check_segments(data: bytes) -> None:
             f"{kind.format(limit)} in {len(data)} bytes (at most {BASE_SEGMENTS} plus one per "
             f"{SEGMENT_BYTES} bytes)"
         )
+    return data
 
 
 def check_size(size: tuple[int, int], max_pixels: int) -> None:
@@ -183,15 +227,46 @@ def check_size(size: tuple[int, int], max_pixels: int) -> None:
         )
 
 
+# A marker as libjpeg finds one in entropy-coded data: 0xFF followed by anything but a stuffed
+# zero, a restart marker (RST0-7, inside a scan) or another 0xFF (fill).
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans of a JPEG, counted by walking its markers: every segment is skipped by its
+    length (a comment or an embedded thumbnail may hold the bytes FF DA without being a scan),
+    each scan's entropy-coded data is searched in C for the next marker. Stops once the count
+    passes ``MAX_JPEG_SCANS``; InvalidArgument when the image has more markers than its scans'
+    limit plus ``segment_limit`` (the walk is Python, one step per marker)."""
+    scans, steps, position = 0, 0, 2
+    most_steps = MAX_JPEG_SCANS + segment_limit(len(data))
+    while scans <= MAX_JPEG_SCANS:
+        found = _JPEG_MARKER.search(data, position)
+        if found is None:
+            break
+        position = found.start()
+        marker = data[position + 1]
+        steps += 1
+        if steps > most_steps:
+            raise InvalidArgument(f"JPEG with more than {most_steps} markers in {len(data)} bytes")
+        if marker == 0xD9:  # end of image
+            break
+        if marker in (0x01, 0xD8) or position + 4 > len(data):  # no length, or cut off
+            position += 2
+            continue
+        if marker == 0xDA:
+            scans += 1
+        (length,) = struct.unpack_from(">H", data, position + 2)
+        position += 2 + length
+    return scans
+
+
 def _check_scans(data: bytes) -> None:
-    # A scan starts with the marker FF DA. Entropy-coded data never holds it (an FF byte there is
-    # followed by 00 or a restart marker); only an application segment could (an embedded
-    # thumbnail's scans), so the count may be a little high, never low.
-    scans = data.count(b"\xff\xda")
+    scans = jpeg_scans(data)
     if scans > MAX_JPEG_SCANS:
         raise InvalidArgument(
-            f"JPEG with {scans} scans exceeds the limit of {MAX_JPEG_SCANS} (progressive "
-            "JPEGs have about 10)"
+            f"JPEG with more than {MAX_JPEG_SCANS} scans, the limit (progressive JPEGs have "
+            "about 10)"
         )
 
 
@@ -208,8 +283,9 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
     while ``head`` is too short to tell, or when its structure is not the plain one (Pillow then
     judges the whole image). InvalidArgument as soon as the bytes cannot start a PNG or JPEG.
 
-    PNG: the IHDR chunk, which must come first. JPEG: the segments up to the first
-    start-of-frame, walked at most ``segment_limit(len(head))`` steps."""
+    PNG: the IHDR chunk, which must come first. JPEG: the segments up to the first scan (the
+    last start-of-frame before it, as Pillow reads it), walked at most
+    ``segment_limit(len(head))`` steps."""
     for magic in (PNG_MAGIC, JPEG_MAGIC):
         if head[: len(magic)] == magic[: len(head)]:
             break
@@ -222,6 +298,8 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
         return width, height
     if not head.startswith(JPEG_MAGIC):
         return None  # a prefix of a magic so far
+    # Pillow's size is the last frame header's before the first scan: the peek reads up to it.
+    size: tuple[int, int] | None = None
     position, steps, limit = 2, 0, segment_limit(len(head))
     while position + 4 <= len(head) and steps <= limit and head[position] == 0xFF:
         marker = head[position + 1]
@@ -230,15 +308,15 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
             position += 1
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             position += 2
-        elif marker in _JPEG_SOF:
-            if position + 9 > len(head):
-                return None
-            height, width = struct.unpack_from(">HH", head, position + 5)
-            return width, height
-        elif marker == 0xDA:  # a scan before any frame: not for a peek to judge
-            return None
+        elif marker == 0xDA:  # the first scan: the size so far (None: no frame, Pillow judges)
+            return size
         else:
             (length,) = struct.unpack_from(">H", head, position + 2)
+            if marker in _JPEG_SOF:
+                if position + 9 > len(head):
+                    return None
+                height, width = struct.unpack_from(">HH", head, position + 5)
+                size = width, height
             position += 2 + length
     return None
 
