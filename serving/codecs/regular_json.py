@@ -36,6 +36,7 @@ _BODY_PREFIXES = {
 }
 # Integers beyond 2**53 are not all exact in float64: leave them to the general path's int64.
 _EXACT_FLOAT_LIMIT = float(2**53)
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 #: Bodies up to this size reuse a per-thread parser (which then keeps ~8x this much memory).
 SHARED_PARSER_MAX_BYTES = 1 << 20
@@ -108,8 +109,8 @@ def decode_single_tensor(
     path's ``np.asarray`` would have produced; the caller casts it to ``spec.dtype``. None means
     "not this simple case": decode the general way.
     """
-    if spec.dtype.kind not in "iuf":
-        return None
+    if spec.dtype.kind not in "iuf" or body.startswith(_UTF8_BOM):
+        return None  # a BOM: simdjson skips it, orjson (the general path) refuses it
     try:
         doc = _parse(body)
     except ValueError:  # invalid or refused JSON: the general path words the error
