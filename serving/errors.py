@@ -43,6 +43,20 @@ def shown(value: object, limit: int = 80) -> str:
     return f"'{text}'"
 
 
+#: The longest error message sent to a client, REST or gRPC: messages quote client data (names,
+#: shapes, values) cut by ``shown`` and ``validation.describe_shape``, and this caps what any of
+#: them adds up to. gRPC sends the message as trailing metadata, whose limit (8 KiB by default)
+#: drops a longer one: the client would read RESOURCE_EXHAUSTED "Stream removed" instead.
+MAX_MESSAGE_CHARS = 1024
+
+
+def bounded_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message`` cut to ``limit`` characters, saying how long it was."""
+    if len(message) <= limit:
+        return message
+    return f"{message[: limit - 40]}... ({len(message)} characters)"
+
+
 def shown_list(values: list[str], limit: int = 5) -> str:
     """Client-supplied names for an error message: the first ``limit``, each ``shown``."""
     names = ", ".join(shown(value) for value in values[:limit])

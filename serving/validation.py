@@ -50,9 +50,38 @@ def check_rows(name: str, rows: int, limits: InputLimits) -> None:
         )
 
 
+#: Dimensions an error message quotes from a client's shape: the first ones, then the count. A
+#: shape is a request's own data (a V2 shape of 1,000,000 ones is 3 MB of JSON) and must never be
+#: echoed whole (gRPC drops a status message over its metadata limit).
+SHOWN_DIMENSIONS = 8
+
+#: The most significant digits an integer read from a header, a path or a query may have: more
+#: than any limit needs (int64 has 19), far below Python's int-conversion limit (4,300 digits,
+#: ValueError beyond it, quadratic time below it).
+MAX_INT_DIGITS = 19
+
+
 def describe_shape(shape: Sequence[int]) -> str:
-    """``[1, 28, 28, 1]`` for error messages."""
-    return "[" + ", ".join(str(dim) for dim in shape) + "]"
+    """``[1, 28, 28, 1]`` for error messages; a long shape (a client's) is cut to its first
+    ``SHOWN_DIMENSIONS`` dimensions and their count: ``[1, 1, ..., 1, ... (1000000 dimensions)]``."""
+    if len(shape) <= SHOWN_DIMENSIONS:
+        return "[" + ", ".join(str(dim) for dim in shape) + "]"
+    head = ", ".join(str(dim)[:24] for dim in shape[:SHOWN_DIMENSIONS])
+    return f"[{head}, ... ({len(shape)} dimensions)]"
+
+
+def parse_count(text: str, what: str, max_digits: int = MAX_INT_DIGITS) -> int:
+    """A non-negative decimal integer from a client's header, path or query: ASCII digits only
+    (leading zeros allowed, as HTTP allows them), at most ``max_digits`` significant ones, checked
+    before any conversion. InvalidArgument otherwise, quoting at most 40 characters."""
+    digits = text.lstrip("0")
+    if not (text and text.isascii() and text.isdigit()):
+        raise InvalidArgument(f"{what} {text[:40]!r} is not a non-negative integer")
+    if len(digits) > max_digits:
+        raise InvalidArgument(
+            f"{what} of {len(digits)} digits is out of range (at most {max_digits} digits)"
+        )
+    return int(digits or "0")
 
 
 def _dtype_matches(spec: TensorSpec, dtype: np.dtype[Any]) -> bool:

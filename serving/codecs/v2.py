@@ -27,7 +27,13 @@ from serving.codecs.tfserving import (
 )
 from serving.errors import InvalidArgument, shown
 from serving.runtimes.base import TensorSpec
-from serving.validation import DEFAULT_LIMITS, InputLimits, check_declared
+from serving.validation import (
+    DEFAULT_LIMITS,
+    InputLimits,
+    check_declared,
+    describe_shape,
+    parse_count,
+)
 
 #: the header's name as ASGI delivers it (lower-case)
 HEADER_LENGTH = v2_wire.HEADER_LENGTH.lower()
@@ -48,12 +54,8 @@ class InferRequest:
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    text = header_length.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise InvalidArgument(
-            f"Inference-Header-Content-Length {header_length[:40]!r} is not a non-negative integer"
-        )
-    length = int(text)
+    # Digits bounded before the conversion (Python refuses over 4,300 with a ValueError).
+    length = parse_count(header_length.strip(), "Inference-Header-Content-Length")
     if length > len(body):
         raise InvalidArgument(
             f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes"
@@ -184,7 +186,8 @@ def _decode_infer(
                 expected = count * dtype.itemsize
                 if len(chunk) != expected:
                     raise InvalidArgument(
-                        f"input {shown(name)}: {len(chunk)} binary bytes, but {datatype} {shape} needs {expected}"
+                        f"input {shown(name)}: {len(chunk)} binary bytes, but {datatype} "
+                        f"{describe_shape(shape)} needs {expected}"
                     )
                 array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
         else:
@@ -260,7 +263,8 @@ def _json_data(
     count = math.prod(shape)
     if array.size != count:
         raise InvalidArgument(
-            f"input {shown(name)}: 'data' has {array.size} elements, shape {shape} needs {count}"
+            f"input {shown(name)}: 'data' has {array.size} elements, shape "
+            f"{describe_shape(shape)} needs {count}"
         )
     return array.reshape(shape)
 

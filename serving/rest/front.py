@@ -31,6 +31,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREDICT = routes.PREDICT.matchers()
+#: a declared body length of more significant digits than this is over any body limit
+MAX_LENGTH_DIGITS = 18
 _INFER = routes.INFER.matchers()
 
 
@@ -105,8 +107,14 @@ class GatewayFront:
                 denied.headers.append((b"www-authenticate", b"Bearer"))
                 return denied
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return self.body_too_large(int(length))
+        if length is not None and length.isdigit():  # else the HTTP parser refused it already
+            # Leading zeros are legal: bound the significant digits before converting (Python's
+            # int() raises past 4,300 digits); more than 18 exceed any body limit.
+            digits = length.lstrip(b"0")
+            if len(digits) > MAX_LENGTH_DIGITS:
+                return self.body_too_large()
+            if int(digits or b"0") > self.max_body_bytes:
+                return self.body_too_large(int(digits))
         return None
 
     def body_too_large(self, length: int | None = None) -> RawResponse:

@@ -19,8 +19,10 @@ from serving.errors import (
     InvalidArgument,
     ServingError,
     as_serving_error,
+    bounded_message,
     shown,
 )
+from serving.validation import parse_count
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,11 @@ def parse_version(value: str | None) -> int | None:
     """A version path parameter as an int (InvalidArgument otherwise)."""
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgument(f"version {shown(value)} is not an integer") from None
+    digits = value[1:] if value[:1] == "-" else value
+    if not (digits.isascii() and digits.isdigit()):
+        raise InvalidArgument(f"version {shown(value)} is not an integer")
+    # Bounded before int(): Python raises past 4,300 digits and is quadratic below that.
+    return parse_count(digits, "version") * (-1 if value[:1] == "-" else 1)
 
 
 def parse_timeout(header: str | None) -> float | None:
@@ -74,7 +77,7 @@ def error_response(exc: BaseException, context: str) -> RawResponse:
     from here.
     """
     error = exc if isinstance(exc, ServingError) else as_serving_error(exc, log, context)
-    response = RawResponse(error.http_status, tfserving.error_body(error.message))
+    response = RawResponse(error.http_status, tfserving.error_body(bounded_message(error.message)))
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:  # HTTP's Retry-After is whole seconds
         response.headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
