@@ -317,4 +317,5 @@ def http_limits(settings: ServingSettings) -> HttpLimits:
         keep_alive_timeout_s=settings.keep_alive_timeout_s,
         write_timeout_s=settings.write_timeout_s,
         max_pipelined_requests=settings.max_pipelined_requests,
+        max_body_bytes=settings.max_body_bytes,
     )

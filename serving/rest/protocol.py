@@ -7,6 +7,11 @@ once, which resets a request the client had already written. :class:`GatewayHttp
 
 - a bound on a request's head (``max_header_bytes``: 431 and the connection closes), counted
   while the head arrives, so a head costs at most the limit plus one read;
+- a bound on what follows the head: a chunked body's framing and trailers count against the
+  head limit (431; httptools keeps a trailer in memory until it ends, growing it by
+  concatenation on the event loop), and the bytes read for one request after its head against
+  the body limit plus the head limit (413), so one request costs at most head limit + body
+  limit plus one read, whatever its chunks and trailers;
 - a deadline for the head (``header_timeout_s`` from the connection's start or the request's first
   byte) and for the body (``body_timeout_s`` from the end of the head): 408 and close, so slow
   clients cannot hold connections (checked by one sweep per server, a quarter of the shortest
@@ -64,6 +69,9 @@ class HttpLimits:
     keep_alive_timeout_s: float = 5.0
     write_timeout_s: float = 30.0
     max_pipelined_requests: int = 1024
+    #: the body limit (the front door refuses a body over it, 413); with ``max_header_bytes`` it
+    #: bounds the bytes read for one request after its head (0: no such bound)
+    max_body_bytes: int = 0
 
 
 class _HeadTooLarge(httptools.HttpParserError):
@@ -134,6 +142,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._draining = False
         self._received_any = False
         self._read_bytes = 0  # size of the read being parsed
+        # Bytes read after the current request's head (from the read after the one where it
+        # ended: an under-count by at most one read), and its body's bytes among them: the rest
+        # is chunk framing and trailers. See _check_after_head.
+        self._after_head_bytes = 0
+        self._body_bytes = 0
         # The current deadline: a monotonic instant and what to do then. Deadlines are checked
         # by one sweep per server (see _sweep), not a timer per request: arming a timer three
         # times per request cost the hot path measurably.
@@ -193,6 +206,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 self._refused = True
                 raise _HeadTooLarge("request head too large")
         self._arm(self.limits.body_timeout_s, self._body_timed_out)
+        self._after_head_bytes = -self._read_bytes  # data_received adds this read whole
+        self._body_bytes = 0
         if self.front is not None and self._begin_hot():
             return
         self._build_scope()
@@ -212,6 +227,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.headers = self.scope["headers"] = headers
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
         exchange = self.cycle
         if type(exchange) is not _HotExchange:
             super().on_body(body)
@@ -263,6 +279,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_header_bytes:
                 self._refuse_head()
+        elif (
+            not self._head_incomplete
+            and not self._message_ended
+            and not self._refused
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self._after_head_bytes += len(data)
+            self._check_after_head()
 
     def send_400_response(self, msg: str) -> None:
         if self._pipeline_overflowed:  # our callback stopped the parser: reset, see the class
@@ -274,7 +299,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._refused:  # our callback stopped the parser: answer 431, not 400
             self._refuse_head()
             return
-        super().send_400_response(msg)
+        # httptools refused the bytes (a malformed head or chunk, a Content-Length beyond 64
+        # bits): 400 with the gateway's error body, where uvicorn's is plain text.
+        self._refuse(
+            400,
+            "invalid HTTP request: malformed request line, header or chunk framing "
+            "(a Content-Length must be a decimal number below 2**64)",
+        )
 
     # --- the hot routes -------------------------------------------------------------------------
     def _begin_hot(self) -> bool:
@@ -482,6 +513,41 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self._refuse(408, f"request body not received within {self.limits.body_timeout_s:g} s")
+
+    def _check_after_head(self) -> None:
+        """Refuse a request still arriving whose framing and trailers (the bytes after its head
+        that are not body) pass the head limit (431), or whose bytes after its head pass the
+        body limit plus the head limit (413: a hot route's body refused already is still read
+        and dropped until then)."""
+        limits = self.limits
+        framing = self._after_head_bytes - self._body_bytes
+        if framing > limits.max_header_bytes:
+            self._refuse_request(
+                HEADER_TOO_LARGE,
+                "chunk framing and trailers of the request exceed the limit of "
+                f"{limits.max_header_bytes} bytes (--max-header-bytes)",
+            )
+            return
+        max_body = limits.max_body_bytes
+        if max_body and self._after_head_bytes > max_body + limits.max_header_bytes:
+            self._refuse_request(
+                413, f"request body exceeds the limit of {max_body} bytes (--max-body-bytes)"
+            )
+
+    def _refuse_request(self, status: int, message: str) -> None:
+        """Refuse the request whose body is arriving: ``status`` unless it was answered (or is
+        being answered) already, then the connection closes; the application waiting for its
+        body sees the client gone."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if cycle is not None and cycle.response_started:
+            self._refused = True
+            self._disarm()
+            self.transport.close()
+            return
+        self._refuse(status, message)
 
     def _refuse_head(self) -> None:
         self._refuse(
