@@ -197,6 +197,13 @@ class ServingSettings(BaseSettings):
         description="gRPC calls handled at once; further calls wait inside gRPC's core, unread, "
         "until one ends. 0 = no limit.",
     )
+    grpc_compressed_requests: bool = Field(
+        True,
+        description="Accept gzip/deflate-compressed gRPC requests (as TF Serving does). Each is "
+        "inflated within --max-body-bytes, and gRPC holds about 3 copies of a message on its way "
+        "in, so 60 KB of compressed zeros cost 180 MB; off, they are refused (UNIMPLEMENTED) "
+        "before they are inflated.",
+    )
     # --- limits ----------------------------------------------------------------------------
     max_body_bytes: int = Field(64 * 1024 * 1024, description="Largest request body (413 above).")
     max_request_batch: int = Field(1024, ge=1, description="Largest batch one request may carry.")

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -22,14 +23,20 @@ from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_
 from serving.auth import DENIED_MESSAGE, ApiKeys
 from serving.codecs import tfserving_status
 from serving.dataplane import DataPlane
-from serving.errors import InvalidArgument, as_serving_error, shown
+from serving.errors import InvalidArgument, as_serving_error, bounded_message, shown
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
-from serving.validation import InputLimits, check_declared
+from serving.validation import InputLimits, check_declared, describe_shape
 
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+#: the most bytes one element of a numeric tensor takes in a TensorProto, a varint's (complex
+#: elements take their itemsize)
+_LARGEST_VALUE_BYTES = 10
+#: what a PredictRequest may carry besides its tensors' values (model spec, output filter,
+#: names, framing), for the bound in _decode_inputs
+_MESSAGE_SLACK_BYTES = 64 * 1024
 
 
 def _version_choice(spec: Any) -> tuple[int | None, str | None]:
@@ -41,25 +48,43 @@ def _version_choice(spec: Any) -> tuple[int | None, str | None]:
     return None, None
 
 
-def _decode_inputs(request: Any, specs: list[TensorSpec], limits: InputLimits) -> dict[str, Any]:
+def _decode_inputs(
+    request: Any, specs: list[TensorSpec], limits: InputLimits, size: int | None = None
+) -> dict[str, Any]:
     """Each input's declared dtype and shape checked against the model before it is decoded:
     a tensor's typed values may be fewer than its elements (TensorFlow fills the rest), so
-    decoding an unchecked shape could allocate without bound."""
+    decoding an unchecked shape could allocate without bound. With ``size`` (the serialized
+    request's bytes), a request larger than its declared numeric tensors can take in any
+    encoding is refused before a tensor's bytes are read: reading ``tensor_content`` copies it."""
     by_name = {spec.name: spec for spec in specs}
-    inputs = {}
+    largest = _MESSAGE_SLACK_BYTES
     for name, proto in request.inputs.items():
         try:
             dtype = numpy_dtype(proto.dtype)
         except TypeError as exc:
-            raise InvalidArgument(f"input '{name}': {exc}") from None
+            raise InvalidArgument(f"input {shown(name)}: {exc}") from None
         shape = [dim.size for dim in proto.tensor_shape.dim]
         if any(size < 0 for size in shape):
-            raise InvalidArgument(f"input '{name}': tensor shape {shape} is not fully defined")
+            raise InvalidArgument(
+                f"input {shown(name)}: tensor shape {describe_shape(shape)} is not fully defined"
+            )
         check_declared(by_name, name, dtype, shape, limits)
+        if dtype == np.object_:
+            size = None  # strings: no bound per element
+        else:
+            per_element = max(_LARGEST_VALUE_BYTES, dtype.itemsize)
+            largest += per_element * math.prod(shape) + 16 * len(shape) + len(name)
+    if size is not None and size > largest:
+        raise InvalidArgument(
+            f"request of {size} bytes is larger than its declared tensors can take in any "
+            f"encoding ({largest} bytes)"
+        )
+    inputs = {}
+    for name, proto in request.inputs.items():
         try:
             inputs[name] = tensor_proto_to_ndarray(proto)
         except (TypeError, ValueError) as exc:
-            raise InvalidArgument(f"input '{name}': {exc}") from None
+            raise InvalidArgument(f"input {shown(name)}: {exc}") from None
     return inputs
 
 
@@ -87,7 +112,7 @@ class PredictionServicer:
             return await call(request, context)
         except Exception as exc:
             error = as_serving_error(exc, log, f"gRPC {types.name}")
-            code, message = error.grpc_code, error.message
+            code, message = error.grpc_code, bounded_message(error.message)
             retry_after = getattr(error, "retry_after_s", None)
             del error  # its traceback holds the frames that hold the request (see below)
         if retry_after is not None:  # gRPC's retry pushback (gRFC A6), in milliseconds
@@ -104,18 +129,26 @@ class PredictionServicer:
 
     async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """``PredictionService/Predict``."""
-        return await self._guard(self._predict, raw, context, wire.PREDICT_METHOD)
+        size = len(raw)
 
-    async def _predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def predict(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await self._predict(request, context, size)
+
+        return await self._guard(predict, raw, context, wire.PREDICT_METHOD)
+
+    async def _predict(self, request: Any, context: grpc.aio.ServicerContext, size: int) -> Any:
+        """``size``: the serialized request's bytes (what admission counts). Not ByteSize():
+        protobuf's upb backend computes it by serializing the whole message again, a copy of
+        every tensor the request carries."""
         spec = request.model_spec
         with self.dp.observe("grpc", spec.name) as record:
             mv = self.dp.resolve(spec.name, *_version_choice(spec))
             record.version = str(mv.version)
             assert mv.runtime is not None
-            self.dp.admit(mv, request.ByteSize())
+            self.dp.admit(mv, size)
             outputs = await self.dp.predict(
                 mv,
-                _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits),
+                _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits, size),
                 deadline=self.dp.deadline(context.time_remaining()),
                 signature_name=spec.signature_name,
                 output_filter=list(request.output_filter),
@@ -216,6 +249,9 @@ def build_grpc_server(
         # split a new one's traffic.
         ("grpc.so_reuseport", int(settings.reuse_port)),
     ]
+    if not settings.grpc_compressed_requests:
+        # Only "identity": gRPC's core refuses a compressed call before inflating its message.
+        options.append(("grpc.compression_enabled_algorithms_bitset", 1))
     if settings.grpc_max_streams_per_connection > 0:
         options.append(("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection))
     server = grpc.aio.server(
