@@ -148,6 +148,12 @@ def with_empty_segments(image: bytes, count: int) -> bytes:
     return image[:2] + b"\xff\xfe\x00\x02" * count + image[2:]
 
 
+def with_fill_bytes(jpeg: bytes, count: int) -> bytes:
+    """``jpeg`` with ``count`` fill bytes (0xFF) before its first marker after SOI: legal, and
+    walked a byte at a time by Pillow in Python."""
+    return jpeg[:2] + b"\xff" * count + jpeg[2:]
+
+
 SMALL_PNG = solid_png(28)
 _small_jpeg = io.BytesIO()
 Image.new("L", (28, 28), 90).save(_small_jpeg, format="JPEG")
@@ -267,7 +273,9 @@ TF_REST_CASES: list[RestCase] = [
     ("unknown-model", "POST", "/v1/models/nope:predict", {"content": GOOD_ROW}, 404, "model 'nope' not found"),
     ("model-name-4kb", "POST", "/v1/models/" + "m" * 4000 + ":predict", {"content": GOOD_ROW}, 404, "not found"),
     ("version-not-integer", "POST", f"/v1/models/{MODEL}/versions/one:predict", {"content": GOOD_ROW}, 400, "is not an integer"),
-    ("version-huge", "POST", f"/v1/models/{MODEL}/versions/{10**30}:predict", {"content": GOOD_ROW}, 404, "not found"),
+    ("version-huge", "POST", f"/v1/models/{MODEL}/versions/{10**30}:predict", {"content": GOOD_ROW}, 400, "version of 31 digits is out of range"),
+    ("version-5000-digits", "POST", f"/v1/models/{MODEL}/versions/{'9' * 5000}:predict", {"content": GOOD_ROW}, 400, "version of 5000 digits is out of range"),
+    ("utf8-bom-before-json", "POST", PREDICT, {"content": b"\xef\xbb\xbf" + GOOD_ROW}, 400, "byte order mark"),
     ("version-negative", "POST", f"/v1/models/{MODEL}/versions/-1:predict", {"content": GOOD_ROW}, 404, "not found"),
     ("unknown-label", "POST", f"/v1/models/{MODEL}/labels/gold:predict", {"content": GOOD_ROW}, 404, "label 'gold'"),
 ]  # fmt: skip
@@ -320,6 +328,8 @@ V2_JSON_CASES: list[RestCase] = [
     ("any-size-input-over-byte-limit", "POST", f"/v2/models/{ANY_SIZE}/infer", {"content": v2_body(inputs=[v2_tensor(shape=[1, 2**20, 2**20, 1], data=[0])])}, 400, "would take 1099511627776 bytes; the limit is 1048576"),
     ("unknown-model", "POST", "/v2/models/nope/infer", {"content": v2_body()}, 404, "model 'nope' not found"),
     ("version-not-integer", "POST", f"/v2/models/{MODEL}/versions/x/infer", {"content": v2_body()}, 400, "is not an integer"),
+    ("utf8-bom-before-json", "POST", INFER, {"content": b"\xef\xbb\xbf" + v2_body()}, 400, "byte order mark"),
+    ("shape-300000-ones", "POST", INFER, {"content": v2_body(inputs=[v2_tensor(shape=[1] * 300_000, data=[0])])}, 400, "... (300000 dimensions)]"),
 ]  # fmt: skip
 
 _BIN = {"name": "image", "shape": [1, 28, 28, 1], "datatype": "UINT8"}
@@ -341,6 +351,7 @@ V2_BINARY_CASES: list[RestCase] = [
     ("binary-trailing-bytes", "POST", INFER, v2_binary({**_BIN, "parameters": {"binary_data_size": 784}}, bytes(800)), 400, "16 binary bytes after the last binary input"),
     ("binary-batch-over-limit", "POST", INFER, v2_binary({**_BIN, "shape": [MAX_BATCH + 1, 28, 28, 1], "parameters": {"binary_data_size": 784 * (MAX_BATCH + 1)}}, bytes(784 * (MAX_BATCH + 1))), 400, f"the limit is {MAX_BATCH} per request"),
     ("binary-wrong-datatype", "POST", INFER, v2_binary({**_BIN, "datatype": "FP32", "parameters": {"binary_data_size": 784 * 4}}, bytes(784 * 4)), 400, "expects dtype uint8, received float32"),
+    ("header-length-5003-digits", "POST", INFER, v2_binary({**_BIN, "parameters": {"binary_data_size": 784}}, bytes(784), "9" * 5003), 400, "of 5003 digits is out of range"),
     ("binary-header-not-json", "POST", INFER, {"content": b"\x00" * 800, "headers": {"Inference-Header-Content-Length": "16"}}, 400, "malformed JSON"),
 ]  # fmt: skip
 
@@ -354,11 +365,14 @@ IMAGE_CASES: list[RestCase] = [
     ("png-truncated", "POST", CLASSIFY, {"content": NOISE_PNG[: len(NOISE_PNG) // 2]}, 400, "cannot decode image"),
     ("png-garbage-idat", "POST", CLASSIFY, {"content": png_declaring(28, 28, b"\x00garbage")}, 400, "cannot decode image"),
     ("png-zero-size", "POST", CLASSIFY, {"content": png_declaring(0, 0)}, 400, "cannot decode image"),
-    ("jpeg-1000-scans", "POST", CLASSIFY, {"content": progressive_jpeg(repeat_last_scan=1000)}, 400, "scans exceeds the limit of 100"),
-    ("b64-jpeg-1000-scans", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(progressive_jpeg(repeat_last_scan=1000))}]}).encode()}, 400, "scans exceeds the limit of 100"),
+    ("jpeg-1000-scans", "POST", CLASSIFY, {"content": progressive_jpeg(repeat_last_scan=1000)}, 400, "more than 100 scans, the limit"),
+    ("b64-jpeg-1000-scans", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(progressive_jpeg(repeat_last_scan=1000))}]}).encode()}, 400, "more than 100 scans, the limit"),
     ("png-5400-empty-chunks", "POST", CLASSIFY, {"content": with_empty_segments(SMALL_PNG, 5400)}, 400, "PNG with more than 95 chunks in 64"),
     ("jpeg-16000-empty-comments", "POST", CLASSIFY, {"content": with_empty_segments(SMALL_JPEG, 16000)}, 400, "segments before its first scan"),
     ("b64-png-5400-empty-chunks", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(with_empty_segments(SMALL_PNG, 5400))}]}).encode()}, 400, "PNG with more than 95 chunks"),
+    ("jpeg-60kb-fill-bytes", "POST", CLASSIFY, {"content": with_fill_bytes(SMALL_JPEG, 60_000)}, 400, "segments before its first scan (fill and stray bytes count)"),
+    ("b64-jpeg-60kb-fill-bytes", "POST", PREDICT, {"content": json.dumps({"instances": [{"b64": b64(with_fill_bytes(SMALL_JPEG, 60_000))}]}).encode()}, 400, "segments before its first scan"),
+    ("jpeg-60kb-stray-bytes", "POST", CLASSIFY, {"content": SMALL_JPEG[:2] + b"\xff\xfe\x00\x02" + b"s" * 60_000 + SMALL_JPEG[2:]}, 400, "segments before its first scan"),
     ("jpeg-without-scan", "POST", CLASSIFY, {"content": jpeg_declaring(28, 28)}, 400, "cannot decode image"),
     ("gif", "POST", CLASSIFY, {"content": b"GIF89a" + bytes(64)}, 400, "PNG or JPEG expected"),
     ("random-bytes", "POST", CLASSIFY, {"content": bytes(range(256)) * 4}, 400, "PNG or JPEG expected"),
@@ -484,6 +498,10 @@ GRPC_CASES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
     ("metadata-garbage", wire.GET_MODEL_METADATA_METHOD, b"\x0a\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a valid GetModelMetadataRequest"),
     ("metadata-field-100kb", wire.GET_MODEL_METADATA_METHOD, wire.GetModelMetadataRequest(model_spec=wire.model_spec(MODEL), metadata_field=["f" * 100_000]).SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "(100000 characters)' is not supported"),
     ("status-garbage", wire.GET_MODEL_STATUS_METHOD, b"\x0a\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a valid GetModelStatusRequest"),
+    ("10000-dimensions", wire.PREDICT_METHOD, predict_request(("image", tensor(DT.DT_UINT8, [1] * 10_000))), grpc.StatusCode.INVALID_ARGUMENT, "... (10000 dimensions)]"),
+    ("5000-dimensions", wire.PREDICT_METHOD, predict_request(("image", tensor(DT.DT_UINT8, [1] * 5_000))), grpc.StatusCode.INVALID_ARGUMENT, "... (5000 dimensions)]"),
+    ("5000-negative-dimensions", wire.PREDICT_METHOD, predict_request(("image", tensor(DT.DT_UINT8, [-1] * 5_000))), grpc.StatusCode.INVALID_ARGUMENT, "not fully defined"),
+    ("input-name-100kb-bad-dtype", wire.PREDICT_METHOD, predict_request(("x" * 100_000, tensor(9999, IMAGE_DIMS))), grpc.StatusCode.INVALID_ARGUMENT, "(100000 characters)'"),
     ("message-over-limit", wire.PREDICT_METHOD, predict_request(("image", wire.TensorProto(dtype=DT.DT_UINT8, tensor_content=bytes(MAX_BODY + 1)))), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
 ]  # fmt: skip
 
