@@ -56,7 +56,7 @@ check-deploy: setup
 	$(PY) -m pytest -q -ra tests/deploy
 
 # Build every CPU image and run the whole stack end to end through Docker Compose v2, with Docker
-# or with Podman's Docker-compatible socket (README "Deploy"). Where the official Prometheus image
+# or with Podman's Docker-compatible socket (docs/deploy.md). Where the official Prometheus image
 # cannot be pulled, point PROMETHEUS_VERSION at one you have (e.g. PROMETHEUS_VERSION=debian).
 compose-check: setup
 	$(PY) -m deploy.compose_check $(COMPOSE_CHECK_ARGS)

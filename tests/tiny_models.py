@@ -211,7 +211,7 @@ def metadata_for(
     width: int = 28,
     channels: int = 1,
 ) -> dict[str, Any]:
-    """A ``metadata.json`` dict as the README contract describes it (format_version 1)."""
+    """A ``metadata.json`` dict as docs/serving.md's contract describes it (format_version 1)."""
     return {
         "format_version": 1,
         "model": model_name,

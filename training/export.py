@@ -1,6 +1,6 @@
 """Export a trained Keras model to the model repository, behind a parity gate.
 
-One version directory holds everything both servers need (see README "Model repository"):
+One version directory holds everything both servers need (see docs/serving.md, "The model repository"):
 the SavedModel for TF Serving (signature `serving_default`: `image` -> `probabilities`), its
 warmup records, `model.onnx` (tf2onnx), `model.fp16.onnx`, and `metadata.json`.
 
@@ -382,7 +382,7 @@ def library_versions() -> dict[str, str]:
 def build_metadata(
     model: Any, request: ExportRequest, version: int, parity: dict[str, Any], staging: Path
 ) -> dict[str, Any]:
-    """The metadata.json document (format in README "Model repository")."""
+    """The metadata.json document (format in docs/serving.md, "The model repository")."""
     input_shape = [-1, *(int(d) for d in model.input_shape[1:])]
     height, width, channels = input_shape[1:]
     files = {"saved_model": "saved_model.pb", "onnx": "model.onnx"}
