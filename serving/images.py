@@ -304,8 +304,11 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
     while position + 4 <= len(head) and steps <= limit and head[position] == 0xFF:
         marker = head[position + 1]
         steps += 1
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
+        if marker == 0xFF:  # fill bytes before a marker: a run measured in one step
+            fill = _JPEG_FILL.match(head, position)
+            assert fill is not None
+            steps += fill.end() - position - 2
+            position = fill.end() - 1
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
             position += 2
         elif marker == 0xDA:  # the first scan: the size so far (None: no frame, Pillow judges)
