@@ -9,6 +9,7 @@ sum over the live workers; gauges say how they combine (``multiprocess_mode``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import Any
 
@@ -18,6 +19,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from serving.lifecycle import VersionState
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: In a worker that replaced a dead one: JSON {how a worker ended: replacements so far}, set by
+#: the supervisor (``serving.workers``), the only process that knows; exported by the worker.
+WORKER_RESTARTS_ENV = "SERVING_REPLACED_WORKERS"
 
 # Sub-millisecond buckets: a LeNet request is served in well under a millisecond.
 LATENCY_BUCKETS = (
@@ -81,6 +85,14 @@ class GatewayMetrics:
             ["model", "version", "provider", *RUNTIME_INFO_LABELS], registry=r,
             multiprocess_mode="livemax",
         )  # fmt: skip
+        self.worker_restarts = Gauge(
+            "serving_worker_restarts",
+            "Workers the --workers supervisor replaced since it started, by how they ended "
+            "(a count; the newest worker carries it, so the most any live worker reports).",
+            ["reason"], registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        for reason, count in json.loads(os.environ.get(WORKER_RESTARTS_ENV) or "{}").items():
+            self.worker_restarts.labels(reason).set(count)
         #: (model, version) -> its runtime info's label values, to drop them at unload
         self._runtime_info: dict[tuple[str, str], tuple[str, ...]] = {}
 

@@ -56,6 +56,17 @@ class ServingSettings(BaseSettings):
     reuse_port: bool = Field(
         False, description="Bind with SO_REUSEPORT (set by --workers for its worker processes)."
     )
+    worker_restarts: int = Field(
+        5,
+        ge=0,
+        description="With --workers: a worker that dies is replaced (after 0.5 s, doubling with "
+        "each crash in the window up to 30 s) while the others serve on; more than this many "
+        "crashes within --worker-restart-window-s and the supervisor stops every worker and "
+        "exits 1. 0 = no replacement: the first crash stops the gateway.",
+    )
+    worker_restart_window_s: float = Field(
+        60.0, gt=0, description="With --workers: the window --worker-restarts counts crashes in."
+    )
     # --- compute ---------------------------------------------------------------------------
     device: Literal["auto", "cuda", "cpu"] = Field(
         "auto",
