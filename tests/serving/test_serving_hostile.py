@@ -380,6 +380,7 @@ IMAGE_CASES: list[RestCase] = [
     ("top-k-zero", "POST", CLASSIFY + "?top_k=0", {"content": SMALL_PNG}, 400, "top_k must be at least 1"),
     ("top-k-negative", "POST", CLASSIFY + "?top_k=-3", {"content": SMALL_PNG}, 400, "top_k must be at least 1"),
     ("top-k-text", "POST", CLASSIFY + "?top_k=all", {"content": SMALL_PNG}, 400, "top_k"),
+    ("top-k-5000-digits", "POST", CLASSIFY + "?top_k=" + "1" * 5000, {"content": SMALL_PNG}, 400, "top_k"),
     ("timeout-nan", "POST", CLASSIFY, {"content": SMALL_PNG, "headers": {TIMEOUT: "nan"}}, 400, "not a positive number"),
     ("body-over-limit", "POST", CLASSIFY, {"content": b"\x89PNG" + bytes(MAX_BODY)}, 413, "exceeds the limit"),
     ("unknown-model", "POST", "/v1/models/nope:classify_image", {"content": SMALL_PNG}, 404, "model 'nope' not found"),
