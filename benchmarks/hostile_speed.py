@@ -6,7 +6,7 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 
 1. Normal requests' latency while big images attack. Normal load: one-image TF Serving REST JSON
    ``:predict`` (row format, 28x28x1 uint8) from Debian's ``wrk`` (``-t1 -c4 --latency``, a 30 s
-   timeout so slow answers count in the percentiles) for ``--duration`` seconds, in seven phases:
+   timeout so slow answers count in the percentiles) for ``--duration`` seconds, in ten phases:
 
    - unloaded;
    - while a busy loop runs at nice 19 in another process, no attack: the floor of what any
@@ -25,10 +25,18 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
      (about 3 MB for 28x28x1), whose parsing holds the GIL;
    - while two clients send the same batch as a KServe V2 ``/infer`` with binary data (0.8 MB),
      which costs nothing to decode: what the largest batch's compute does to the others;
+   - while one client sends, back to back, a small PNG (28x28, about 58 KB) with 56 compressed
+     ancillary chunks (zTXt), each inflating to 1 MiB: small images are decoded on the event
+     loop, and Pillow inflates such chunks as it meets them unless the gateway drops them;
+   - while one client sends a small JPEG after 60,000 fill bytes (0xFF), which Pillow walks a
+     byte at a time in Python unless the gateway counts them;
+   - while one client sends 64 bytes that cannot start an image to the same route, refused (400)
+     from its first bytes: the floor of what any one back-to-back client of that route costs;
    - unloaded again (how far the baseline drifts).
 
    Goal: p99 under attack at most 3x the unloaded p99 (the mean of the two unloaded phases; the
-   ratio against each is reported too). The attackers' answers (status codes,
+   ratio against each is reported too); under the two small-image attacks by one client, p50
+   at most 3x the unloaded p50. The attackers' answers (status codes,
    rate, latency) are reported too. They attack as fast as answers come back, so a gateway that
    refuses faster draws a faster attack, whose own CPU shares this machine; ``--attack-rate R``
    paces them to R requests per second in all, to compare two gateways under one attack.
@@ -106,6 +114,7 @@ MODEL = "lenet"
 WRK_TIMEOUT_S = 30  # wrk drops answers slower than its timeout from the percentiles (default 2 s)
 ATTACK_TIMEOUT_S = 60.0  # one attack request
 P99_GOAL = 3.0  # p99 under attack / unloaded
+P50_GOAL = 3.0  # p50 under one attacker's small hostile images / unloaded
 RSS_GOAL_MB = 50.0
 DEFAULT_MAX_BATCH = 1024  # the gateway's --max-request-batch
 DEFAULT_PIXEL_FLOOR = 2048 * 2048  # the gateway's --max-image-pixels 0: max(this, 256*H*W)
@@ -456,6 +465,46 @@ def binary_batch_attack(input_name: str, shape: tuple[int, int, int], rows: int)
     return Attack(what, V2_INFER_PATH, body, headers, {"what": what, "bytes": len(body)})
 
 
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def small_image(kind: str) -> bytes:
+    """A 28x28 grayscale PNG or JPEG, as Pillow writes it."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("L", (28, 28), 100).save(out, format=kind)
+    return out.getvalue()
+
+
+def inflating_chunks_attack(chunks: int = 56) -> Attack:
+    """A small PNG whose ``chunks`` zTXt chunks (about 1 KB each) inflate to 1 MiB each."""
+    png = small_image("PNG")
+    text = _png_chunk(b"zTXt", b"k\0\0" + zlib.compress(bytes(1 << 20), 9))
+    body = png[:33] + text * chunks + png[33:]  # after the signature and IHDR
+    what = f"28x28 PNG with {chunks} zTXt chunks of 1 MiB inflated ({len(body) / 1e3:.0f} KB)"
+    headers = {"content-type": "image/png"}
+    return Attack(what, IMAGE_PATH, body, headers, {"what": what, "bytes": len(body)})
+
+
+def fill_bytes_attack(fill: int = 60_000) -> Attack:
+    """A small JPEG with ``fill`` fill bytes (0xFF) before its first segment."""
+    jpeg = small_image("JPEG")
+    body = jpeg[:2] + b"\xff" * fill + jpeg[2:]
+    what = f"28x28 JPEG after {fill:,} fill bytes ({len(body) / 1e3:.0f} KB)"
+    headers = {"content-type": "image/jpeg"}
+    return Attack(what, IMAGE_PATH, body, headers, {"what": what, "bytes": len(body)})
+
+
+def not_an_image_attack() -> Attack:
+    """64 bytes that cannot start a PNG or JPEG: the cheapest answer the image route gives."""
+    body = b"GIF89a" + bytes(58)
+    what = "64 bytes that are no image (refused from the first bytes)"
+    headers = {"content-type": "application/octet-stream"}
+    return Attack(what, IMAGE_PATH, body, headers, {"what": what, "bytes": len(body)})
+
+
 def latency_part(
     root: Path,
     repo: Path,
@@ -499,18 +548,24 @@ def latency_part(
         # thread at all (a nice-19 busy loop in another process, no requests).
         admitted, above = (image_attack(image) for image in images)
         json_attack, binary_attack = batch_attacks
-        plan: list[tuple[str, str, Attack | None]] = [
-            ("unloaded", "unloaded", None),
-            ("burner", "a nice-19 busy loop, no attack (the floor)", None),
+        png_chunks, jpeg_fill = inflating_chunks_attack(), fill_bytes_attack()
+        no_image = not_an_image_attack()
+        # (kind, label, attack, attackers)
+        plan: list[tuple[str, str, Attack | None, int]] = [
+            ("unloaded", "unloaded", None, 0),
+            ("burner", "a nice-19 busy loop, no attack (the floor)", None, 0),
             ("admitted", f"{attackers} attackers, {images[0].side}x{images[0].side} "
-             "(largest admitted)", admitted),
+             "(largest admitted)", admitted, attackers),
             ("above", f"{attackers} attackers, {images[1].side}x{images[1].side} "
-             "(just above the limit)", above),
-            ("json", f"{attackers} clients, {json_attack.what}", json_attack),
-            ("batch", f"{attackers} clients, {binary_attack.what}", binary_attack),
-            ("unloaded_again", "unloaded again", None),
+             "(just above the limit)", above, attackers),
+            ("json", f"{attackers} clients, {json_attack.what}", json_attack, attackers),
+            ("batch", f"{attackers} clients, {binary_attack.what}", binary_attack, attackers),
+            ("png_chunks", f"1 attacker, {png_chunks.what}", png_chunks, 1),
+            ("jpeg_fill", f"1 attacker, {jpeg_fill.what}", jpeg_fill, 1),
+            ("one_floor", f"1 attacker, {no_image.what}", no_image, 1),
+            ("unloaded_again", "unloaded again", None, 0),
         ]  # fmt: skip
-        for kind, name, attack_plan in plan:
+        for kind, name, attack_plan, count in plan:
             if server.process.poll() is not None:
                 phases.append(
                     {
@@ -524,7 +579,7 @@ def latency_part(
                 Attackers(
                     server.url + attack_plan.path.format(model=MODEL),
                     attack_plan.body,
-                    attackers,
+                    count,
                     attack_plan.headers,
                     attack_rate,
                 )
@@ -765,6 +820,17 @@ def add_ratios(latency: dict[str, Any]) -> None:
     unloaded runs before and after (the baseline drifts on a shared machine), and the range
     against either run."""
     p99 = {phase.get("kind"): phase.get("p99_ms") for phase in latency["phases"]}
+    p50 = {phase.get("kind"): phase.get("p50_ms") for phase in latency["phases"]}
+    p50_bases = [b for b in (p50.get("unloaded"), p50.get("unloaded_again")) if b]
+    p50_base = sum(p50_bases) / len(p50_bases) if p50_bases else None
+    floor = p50.get("one_floor")
+    for key, kind in (("p50_ratio_png_chunks", "png_chunks"), ("p50_ratio_jpeg_fill", "jpeg_fill")):
+        value = p50.get(kind)
+        latency[key] = value / p50_base if p50_base and value else None
+        latency[key + "_over_floor"] = value / floor if floor and value else None
+        latency[key + "_range"] = (
+            [value / max(p50_bases), value / min(p50_bases)] if p50_bases and value else None
+        )
     unloaded, again = p99.get("unloaded"), p99.get("unloaded_again")
     latency["unloaded_p99_drift"] = again / unloaded if unloaded and again else None
     bases = [b for b in (unloaded, again) if b]
@@ -897,6 +963,18 @@ def report(out: dict[str, Any]) -> str:
                 f"- p99 ({label}) / mean unloaded p99: {_f(ratio, 2)}x "
                 f"({_f(spread[0], 2)}x to {_f(spread[1], 2)}x against either unloaded run{goal})"
             )
+        for key, label in (
+            ("p50_ratio_png_chunks", "one attacker, PNG of inflating chunks"),
+            ("p50_ratio_jpeg_fill", "one attacker, JPEG of fill bytes"),
+        ):
+            ratio, spread = latency.get(key), latency.get(key + "_range") or [None, None]
+            verdict = "met" if ratio is not None and ratio <= P50_GOAL else "missed"
+            lines.append(
+                f"- p50 ({label}) / mean unloaded p50: {_f(ratio, 2)}x "
+                f"({_f(spread[0], 2)}x to {_f(spread[1], 2)}x against either unloaded run; "
+                f"goal <= {P50_GOAL:g}x: {verdict}); / p50 under one client of 64 bytes that "
+                f"are no image: {_f(latency.get(key + '_over_floor'), 2)}x"
+            )
         if (drift := latency.get("unloaded_p99_drift")) is not None:
             lines.append(
                 f"- unloaded p99, second run / first: {drift:.2f}x (noise of the baseline)"
@@ -1019,7 +1097,7 @@ def main() -> None:
             limit, chosen, above, candidates = attack_images(
                 args.gateway_arg, shape, args.attack_image_side
             )
-            print(f"part 1: {args.duration} s x 7 phases", flush=True)
+            print(f"part 1: {args.duration} s x 10 phases", flush=True)
             rows = int(option_value(args.gateway_arg, "--max-request-batch") or DEFAULT_MAX_BATCH)
             latency = latency_part(
                 root,
@@ -1045,6 +1123,7 @@ def main() -> None:
                     "chosen_image": chosen.summary(),
                     "above_limit_image": above.summary(),
                     "goal_p99_ratio": P99_GOAL,
+                    "goal_p50_ratio_one_attacker": P50_GOAL,
                 }
             )
             out["latency"] = latency
