@@ -52,6 +52,7 @@ from typing import Any
 
 from benchmarks import gpu_check
 from benchmarks.gpu_check import LENET, RESNET, ROOT, LoadSpec, Plan
+from benchmarks.servers import free_port
 
 SIZES = "1,8,32,128,256"  # the padded sizes of the session-per-size variants
 HEURISTIC = ("--cudnn-conv-algo-search", "heuristic")
@@ -158,12 +159,6 @@ def expected_seconds(plan: MatrixPlan, variants: tuple[Variant, ...]) -> float:
 
 
 # --- transport floors --------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def transport_floors(one: dict[str, Any], model: str, seconds: float) -> dict[str, Any]:
     """One caller's p50 for the model's V2 binary and gRPC bodies against do-nothing servers."""
     from clients import wire
