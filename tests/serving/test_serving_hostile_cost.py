@@ -410,6 +410,7 @@ def test_a_compressed_grpc_message_costs_what_grpc_itself_holds(
             lift = peak_rss_mb(running.process.pid) - before
     finally:
         running.stop()
+    print(f"peak RSS +{lift:.0f} MiB for a {message / 1e6:.0f} MB message")  # pytest -s shows it
     if accept_compressed:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "larger than its declared tensors" in (caught.value.details() or "")
