@@ -72,8 +72,11 @@ class ServingSettings(BaseSettings):
         "auto",
         description="auto: TensorRT/CUDA when they really load, else CPU; cuda: require a GPU.",
     )
-    precision: Literal["fp32", "fp16"] = Field(
-        "fp32", description="fp16 loads model.fp16.onnx when a GPU provider is active."
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32",
+        description="fp16 loads model.fp16.onnx when a GPU provider is active; int8 loads "
+        "model.int8.onnx (python -m training quantize) on any provider, and a version without "
+        "one fails to load rather than serve other answers.",
     )
     fp16_on_cpu: bool = Field(
         False,

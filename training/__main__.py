@@ -185,6 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--epochs", type=int, help="--train: override the budget's 8 epochs")
     compare.add_argument("--limit", type=int, help="--train: at most N training images (quick)")
     compare.add_argument("--data-dir", help="--train: directory with the dataset files")
+
+    quantize = commands.add_parser(
+        "quantize", help="add an int8 ONNX file, behind an accuracy gate, as the next version",
+        description="Static int8 quantization (ONNX Runtime, QDQ: int8 weights per channel, "
+        "uint8 activations; Conv, MatMul, Gemm) of a published version's model.onnx, calibrated on "
+        "training images of its dataset, gated on its whole test set (int8 accuracy at most "
+        "--max-drop points below fp32), published as the next version with model.int8.onnx "
+        "beside the source's files. Serve it with python -m serving --precision int8.",
+    )  # fmt: skip
+    quantize.add_argument("--repository", default="model_repository")
+    quantize.add_argument("--model", required=True, help="a model in the repository, e.g. lenet")
+    quantize.add_argument("--version", type=int, help="the version to quantize (default: newest)")
+    quantize.add_argument("--calibration-images", type=int, default=256, help="default 256")
+    quantize.add_argument("--seed", type=int, default=0, help="picks the calibration images")
+    quantize.add_argument(
+        "--max-drop", type=float, default=0.5, help="allowed accuracy drop in points (0.5)"
+    )
+    quantize.add_argument(
+        "--allow-ungated", action="store_true",
+        help="a model with no dataset (resnet50_imagenet): calibrate on random pixels and "
+        "publish without an accuracy gate, for speed checks only",
+    )  # fmt: skip
+    quantize.add_argument("--serving-base-path", default="/models")
     return parser
 
 
@@ -201,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
         if args.command == "compare":
             return _compare(args)
+        if args.command == "quantize":
+            return _quantize(args)
         if args.command == "demo":
             from training.train import TrainConfig, run_training
 
@@ -325,6 +350,33 @@ def _export(args: argparse.Namespace) -> int:
     from training.train import _print_export
 
     _print_export(version_dir, metadata)
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from training.quantize import QuantizationError, quantize_version
+
+    try:
+        target, metadata = quantize_version(
+            Path(args.repository), args.model, args.version, args.calibration_images, args.seed,
+            args.max_drop, args.allow_ungated, serving_base_path=args.serving_base_path,
+        )  # fmt: skip
+    except QuantizationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 4
+    int8 = metadata["int8"]
+    gate = int8["gate"]
+    judged = (
+        f"accuracy fp32 {gate['accuracy_fp32'] * 100:.2f}%, int8 {gate['accuracy_int8'] * 100:.2f}%"
+        if "accuracy_int8" in gate
+        else "no test set: not gated (--allow-ungated)"
+    )
+    print(
+        f"published {target}: model.int8.onnx from version {int8['derived_from_version']}, "
+        f"calibrated on {int8['calibration']}; {judged}; answers agree on "
+        f"{gate['argmax_agreement'] * 100:.2f}% of {gate['images']:,} images; quantized "
+        + ", ".join(f"{count} {op}" for op, count in int8["quantized_ops"].items())
+    )
     return 0
 
 

@@ -28,6 +28,8 @@ TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT, CUDA)
+#: the static int8 export (``python -m training quantize``), served with precision int8
+INT8_FILE = "model.int8.onnx"
 
 # GPU providers that really came up in this process: None until the first session tells us. Later
 # sessions only ask for these, so a GPU-less host pays for (and logs) the failed attempt once.
@@ -77,7 +79,7 @@ class OnnxOptions:
     """Session and provider options (a subset of the gateway settings)."""
 
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "fp32"  # fp32, fp16 (model.fp16.onnx on a GPU) or int8 (model.int8.onnx)
     fp16_on_cpu: bool = False  # precision fp16: keep the fp16 file even on the CPU provider
     tensorrt: bool = True
     intra_op_threads: int = AUTO_THREADS  # -1: chosen per model at load (see HEAVY_MODEL_S)
@@ -172,17 +174,27 @@ class OnnxRuntime(ModelRuntime):
             and fp16_path.exists()
             and (len(providers) > 1 or on_cpu_too)
         )
-        self.session = self._create(fp16_path if use_fp16 else fp32_path, providers)
+        chosen = fp16_path if use_fp16 else fp32_path
+        if self.options.precision == "int8":
+            # No fallback: int8 answers differ from fp32's, so serving fp32 instead would be a
+            # quiet change of answers; the version fails to load and its status says why.
+            chosen = version_dir / INT8_FILE
+            if not chosen.is_file():
+                raise FileNotFoundError(
+                    f"--precision int8 but {version_dir} has no {INT8_FILE} "
+                    "(python -m training quantize adds one as a new version)"
+                )
+        self.session = self._create(chosen, providers)
         self.provider = self.session.get_providers()[0]
         if use_fp16 and self.provider not in GPU_PROVIDERS and not on_cpu_too:
             # fp16 kernels on a CPU are slower than fp32; the GPU did not come up, so use fp32.
-            self.session = self._create(fp32_path, [(CPU, {})])
+            chosen = fp32_path
+            self.session = self._create(chosen, [(CPU, {})])
             self.provider = CPU
-            use_fp16 = False
         if self.options.device == "cuda" and self.provider not in GPU_PROVIDERS:
             self.close()  # the caller never gets this object to close
             raise RuntimeError(f"device=cuda but ONNX Runtime came up on {self.provider}")
-        self.model_file = fp16_path if use_fp16 else fp32_path
+        self.model_file = chosen
         self.inputs = [_spec(node) for node in self.session.get_inputs()]
         #: intra-op threads the session runs with (0 = one per core), after the auto rule
         self.intra_op_threads = self.options.intra_op_threads

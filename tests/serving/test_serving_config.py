@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -27,6 +28,7 @@ from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import (
     lenet_like,
     linear_classifier,
+    reference_predict,
     slow_classifier,
     write_models_config,
     write_version,
@@ -212,6 +214,33 @@ def test_fp16_on_cpu_serves_the_fp16_file(tmp_path: Path) -> None:
     assert 0 < difference < 5e-3
     settings = settings_from_args(["--precision", "fp16", "--fp16-on-cpu"])
     assert settings.fp16_on_cpu and not ServingSettings().fp16_on_cpu
+
+
+def test_int8_precision_serves_the_int8_file_on_every_wire(tmp_path: Path, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    """--precision int8 serves model.int8.onnx (training.quantize's static QDQ file), and every
+    wire answers what that file gives offline; a version without one fails to load, saying so,
+    rather than serve fp32's answers."""
+    from clients import Client
+    from training.quantize import quantize_file
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+    version_dir = write_version(tmp_path / "repo", "m", 1, lenet_like())
+    quantize_file(version_dir / "model.onnx", version_dir / "model.int8.onnx", images)
+    write_version(tmp_path / "repo", "plain", 1, lenet_like())  # no int8 file
+    offline_int8 = reference_predict(version_dir / "model.int8.onnx", images)
+    assert np.abs(offline_int8 - reference_predict(version_dir / "model.onnx", images)).max() > 0
+    gateway: RunningGateway = start_gateway(tmp_path / "repo", precision="int8")
+    for target, protocol in ((gateway.http_url, "rest"), (gateway.http_url, "v2"),
+                             (f"grpc://{gateway.grpc_target}", None)):  # fmt: skip
+        with Client(target, protocol=protocol, timeout=30) as client:
+            served = np.asarray(client.predict("m", {"image": images}))
+        np.testing.assert_allclose(served, offline_int8, rtol=1e-5, atol=1e-6, err_msg=protocol)
+    (info,) = [s for s in metric_samples(gateway.metrics_text())
+               if s.name == "serving_model_runtime_info" and s.labels["model"] == "m"]  # fmt: skip
+    assert info.labels["model_file"] == "model.int8.onnx"
+    status = httpx.get(f"{gateway.http_url}/v1/models/plain", timeout=10).json()
+    error = status["model_version_status"][0]["status"]["error_message"]
+    assert "--precision int8 but" in error and "has no model.int8.onnx" in error, status
 
 
 def test_intra_op_threads_follow_the_model_by_default(tmp_path: Path) -> None:
