@@ -22,6 +22,7 @@ OPTIMIZERS = ("adam", "sgd")  # training.train.OPTIMIZERS, without importing TF
 PRECISIONS = ("float32", "mixed_bfloat16")  # training.train.PRECISIONS, without importing TF
 
 DEMO_EPOCHS = 8
+MIN_PARITY_IMAGES_TEXT = "1,000"  # training.export.MIN_PARITY_IMAGES, without importing TF
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -145,12 +146,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
 
     export = commands.add_parser(
-        "export", help="export a model without training",
-        description="Export a checkpoint (--checkpoint) or, for resnet50_imagenet, an untrained "
-        "ImageNet-shaped ResNet50 for throughput measurements.",
+        "export", help="export a model without training (one of this package's, or your own)",
+        description="Export a checkpoint (--model M --checkpoint), an untrained ImageNet-shaped "
+        "ResNet50 for throughput measurements (--model resnet50_imagenet), or a model you bring "
+        "(--from PATH: a .keras file, a SavedModel directory or an ONNX file, with --name and "
+        "--class-names; its input size and channels come from the model, the preprocessing from "
+        "--scale, --mean/--std and --layout, and goes inside the exported graph).",
     )  # fmt: skip
-    export.add_argument("--model", choices=MODEL_NAMES, required=True)
+    export.add_argument("--model", choices=MODEL_NAMES, help="one of this package's models")
     export.add_argument("--checkpoint", help="a .keras file saved by training (checkpoints/)")
+    own = export.add_argument_group("a model you bring (--from)")
+    own.add_argument(
+        "--from", dest="source", metavar="PATH",
+        help="a .keras file, a SavedModel directory or an .onnx file (float or uint8 image input)",
+    )  # fmt: skip
+    own.add_argument("--name", help="the model's name in the repository")
+    own.add_argument(
+        "--class-names", metavar="A,B,C|FILE",
+        help="the class names in output order: a comma-separated list or a file, one a line",
+    )  # fmt: skip
+    own.add_argument(
+        "--scale", type=float,
+        help="multiply the uint8 pixels by this first (0.00392156862745098 for 0-1 inputs)",
+    )  # fmt: skip
+    own.add_argument("--mean", metavar="M1,M2,M3", help="then subtract this per channel")
+    own.add_argument("--std", metavar="S1,S2,S3", help="then divide by this per channel")
+    own.add_argument(
+        "--layout", choices=("nhwc", "nchw"),
+        help="the model's input layout (default: told from its shape; NCHW gets a transpose)",
+    )  # fmt: skip
+    own.add_argument(
+        "--softmax", action="store_true",
+        help="the model answers logits: append a softmax (the output must be probabilities)",
+    )  # fmt: skip
+    own.add_argument(
+        "--images", metavar="DIR",
+        help="PNG/JPEG images (any folders below) for the parity gate, resized to the input; "
+        f"topped up with generated pixels to {MIN_PARITY_IMAGES_TEXT} (default: generated only)",
+    )  # fmt: skip
     export.add_argument(
         "--dataset", choices=DATASETS, default="mnist", help="class names, parity images"
     )
@@ -298,6 +331,58 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    own_options = ("name", "class_names", "scale", "mean", "std", "layout", "images")
+    if args.source is not None:
+        if args.model is not None or args.checkpoint is not None:
+            print("error: --from exports your model; --model/--checkpoint one of ours, not both",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        missing = [
+            f"--{o.replace('_', '-')}" for o in ("name", "class_names") if not getattr(args, o)
+        ]
+        if missing:
+            print(f"error: --from needs {' and '.join(missing)}", file=sys.stderr)
+            return 2
+        return _export_own(args)
+    given = [f"--{o.replace('_', '-')}" for o in own_options if getattr(args, o) is not None]
+    if args.softmax:
+        given.append("--softmax")
+    if args.model is None or given:
+        print("error: export needs --model (one of ours) or --from PATH (yours); "
+              + (f"{', '.join(given)} go with --from" if given else "neither was given"),
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return _export_ours(args)
+
+
+def _export_own(args: argparse.Namespace) -> int:
+    from training.own_model import ModelRefused, OwnModelOptions, export_own_model
+
+    options = OwnModelOptions(
+        source=Path(args.source), name=args.name, class_names=args.class_names,
+        repository=Path(args.repository), scale=args.scale, mean=args.mean, std=args.std,
+        layout=args.layout, softmax=args.softmax,
+        images=Path(args.images) if args.images else None, version=args.version, seed=args.seed,
+        fp16=not args.no_fp16, serving_base_path=args.serving_base_path,
+    )  # fmt: skip
+    try:
+        version_dir, metadata = export_own_model(options)
+    except ModelRefused as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    parity = metadata["parity"]
+    checked = ", ".join(
+        f"{part} max|diff| {parity[part]['max_abs_diff']:.2g}"
+        + (" (dropped)" if "dropped" in parity[part] else "")
+        for part in ("saved_model", "fp32", "fp16")
+        if part in parity
+    )
+    print(f"published {version_dir} ({', '.join(metadata['files'])}); parity against "
+          f"{parity['reference']} on {parity['fp32']['images']} images: {checked}")  # fmt: skip
+    return 0
+
+
+def _export_ours(args: argparse.Namespace) -> int:
     import keras
     import numpy as np
 
@@ -333,9 +418,24 @@ def _export(args: argparse.Namespace) -> int:
         import training.schedules  # noqa: F401
         from training.data import load_dataset
 
-        # A mixed_bfloat16 run's checkpoint computes in bfloat16; the repository gets float32.
-        model = float32_copy(keras.models.load_model(args.checkpoint))
+        try:
+            loaded = keras.models.load_model(args.checkpoint)
+        except Exception as error:
+            first = (str(error).strip() or type(error).__name__).splitlines()[0][:300]
+            print(f"error: cannot load {args.checkpoint} as a Keras model: {first}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         dataset = load_dataset(args.dataset, args.data_dir)
+        expected = (None, *dataset.x_test.shape[1:])
+        found = [(tuple(i.shape), str(i.dtype)) for i in loaded.inputs]
+        if found != [(expected, "uint8")]:
+            shown = ", ".join(f"{dtype} {list(shape)}" for shape, dtype in found)
+            print(f"error: {args.checkpoint} is not a {args.model} checkpoint for {args.dataset} "
+                  f"(its input is {shown}; ours take uint8 {list(expected)}): export a model of "
+                  "your own with --from PATH --name NAME --class-names ...", file=sys.stderr)  # fmt: skip
+            return 2
+        # A mixed_bfloat16 run's checkpoint computes in bfloat16; the repository gets float32.
+        model = float32_copy(loaded)
         class_names, dataset_name = dataset.class_names, dataset.name
         parity_images = dataset.x_test[: max(MIN_PARITY_IMAGES, 2000)]
         fingerprint = dataset.fingerprint()

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -68,6 +69,10 @@ class ExportRequest:
     training: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
     fp16: bool = True
+    #: [-1, H, W, C] of the exported `image` input; None: the Keras model's own input shape.
+    input_shape: tuple[int, ...] | None = None
+    #: Where a model the user brought came from (`python -m training export --from`).
+    source: dict[str, Any] | None = None
 
 
 # --- versions and repository configuration -------------------------------------------------------
@@ -174,14 +179,22 @@ def _write_atomically(path: Path, text: str) -> None:
 # --- staging ---------------------------------------------------------------------------------------
 
 
-def stage_version(model: Any, request: ExportRequest, repository: Path) -> Path:
-    """Write the SavedModel, warmup records and ONNX files into a hidden staging directory."""
+def stage_version(
+    model: Any,
+    request: ExportRequest,
+    repository: Path,
+    writer: Callable[[Any, Path], None] | None = None,
+) -> Path:
+    """Write the SavedModel, warmup records and ONNX files into a hidden staging directory.
+
+    `writer(model, path)` writes the SavedModel (default: a Keras model that takes uint8 pixels).
+    """
     model_dir = repository / request.model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     # A dot-name: TF Serving and the gateway only load integer directories.
     staging = model_dir / f".staging-{uuid.uuid4().hex[:12]}"
     try:
-        _write_saved_model(model, staging)
+        (writer or _write_saved_model)(model, staging)
         _write_warmup_requests(staging, request)
         convert_to_onnx(staging, staging / "model.onnx")
         if request.fp16:
@@ -320,24 +333,49 @@ def compare_predictions(
     }
 
 
-def run_parity_gate(staging: Path, images: np.ndarray) -> dict[str, Any]:
+def run_parity_gate(
+    staging: Path,
+    images: np.ndarray,
+    reference: np.ndarray | None = None,
+    reference_name: str | None = None,
+) -> dict[str, Any]:
     """Compare the staged ONNX files with the staged SavedModel on `images`.
 
+    With `reference` (the probabilities of the model a user brought, on `images`), every staged
+    file is compared with it instead, the SavedModel (when there is one) included.
     Raises `ParityError` (saying by how much) when fp32 fails; drops a failing fp16 file.
     """
     if len(images) < MIN_PARITY_IMAGES:
         raise ExportError(
             f"the parity gate needs at least {MIN_PARITY_IMAGES} images, got {len(images)}"
         )
-    reference = saved_model_predict(staging, images)
-    report: dict[str, Any] = {"reference": "SavedModel serving_default (TensorFlow)"}
+    report: dict[str, Any]
+    if reference is None:
+        reference = saved_model_predict(staging, images)
+        report = {"reference": "SavedModel serving_default (TensorFlow)"}
+        against = "the SavedModel"
+    else:
+        report = {"reference": reference_name or "the model given"}
+        against = reference_name or "the model given"
+        if (staging / "saved_model.pb").is_file():
+            saved = compare_predictions(
+                reference, saved_model_predict(staging, images), FP32_TOLERANCE, FP32_MIN_AGREEMENT
+            )
+            report["saved_model"] = saved
+            if not saved["passed"]:
+                raise ParityError(
+                    f"the SavedModel disagrees with {against}: max |diff| "
+                    f"{saved['max_abs_diff']:.3g} (limit {FP32_TOLERANCE:g}), argmax agreement "
+                    f"{saved['argmax_agreement'] * 100:.2f}% on {saved['images']} images; "
+                    "not published"
+                )
     fp32 = compare_predictions(
         reference, onnx_predict(staging / "model.onnx", images), FP32_TOLERANCE, FP32_MIN_AGREEMENT
     )
     report["fp32"] = fp32
     if not fp32["passed"]:
         raise ParityError(
-            "ONNX fp32 export disagrees with the SavedModel: max |diff| "
+            f"ONNX fp32 export disagrees with {against}: max |diff| "
             f"{fp32['max_abs_diff']:.3g} (limit {FP32_TOLERANCE:g}), argmax agreement "
             f"{fp32['argmax_agreement'] * 100:.2f}% (required {FP32_MIN_AGREEMENT * 100:.2f}%; "
             f"{fp32['decisive_disagreements']} disagreements are not ties) on {fp32['images']} "
@@ -383,12 +421,16 @@ def build_metadata(
     model: Any, request: ExportRequest, version: int, parity: dict[str, Any], staging: Path
 ) -> dict[str, Any]:
     """The metadata.json document (format in docs/serving.md, "The model repository")."""
-    input_shape = [-1, *(int(d) for d in model.input_shape[1:])]
+    shape = request.input_shape or model.input_shape
+    input_shape = [-1, *(int(d) for d in shape[1:])]
     height, width, channels = input_shape[1:]
-    files = {"saved_model": "saved_model.pb", "onnx": "model.onnx"}
+    files = {"onnx": "model.onnx"}
+    if (staging / "saved_model.pb").is_file():
+        files = {"saved_model": "saved_model.pb", **files}
     if (staging / "model.fp16.onnx").is_file():
         files["onnx_fp16"] = "model.fp16.onnx"
-    files["tf_serving_warmup"] = "assets.extra/tf_serving_warmup_requests"
+    if (staging / "assets.extra" / "tf_serving_warmup_requests").is_file():
+        files["tf_serving_warmup"] = "assets.extra/tf_serving_warmup_requests"
     preprocessing = {
         "layout": "NHWC",
         "dtype": "uint8",
@@ -419,6 +461,7 @@ def build_metadata(
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "parity": parity,
         "files": files,
+        "source": request.source,
         "note": request.note,
     }
 
@@ -449,21 +492,39 @@ def export_model(
     model_dir = repository / request.model_name
     if version is not None and (model_dir / str(version)).exists():
         raise ExportError(f"{model_dir / str(version)} already exists; versions are immutable")
-    staging = stage_version(model, request, repository)
-    target, metadata = gate_and_publish(model, request, staging, version)
+    created = [path for path in (repository, model_dir) if not path.exists()]
+    try:
+        staging = stage_version(model, request, repository)
+        target, metadata = gate_and_publish(model, request, staging, version)
+    except BaseException:
+        remove_if_empty(created)
+        raise
     write_repository_configs(repository, serving_base_path)
     return target, metadata
 
 
+def remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders an export created (innermost first) when a failure left them empty."""
+    for path in reversed(created):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def gate_and_publish(
-    model: Any, request: ExportRequest, staging: Path, version: int | None = None
+    model: Any,
+    request: ExportRequest,
+    staging: Path,
+    version: int | None = None,
+    reference: np.ndarray | None = None,
+    reference_name: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run the parity gate on a staged candidate, write metadata.json, publish it.
 
-    On any failure the staging directory is removed and nothing is published.
+    `reference`: see `run_parity_gate`. On any failure the staging directory is removed and
+    nothing is published.
     """
     try:
-        parity = run_parity_gate(staging, request.parity_images)
+        parity = run_parity_gate(staging, request.parity_images, reference, reference_name)
         chosen = version if version is not None else next_version(staging.parent)
         metadata = build_metadata(model, request, chosen, parity, staging)
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))

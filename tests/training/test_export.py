@@ -26,7 +26,7 @@ from training.export import (
 METADATA_KEYS = {
     "format_version", "model", "version", "dataset", "class_names", "signature_name", "inputs",
     "outputs", "preprocessing", "metrics", "training", "seed", "library_versions",
-    "dataset_fingerprint", "exported_at", "parity", "files", "note",
+    "dataset_fingerprint", "exported_at", "parity", "files", "source", "note",
 }  # fmt: skip
 
 
