@@ -202,7 +202,7 @@ def _walk_header(data: bytes) -> bytes:
             count += 1
             if marker == 0xDA:  # start of scan
                 break
-            if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # markers without a length
+            if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD9:  # markers without a length
                 position += 2
                 continue
             if position + 4 > len(data):
@@ -309,7 +309,7 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
             assert fill is not None
             steps += fill.end() - position - 2
             position = fill.end() - 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
             position += 2
         elif marker == 0xDA:  # the first scan: the size so far (None: no frame, Pillow judges)
             return size
