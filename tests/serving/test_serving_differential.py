@@ -80,6 +80,9 @@ def predict_body(draw: st.DrawFn) -> tuple[TensorSpec, bytes]:
     value = draw(nested(shape))
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):  # deeper than the input's rank
         value = "[" + value + "]"
+    if draw(st.integers(0, 30)) == 0:  # nesting past the parsers' depth limits (1,024)
+        levels = draw(st.sampled_from([1023, 1025, 1100]))
+        value = "[" * levels + value + "]" * levels
     space = draw(WHITESPACE)
     key = draw(st.sampled_from(["instances", "inputs", "inputs-by-name"]))
     if key == "inputs-by-name":
