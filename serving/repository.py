@@ -43,6 +43,10 @@ METADATA_FILE = "metadata.json"
 #: (mtime_ns, size) of each file a load reads; a failed version is retried when it changes.
 Fingerprint = tuple[int, ...]
 
+#: The poller loads a new version folder only once nothing in it has changed for this long: a
+#: folder written in place (not written beside and renamed) is not loaded half-written.
+SETTLE_S = 1.0
+
 
 @dataclass(frozen=True)
 class VersionPolicy:
@@ -125,6 +129,18 @@ def _fingerprint(version_dir: Path) -> Fingerprint:
         else:
             values += (stat.st_mtime_ns, stat.st_size)
     return tuple(values)
+
+
+def last_change(version_dir: Path) -> float:
+    """The newest mtime or ctime (seconds) of a version folder and everything in it. Blocking."""
+    newest = 0.0
+    for path in (version_dir, *version_dir.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:  # removed while walking: the folder is still changing
+            return float("inf")
+        newest = max(newest, stat.st_mtime, stat.st_ctime)
+    return newest
 
 
 def read_metadata(version_dir: Path) -> dict[str, Any]:
@@ -286,8 +302,16 @@ class ModelRepository:
             log.error("cannot parse %s, keeping the previous one: %s", path, exc)
             return previous
 
-    def _scan(self, config: ModelsConfig) -> ScanResult:
+    def _scan(
+        self,
+        config: ModelsConfig,
+        settle_s: float = 0.0,
+        known: frozenset[tuple[str, int]] = frozenset(),
+    ) -> ScanResult:
+        """The models and versions on disk. With ``settle_s``, a version not ``known`` yet whose
+        folder changed within the last ``settle_s`` seconds is left for a later scan."""
         found: ScanResult = {}
+        settled_before = time.time() - settle_s
         folders = {name: folder for name, (_, _, folder) in config.items()}
         if self.root.is_dir():
             for child in self.root.iterdir():
@@ -304,20 +328,41 @@ class ModelRepository:
                 for child in model_dir.iterdir():
                     # Temporary folders (".tmp-3") are not digits; a version needs its ONNX file.
                     if child.name.isdigit() and (child / MODEL_FILE).exists():
-                        versions[int(child.name)] = VersionFiles(child, _fingerprint(child))
+                        version = int(child.name)
+                        if (
+                            settle_s > 0
+                            and (name, version) not in known
+                            and last_change(child) > settled_before
+                        ):
+                            log.debug("model %s version %s is still changing", name, version)
+                            continue
+                        versions[version] = VersionFiles(child, _fingerprint(child))
             if versions or name in config:
                 found[name] = (model_dir, versions)
         return found
 
-    def _read_disk(self, previous: ModelsConfig) -> tuple[ModelsConfig, ScanResult]:
+    def _read_disk(
+        self, previous: ModelsConfig, settle_s: float, known: frozenset[tuple[str, int]]
+    ) -> tuple[ModelsConfig, ScanResult]:
         config = self._read_config(previous)
-        return config, self._scan(config)
+        return config, self._scan(config, settle_s, known)
 
-    async def sync(self) -> None:
-        """One scan: load new versions, unload removed ones, update labels and policies."""
+    async def sync(self, settle_s: float = 0.0) -> None:
+        """One scan: load new versions, unload removed ones, update labels and policies.
+
+        ``settle_s`` (the poller's): a new version folder that changed within that many seconds
+        waits for a later scan, so one written in place is not loaded before it is complete."""
         async with self._lock:
+            known = frozenset(
+                (name, version)
+                for name, entry in self.models.items()
+                for version, mv in entry.versions.items()
+                if mv.state is not VersionState.END
+            )
             # Disk in a worker thread; the state changes below stay on the loop.
-            self._config, found = await asyncio.to_thread(self._read_disk, self._config)
+            self._config, found = await asyncio.to_thread(
+                self._read_disk, self._config, settle_s, known
+            )
             for name, (model_dir, on_disk) in found.items():
                 policy, labels, _ = self._config.get(name, (None, {}, name))
                 entry = self.models.get(name)
@@ -433,7 +478,7 @@ class ModelRepository:
         while True:
             await asyncio.sleep(interval_s)
             try:
-                await self.sync()
+                await self.sync(settle_s=SETTLE_S)
             except Exception:  # the poller must survive anything the disk throws at it
                 log.exception("repository scan failed")
 

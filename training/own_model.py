@@ -573,31 +573,35 @@ def wrap_onnx(
         model_output = fresh("source_probabilities")
         _rename_tensor(graph, OUTPUT_NAME, model_output)
 
-    nodes, initializers = [], []
-    x = fresh("pre_float")
-    nodes.append(helper.make_node("Cast", [INPUT_NAME], [x], to=TensorProto.FLOAT))
-    if pre.scale is not None:
-        constant, scaled = fresh("pre_scale_value"), fresh("pre_scaled")
-        initializers.append(numpy_helper.from_array(np.array(pre.scale, np.float32), constant))
-        nodes.append(helper.make_node("Mul", [x, constant], [scaled]))
-        x = scaled
-    if pre.mean is not None and pre.std is not None:
-        mean, std = fresh("pre_mean_value"), fresh("pre_std_value")
-        centred, normalised = fresh("pre_centred"), fresh("pre_normalised")
-        initializers.append(numpy_helper.from_array(np.asarray(pre.mean, np.float32), mean))
-        initializers.append(numpy_helper.from_array(np.asarray(pre.std, np.float32), std))
-        nodes.append(helper.make_node("Sub", [x, mean], [centred]))
-        nodes.append(helper.make_node("Div", [centred, std], [normalised]))
-        x = normalised
-    if pre.layout == "nchw":
-        transposed = fresh("pre_nchw")
-        nodes.append(helper.make_node("Transpose", [x], [transposed], perm=[0, 3, 1, 2]))
-        x = transposed
-    elem_type = helper.np_dtype_to_tensor_dtype(source.input_dtype)
-    if elem_type == TensorProto.FLOAT:
-        nodes.append(helper.make_node("Identity", [x], [model_input]))
+    nodes: list[Any] = []
+    initializers: list[Any] = []
+    if source.input_dtype == np.uint8:  # pixels as they are (check_preprocessing saw to it)
+        nodes.append(helper.make_node("Identity", [INPUT_NAME], [model_input]))
     else:
-        nodes.append(helper.make_node("Cast", [x], [model_input], to=elem_type))
+        x = fresh("pre_float")
+        nodes.append(helper.make_node("Cast", [INPUT_NAME], [x], to=TensorProto.FLOAT))
+        if pre.scale is not None:
+            constant, scaled = fresh("pre_scale_value"), fresh("pre_scaled")
+            initializers.append(numpy_helper.from_array(np.array(pre.scale, np.float32), constant))
+            nodes.append(helper.make_node("Mul", [x, constant], [scaled]))
+            x = scaled
+        if pre.mean is not None and pre.std is not None:
+            mean, std = fresh("pre_mean_value"), fresh("pre_std_value")
+            centred, normalised = fresh("pre_centred"), fresh("pre_normalised")
+            initializers.append(numpy_helper.from_array(np.asarray(pre.mean, np.float32), mean))
+            initializers.append(numpy_helper.from_array(np.asarray(pre.std, np.float32), std))
+            nodes.append(helper.make_node("Sub", [x, mean], [centred]))
+            nodes.append(helper.make_node("Div", [centred, std], [normalised]))
+            x = normalised
+        if pre.layout == "nchw":
+            transposed = fresh("pre_nchw")
+            nodes.append(helper.make_node("Transpose", [x], [transposed], perm=[0, 3, 1, 2]))
+            x = transposed
+        elem_type = helper.np_dtype_to_tensor_dtype(source.input_dtype)
+        if elem_type == TensorProto.FLOAT:
+            nodes.append(helper.make_node("Identity", [x], [model_input]))
+        else:
+            nodes.append(helper.make_node("Cast", [x], [model_input], to=elem_type))
 
     tail = []
     y = model_output

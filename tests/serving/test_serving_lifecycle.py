@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -177,10 +178,10 @@ class SlowScanRepository(ModelRepository):
         super().__init__(*args, **kwargs)
         self.scans: list[tuple[threading.Thread, float, float]] = []
 
-    def _scan(self, config: ModelsConfig) -> ScanResult:
+    def _scan(self, config: ModelsConfig, *settling: Any) -> ScanResult:
         start = time.monotonic()
         time.sleep(self.delay_s)
-        found = super()._scan(config)
+        found = super()._scan(config, *settling)
         self.scans.append((threading.current_thread(), start, time.monotonic()))
         return found
 
