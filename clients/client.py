@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 import httpx
+import numpy as np
 
 from clients import images as image_prep
 from clients.errors import (
@@ -242,6 +243,7 @@ class _Settings:
                 f"classify needs a one-input model, {metadata.name!r} has {sorted(sig.inputs)}"
             )
         spec = next(iter(sig.inputs.values()))
+        check_takes_pixels(metadata.name, spec)
         output = "probabilities" if "probabilities" in sig.outputs else None
         if output is None and len(sig.outputs) == 1:
             output = next(iter(sig.outputs))
@@ -263,6 +265,21 @@ class _Settings:
             probabilities = outputs
         labels = names if names is not None else self.class_names or metadata.class_names
         return image_prep.top_k(probabilities, k, labels)
+
+
+def check_takes_pixels(model: str, spec: Any) -> None:
+    """InvalidInput unless the input takes raw uint8 pixels: classify sends 0-255 pixels, and a
+    model with a float input expects them scaled somehow (0-1, mean/std) that nothing here says,
+    so it would answer a confident wrong class."""
+    if spec.dtype == np.dtype(np.uint8) or spec.dtype == np.dtype(object):
+        return
+    shape = ", ".join(str(d) for d in spec.shape)
+    raise InvalidInput(
+        f"model {model!r} takes {spec.dtype} input {spec.name!r} [{shape}], not uint8 images: "
+        "classify would send raw 0-255 pixels with no scaling; export the model with "
+        "`python -m training export --from ...` (its preprocessing inside the model), or "
+        "preprocess the images yourself and call predict()"
+    )
 
 
 class Client:
