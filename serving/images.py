@@ -187,12 +187,13 @@ def _walk_header(data: bytes) -> bytes:
         position = 2
         while position < len(data) and count <= limit:
             if data[position] != 0xFF:  # stray bytes where a marker should start
-                stray = _JPEG_STRAY.match(data, position)
+                # Matched at most one past the budget: the regex never runs further than the limit.
+                stray = _JPEG_STRAY.match(data, position, position + limit - count + 1)
                 assert stray is not None
                 count += stray.end() - position
                 position = stray.end()
                 continue
-            fill = _JPEG_FILL.match(data, position)
+            fill = _JPEG_FILL.match(data, position, position + limit - count + 2)
             assert fill is not None
             count += fill.end() - position - 1  # fill bytes before the marker's own 0xFF
             position = fill.end() - 1
@@ -305,7 +306,7 @@ def peek_size(head: bytes) -> tuple[int, int] | None:
         marker = head[position + 1]
         steps += 1
         if marker == 0xFF:  # fill bytes before a marker: a run measured in one step
-            fill = _JPEG_FILL.match(head, position)
+            fill = _JPEG_FILL.match(head, position, position + limit - steps + 3)
             assert fill is not None
             steps += fill.end() - position - 2
             position = fill.end() - 1

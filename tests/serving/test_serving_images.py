@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -127,3 +128,38 @@ def test_peek_sees_a_declared_size_from_a_few_bytes_and_refuses_what_is_no_image
             peek_size(junk)
     # A structure a peek does not follow (no IHDR first) is left to Pillow: None, no error.
     assert peek_size(PNG_MAGIC + struct.pack(">I", 0) + b"tEXt" + b"\0" * 20) is None
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_a_big_png_of_inflating_chunks_costs_the_pool_no_inflating() -> None:
+    """An 8 MB-class PNG of 4,000 iCCP chunks, each inflating to 1 MiB (about 4 GB in all, ~3 s
+    of the only decode thread before): within the chunk limit, so it is decoded, but the chunks
+    are dropped unread and the decode takes milliseconds."""
+    out = io.BytesIO()
+    Image.new("L", (28, 28), 7).save(out, format="PNG")
+    png = out.getvalue()
+    # 1 KB of zlib stream and 1 KB after it (ignored by the inflater): 2 KB a chunk, so that
+    # 4,000 of them stay within the chunk limit of an 8 MB file.
+    stream = zlib.compress(bytes(1 << 20), 9)
+    profile = _chunk(b"iCCP", b"icc\0\0" + stream + bytes(2048 - len(stream)))
+    image = png[:33] + profile * 4000 + png[33:]
+    assert segment_limit(len(image)) > 4000
+    started = time.perf_counter()
+    assert decode_image(image, SPEC, LIMIT).shape == (28, 28, 1)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_big_jpeg_of_fill_bytes_is_refused_in_milliseconds() -> None:
+    """20 MB of fill bytes before a small JPEG's first segment (~10 s of Pillow's byte-at-a-time
+    walk in the pool before, holding the GIL): refused from one regex run."""
+    out = io.BytesIO()
+    Image.new("L", (28, 28), 7).save(out, format="JPEG")
+    jpeg = out.getvalue()
+    image = jpeg[:2] + b"\xff" * (20 << 20) + jpeg[2:]
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgument, match="fill and stray bytes count"):
+        decode_image(image, SPEC, LIMIT)
+    assert time.perf_counter() - started < 1.0
