@@ -79,12 +79,25 @@ class Result:
 
 
 # --- model -------------------------------------------------------------------------------------
+#: where the probes look for a trained LeNet: the environment's BENCHMARKS_LENET_DIR, else the
+#: checkout's model_repository/lenet; an empty value means never (the tests set it so: they must
+#: not depend on what `make demo` left in the checkout)
+LENET_DIR_ENV = "BENCHMARKS_LENET_DIR"
+
+
+def trained_lenet_versions() -> list[Path]:
+    """The trained LeNet's version directories that hold a model.onnx, oldest first."""
+    configured = os.environ.get(LENET_DIR_ENV)
+    if configured == "":
+        return []
+    trained = Path(configured) if configured else ROOT / "model_repository" / "lenet"
+    found = (p for p in trained.glob("[0-9]*") if (p / "model.onnx").exists())
+    return sorted(found, key=lambda p: int(p.name)) if trained.exists() else []
+
+
 def prepare_repository(work: Path) -> tuple[Path, str, str]:
     """A repository with one LeNet version; returns (repository, model name, description)."""
-    trained = ROOT / "model_repository" / "lenet"
-    versions = sorted(
-        (p for p in trained.glob("[0-9]*") if (p / "model.onnx").exists()), key=lambda p: int(p.name)
-    ) if trained.exists() else []  # fmt: skip
+    versions = trained_lenet_versions()
     repo = work / "repo"
     if versions:
         target = repo / "lenet" / versions[-1].name

@@ -77,10 +77,9 @@ PATHS: dict[str, list[str]] = {
 
 def model_dir(work: Path) -> Path:
     """The version directory of the model every stage runs."""
-    exported = ROOT / "model_repository" / "lenet"
-    versions = sorted(
-        (p for p in exported.glob("*") if (p / "model.onnx").exists()), key=lambda p: int(p.name)
-    )
+    from benchmarks.lab.gateway_speed import trained_lenet_versions
+
+    versions = trained_lenet_versions()
     if versions:
         return versions[-1]
     from tests.tiny_models import lenet_like, write_version
