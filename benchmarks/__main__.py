@@ -224,10 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not require served accuracy == offline (fp16, TF Serving)",
     )
     accuracy.add_argument(
-        "--precision", choices=("fp32", "fp16"), default="fp32",
+        "--precision", choices=("fp32", "fp16", "int8"), default="fp32",
         help="fp16: the offline reference is model.fp16.onnx, which must also stay within "
         "--max-fp16-drop of model.onnx's accuracy (serve it with --precision fp16, and on a CPU "
-        "--fp16-on-cpu)",
+        "--fp16-on-cpu); int8: the offline reference is model.int8.onnx (serve it with "
+        "--precision int8)",
     )  # fmt: skip
     accuracy.add_argument(
         "--max-fp16-drop", type=float, default=0.001,

@@ -10,6 +10,10 @@ the whole test set (accuracy within ``max_fp16_drop``, the images whose answer c
 The served answers are matched to the closer of the two files by their probabilities, so a
 gateway that quietly served fp32 (on a CPU it does unless started with ``--fp16-on-cpu``) fails
 the check instead of passing it by accident.
+
+``--precision int8`` takes ``model.int8.onnx`` as the offline reference (the gateway serves it with
+``--precision int8``); how far int8 is from fp32 was judged when ``python -m training quantize``
+made the file and is in its metadata.json.
 """
 
 from __future__ import annotations
@@ -48,11 +52,12 @@ class AccuracyConfig:
     require_equal: bool = True
     min_agreement: float = 1.0
     out: str | None = None
-    precision: str = "fp32"  # fp16: judge model.fp16.onnx, served and against fp32
+    precision: str = "fp32"  # fp16: judge model.fp16.onnx, served and against fp32; int8: served
+    # against model.int8.onnx offline (its gate against fp32 ran at quantization)
     max_fp16_drop: float = 0.001  # fp16 accuracy may differ from fp32 by at most this
 
 
-ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
 
 def served_outputs(config: AccuracyConfig, images: np.ndarray, progress: Any = None) -> np.ndarray:
