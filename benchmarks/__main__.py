@@ -40,6 +40,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", help="test set the images come from")
 
 
+def _data(parser: argparse.ArgumentParser) -> None:
+    """Where the images come from besides --dataset: any model's own data, or none."""
+    parser.add_argument(
+        "--images", metavar="DIR",
+        help="images in one folder per class (DIR/<class>/<image>, PNG or JPEG), resized to the "
+        "model's input; accuracy against the folder names (instead of --dataset)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--synthetic", action="store_true",
+        help="random pixels of the model's declared input (metadata.json or model.onnx in "
+        "--repository); answers checked against offline ONNX Runtime, no accuracy",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m benchmarks``."""
     from benchmarks.lab import index
@@ -57,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", required=True, help="http://host:port, or host:port for grpc")
     run.add_argument("--protocol", choices=("rest", "v2", "grpc", "image"), default="rest")
     _common(run)
+    _data(run)
     run.add_argument("--version", type=int)
     run.add_argument("--label", help="version label (TF Serving REST and gRPC)")
     run.add_argument("--users", type=int, default=8)
@@ -106,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="[NAME=]http://host:port[,grpchost:port]; repeat for several servers",
     )
     _common(sweep)
+    _data(sweep)
     sweep.add_argument("--users", type=_ints, default=[1, 4, 16, 32], help="e.g. 1,2,4,8,16,32")
     sweep.add_argument("--images-per-request", type=_ints, default=[1], help="e.g. 1,8,32")
     sweep.add_argument("--protocols", type=_words, default=["rest", "v2", "grpc"])
@@ -160,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rate.add_argument("--protocol", type=_words, default=["rest"], help="rest,v2,grpc")
     _common(rate)
+    _data(rate)
     rate.add_argument("--version", type=int)
     rate.add_argument("--label", help="version label (TF Serving REST and gRPC)")
     rate.add_argument(
@@ -241,12 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "rate":
-        return _rate(args)
+    if args.command in ("run", "sweep", "rate"):
+        from benchmarks.prepare import DataMismatch, data_source
+
+        try:
+            args.dataset = data_source(args.dataset, args.images, args.synthetic)
+            return {"run": _run, "sweep": _sweep, "rate": _rate}[args.command](args)
+        except DataMismatch as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.command == "ceiling":
         return _ceiling(args)
     return _accuracy(args)

@@ -108,11 +108,154 @@ def offline_predictions(
     return outputs.argmax(axis=1).astype(np.int64) if len(outputs) else np.zeros(0, np.int64)
 
 
-def load_test_set(dataset: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Test images (uint8 NHWC), labels and class names via training's TensorFlow-free loader."""
+#: ``--synthetic``: random pixels of the model's declared input; answers checked against offline
+#: ONNX Runtime, no accuracy.
+SYNTHETIC = "synthetic"
+#: ``--images DIR`` as a dataset name: ``images:DIR`` (one folder per class).
+IMAGES_PREFIX = "images:"
+SYNTHETIC_IMAGES = 1024
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class DataMismatch(ValueError):
+    """The benchmark's data cannot be sent to the model as it is; the message says what to do."""
+
+
+def data_source(dataset: str | None, images: str | None, synthetic: bool) -> str:
+    """The ``dataset`` value for ``--dataset``, ``--images DIR`` or ``--synthetic``."""
+    if images and synthetic:
+        raise DataMismatch("--images and --synthetic exclude each other")
+    if images:
+        return f"{IMAGES_PREFIX}{images}"
+    return SYNTHETIC if synthetic else (dataset or "mnist")
+
+
+def model_input(model_files: ModelFiles | None) -> tuple[str, tuple[int, ...]] | None:
+    """(dtype, [-1, H, W, C]) of the model's image input: from metadata.json, else model.onnx."""
+    if model_files is None:
+        return None
+    inputs = model_files.metadata.get("inputs")
+    if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
+        shape = inputs[0].get("shape")
+        if isinstance(shape, list) and all(isinstance(d, int) for d in shape):
+            return str(inputs[0].get("dtype", "uint8")), tuple(shape)
+    if model_files.onnx_path is None:
+        return None
+    from benchmarks.ceiling import create_session
+
+    (first, *_) = create_session(
+        model_files.onnx_path, providers="CPUExecutionProvider"
+    ).get_inputs()
+    dtype = first.type.removeprefix("tensor(").removesuffix(")")
+    dtype = {"float": "float32", "double": "float64"}.get(dtype, dtype)
+    return dtype, tuple(d if isinstance(d, int) else -1 for d in first.shape)
+
+
+def _output_classes(model_files: ModelFiles | None) -> int:
+    """How many classes the model's first output scores (metadata.json, else model.onnx)."""
+    outputs = model_files.metadata.get("outputs") if model_files else None
+    if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
+        shape = outputs[0].get("shape")
+        if isinstance(shape, list) and shape and isinstance(shape[-1], int) and shape[-1] > 0:
+            return shape[-1]
+    if model_files is None or model_files.onnx_path is None:
+        raise DataMismatch(
+            "--synthetic checks the answers against model.onnx, which is not in --repository"
+        )
+    from benchmarks.ceiling import create_session
+
+    session = create_session(model_files.onnx_path, providers="CPUExecutionProvider")
+    last = session.get_outputs()[0].shape[-1]
+    if not isinstance(last, int):
+        raise DataMismatch("cannot tell how many classes the model's output has")
+    return last
+
+
+def _image_geometry(model_files: ModelFiles | None, what: str) -> tuple[int, int, int]:
+    spec = model_input(model_files)
+    if spec is None:
+        raise DataMismatch(
+            f"{what} needs the model's input size: no metadata.json or model.onnx for it in "
+            "--repository"
+        )
+    dtype, shape = spec
+    if dtype != "uint8" or len(shape) != 4 or min(shape[1:]) < 1:
+        raise DataMismatch(
+            f"the model takes {dtype} {list(shape)}, not uint8 [batch, height, width, channels] "
+            "images: export it with `python -m training export --from ...`"
+        )
+    return shape[1], shape[2], shape[3]
+
+
+def load_image_folder(
+    directory: str | Path, height: int, width: int, channels: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The image-folder layout (``DIR/<class>/<image>``, PNG or JPEG) as uint8 NHWC images of the
+    model's size and colour mode, labels (the folder's index) and class names (folder names)."""
+    from PIL import Image
+
+    root = Path(directory)
+    classes = sorted(
+        folder.name
+        for folder in root.iterdir()
+        if folder.is_dir()
+        and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+    ) if root.is_dir() else []  # fmt: skip
+    if not classes:
+        raise DataMismatch(
+            f"--images {directory} holds no class folders with PNG or JPEG images "
+            "(DIR/<class name>/<image>)"
+        )
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(
+            p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        ):
+            try:
+                with Image.open(path) as image:
+                    converted = image.convert("L" if channels == 1 else "RGB")
+                    if converted.size != (width, height):
+                        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
+                    pixels = np.asarray(converted, np.uint8).reshape(height, width, channels)
+            except OSError as error:
+                raise DataMismatch(f"--images: cannot read {path}: {error}") from None
+            images.append(pixels)
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int64), classes
+
+
+def load_test_set(
+    dataset: str, model_files: ModelFiles | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Test images (uint8 NHWC), labels and class names: a dataset via training's
+    TensorFlow-free loader, an image folder (``images:DIR``) or ``synthetic`` pixels (labels -1:
+    the offline answers stand in for them), sized to the model's input."""
+    if dataset == SYNTHETIC:
+        height, width, channels = _image_geometry(model_files, "--synthetic")
+        images = np.random.default_rng(seed).integers(
+            0, 256, (SYNTHETIC_IMAGES, height, width, channels), dtype=np.uint8
+        )
+        names = (model_files.class_names if model_files else None) or [
+            str(i) for i in range(_output_classes(model_files))
+        ]
+        return images, np.full(len(images), -1, np.int64), names
+    if dataset.startswith(IMAGES_PREFIX):
+        geometry = _image_geometry(model_files, "--images")
+        return load_image_folder(dataset.removeprefix(IMAGES_PREFIX), *geometry)
     from training.data import load_dataset
 
     ds = load_dataset(dataset)
+    spec = model_input(model_files)
+    if spec is not None and len(spec[1]) == 4:
+        dtype, shape = spec
+        fits = all(d in (-1, n) for d, n in zip(shape[1:], ds.x_test.shape[1:], strict=True))
+        if dtype != "uint8" or not fits:
+            size = "x".join(map(str, ds.x_test.shape[1:]))
+            raise DataMismatch(
+                f"the {dataset} test images are uint8 {size}, the model takes {dtype} "
+                f"{list(shape)}: benchmark it with --images DIR (one folder per class) or "
+                "--synthetic"
+            )
     return ds.x_test, ds.y_test, list(ds.class_names)
 
 
@@ -127,7 +270,12 @@ def prepare_test_data(
 
     Returns a summary (counts, offline accuracy, reference accuracy) for the report.
     """
-    x_test, y_test, dataset_classes = load_test_set(dataset)
+    x_test, y_test, dataset_classes = load_test_set(dataset, model_files, seed)
+    synthetic = dataset == SYNTHETIC
+    if synthetic and (model_files is None or model_files.onnx_path is None):
+        raise DataMismatch(
+            "--synthetic checks the answers against model.onnx, which is not in --repository"
+        )
     if num_images and num_images < len(x_test):
         order = np.random.default_rng(seed).permutation(len(x_test))[:num_images]
         order.sort()  # keep the dataset's order: easier to trace an image back
@@ -144,6 +292,8 @@ def prepare_test_data(
         offline_model = offline_predictions(model_files.onnx_path, images)
         in_range = (offline_model >= 0) & (offline_model < len(mapping))
         offline = np.where(in_range, mapping[np.clip(offline_model, 0, len(mapping) - 1)], -1)
+    if synthetic:  # no true labels: the offline answers are what the served ones must be
+        labels = offline.copy()
     np.savez(
         out_path,
         images=images,
@@ -153,6 +303,7 @@ def prepare_test_data(
         class_names=np.asarray(dataset_classes),
     )
     has_offline = offline_model is not None
+    own = not synthetic and not dataset.startswith(IMAGES_PREFIX)
     return {
         "dataset": dataset,
         "num_images": len(images),
@@ -161,7 +312,15 @@ def prepare_test_data(
         "model_class_names": model_classes,
         "has_offline": has_offline,
         "offline_accuracy": float((offline == labels).mean()) if has_offline else None,
-        "recorded_accuracy": model_files.recorded_accuracy if model_files else None,
-        "recorded_examples": model_files.recorded_examples if model_files else None,
+        # Measured on the training data set: comparable with that set's test images only.
+        "recorded_accuracy": model_files.recorded_accuracy if model_files and own else None,
+        "recorded_examples": model_files.recorded_examples if model_files and own else None,
+        "labels": (
+            "offline ONNX Runtime answers (synthetic inputs: no accuracy)"
+            if synthetic
+            else "folder names"
+            if dataset.startswith(IMAGES_PREFIX)
+            else "the data set's"
+        ),
         "onnx_path": str(model_files.onnx_path) if model_files and model_files.onnx_path else None,
     }

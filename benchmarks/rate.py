@@ -103,6 +103,8 @@ class Series:
     answers: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     answer_errors: int = 0
     skipped: str | None = None
+    #: the target was asked and answered nothing: a failure, not a skip
+    unanswered: bool = False
 
     @property
     def name(self) -> str:
@@ -408,9 +410,10 @@ def _preflight(config: RateConfig, series: Series, pool: concurrent.futures.Exec
     if point["outcomes"]["ok"] == 0:
         series.skipped = (
             f"no answer to {point['requests']} {series.protocol} requests"
-            f" ({point['error_codes']}): not served, or not reachable"
+            f" ({point['error_codes']}): not served, or not reachable; nothing was measured"
         )
-        print(f"{series.name}: skipped, {series.skipped}", flush=True)
+        series.unanswered = True
+        print(f"{series.name}: FAILED, {series.skipped}", flush=True)
     else:
         series.answers.append((samples["image_index"], samples["served"]))
         series.answer_errors += int(samples["answer_errors"])
@@ -499,6 +502,8 @@ def series_result(config: RateConfig, series: Series) -> dict[str, Any]:
         "failure_reasons": [],
     }
     if series.skipped:
+        if series.unanswered:  # a target that answers nothing fails the run
+            entry["failure_reasons"] = [series.skipped]
         return entry
     with np.load(series.data_path) as data:
         labels_all, offline_all = data["labels"], data["offline"]
@@ -558,7 +563,7 @@ def print_rate_summary(results: dict[str, Any]) -> None:
             + (f", {ratio:.2f}x {results['config']['baseline']}" if ratio else "")
         )
     for entry in results["series"]:
-        if entry["skipped"]:
+        if entry["skipped"] and not entry["failure_reasons"]:
             print(f"skipped {entry['server']} {entry['protocol']}: {entry['skipped']}")
     if results["invalid_points"]:
         print(
