@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     accuracy.add_argument("--target", required=True, help="http://host:port or grpc://host:port")
     accuracy.add_argument("--protocol", choices=("rest", "v2", "grpc"))
     _common(accuracy)
+    _data(accuracy)
     accuracy.add_argument("--version", type=int)
     accuracy.add_argument("--label")
     accuracy.add_argument("--batch-size", type=int, default=256)
@@ -258,18 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command in ("run", "sweep", "rate"):
+    if args.command in ("run", "sweep", "rate", "accuracy"):
         from benchmarks.prepare import DataMismatch, data_source
 
+        commands = {"run": _run, "sweep": _sweep, "rate": _rate, "accuracy": _accuracy}
         try:
             args.dataset = data_source(args.dataset, args.images, args.synthetic)
-            return {"run": _run, "sweep": _sweep, "rate": _rate}[args.command](args)
+            return commands[args.command](args)
         except DataMismatch as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    if args.command == "ceiling":
-        return _ceiling(args)
-    return _accuracy(args)
+    return _ceiling(args)
 
 
 def _run(args: argparse.Namespace) -> int:

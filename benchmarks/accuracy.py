@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.prepare import (
+    SYNTHETIC,
+    DataMismatch,
     find_model,
     load_test_set,
     model_to_dataset_classes,
@@ -113,14 +115,16 @@ def check_accuracy(config: AccuracyConfig) -> dict[str, Any]:
     """Run the check and return the results dict (``kind: accuracy`` in the schema)."""
     from rich.progress import Progress
 
-    images, labels, class_names = load_test_set(config.dataset)
+    onnx_name = ONNX_FILES[config.precision]
+    model_files = find_model(config.repository, config.model, config.version, onnx_name)
+    if config.dataset == SYNTHETIC:
+        raise DataMismatch("accuracy needs true labels: give --images DIR or --dataset")
+    images, labels, class_names = load_test_set(config.dataset, model_files)
     if config.limit and config.limit < len(images):
         # A seeded random subset, not the first N: MNIST's test set is ordered by writer group
         # and its first images are harder, which would bias the comparison with training.
         chosen = np.sort(np.random.default_rng(0).permutation(len(images))[: config.limit])
         images, labels = images[chosen], labels[chosen]
-    onnx_name = ONNX_FILES[config.precision]
-    model_files = find_model(config.repository, config.model, config.version, onnx_name)
     model_classes = model_files.class_names if model_files else None
     mapping = model_to_dataset_classes(
         model_classes, class_names, len(model_classes or class_names)

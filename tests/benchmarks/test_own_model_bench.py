@@ -140,3 +140,14 @@ def test_rate_against_a_target_that_answers_nothing_fails(own_repository, tmp_pa
     assert "nothing rest: FAILED, no answer to " in out
     assert "FAILURE: nothing rest: no answer to " in out
     assert results(tmp_path)["failure"] is True
+
+
+def test_accuracy_over_an_image_folder_equals_offline(
+    served, own_repository, image_folder, capsys
+) -> None:
+    args = ["accuracy", "--target", f"grpc://{served.grpc}", "--model", MODEL]
+    code = main([*args, "--repository", str(own_repository), "--images", str(image_folder)])
+    assert code == 0, capsys.readouterr().out
+    code = main([*args, "--repository", str(own_repository)])
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: the mnist test images are uint8 28x28x1")
