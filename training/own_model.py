@@ -218,7 +218,8 @@ def _load_keras(path: Path) -> SourceModel:
         kind="keras", path=path, handle=model,
         input_name=inputs[0].name, input_shape=_dims(inputs[0].shape),
         input_dtype=np.dtype(inputs[0].dtype),
-        output_name=outputs[0].name, output_shape=_dims(outputs[0].shape), predict=predict,
+        output_name=(getattr(model, "output_names", None) or [outputs[0].name])[0],
+        output_shape=_dims(outputs[0].shape), predict=predict,
     )  # fmt: skip
 
 

@@ -344,6 +344,41 @@ def test_saved_model_directory_exports_like_its_signature(tmp_path: Path, capsys
     assert "saved" in (repository / "models.config").read_text()
 
 
+def test_grayscale_keras_logits_get_a_softmax_in_every_file(tmp_path: Path, capsys) -> None:
+    import keras
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from training.own_model import softmax
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((24, 24, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    model.save(tmp_path / "gray.keras")
+    repository = tmp_path / "repo"
+    code, _, err = export(
+        capsys, "--from", str(tmp_path / "gray.keras"), "--name", "gray", "--class-names",
+        "x,y,z", "--scale", SCALE, "--softmax", "--repository", str(repository), "--no-fp16",
+    )  # fmt: skip
+    assert code == 0, err
+    images = np.random.default_rng(2).integers(0, 256, (4, 24, 24, 1), dtype=np.uint8)
+    expected = softmax(model.predict(images.astype(np.float32) / 255.0, verbose=0))
+    version_dir = repository / "gray" / "1"
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    saved = signature(image=tf.constant(images))["probabilities"].numpy()
+    session = ort.InferenceSession(
+        str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (onnx_answer,) = session.run(["probabilities"], {"image": images})
+    assert np.abs(saved - expected).max() <= TOLERANCE
+    assert np.abs(onnx_answer - expected).max() <= TOLERANCE
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    assert metadata["preprocessing"]["color_mode"] == "grayscale"
+    assert metadata["preprocessing"]["model_input"]["softmax_added"] is True
+    assert metadata["source"]["output"] == "logits"
+
+
 # --- refusals: one line naming what is wrong, nothing left behind -------------------------------------
 
 
