@@ -515,3 +515,23 @@ def test_a_checkpoint_of_another_model_is_refused_not_half_exported(tmp_path: Pa
     code, _, err = export(capsys, "--from", str(tmp_path / "mine.keras"), "--model", "lenet")
     assert code == 2
     assert err == "error: --from exports your model; --model/--checkpoint one of ours, not both\n"
+
+
+def test_the_command_line_refuses_in_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """As a user runs it: `python -m training export --from` in its own process."""
+    import subprocess
+    import sys
+
+    source = saved(tmp_path, onnx_flat_classifier())
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "export", "--from", str(source), "--name", "flat",
+         "--class-names", ",".join(CLASSES), "--repository", str(tmp_path / "repo")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: input 'input' has shape [-1, 3072]: an image classifier takes "
+        "[batch, height, width, channels] (or [batch, channels, height, width] with --layout "
+        "nchw)\n"
+    )
+    assert result.stdout == "" and not (tmp_path / "repo").exists()
