@@ -32,6 +32,8 @@ PROBES: dict[str, str] = {
     "grpc_aio_alone": "What does the gRPC transport cost alone (grpc.aio answering without "
     "parsing; a server to load with h2load)?",
     "grpc_floor": "How fast can grpc.aio refuse a flood at best (a server that refuses every call)?",
+    "precision_ab": "How much faster is int8 (or fp16) than fp32, in-process and through the "
+    "gateway, rounds interleaved?",
     "worker_kill": "What does a worker's death cost under load with --workers: requests lost "
     "per kill, time until its replacement is ready?",
     "naive_server": "What does a first attempt serve (FastAPI, one session.run per request): "
