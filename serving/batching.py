@@ -58,6 +58,48 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 
 
+@dataclass
+class InferenceStats:
+    """Cumulative counts of one version since it loaded, for V2's ModelStatistics: requests
+    that succeeded or failed (with their time inside ``DataPlane.predict``), rows inferred, and
+    the batches the model ran (count and compute time, overall and per batch size)."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    compute_ns: int = 0
+    #: wall-clock milliseconds of the last successful request (0: none yet)
+    last_inference_ms: int = 0
+    #: rows in a batch (before padding) -> [batches, compute ns]
+    batches: dict[int, list[int]] = field(default_factory=dict)
+
+    def note_request(self, ok: bool, ns: int, rows: int) -> None:
+        """One request out of ``DataPlane.predict``."""
+        if ok:
+            self.success_count += 1
+            self.success_ns += ns
+            self.inference_count += rows
+            self.last_inference_ms = time.time_ns() // 1_000_000
+        else:
+            self.fail_count += 1
+            self.fail_ns += ns
+
+    def note_batch(self, rows: int, seconds: float) -> None:
+        """One model execution of ``rows`` rows."""
+        ns = int(seconds * 1e9)
+        self.execution_count += 1
+        self.compute_ns += ns
+        entry = self.batches.get(rows)
+        if entry is None:
+            self.batches[rows] = [1, ns]
+        else:
+            entry[0] += 1
+            entry[1] += ns
+
+
 @dataclass(frozen=True)
 class BatchingConfig:
     """Per-model batching parameters. These defaults are the gateway settings' defaults too
@@ -172,6 +214,8 @@ class DynamicBatcher:
         self.version = version
         self.config = config
         self.metrics = metrics
+        #: cumulative counts for V2's ModelStatistics (requests counted by the dataplane)
+        self.stats = InferenceStats()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_bytes = 0
         # Refusal budget: each admission earns refusal_share of a refusal (up to a burst).
@@ -581,6 +625,7 @@ class DynamicBatcher:
                     item.future.set_exception(error)
             return
         outputs, seconds = done.result()
+        self.stats.note_batch(rows, seconds)
         if seconds > 0:
             rate = rows / seconds
             self._rows_per_s = rate if not self._rows_per_s else 0.9 * self._rows_per_s + 0.1 * rate

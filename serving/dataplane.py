@@ -156,10 +156,15 @@ class DataPlane:
         outputs_wanted = self._check_output_filter(mv, output_filter)
         validate_inputs(inputs, mv.runtime.inputs, self.input_limits, declared=declared)
         mv.inflight += 1
+        start, ok = time.perf_counter_ns(), False
         try:
             outputs = await mv.batcher.infer(inputs, deadline)
+            ok = True
         finally:
             mv.inflight -= 1
+            first = next(iter(inputs.values()), None) if ok else None
+            rows = (first.shape[0] if first.ndim else 1) if first is not None else 0
+            mv.batcher.stats.note_request(ok, time.perf_counter_ns() - start, rows)
         if outputs_wanted is not None:
             outputs = {name: outputs[name] for name in outputs_wanted}
         return outputs

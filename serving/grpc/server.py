@@ -18,12 +18,13 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from clients import wire
+from clients import v2_grpc, wire
 from clients.codec import ndarray_to_tensor_proto, numpy_dtype, tensor_proto_to_ndarray
 from serving.auth import DENIED_MESSAGE, ApiKeys
 from serving.codecs import tfserving_status
 from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, as_serving_error, bounded_message, shown
+from serving.grpc.inference import InferenceServicer
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
 from serving.validation import InputLimits, check_declared, describe_shape
@@ -31,6 +32,8 @@ from serving.validation import InputLimits, check_declared, describe_shape
 log = logging.getLogger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+#: every method bound by path: TF Serving's and KServe V2's (for the error boundary's parsing)
+METHODS = {**wire.METHODS, **v2_grpc.METHODS}
 #: the most bytes one element of a numeric tensor takes in a TensorProto, a varint's (complex
 #: elements take their itemsize)
 _LARGEST_VALUE_BYTES = 10
@@ -101,7 +104,7 @@ class PredictionServicer:
         """The one error boundary of the gRPC transport: parses the request (a malformed message
         is INVALID_ARGUMENT, not grpc's UNKNOWN), runs ``call``, maps every failure through the
         status table; only unexpected exceptions become INTERNAL with a logged request id."""
-        types = wire.METHODS[method]
+        types = METHODS[method]
         try:
             try:
                 request = types.request_type.FromString(raw)
@@ -205,7 +208,8 @@ class PredictionServicer:
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    """Requires an API key in the call's metadata (see ``serving.auth``); health is exempt."""
+    """Requires an API key in the call's metadata (see ``serving.auth``); health (gRPC's and
+    V2's ServerLive/ServerReady) is exempt."""
 
     def __init__(self, keys: ApiKeys, exempt_health: bool) -> None:
         self.keys = keys
@@ -225,7 +229,9 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method  # type: ignore[attr-defined]
-        if self.exempt_health and method.startswith(HEALTH_PREFIX):
+        if self.exempt_health and (
+            method.startswith(HEALTH_PREFIX) or method in v2_grpc.HEALTH_METHODS
+        ):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
         if self.keys.accepts(metadata.get("authorization"), metadata.get("x-api-key")):
@@ -236,7 +242,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 def build_grpc_server(
     dataplane: DataPlane, settings: ServingSettings
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """A grpc.aio server with TF Serving's services and the standard health service (not started)."""
+    """A grpc.aio server with TF Serving's services, KServe V2's ``GRPCInferenceService`` and
+    the standard health service (not started)."""
     interceptors = (
         [ApiKeyInterceptor(ApiKeys(settings.api_keys), settings.auth_exempt_health)]
         if settings.api_keys
@@ -262,7 +269,7 @@ def build_grpc_server(
     servicer = PredictionServicer(dataplane)
 
     def unary(method: str, handler: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
-        types = wire.METHODS[method]
+        types = METHODS[method]
         # No request deserializer: the handler parses, inside its error boundary (_guard).
         return grpc.unary_unary_rpc_method_handler(
             handler, response_serializer=types.response_type.SerializeToString
@@ -282,6 +289,15 @@ def build_grpc_server(
             grpc.method_handlers_generic_handler(
                 wire.MODEL_SERVICE,
                 {"GetModelStatus": unary(wire.GET_MODEL_STATUS_METHOD, servicer.get_model_status)},
+            ),
+            grpc.method_handlers_generic_handler(
+                v2_grpc.SERVICE,
+                {
+                    name: unary(f"/{v2_grpc.SERVICE}/{name}", handler)
+                    for name, handler in InferenceServicer(dataplane, servicer._guard)
+                    .handlers()
+                    .items()
+                },
             ),
         )
     )
