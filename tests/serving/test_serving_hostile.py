@@ -1,6 +1,6 @@
 """Hostile input, as an outside tester would send it: every malformed, oversized or lying request
 gets its documented 4xx and a message naming the problem, over TF Serving REST, KServe V2 (JSON
-and binary), the image endpoint (raw and multipart) and gRPC; none allocates what it merely
+and binary), the image endpoint (raw and multipart), TF Serving gRPC and KServe V2 gRPC; none allocates what it merely
 claims; and afterwards the gateway is healthy, its memory within 50 MB of where it started and
 its metrics free of the bogus model names it was sent.
 
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import wire
+from clients import v2_grpc, wire
 from tests.metrics_text import metric_samples
 from tests.serving.serving_harness import GatewayProcess, predict_call
 from tests.tiny_models import any_size_classifier, lenet_like, write_models_config, write_version
@@ -80,6 +80,9 @@ def send_good_requests(gateway: GatewayProcess) -> None:
     with grpc.insecure_channel(gateway.grpc_target) as channel:
         request = wire.PredictRequest.FromString(predict_request(("image", GOOD_TENSOR)))
         assert "probabilities" in predict_call(channel)(request, timeout=10).outputs
+        infer = channel.unary_unary(v2_grpc.MODEL_INFER_METHOD)
+        answer = v2_grpc.ModelInferResponse.FromString(infer(infer_request(), timeout=10))
+        assert [len(raw) for raw in answer.raw_output_contents] == [40]
 
 
 # --- bodies -------------------------------------------------------------------------------------
@@ -505,6 +508,85 @@ GRPC_CASES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
     ("input-name-100kb-bad-dtype", wire.PREDICT_METHOD, predict_request(("x" * 100_000, tensor(9999, IMAGE_DIMS))), grpc.StatusCode.INVALID_ARGUMENT, "(100000 characters)'"),
     ("message-over-limit", wire.PREDICT_METHOD, predict_request(("image", wire.TensorProto(dtype=DT.DT_UINT8, tensor_content=bytes(MAX_BODY + 1)))), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
 ]  # fmt: skip
+
+
+# --- KServe V2 over gRPC (inference.GRPCInferenceService) ----------------------------------------
+def infer_request(
+    *inputs: tuple[str, str, list[int]],
+    raw: list[bytes] | None = None,
+    model: str = MODEL,
+    version: str = "",
+    **contents: list[Any],
+) -> bytes:
+    """A ModelInferRequest; by default one good image in raw_input_contents. ``contents``: typed
+    values for the first input (``uint_contents=[...]``)."""
+    request = v2_grpc.ModelInferRequest(model_name=model, model_version=version)
+    for name, datatype, shape in inputs or [("image", "UINT8", IMAGE_DIMS)]:
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+    for field, values in contents.items():
+        getattr(request.inputs[0].contents, field).extend(values)
+    if raw is None and not contents:
+        raw = [bytes(784)]
+    request.raw_input_contents.extend(raw or [])
+    return request.SerializeToString()
+
+
+def with_parameter(request_bytes: bytes, key: str, **value: Any) -> bytes:
+    request = v2_grpc.ModelInferRequest.FromString(request_bytes)
+    request.parameters[key].CopyFrom(v2_grpc.InferParameter(**value))
+    return request.SerializeToString()
+
+
+def with_output(request_bytes: bytes, name: str) -> bytes:
+    request = v2_grpc.ModelInferRequest.FromString(request_bytes)
+    request.outputs.add(name=name)
+    return request.SerializeToString()
+
+
+INFER_V2 = v2_grpc.MODEL_INFER_METHOD
+IMG = ("image", "UINT8", IMAGE_DIMS)
+V2_GRPC_CASES: list[tuple[str, str, bytes, grpc.StatusCode, str]] = [
+    ("v2-shape-product-wraps-int64", INFER_V2, infer_request(("image", "UINT8", [1, 2**62, 2**62, 1]), raw=[bytes(784)], model=ANY_SIZE), grpc.StatusCode.INVALID_ARGUMENT, "the limit is 1048576 bytes per input"),
+    ("v2-shape-2e40-rows", INFER_V2, infer_request(("image", "UINT8", [2**40, 28, 28, 1]), raw=[bytes(784)]), grpc.StatusCode.INVALID_ARGUMENT, "batch of 1099511627776 rows"),
+    ("v2-shape-negative", INFER_V2, infer_request(("image", "UINT8", [-1, 28, 28, 1])), grpc.StatusCode.INVALID_ARGUMENT, "negative dimension"),
+    ("v2-shape-10000-dimensions", INFER_V2, infer_request(("image", "UINT8", [1] * 10_000)), grpc.StatusCode.INVALID_ARGUMENT, "... (10000 dimensions)]"),
+    ("v2-raw-shorter-than-shape", INFER_V2, infer_request(IMG, raw=[bytes(783)]), grpc.StatusCode.INVALID_ARGUMENT, "783 bytes in raw_input_contents, but UINT8 [1, 28, 28, 1] needs 784"),
+    ("v2-raw-longer-than-shape", INFER_V2, infer_request(IMG, raw=[bytes(785)]), grpc.StatusCode.INVALID_ARGUMENT, "785 bytes in raw_input_contents"),
+    ("v2-raw-2-entries-1-input", INFER_V2, infer_request(IMG, raw=[bytes(784), bytes(784)]), grpc.StatusCode.INVALID_ARGUMENT, "2 entries for 1 inputs"),
+    ("v2-raw-and-typed", INFER_V2, infer_request(IMG, raw=[bytes(784)], uint_contents=[0] * 784), grpc.StatusCode.INVALID_ARGUMENT, "send one kind"),
+    ("v2-no-data", INFER_V2, infer_request(IMG, raw=[]), grpc.StatusCode.INVALID_ARGUMENT, "0 values in uint_contents"),
+    ("v2-typed-short", INFER_V2, infer_request(IMG, uint_contents=[0] * 10), grpc.StatusCode.INVALID_ARGUMENT, "10 values in uint_contents, but its shape needs 784"),
+    ("v2-typed-long", INFER_V2, infer_request(IMG, uint_contents=[0] * 785), grpc.StatusCode.INVALID_ARGUMENT, "785 values in uint_contents"),
+    ("v2-typed-wrong-field", INFER_V2, infer_request(IMG, fp32_contents=[0.0] * 784), grpc.StatusCode.INVALID_ARGUMENT, "belong in uint_contents, not fp32_contents"),
+    ("v2-typed-uint8-300", INFER_V2, infer_request(IMG, uint_contents=[300] * 784), grpc.StatusCode.INVALID_ARGUMENT, "out of range for UINT8 [0, 255]"),
+    ("v2-wrong-datatype", INFER_V2, infer_request(("image", "FP32", IMAGE_DIMS), raw=[bytes(4 * 784)]), grpc.StatusCode.INVALID_ARGUMENT, "expects dtype uint8, received float32"),
+    ("v2-unknown-datatype", INFER_V2, infer_request(("image", "UINT9", IMAGE_DIMS)), grpc.StatusCode.INVALID_ARGUMENT, "unknown datatype 'UINT9'"),
+    ("v2-datatype-100kb", INFER_V2, infer_request(("image", "X" * 100_000, IMAGE_DIMS)), grpc.StatusCode.INVALID_ARGUMENT, "(100000 characters)'"),
+    ("v2-10000-inputs-same-name", INFER_V2, infer_request(*[IMG] * 10_000, raw=[]), grpc.StatusCode.INVALID_ARGUMENT, "request has 10000 inputs; model takes 1"),
+    ("v2-10000-inputs-distinct", INFER_V2, infer_request(*[(f"i{n}", "UINT8", [1]) for n in range(10_000)], raw=[]), grpc.StatusCode.INVALID_ARGUMENT, "request has 10000 inputs"),
+    ("v2-input-twice", INFER_V2, infer_request(IMG, ("image", "UINT8", IMAGE_DIMS), raw=[bytes(784)] * 2, model=MODEL), grpc.StatusCode.INVALID_ARGUMENT, "request has 2 inputs; model takes 1"),
+    ("v2-unknown-input", INFER_V2, infer_request(("pixels", "UINT8", IMAGE_DIMS)), grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'pixels'"),
+    ("v2-missing-input", INFER_V2, v2_grpc.ModelInferRequest(model_name=MODEL).SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "missing input 'image'"),
+    ("v2-unknown-output", INFER_V2, with_output(infer_request(), "logits"), grpc.StatusCode.INVALID_ARGUMENT, "unknown output 'logits'"),
+    ("v2-shared-memory", INFER_V2, with_parameter(infer_request(), "shared_memory_region", string_param="r"), grpc.StatusCode.INVALID_ARGUMENT, "shared-memory inputs and outputs are not supported"),
+    ("v2-sequence", INFER_V2, with_parameter(infer_request(), "sequence_id", int64_param=3), grpc.StatusCode.INVALID_ARGUMENT, "sequence batching is not supported"),
+    ("v2-timeout-negative", INFER_V2, with_parameter(infer_request(), "timeout", int64_param=-5), grpc.StatusCode.INVALID_ARGUMENT, "positive int64 of microseconds"),
+    ("v2-unknown-model", INFER_V2, infer_request(model="nope"), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
+    ("v2-model-name-100kb", INFER_V2, infer_request(model="m" * 100_000), grpc.StatusCode.NOT_FOUND, "(100000 characters)"),
+    ("v2-unknown-version", INFER_V2, infer_request(version="77"), grpc.StatusCode.NOT_FOUND, "version 77 of model 'lenet' not found"),
+    ("v2-version-not-a-number", INFER_V2, infer_request(version="latest"), grpc.StatusCode.INVALID_ARGUMENT, "model version 'latest' is not a non-negative integer"),
+    ("v2-version-5000-digits", INFER_V2, infer_request(version="9" * 5000), grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
+    ("v2-garbage-bytes", INFER_V2, b"\xff\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "not a valid ModelInferRequest"),
+    ("v2-truncated-message", INFER_V2, infer_request()[:-3], grpc.StatusCode.INVALID_ARGUMENT, "not a valid ModelInferRequest"),
+    ("v2-empty-message", INFER_V2, b"", grpc.StatusCode.NOT_FOUND, "model '' not found"),
+    ("v2-message-over-limit", INFER_V2, infer_request(IMG, raw=[bytes(MAX_BODY + 1)]), grpc.StatusCode.RESOURCE_EXHAUSTED, "larger than max"),
+    ("v2-metadata-unknown-model", v2_grpc.MODEL_METADATA_METHOD, v2_grpc.ModelMetadataRequest(name="nope").SerializeToString(), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
+    ("v2-metadata-unknown-version", v2_grpc.MODEL_METADATA_METHOD, v2_grpc.ModelMetadataRequest(name=MODEL, version="9").SerializeToString(), grpc.StatusCode.NOT_FOUND, "version 9"),
+    ("v2-statistics-unknown-model", v2_grpc.MODEL_STATISTICS_METHOD, v2_grpc.ModelStatisticsRequest(name="nope").SerializeToString(), grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
+    ("v2-statistics-unknown-version", v2_grpc.MODEL_STATISTICS_METHOD, v2_grpc.ModelStatisticsRequest(name=MODEL, version="9").SerializeToString(), grpc.StatusCode.NOT_FOUND, "version 9"),
+    ("v2-ready-bad-version", v2_grpc.MODEL_READY_METHOD, v2_grpc.ModelReadyRequest(name=MODEL, version="x").SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT, "model version 'x'"),
+]  # fmt: skip
+GRPC_CASES += V2_GRPC_CASES
 
 
 @pytest.mark.parametrize(
