@@ -55,8 +55,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     version.add_argument("--label", help="model version label, e.g. stable (TF Serving)")
     parser.add_argument(
         "--protocol",
-        choices=["rest", "v2", "grpc"],
-        help="rest (TF Serving REST, default for http), v2 (KServe V2 binary), grpc (grpc:// only)",
+        choices=["rest", "v2", "grpc", "v2-grpc"],
+        help="rest (TF Serving REST, default for http), v2 (KServe V2 binary), grpc (TF Serving "
+        "gRPC) or v2-grpc (KServe V2 over gRPC); the last two with grpc:// only",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (10)")
     parser.add_argument("--retries", type=int, default=3, help="attempts on 503/429 (3)")

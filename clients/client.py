@@ -6,8 +6,9 @@ Public API:
   bearer_token=None, api_key_header="x-api-key", ca_cert=None, transport=None,
   rest_format="columnar", class_names=None)``: ``target`` is ``http://host:port``,
   ``https://...``, ``grpc://host:port`` or ``grpcs://host:port``; ``protocol`` is ``"rest"`` (TF
-  Serving REST, the HTTP default), ``"v2"`` (KServe V2 with binary tensors) or ``"grpc"`` (implied
-  by the scheme).
+  Serving REST, the HTTP default), ``"v2"`` (KServe V2 with binary tensors), ``"grpc"`` (TF
+  Serving gRPC, implied by the scheme) or ``"v2-grpc"`` (KServe V2 over gRPC, raw tensors; a
+  ``grpc://`` target).
 - ``AsyncClient``: the same, every call awaitable; ``transport`` is an ``httpx.AsyncBaseTransport``
   (e.g. ``httpx.ASGITransport(app)`` for an in-process server).
 - Methods: ``predict(model, inputs, *, version=None, label=None, signature="serving_default",
@@ -62,6 +63,7 @@ from clients.protocols import (
     RestProtocol,
     SignatureInfo,
     TensorSpec,
+    V2GrpcProtocol,
     V2Protocol,
     single_output,
 )
@@ -177,19 +179,23 @@ class _Settings:
     ) -> None:
         self.target = _parse_target(target)
         chosen = protocol or ("grpc" if self.target.is_grpc else "rest")
-        if self.target.is_grpc != (chosen == "grpc"):
+        if self.target.is_grpc != (chosen in ("grpc", "v2-grpc")):
             raise ValueError(
                 f"protocol {chosen!r} does not go with a {self.target.scheme}:// target"
             )
-        self.protocol: RestProtocol | V2Protocol | GrpcProtocol
+        self.protocol: RestProtocol | V2Protocol | GrpcProtocol | V2GrpcProtocol
         if chosen == "rest":
             self.protocol = RestProtocol(rest_format)
         elif chosen == "v2":
             self.protocol = V2Protocol()
         elif chosen == "grpc":
             self.protocol = GrpcProtocol()
+        elif chosen == "v2-grpc":
+            self.protocol = V2GrpcProtocol()
         else:
-            raise ValueError(f"protocol must be 'rest', 'v2' or 'grpc', not {protocol!r}")
+            raise ValueError(
+                f"protocol must be 'rest', 'v2', 'grpc' or 'v2-grpc', not {protocol!r}"
+            )
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
         self.ca_cert = Path(ca_cert) if ca_cert is not None else None

@@ -11,6 +11,7 @@ Public API (for tools and tests; most users want ``clients.Client``):
 - ``RestProtocol(rest_format="columnar"|"row")``: TF Serving REST (``/v1/models/...``).
 - ``V2Protocol()``: KServe V2 REST with binary tensors.
 - ``GrpcProtocol()``: TF Serving gRPC (PredictionService / ModelService).
+- ``V2GrpcProtocol()``: KServe V2 over gRPC (``inference.GRPCInferenceService``), raw tensors.
 - ``rest_predict_body(inputs, signature, rest_format) -> dict`` and
   ``rest_predict_outputs(body) -> ndarray | dict``: TF Serving's JSON shapes (``instances`` /
   ``inputs``, ``predictions`` / ``outputs``, ``{"b64": ...}`` for bytes).
@@ -30,7 +31,7 @@ from urllib.parse import quote
 import numpy as np
 from google.protobuf.message import Message
 
-from clients import codec, v2, wire
+from clients import codec, v2, v2_grpc, wire
 from clients.codec import TensorSpec
 from clients.errors import InternalError, InvalidInput, Status
 
@@ -562,6 +563,108 @@ class GrpcProtocol:
     def ready(self) -> None:
         """TF Serving's gRPC API has no server-wide readiness: ask per model."""
         return None
+
+
+# --- KServe V2 gRPC ------------------------------------------------------------------------------
+
+
+def _metadata_from_v2_grpc(
+    response: v2_grpc.ModelMetadataResponse, version: int | None
+) -> ModelMetadata:
+    def specs(entries: Any) -> dict[str, TensorSpec]:
+        found = {}
+        for entry in entries:
+            try:
+                dtype = codec.numpy_dtype_from_v2(entry.datatype)
+            except TypeError:
+                dtype = UNKNOWN_DTYPE
+            found[entry.name] = TensorSpec(entry.name, dtype, tuple(int(d) for d in entry.shape))
+        return found
+
+    versions = [int(v) for v in response.versions if v.isdigit()]
+    return ModelMetadata(
+        name=response.name,
+        version=version if version is not None else (max(versions) if versions else None),
+        signatures={
+            wire.DEFAULT_SIGNATURE: SignatureInfo(
+                specs(response.inputs), specs(response.outputs), wire.PREDICT_SIGNATURE_METHOD
+            )
+        },
+    )
+
+
+class V2GrpcProtocol:
+    """KServe V2 over gRPC (Triton's, KServe's and MLServer's service), raw tensors both ways."""
+
+    needs_input_names = True
+
+    @staticmethod
+    def _version(version: int | None, label: str | None) -> str:
+        if label is not None:
+            raise InvalidInput("KServe V2 has no version labels: give a version number")
+        return "" if version is None else str(version)
+
+    def predict(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        version: int | None,
+        label: str | None,
+        signature: str | None,
+        output_filter: list[str] | None,
+    ) -> GrpcCall[Outputs]:
+        """``inference.GRPCInferenceService/ModelInfer`` with ``raw_input_contents``."""
+        self._version(version, label)
+        request = v2_grpc.build_infer_request(model, inputs, version=version, outputs=output_filter)
+
+        def parse(response: v2_grpc.ModelInferResponse) -> Outputs:
+            try:
+                return v2_grpc.infer_outputs(response)
+            except (ValueError, TypeError) as error:
+                raise InternalError(f"malformed ModelInferResponse: {error}") from None
+
+        return GrpcCall(v2_grpc.MODEL_INFER_METHOD, request, v2_grpc.ModelInferResponse, parse)
+
+    def metadata(
+        self, model: str, version: int | None, label: str | None
+    ) -> GrpcCall[ModelMetadata]:
+        """``ModelMetadata`` (inputs, outputs and versions; V2 carries no class names)."""
+        request = v2_grpc.ModelMetadataRequest(name=model, version=self._version(version, label))
+        return GrpcCall(
+            v2_grpc.MODEL_METADATA_METHOD,
+            request,
+            v2_grpc.ModelMetadataResponse,
+            lambda reply: _metadata_from_v2_grpc(reply, version),
+        )
+
+    def status(
+        self, model: str, version: int | None, label: str | None
+    ) -> GrpcCall[list[ModelVersionState]]:
+        """``ModelReady``: one entry, AVAILABLE when ready."""
+        request = v2_grpc.ModelReadyRequest(name=model, version=self._version(version, label))
+
+        def parse(reply: v2_grpc.ModelReadyResponse) -> list[ModelVersionState]:
+            return [ModelVersionState(version, "AVAILABLE" if reply.ready else "UNAVAILABLE")]
+
+        return GrpcCall(v2_grpc.MODEL_READY_METHOD, request, v2_grpc.ModelReadyResponse, parse)
+
+    def live(self) -> GrpcCall[bool]:
+        """``ServerLive``."""
+        return GrpcCall(
+            v2_grpc.SERVER_LIVE_METHOD,
+            v2_grpc.ServerLiveRequest(),
+            v2_grpc.ServerLiveResponse,
+            lambda reply: bool(reply.live),
+        )
+
+    def ready(self) -> GrpcCall[bool]:
+        """``ServerReady``."""
+        return GrpcCall(
+            v2_grpc.SERVER_READY_METHOD,
+            v2_grpc.ServerReadyRequest(),
+            v2_grpc.ServerReadyResponse,
+            lambda reply: bool(reply.ready),
+        )
 
 
 def single_output(outputs: Outputs) -> Outputs:
