@@ -55,6 +55,18 @@ class ExportError(RuntimeError):
 
 
 @dataclass
+class Int8Request:
+    """An int8 file for the export (``training.quantize``): the images its activation ranges are
+    calibrated on, and the labelled test set whose accuracy gates it."""
+
+    calibration: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    calibrated_on: str  # recorded in metadata.json, e.g. "256 mnist training images, seed 42"
+    max_drop_points: float = 0.5
+
+
+@dataclass
 class ExportRequest:
     """What to export and the facts to record with it in metadata.json."""
 
@@ -73,6 +85,8 @@ class ExportRequest:
     input_shape: tuple[int, ...] | None = None
     #: Where a model the user brought came from (`python -m training export --from`).
     source: dict[str, Any] | None = None
+    #: Also `model.int8.onnx`, dropped (the reason recorded) when its accuracy gate fails.
+    int8: Int8Request | None = None
 
 
 # --- versions and repository configuration -------------------------------------------------------
@@ -429,6 +443,8 @@ def build_metadata(
         files = {"saved_model": "saved_model.pb", **files}
     if (staging / "model.fp16.onnx").is_file():
         files["onnx_fp16"] = "model.fp16.onnx"
+    if (staging / "model.int8.onnx").is_file():
+        files["onnx_int8"] = "model.int8.onnx"
     if (staging / "assets.extra" / "tf_serving_warmup_requests").is_file():
         files["tf_serving_warmup"] = "assets.extra/tf_serving_warmup_requests"
     preprocessing = {
@@ -525,8 +541,15 @@ def gate_and_publish(
     """
     try:
         parity = run_parity_gate(staging, request.parity_images, reference, reference_name)
+        int8 = None
+        if request.int8 is not None:
+            from training.quantize import add_int8
+
+            int8 = add_int8(staging, request.int8)
         chosen = version if version is not None else next_version(staging.parent)
         metadata = build_metadata(model, request, chosen, parity, staging)
+        if int8 is not None:
+            metadata["int8"] = int8
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

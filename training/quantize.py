@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import shutil
 import uuid
 from collections import Counter
@@ -32,6 +33,7 @@ import numpy as np
 from training.export import (
     DEFAULT_SERVING_BASE_PATH,
     INPUT_NAME,
+    Int8Request,
     existing_versions,
     library_versions,
     next_version,
@@ -48,6 +50,15 @@ OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 class QuantizationError(RuntimeError):
     """The int8 file failed its gate or could not be made; nothing was published."""
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def quantize_file(fp32: Path, output: Path, calibration: np.ndarray) -> dict[str, int]:
@@ -68,11 +79,18 @@ def quantize_file(fp32: Path, output: Path, calibration: np.ndarray) -> dict[str
             batch = next(self._batches, None)
             return None if batch is None else {INPUT_NAME: batch}
 
-    quantize_static(
-        str(fp32), str(output), Reader(), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-        op_types_to_quantize=list(OP_TYPES),
-    )  # fmt: skip
+    # ONNX Runtime advises its pre-processing step on the root logger at every call; our graphs
+    # come from tf2onnx already optimised, so the advice is noise in the export's output.
+    advice = _DropMessages("pre-process")
+    logging.getLogger().addFilter(advice)
+    try:
+        quantize_static(
+            str(fp32), str(output), Reader(), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+            op_types_to_quantize=list(OP_TYPES),
+        )  # fmt: skip
+    finally:
+        logging.getLogger().removeFilter(advice)
     graph = onnx.load(str(output)).graph
     dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     return dict(
@@ -116,6 +134,45 @@ def gate(
     return report
 
 
+SCHEME = "ONNX Runtime static QDQ: int8 weights per channel, uint8 activations"
+
+
+def int8_request(
+    dataset: Any, seed: int, calibration_images: int = CALIBRATION_IMAGES,
+    max_drop_points: float = MAX_DROP_POINTS,
+) -> Int8Request:  # fmt: skip
+    """Calibration on ``calibration_images`` training images picked with ``seed``, the gate on
+    the whole test set (``dataset``: a ``training.data.Dataset``)."""
+    picks = np.random.default_rng(seed).choice(len(dataset.x_train), calibration_images, False)
+    return Int8Request(
+        dataset.x_train[np.sort(picks)], dataset.x_test, dataset.y_test,
+        f"{calibration_images} {dataset.name} training images, seed {seed}", max_drop_points,
+    )  # fmt: skip
+
+
+def refusal(report: dict[str, Any]) -> str:
+    """Why an int8 file failed its gate, in one line."""
+    return (
+        f"int8 accuracy {report['accuracy_int8'] * 100:.2f}% is {report['drop_points']:.2f} "
+        f"points below fp32's {report['accuracy_fp32'] * 100:.2f}% on the "
+        f"{report['images']:,} test images (at most {report['max_drop_points']:g} allowed)"
+    )
+
+
+def add_int8(staging: Path, request: Int8Request) -> dict[str, Any]:
+    """Quantize a staged export's model.onnx and gate it; a failing file is removed and the
+    record says why (the fp32 and fp16 files are published all the same)."""
+    ops = quantize_file(staging / "model.onnx", staging / INT8_FILE, request.calibration)
+    report = gate(staging / "model.onnx", staging / INT8_FILE, request.test_images,
+                  request.test_labels, request.max_drop_points)  # fmt: skip
+    record: dict[str, Any] = {"calibration": request.calibrated_on, "scheme": SCHEME,
+                              "quantized_ops": ops, "gate": report}  # fmt: skip
+    if not report["passed"]:
+        (staging / INT8_FILE).unlink()
+        record["dropped"] = refusal(report)
+    return record
+
+
 def quantize_version(
     repository: Path,
     model: str,
@@ -149,11 +206,13 @@ def quantize_version(
         from training.data import load_dataset
 
         dataset = load_dataset(dataset_name)
-        images, labels = dataset.x_test, dataset.y_test
+        plan = int8_request(dataset, seed, calibration_images, max_drop_points)
+        images, labels = plan.test_images, plan.test_labels
+        calibrated_on = plan.calibrated_on
         if calibration is None:
-            picks = rng.choice(len(dataset.x_train), calibration_images, replace=False)
-            calibration = dataset.x_train[np.sort(picks)]
-        calibrated_on = f"{len(calibration)} {dataset_name} training images, seed {seed}"
+            calibration = plan.calibration
+        else:
+            calibrated_on = f"{len(calibration)} images given by the caller"
     else:
         if not allow_ungated:
             raise QuantizationError(
@@ -170,12 +229,7 @@ def quantize_version(
         quantized_ops = quantize_file(staging / "model.onnx", staging / INT8_FILE, calibration)
         report = gate(staging / "model.onnx", staging / INT8_FILE, images, labels, max_drop_points)
         if report["passed"] is False:
-            raise QuantizationError(
-                f"int8 accuracy {report['accuracy_int8'] * 100:.2f}% is "
-                f"{report['drop_points']:.2f} points below fp32's "
-                f"{report['accuracy_fp32'] * 100:.2f}% on the {report['images']:,} test images "
-                f"(at most {max_drop_points:g} allowed): not published"
-            )
+            raise QuantizationError(f"{refusal(report)}: not published")
         chosen = next_version(model_dir)
         metadata.update(
             version=chosen,
@@ -186,7 +240,7 @@ def quantize_version(
         metadata["int8"] = {
             "derived_from_version": source_version,
             "calibration": calibrated_on,
-            "scheme": "ONNX Runtime static QDQ: int8 weights per channel, uint8 activations",
+            "scheme": SCHEME,
             "quantized_ops": quantized_ops,
             "gate": report if report["passed"] is not None else {**report, "passed": "ungated"},
         }

@@ -38,6 +38,7 @@ from training.evaluate import (
 )
 from training.export import MIN_PARITY_IMAGES, ExportRequest, export_model
 from training.models import RESNET_STEMS, build_model
+from training.quantize import int8_request
 
 CONFUSION_IMAGE_MAX_EXAMPLES = 2000
 SCHEDULES = ("constant", "cosine", "plateau")
@@ -83,6 +84,7 @@ class TrainConfig:
     time_budget_minutes: float | None = None  # stop cleanly before an epoch that would overrun
     export: bool = True
     fp16: bool = True
+    int8: bool = False  # also model.int8.onnx, behind its accuracy gate (training.quantize)
     serving_base_path: str = "/models"
     schedule: str = "constant"  # constant, cosine (after warmup_epochs of linear warm-up), plateau
     warmup_epochs: int = 0
@@ -630,6 +632,7 @@ def export_trained(
         preprocessing=preprocessing,
         training={**asdict(config), "seconds_per_epoch": round(seconds_per_epoch, 2)},
         fp16=config.fp16,
+        int8=int8_request(dataset, config.seed) if config.int8 else None,
     )
     return export_model(
         model, request, Path(config.repository), config.version, config.serving_base_path
@@ -650,4 +653,12 @@ def _print_export(version_dir: Path, metadata: dict[str, Any]) -> None:
         )
         if "dropped" in fp16:
             line += f" (fp16 file dropped: {fp16['dropped']})"
+    if "int8" in metadata:
+        int8 = metadata["int8"]
+        line += (
+            f"; int8 accuracy {int8['gate']['accuracy_int8'] * 100:.2f}% against fp32's "
+            f"{int8['gate']['accuracy_fp32'] * 100:.2f}%"
+        )
+        if "dropped" in int8:
+            line += " (int8 file dropped: more than allowed below fp32)"
     print(line, flush=True)

@@ -79,3 +79,57 @@ def test_the_command_line(repository: Path) -> None:
                              text=True, timeout=300)  # fmt: skip
     assert missing.returncode == 4
     assert missing.stderr.strip() == f"error: no published version of 'nope' under {repository}"
+
+
+def test_export_int8_in_the_same_version_or_dropped_with_the_reason(
+    exported_lenet, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`export --int8`: model.int8.onnx inside the exported version, gated on the test set; and
+    --int8 without a labelled test set (a model the user brings) is refused up front."""
+    result, _ = exported_lenet
+    checkpoint = result.run_dir / "checkpoints" / "best_val_loss.keras"
+    repository = tmp_path / "repo"
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "export", "--model", "lenet", "--checkpoint",
+         str(checkpoint), "--dataset", "mnist", "--repository", str(repository), "--int8",
+         "--no-fp16"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"; int8 accuracy \d+\.\d\d% against fp32's \d+\.\d\d%", done.stdout)
+    version = repository / "lenet" / "1"
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert (version / "model.int8.onnx").is_file()
+    assert metadata["files"]["onnx_int8"] == "model.int8.onnx"
+    assert metadata["int8"]["calibration"] == "256 mnist training images, seed 42"
+    assert metadata["int8"]["gate"]["passed"] is True
+    refused = subprocess.run(
+        [sys.executable, "-m", "training", "export", "--from", str(version / "model.onnx"),
+         "--name", "mine", "--class-names", ",".join("0123456789"), "--repository",
+         str(repository), "--int8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: --int8 needs a labelled test set to gate on")
+    assert not (repository / "mine").exists()
+
+
+def test_a_failing_int8_file_is_dropped_and_the_version_still_published(tmp_path: Path) -> None:
+    """add_int8 on a staged export: a quantization that fails its gate (blank calibration) is
+    removed, the reason kept for metadata.json; fp32 is unaffected."""
+    from tests.tiny_models import lenet_like, reference_predict, write_version
+    from training.export import Int8Request
+    from training.quantize import add_int8
+
+    staging = write_version(tmp_path, "m", 1, lenet_like())
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (500, 28, 28, 1), dtype=np.uint8)
+    labels = reference_predict(staging / "model.onnx", images).argmax(1)  # fp32 scores 100%
+    blank = Int8Request(np.zeros((8, 28, 28, 1), np.uint8), images, labels, "8 blank images")
+    record = add_int8(staging, blank)
+    assert not (staging / "model.int8.onnx").exists() and (staging / "model.onnx").exists()
+    assert record["gate"]["passed"] is False and record["gate"]["accuracy_fp32"] == 1.0
+    assert (
+        record["dropped"].startswith("int8 accuracy ")
+        and "below fp32's 100.00%" in record["dropped"]
+    )
