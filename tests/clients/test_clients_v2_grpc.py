@@ -8,13 +8,14 @@ import io
 import json
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
-from clients import AsyncClient, Client
+from clients import AsyncClient, Client, v2_grpc
 from clients.cli import main
 from clients.errors import InvalidInput, ModelNotFound
-from tests.clients.gateways import MODEL, reference
+from tests.clients.gateways import BROKEN, MODEL, SLOW, full_queue, reference
 from tests.serving.serving_harness import RunningGateway
 from tests.tiny_models import sample_images
 
@@ -93,3 +94,34 @@ def test_cli_predict_status_metadata_with_protocol_v2_grpc(
     assert metadata["signatures"]["serving_default"]["inputs"]["image"]["dtype"] == "uint8"
     assert main(["status", *common[:4], "--model", "missing", "--json"]) == 0
     assert "UNAVAILABLE" in capsys.readouterr().out  # ModelReady: not ready, as Triton answers
+
+
+def _raw_infer(target: str, request: bytes, timeout: float) -> grpc.RpcError | None:
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary(v2_grpc.MODEL_INFER_METHOD)(request, timeout=timeout)
+        except grpc.RpcError as error:
+            return error
+    return None
+
+
+def test_v2_grpc_full_queue_is_resource_exhausted_with_retry_pushback(
+    busy_gateway: RunningGateway,
+) -> None:
+    request = v2_grpc.build_infer_request(SLOW, {"image": sample_images(1)}).SerializeToString()
+    with full_queue(busy_gateway):
+        error = _raw_infer(busy_gateway.grpc_target, request, timeout=30)
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    pushback = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    assert int(pushback["grpc-retry-pushback-ms"]) > 0
+
+
+def test_v2_grpc_deadline_and_unavailable_versions(troubled_gateway: RunningGateway) -> None:
+    images = sample_images(1)
+    late = v2_grpc.build_infer_request(SLOW, {"image": images}).SerializeToString()
+    error = _raw_infer(troubled_gateway.grpc_target, late, timeout=30)
+    assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    broken = v2_grpc.build_infer_request(BROKEN, {"image": images}).SerializeToString()
+    error = _raw_infer(troubled_gateway.grpc_target, broken, timeout=30)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert "no version ready" in (error.details() or "")  # type: ignore[attr-defined]

@@ -138,6 +138,9 @@ def test_tritonclient_reads_readiness_metadata_and_statistics(triton: object) ->
     with pytest.raises(InferenceServerException) as refused:
         client.get_inference_statistics("nope")  # type: ignore[attr-defined]
     assert refused.value.status() == "StatusCode.NOT_FOUND"
+    with pytest.raises(InferenceServerException) as refused:
+        client.get_model_config(MODEL)  # type: ignore[attr-defined]
+    assert refused.value.status() == "StatusCode.UNIMPLEMENTED"  # not served: said so
 
 
 def test_v2_grpc_requests_are_counted_under_their_own_protocol(
