@@ -38,6 +38,8 @@ PROBES: dict[str, str] = {
     "per kill, time until its replacement is ready?",
     "naive_server": "What does a first attempt serve (FastAPI, one session.run per request): "
     "the baseline the gateway is compared with",
+    "v2_grpc_speed": "How fast is KServe V2 over gRPC against the gateway's TF Serving gRPC and "
+    "grpc.aio alone (h2load, rounds interleaved)?",
 }
 
 #: probes not (yet) moved here, run as ``python -m benchmarks.NAME``

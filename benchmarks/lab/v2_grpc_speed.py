@@ -9,7 +9,7 @@ in flight: ``ModelInfer`` with ``raw_input_contents``, TF Serving ``Predict`` wi
 median round is reported, so a neighbour's burst hits all alike. gRPC statuses come from the
 gateway's request counter (h2load sees only HTTP/2's 200).
 
-    python -m benchmarks.v2_grpc_speed [--duration 5] [--rounds 3] [--concurrency 32]
+    python -m benchmarks.lab.v2_grpc_speed [--duration 5] [--rounds 3] [--concurrency 32]
 """
 
 from __future__ import annotations
