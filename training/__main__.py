@@ -190,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG/JPEG images (any folders below) for the parity gate, resized to the input; "
         f"topped up with generated pixels to {MIN_PARITY_IMAGES_TEXT} (default: generated only)",
     )  # fmt: skip
+    own.add_argument(
+        "--keep-float-input", action="store_true",
+        help="(ONNX) keep the model's own float input; the preprocessing is declared in "
+        "metadata.json and applied by the gateway's image endpoint and the client",
+    )  # fmt: skip
     export.add_argument(
         "--dataset", choices=DATASETS, default="mnist", help="class names, parity images"
     )
@@ -354,6 +359,8 @@ def _export(args: argparse.Namespace) -> int:
     given = [f"--{o.replace('_', '-')}" for o in own_options if getattr(args, o) is not None]
     if args.softmax:
         given.append("--softmax")
+    if args.keep_float_input:
+        given.append("--keep-float-input")
     if args.model is None or given:
         print("error: export needs --model (one of ours) or --from PATH (yours); "
               + (f"{', '.join(given)} go with --from" if given else "neither was given"),
@@ -377,6 +384,7 @@ def _export_own(args: argparse.Namespace) -> int:
         layout=args.layout, softmax=args.softmax,
         images=Path(args.images) if args.images else None, version=args.version, seed=args.seed,
         fp16=not args.no_fp16, serving_base_path=args.serving_base_path,
+        keep_float_input=args.keep_float_input,
     )  # fmt: skip
     try:
         version_dir, metadata = export_own_model(options)

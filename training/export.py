@@ -85,6 +85,9 @@ class ExportRequest:
     input_shape: tuple[int, ...] | None = None
     #: Where a model the user brought came from (`python -m training export --from`).
     source: dict[str, Any] | None = None
+    #: metadata.json's `inputs` when the exported graph keeps the user's own float input
+    #: (`--keep-float-input`); None: the uint8 `image` input.
+    inputs: list[dict[str, Any]] | None = None
     #: Also `model.int8.onnx`, dropped (the reason recorded) when its accuracy gate fails.
     int8: Int8Request | None = None
 
@@ -307,9 +310,11 @@ def onnx_predict(onnx_path: Path, images: np.ndarray, batch_size: int = 256) -> 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    # `image`, or the model's own input in a version that keeps it (--keep-float-input)
+    (model_input,) = session.get_inputs()
     return np.concatenate(
         [
-            session.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
+            session.run([OUTPUT_NAME], {model_input.name: images[i : i + batch_size]})[0]
             for i in range(0, len(images), batch_size)
         ]
     )
@@ -464,7 +469,7 @@ def build_metadata(
         "dataset": request.dataset,
         "class_names": list(request.class_names),
         "signature_name": SIGNATURE_NAME,
-        "inputs": [{"name": INPUT_NAME, "dtype": "uint8", "shape": input_shape}],
+        "inputs": request.inputs or [{"name": INPUT_NAME, "dtype": "uint8", "shape": input_shape}],
         "outputs": [
             {"name": OUTPUT_NAME, "dtype": "float32", "shape": [-1, len(request.class_names)]}
         ],

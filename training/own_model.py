@@ -2,7 +2,8 @@
 model repository, under the same contract, parity gate and publishing as the package's own models.
 
 ``python -m training export --from PATH --name NAME --class-names a,b,c|labels.txt [--scale S]
-[--mean M1,M2,M3 --std S1,S2,S3] [--layout nhwc|nchw] [--softmax] [--images DIR]``
+[--mean M1,M2,M3 --std S1,S2,S3] [--layout nhwc|nchw] [--softmax] [--images DIR]
+[--keep-float-input]``
 
 The model's input size and channels come from the model itself; the command line declares what
 turns uint8 pixels into what the model expects: ``x = pixels * scale``, then ``(x - mean) / std``
@@ -11,6 +12,10 @@ exported graph in front of the model, so the version takes the repository's uint
 and answers ``probabilities``, like every other version: every server, the image endpoint and the
 client send raw pixels.
 
+- ``--keep-float-input`` (ONNX sources): the graph keeps the model's own float input (name,
+  layout, size) and the preprocessing is *declared* instead, in ``metadata.json``'s
+  ``preprocessing`` (``inside_model: false``, the form of ``clients.preprocessing``), which the
+  gateway's image endpoint and ``Client.classify`` apply; the gate compares on the same inputs.
 - Keras and SavedModel sources get a SavedModel (TF Serving, with warmup records) and ONNX fp32
   and fp16 converted from it (tf2onnx); ONNX sources get the ONNX files only (TF Serving cannot
   load them), with the preprocessing nodes spliced in front of the graph.
@@ -545,10 +550,13 @@ def _rename_tensor(graph: Any, old: str, new: str) -> None:
 
 
 def wrap_onnx(
-    source: SourceModel, pre: Preprocessing, height: int, width: int, channels: int, classes: int
-) -> Any:
+    source: SourceModel, pre: Preprocessing, height: int, width: int, channels: int, classes: int,
+    keep_input: bool = False,
+) -> Any:  # fmt: skip
     """The user's ONNX graph behind the preprocessing: ``image`` uint8 [batch, H, W, C] in,
-    ``probabilities`` float32 [batch, classes] out (softmax appended with --softmax)."""
+    ``probabilities`` float32 [batch, classes] out (softmax appended with --softmax). With
+    ``keep_input`` the model's own input stays as it is (``--keep-float-input``): only the
+    output is named ``probabilities`` (and the softmax appended)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -566,7 +574,7 @@ def wrap_onnx(
         return name
 
     model_input = source.input_name
-    if model_input == INPUT_NAME:  # the user's graph reads its own "image": rename it
+    if model_input == INPUT_NAME and not keep_input:  # the graph reads its own "image": rename it
         model_input = fresh("source_image")
         _rename_tensor(graph, INPUT_NAME, model_input)
     model_output = source.output_name
@@ -576,7 +584,9 @@ def wrap_onnx(
 
     nodes: list[Any] = []
     initializers: list[Any] = []
-    if source.input_dtype == np.uint8:  # pixels as they are (check_preprocessing saw to it)
+    if keep_input:  # the model reads its own input: nothing goes in front of it
+        pass
+    elif source.input_dtype == np.uint8:  # pixels as they are (check_preprocessing saw to it)
         nodes.append(helper.make_node("Identity", [INPUT_NAME], [model_input]))
     else:
         x = fresh("pre_float")
@@ -623,15 +633,19 @@ def wrap_onnx(
     # The old shapes may pin a batch of 1; ONNX Runtime infers them again.
     del graph.value_info[:]
     kept_inputs = [i for i in graph.input if i.name != source.input_name]
-    del graph.input[:]
-    graph.input.extend(
-        [
+    first = [i for i in graph.input if i.name == source.input_name]
+    if not keep_input:
+        first = [
             helper.make_tensor_value_info(
                 INPUT_NAME, TensorProto.UINT8, ["batch", height, width, channels]
-            ),
-            *kept_inputs,
+            )
         ]
-    )
+    else:  # the model's own input, its batch dimension freed (as the uint8 one above)
+        dims = first[0].type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            dims[0].dim_param = "batch"
+    del graph.input[:]
+    graph.input.extend([*first, *kept_inputs])
     del graph.output[:]
     graph.output.extend(
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", classes])]
@@ -641,8 +655,9 @@ def wrap_onnx(
 
 
 def _check_onnx_batches(
-    path: Path, height: int, width: int, channels: int, source: SourceModel
-) -> None:
+    path: Path, height: int, width: int, channels: int, source: SourceModel,
+    keep_input: bool = False,
+) -> None:  # fmt: skip
     """ModelRefused when the exported graph cannot answer a batch of 3 (a graph traced with a
     batch of 1 often reshapes to it)."""
     import onnxruntime as ort
@@ -650,9 +665,12 @@ def _check_onnx_batches(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    batch = np.zeros((3, height, width, channels), np.uint8)
+    name, batch = INPUT_NAME, np.zeros((3, height, width, channels), np.uint8)
+    if keep_input:
+        shape = [3, *(d or 1 for d in source.input_shape[1:])]
+        name, batch = source.input_name, np.zeros(shape, source.input_dtype)
     try:
-        (result,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        (result,) = session.run([OUTPUT_NAME], {name: batch})
     except Exception as error:
         raise ModelRefused(
             f"the model fails on a batch of 3 images ({_first_line(error)[:160]}); export it "
@@ -667,7 +685,7 @@ def _check_onnx_batches(
 
 def stage_onnx(
     source: SourceModel, pre: Preprocessing, geometry: tuple[int, int, int], classes: int,
-    model_dir: Path, fp16: bool,
+    model_dir: Path, fp16: bool, keep_input: bool = False,
 ) -> Path:  # fmt: skip
     """The staging directory of an ONNX source: model.onnx (+ model.fp16.onnx), no SavedModel."""
     import uuid
@@ -677,12 +695,12 @@ def stage_onnx(
     from training.export import convert_to_fp16
 
     height, width, channels = geometry
-    wrapped = wrap_onnx(source, pre, height, width, channels, classes)
+    wrapped = wrap_onnx(source, pre, height, width, channels, classes, keep_input)
     staging = model_dir / f".staging-{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True)
     try:
         onnx.save(wrapped, str(staging / "model.onnx"))
-        _check_onnx_batches(staging / "model.onnx", height, width, channels, source)
+        _check_onnx_batches(staging / "model.onnx", height, width, channels, source, keep_input)
         if fp16:
             convert_to_fp16(staging / "model.onnx", staging / "model.fp16.onnx")
     except BaseException:
@@ -712,6 +730,7 @@ class OwnModelOptions:
     seed: int = 42
     fp16: bool = True
     serving_base_path: str = "/models"
+    keep_float_input: bool = False
 
 
 def _sha256(path: Path) -> str:
@@ -720,6 +739,37 @@ def _sha256(path: Path) -> str:
     for file in files:
         digest.update(file.read_bytes())
     return digest.hexdigest()
+
+
+def declared_preprocessing(
+    source: SourceModel, pre: Preprocessing, geometry: tuple[int, int, int]
+) -> dict[str, Any]:
+    """metadata.json's ``preprocessing`` for ``--keep-float-input``: how uint8 pixels become the
+    model's own input, in the form ``clients.preprocessing`` reads (and checks, here too)."""
+    from clients.preprocessing import DeclaredPreprocessing
+
+    height, width, channels = geometry
+    declared = DeclaredPreprocessing(
+        input=source.input_name, dtype=str(source.input_dtype), layout=pre.layout.upper(),
+        height=height, width=width, channels=channels, scale=pre.scale, mean=pre.mean,
+        std=pre.std,
+    )  # fmt: skip
+    form = declared.to_json()
+    assert DeclaredPreprocessing.from_metadata(form) == declared
+    return form
+
+
+def check_keep_float_input(source: SourceModel) -> None:
+    if source.kind != "onnx":
+        raise ModelRefused(
+            f"--keep-float-input takes an ONNX model; a {SOURCE_NAMES[source.kind]} gets its "
+            "preprocessing inside the exported graph (leave the option out)"
+        )
+    if source.input_dtype == np.uint8:
+        raise ModelRefused(
+            f"input '{source.input_name}' is uint8 already: --keep-float-input is for a model "
+            "whose input is float"
+        )
 
 
 def export_own_model(options: OwnModelOptions) -> tuple[Path, dict[str, Any]]:
@@ -732,6 +782,9 @@ def export_own_model(options: OwnModelOptions) -> tuple[Path, dict[str, Any]]:
         "std": parse_floats("--std", options.std),
     }
     source = load_source(options.source)
+    keep = options.keep_float_input
+    if keep:
+        check_keep_float_input(source)
     layout, height, width, channels = image_geometry(source, options.layout)
     pre = Preprocessing(
         scale=options.scale, mean=pre_values["mean"], std=pre_values["std"], layout=layout,
@@ -756,10 +809,21 @@ def export_own_model(options: OwnModelOptions) -> tuple[Path, dict[str, Any]]:
             f"{model_dir / str(options.version)} already exists; versions are immutable"
         )
     created = [p for p in (repository, model_dir) if not p.exists()]
+    declared: dict[str, Any] = {}
+    exported_inputs = None
+    if keep:  # the exported graph takes what the user's model takes; the gate feeds it that
+        images = pre.apply(images, source.input_dtype)
+        declared = declared_preprocessing(source, pre, (height, width, channels))
+        exported_inputs = [{
+            "name": source.input_name, "dtype": str(source.input_dtype),
+            "shape": [-1, *(int(d or -1) for d in source.input_shape[1:])],
+        }]  # fmt: skip
     request = ExportRequest(
         model_name=name, dataset=None, class_names=class_names, parity_images=images,
         seed=options.seed, fp16=options.fp16, input_shape=(-1, height, width, channels),
+        inputs=exported_inputs,
         preprocessing={
+            **declared,
             "source_input": {
                 "name": source.input_name, "dtype": str(source.input_dtype),
                 "shape": [-1 if d is None else d for d in source.input_shape],
@@ -775,8 +839,9 @@ def export_own_model(options: OwnModelOptions) -> tuple[Path, dict[str, Any]]:
     try:
         if source.kind == "onnx":
             staging = stage_onnx(
-                source, pre, (height, width, channels), len(class_names), model_dir, options.fp16
-            )
+                source, pre, (height, width, channels), len(class_names), model_dir, options.fp16,
+                keep,
+            )  # fmt: skip
         else:
             writer = saved_model_writer(source, pre, [None, height, width, channels])
             staging = stage_version(source.handle, request, repository, writer=writer)
