@@ -249,10 +249,24 @@ class _Settings:
                 f"classify needs a one-input model, {metadata.name!r} has {sorted(sig.inputs)}"
             )
         spec = next(iter(sig.inputs.values()))
-        check_takes_pixels(metadata.name, spec)
         output = "probabilities" if "probabilities" in sig.outputs else None
         if output is None and len(sig.outputs) == 1:
             output = next(iter(sig.outputs))
+        declared = metadata.preprocessing
+        if declared is not None and spec.dtype != np.dtype(np.uint8):
+            # A float input whose metadata says how pixels become it: decode and resize as for
+            # any model, then scale, normalise, lay out and cast as declared.
+            mismatch = declared.matches(spec.name, spec.dtype, tuple(spec.shape))
+            if mismatch:
+                raise InvalidInput(f"model {metadata.name!r}: {mismatch}")
+            pixels_spec = TensorSpec(
+                spec.name,
+                np.dtype(np.uint8),
+                (-1, declared.height, declared.width, declared.channels),
+            )
+            pixels = image_prep.prepare_batch(list(images), pixels_spec)
+            return spec.name, declared.apply(pixels), output
+        check_takes_pixels(metadata.name, spec)
         return spec.name, image_prep.prepare_batch(list(images), spec), output
 
     def top_k(
@@ -276,7 +290,8 @@ class _Settings:
 def check_takes_pixels(model: str, spec: Any) -> None:
     """InvalidInput unless the input takes raw uint8 pixels: classify sends 0-255 pixels, and a
     model with a float input expects them scaled somehow (0-1, mean/std) that nothing here says,
-    so it would answer a confident wrong class."""
+    so it would answer a confident wrong class (unless its metadata declares how: see
+    ``classify_plan``)."""
     if spec.dtype == np.dtype(np.uint8) or spec.dtype == np.dtype(object):
         return
     shape = ", ".join(str(d) for d in spec.shape)

@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from clients import codec, v2, v2_grpc, wire
 from clients.codec import TensorSpec
 from clients.errors import InternalError, InvalidInput, Status
+from clients.preprocessing import DeclaredPreprocessing
 
 T = TypeVar("T")
 Array = np.ndarray[Any, Any]
@@ -55,12 +56,14 @@ class SignatureInfo:
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """What a server says about a model: version, signatures and, where known, class names."""
+    """What a server says about a model: version, signatures and, where known, class names and
+    the preprocessing a float-input model declares (our gateway's additions)."""
 
     name: str
     version: int | None
     signatures: dict[str, SignatureInfo]
     class_names: list[str] | None = None
+    preprocessing: DeclaredPreprocessing | None = None
 
     def signature(self, name: str = wire.DEFAULT_SIGNATURE) -> SignatureInfo:
         """One signature by name (the only one if the model has just one)."""
@@ -138,6 +141,15 @@ def _json_loads(content: bytes) -> Any:
         return _parse_json(content)
     except ValueError as error:  # orjson.JSONDecodeError is a ValueError too
         raise InternalError(f"server sent malformed JSON: {error}") from None
+
+
+def _declared(value: Any) -> DeclaredPreprocessing | None:
+    """A metadata answer's declared preprocessing; a malformed one is an InternalError (the
+    gateway checks it when it loads the model), never silently ignored."""
+    try:
+        return DeclaredPreprocessing.from_metadata(value)
+    except ValueError as error:
+        raise InternalError(f"server sent a malformed preprocessing: {error}") from None
 
 
 def _model_path(prefix: str, model: str, version: int | None, label: str | None) -> str:
@@ -263,6 +275,7 @@ def _metadata_from_rest(body: Any) -> ModelMetadata:
         version=int(version) if version not in (None, "") else None,
         signatures=signatures,
         class_names=[str(c) for c in class_names] if class_names else None,
+        preprocessing=_declared(metadata.get("preprocessing")),
     )
 
 
@@ -373,6 +386,7 @@ def _metadata_from_v2(body: Any, version: int | None) -> ModelMetadata:
             )
         },
         class_names=[str(c) for c in class_names] if class_names else None,
+        preprocessing=_declared(parameters.get("preprocessing")),
     )
 
 
@@ -477,12 +491,20 @@ def _metadata_from_grpc(response: wire.GetModelMetadataResponse) -> ModelMetadat
     class_names = None
     if wire.CLASS_NAMES_FIELD in response.metadata:  # our gateway's addition; TF Serving has none
         class_names = wire.unpack_class_names(response.metadata[wire.CLASS_NAMES_FIELD]) or None
+    preprocessing = None
+    if wire.PREPROCESSING_FIELD in response.metadata:  # ours too: a float input's preprocessing
+        try:
+            unpacked = wire.unpack_preprocessing(response.metadata[wire.PREPROCESSING_FIELD])
+        except ValueError as error:
+            raise InternalError(f"server sent a malformed preprocessing: {error}") from None
+        preprocessing = _declared(unpacked)
     spec = response.model_spec
     return ModelMetadata(
         name=spec.name,
         version=spec.version.value if spec.HasField("version") else None,
         signatures=signatures,
         class_names=class_names,
+        preprocessing=preprocessing,
     )
 
 

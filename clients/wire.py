@@ -23,6 +23,9 @@ Public API:
 - ``CLASS_NAMES_FIELD`` = ``"class_names"``: the extra model-metadata entry our gateway adds next to
   ``signature_def`` (a ``google.protobuf.ListValue`` of strings in ``Any``; stock clients ignore
   it); ``pack_class_names(names) -> Any`` and ``unpack_class_names(any) -> list[str]``.
+- ``PREPROCESSING_FIELD`` = ``"preprocessing"``: the entry beside it for a model that declares how
+  raw pixels become its float input (``clients.preprocessing``; a ``google.protobuf.Struct`` in
+  ``Any``); ``pack_preprocessing(dict) -> Any`` and ``unpack_preprocessing(any) -> dict``.
 - ``model_spec(name, version=None, label=None, signature=None) -> ModelSpec``.
 - ``build_predict_request(model, inputs, *, version, label, signature, output_filter)``: the
   ``PredictRequest`` message.
@@ -46,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from google.protobuf import any_pb2, struct_pb2, text_format
+from google.protobuf import any_pb2, json_format, struct_pb2, text_format
 from google.protobuf.message import Message
 
 from clients.codec import as_ndarray, ndarray_to_tensor_proto, tf_dtype
@@ -83,6 +86,7 @@ __all__ = [
     "PREDICTION_SERVICE",
     "PREDICT_METHOD",
     "PREDICT_SIGNATURE_METHOD",
+    "PREPROCESSING_FIELD",
     "SIGNATURE_DEF_MAP_TYPE_URL",
     "DataType",
     "ErrorCode",
@@ -110,9 +114,11 @@ __all__ = [
     "format_models_config",
     "model_spec",
     "pack_class_names",
+    "pack_preprocessing",
     "pack_signature_def_map",
     "read_models_config",
     "unpack_class_names",
+    "unpack_preprocessing",
     "unpack_signature_def_map",
 ]
 
@@ -126,6 +132,7 @@ SIGNATURE_DEF_MAP_TYPE_URL = "type.googleapis.com/tensorflow.serving.SignatureDe
 PREDICT_SIGNATURE_METHOD = "tensorflow/serving/predict"
 DEFAULT_SIGNATURE = "serving_default"
 CLASS_NAMES_FIELD = "class_names"
+PREPROCESSING_FIELD = "preprocessing"
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,24 @@ def unpack_class_names(packed: any_pb2.Any) -> list[str]:
     if not packed.Unpack(values):
         raise ValueError(f"not a ListValue of class names: {packed.type_url!r}")
     return [value.string_value for value in values.values]
+
+
+def pack_preprocessing(declared: Mapping[str, Any]) -> any_pb2.Any:
+    """Pack a model's declared preprocessing (a JSON object) into ``Any`` as a ``Struct``."""
+    structure = struct_pb2.Struct()
+    structure.update(dict(declared))
+    packed = any_pb2.Any()
+    packed.Pack(structure)
+    return packed
+
+
+def unpack_preprocessing(packed: any_pb2.Any) -> dict[str, Any]:
+    """The object ``pack_preprocessing`` packed (numbers come back as floats); ``ValueError``
+    for any other message."""
+    structure = struct_pb2.Struct()
+    if not packed.Unpack(structure):
+        raise ValueError(f"not a Struct of preprocessing: {packed.type_url!r}")
+    return json_format.MessageToDict(structure)  # type: ignore[no-any-return]
 
 
 def model_spec(

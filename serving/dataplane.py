@@ -192,7 +192,15 @@ class DataPlane:
         name, image_spec = self.image_input(mv)
         self.admit(mv, len(image))
         pixels = await self.decode_image(image, image_spec)
-        outputs = await self.predict(mv, {name: pixels[None]}, deadline=deadline)
+        batch = pixels[None]
+        declared = mv.declared_preprocessing
+        if declared is not None:  # the model's own float input: what its metadata declares
+            # One image of the model's input size: on the loop when small, as decoding is.
+            if image_spec.height * image_spec.width <= INLINE_IMAGE_PIXELS:
+                batch = declared.apply(batch)
+            else:
+                batch = await self.decode_pool.run(declared.apply, batch)
+        outputs = await self.predict(mv, {name: batch}, deadline=deadline)
         scores = np.asarray(next(iter(outputs.values()))[0], dtype=np.float64).ravel()
         names = mv.class_names or [str(i) for i in range(scores.size)]
         order = np.argsort(-scores, kind="stable")[:top_k]
@@ -207,9 +215,13 @@ class DataPlane:
 
     def image_input(self, mv: ModelVersion) -> tuple[str, images.ImageSpec]:
         """The name and image spec of the model's one input; InvalidArgument for a model that
-        does not take a single uint8 NHWC image."""
+        does not take a single uint8 NHWC image and declares no preprocessing (metadata.json's
+        ``preprocessing`` with ``inside_model: false``, checked against the model at load)."""
         assert mv.runtime is not None
         spec = mv.runtime.inputs[0]
+        declared = mv.declared_preprocessing
+        if declared is not None:
+            return spec.name, images.ImageSpec(declared.height, declared.width, declared.channels)
         if len(mv.runtime.inputs) != 1 or spec.dtype != np.uint8 or len(spec.shape) != 4:
             raise InvalidArgument(f"model '{mv.model}' does not take a single uint8 NHWC image")
         return spec.name, images.ImageSpec.from_metadata(mv.metadata, spec.shape)

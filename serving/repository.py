@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clients import wire
+from clients.preprocessing import DeclaredPreprocessing
 from serving.batching import BatchingConfig, DynamicBatcher
 from serving.errors import NotFound, Unavailable, shown
 from serving.lifecycle import VersionState
@@ -79,6 +80,9 @@ class ModelVersion:
     metadata: dict[str, Any] = field(default_factory=dict)
     fingerprint: Fingerprint = ()
     inflight: int = 0
+    #: How raw pixels become the model's float input, when metadata.json declares it (checked
+    #: against the model when the version loaded: ``check_preprocessing``).
+    declared_preprocessing: DeclaredPreprocessing | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -177,6 +181,23 @@ def check_labels(metadata: dict[str, Any], runtime: ModelRuntime) -> None:
             f"{METADATA_FILE} names {len(names)} classes, output '{output.name}' has "
             f"{output.shape[1]}"
         )
+
+
+def check_preprocessing(
+    metadata: dict[str, Any], runtime: ModelRuntime
+) -> DeclaredPreprocessing | None:
+    """The preprocessing metadata.json declares (``inside_model: false``), None when it declares
+    none; ValueError when the declaration is malformed or does not describe the model's input."""
+    declared = DeclaredPreprocessing.from_metadata(metadata.get("preprocessing"))
+    if declared is None:
+        return None
+    if len(runtime.inputs) != 1:
+        raise ValueError(f"{METADATA_FILE} declares preprocessing for a model of several inputs")
+    spec = runtime.inputs[0]
+    mismatch = declared.matches(spec.name, spec.dtype, tuple(spec.shape))
+    if mismatch:
+        raise ValueError(f"{METADATA_FILE}: {mismatch}")
+    return declared
 
 
 def _close_quietly(runtime: ModelRuntime, what: str) -> None:
@@ -417,6 +438,7 @@ class ModelRepository:
             metadata = await asyncio.to_thread(read_metadata, path)
             runtime = await asyncio.to_thread(self.runtime_factory, path)
             check_labels(metadata, runtime)
+            declared = check_preprocessing(metadata, runtime)
             batcher = DynamicBatcher(runtime, entry.name, version, self.batching, self.metrics)
         except Exception as exc:
             if runtime is not None:  # never served: free its session (and GPU memory) now
@@ -428,6 +450,7 @@ class ModelRepository:
             log.error("model %s version %s %s", entry.name, version, mv.error)
             return False
         mv.metadata, mv.runtime, mv.batcher = metadata, runtime, batcher
+        mv.declared_preprocessing = declared
         self._set_state(
             mv, VersionState.AVAILABLE
         )  # the switch: from here on resolve() may return it

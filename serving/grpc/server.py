@@ -175,11 +175,12 @@ class PredictionServicer:
             raise InvalidArgument(
                 "GetModelMetadataRequest must name a metadata_field ('signature_def')"
             )
-        unsupported = sorted(fields - {"signature_def", wire.CLASS_NAMES_FIELD})
+        known = {"signature_def", wire.CLASS_NAMES_FIELD, wire.PREPROCESSING_FIELD}
+        unsupported = sorted(fields - known)
         if unsupported:
             raise InvalidArgument(
-                f"metadata_field {shown(unsupported[0])} is not supported; "
-                f"use 'signature_def' or '{wire.CLASS_NAMES_FIELD}'"
+                f"metadata_field {shown(unsupported[0])} is not supported; use 'signature_def', "
+                f"'{wire.CLASS_NAMES_FIELD}' or '{wire.PREPROCESSING_FIELD}'"
             )
         spec = request.model_spec
         mv = self.dp.resolve(spec.name, *_version_choice(spec))
@@ -194,6 +195,11 @@ class PredictionServicer:
         if mv.class_names:
             response.metadata[wire.CLASS_NAMES_FIELD].CopyFrom(
                 wire.pack_class_names(mv.class_names)
+            )
+        # Likewise how raw pixels become the input of a model that declares it (a float input).
+        if mv.declared_preprocessing is not None:
+            response.metadata[wire.PREPROCESSING_FIELD].CopyFrom(
+                wire.pack_preprocessing(mv.declared_preprocessing.to_json())
             )
         return response
 

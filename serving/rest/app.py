@@ -112,6 +112,13 @@ def _class_names(mv: ModelVersion) -> dict[str, list[str]]:
     return {"class_names": mv.class_names} if mv.class_names else {}
 
 
+def _preprocessing(mv: ModelVersion) -> dict[str, Any]:
+    """``{"preprocessing": {...}}`` for a model that declares how raw pixels become its float
+    input (``clients.preprocessing``), or ``{}``: a client applies it before ``classify``."""
+    declared = mv.declared_preprocessing
+    return {"preprocessing": declared.to_json()} if declared is not None else {}
+
+
 def _v2_tensors(specs: Any) -> list[dict[str, Any]]:
     return [
         {"name": s.name, "datatype": v2_datatype(s.dtype), "shape": list(s.shape)} for s in specs
@@ -215,6 +222,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
                 "metadata": {
                     "signature_def": tfserving_status.as_json(signatures),
                     **_class_names(mv),
+                    **_preprocessing(mv),
                 },
             }
         )
@@ -315,7 +323,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
                 "inputs": _v2_tensors(mv.runtime.inputs),
                 "outputs": _v2_tensors(mv.runtime.outputs),
                 # Open Inference Protocol's optional "parameters" object; clients ignore unknowns.
-                "parameters": _class_names(mv),
+                "parameters": {**_class_names(mv), **_preprocessing(mv)},
             }
         )
 
