@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="one Locust run against one target")
     run.add_argument("--target", required=True, help="http://host:port, or host:port for grpc")
-    run.add_argument("--protocol", choices=("rest", "v2", "grpc", "image"), default="rest")
+    run.add_argument(
+        "--protocol", choices=("rest", "v2", "grpc", "v2-grpc", "image"), default="rest"
+    )
     _common(run)
     _data(run)
     run.add_argument("--version", type=int)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from clients import v2 as v2_wire
+from clients import v2_grpc
 from clients.codec import tensor_proto_to_ndarray
 from clients.wire import PredictResponse, build_predict_request
 
@@ -89,6 +90,21 @@ def parse_grpc(response: Any, output_name: str = "probabilities") -> np.ndarray:
     if isinstance(response, (bytes, bytearray, memoryview)):
         response = PredictResponse.FromString(bytes(response))
     return tensor_proto_to_ndarray(response.outputs[output_name])
+
+
+def encode_v2_grpc(
+    batch: np.ndarray, model: str, version: int | None = None, input_name: str = "image"
+) -> bytes:
+    """A serialised KServe V2 ``ModelInferRequest`` with ``raw_input_contents``."""
+    request = v2_grpc.build_infer_request(model, {input_name: batch}, version=version)
+    return bytes(request.SerializeToString())
+
+
+def parse_v2_grpc(response: Any, output_name: str = "probabilities") -> np.ndarray:
+    """The output tensor of a ``ModelInferResponse`` (a message or its serialised bytes)."""
+    if isinstance(response, (bytes, bytearray, memoryview)):
+        response = v2_grpc.ModelInferResponse.FromString(bytes(response))
+    return v2_grpc.infer_outputs(response)[output_name]
 
 
 def served_classes(model_outputs: np.ndarray, model_to_dataset: np.ndarray) -> np.ndarray:

@@ -43,6 +43,7 @@ from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 from locust.runners import WorkerRunner  # noqa: E402
 
 from benchmarks import answers  # noqa: E402
+from clients.v2_grpc import MODEL_INFER_METHOD, ModelInferResponse  # noqa: E402
 from clients.wire import PREDICT_METHOD, PredictResponse  # noqa: E402
 
 CONFIG_ENV = "BENCH_CONFIG"
@@ -378,6 +379,10 @@ class GrpcUser(User, CheckedUser):
     """TF Serving ``PredictionService/Predict`` over gRPC with pre-serialised requests."""
 
     wait_time = constant(0)
+    #: the method, its reply and the payload kind (``V2GrpcUser`` changes these)
+    method = PREDICT_METHOD
+    response_type: Any = PredictResponse
+    kind = "grpc"
 
     def on_start(self) -> None:
         config = load_config()
@@ -397,12 +402,12 @@ class GrpcUser(User, CheckedUser):
         intercepted = grpc.intercept_channel(channel, LocustInterceptor(self.environment))
         # Bodies are serialised once; the stub sends the bytes as they are.
         self.predict_call = intercepted.unary_unary(
-            PREDICT_METHOD,
+            self.method,
             request_serializer=None,
-            response_deserializer=PredictResponse.FromString,
+            response_deserializer=self.response_type.FromString,
         )
         self.timeout = float(config.get("grpc_timeout_s", 30.0))
-        self.start_cycle(payloads("grpc", self.encode))
+        self.start_cycle(payloads(self.kind, self.encode))
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -421,8 +426,27 @@ class GrpcUser(User, CheckedUser):
             RECORDER.record(time.perf_counter() - started, payload.indices, None)
             return
         latency = time.perf_counter() - started
-        served, _ = _check(True, lambda: answers.parse_grpc(response, self.output_name))
+        served, _ = _check(True, lambda: self.parse(response))
         RECORDER.record(latency, payload.indices, served)
 
+    def parse(self, response: Any) -> np.ndarray:
+        return answers.parse_grpc(response, self.output_name)
 
-USER_CLASSES = {"rest": RestUser, "v2": V2User, "image": ImageUser, "grpc": GrpcUser}
+
+class V2GrpcUser(GrpcUser):
+    """KServe V2 ``GRPCInferenceService/ModelInfer`` with pre-serialised raw-tensor requests."""
+
+    method = MODEL_INFER_METHOD
+    response_type = ModelInferResponse
+    kind = "v2-grpc"
+
+    def encode(self, batch: np.ndarray) -> bytes:
+        return answers.encode_v2_grpc(batch, self.model, self.version, self.input_name)
+
+    def parse(self, response: Any) -> np.ndarray:
+        return answers.parse_v2_grpc(response, self.output_name)
+
+
+USER_CLASSES = {
+    "rest": RestUser, "v2": V2User, "image": ImageUser, "grpc": GrpcUser, "v2-grpc": V2GrpcUser,
+}  # fmt: skip

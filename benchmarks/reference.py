@@ -61,7 +61,7 @@ def _version_of(files: ModelFiles | None) -> int | None:
 
 def client_target(target: str, protocol: str) -> tuple[str, str]:
     """(target, clients protocol) for asking a benchmark target about its model."""
-    if protocol == "grpc":
+    if protocol in ("grpc", "v2-grpc"):  # TF Serving's gRPC metadata carries the class names
         address = target.split("://", 1)[-1].rstrip("/")
         return f"grpc://{address}", "grpc"
     return target, ("v2" if protocol == "v2" else "rest")

@@ -32,13 +32,19 @@ from benchmarks.prepare import prepare_test_data
 from benchmarks.reference import Reference, mismatch_reason, resolve_reference
 from benchmarks.servers import child_env
 
-PROTOCOLS = ("rest", "v2", "grpc", "image")
-USER_CLASS = {"rest": "RestUser", "v2": "V2User", "grpc": "GrpcUser", "image": "ImageUser"}
-DEFAULT_PAYLOAD_FORMAT = {"rest": "row", "v2": "binary", "grpc": "tensor_content", "image": "png"}
+PROTOCOLS = ("rest", "v2", "grpc", "v2-grpc", "image")
+USER_CLASS = {
+    "rest": "RestUser", "v2": "V2User", "grpc": "GrpcUser", "v2-grpc": "V2GrpcUser",
+    "image": "ImageUser",
+}  # fmt: skip
+DEFAULT_PAYLOAD_FORMAT = {
+    "rest": "row", "v2": "binary", "grpc": "tensor_content", "v2-grpc": "raw", "image": "png",
+}  # fmt: skip
 PAYLOAD_FORMATS = {
     "rest": ("row", "columnar"),
     "v2": ("binary", "json"),
     "grpc": ("tensor_content",),
+    "v2-grpc": ("raw",),
     "image": ("png",),
 }
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -104,7 +110,7 @@ class RunConfig:
                 f"payload format for {self.protocol} must be one of"
                 f" {', '.join(PAYLOAD_FORMATS[self.protocol])}"
             )
-        if self.protocol == "v2" and self.label:
+        if self.protocol in ("v2", "v2-grpc") and self.label:
             raise ValueError("KServe V2 has no version labels: give --version instead")
         if self.protocol == "image" and self.images_per_request != 1:
             raise ValueError("the image endpoint takes one image per request")

@@ -40,7 +40,7 @@ class Server:
 
     def target_for(self, protocol: str) -> str | None:
         """The address a run of ``protocol`` talks to."""
-        return self.grpc if protocol == "grpc" else self.http
+        return self.grpc if protocol in ("grpc", "v2-grpc") else self.http
 
 
 def parse_server(spec: str, grpc_spec: str | None = None) -> Server:
@@ -88,6 +88,25 @@ def grpc_up(address: str, timeout: float = 2.0) -> bool:
         channel.close()
 
 
+def v2_grpc_up(address: str, model: str, timeout: float = 2.0) -> bool:
+    """True when ``address`` answers KServe V2's gRPC ``ModelReady`` for ``model`` with ready
+    (TF Serving does not serve the service: UNIMPLEMENTED)."""
+    import grpc
+
+    from clients import v2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(
+            v2_grpc.MODEL_READY_METHOD,
+            request_serializer=v2_grpc.ModelReadyRequest.SerializeToString,
+            response_deserializer=v2_grpc.ModelReadyResponse.FromString,
+        )
+        try:
+            return bool(call(v2_grpc.ModelReadyRequest(name=model), timeout=timeout).ready)
+        except grpc.RpcError:
+            return False
+
+
 def model_up(server: Server, model: str) -> bool:
     """TF Serving's model status endpoint answers 200 (both servers serve it)."""
     return server.http is not None and http_ok(f"{server.http}/v1/models/{model}")
@@ -102,7 +121,10 @@ def protocols_served(server: Server, model: str, wanted: list[str]) -> list[str]
         elif protocol in ("v2", "image") and server.http:
             if http_ok(f"{server.http}/v2/models/{model}/ready"):
                 available.append(protocol)
-        elif protocol == "grpc" and server.grpc and grpc_up(server.grpc):
+        elif server.grpc and (
+            (protocol == "grpc" and grpc_up(server.grpc))
+            or (protocol == "v2-grpc" and v2_grpc_up(server.grpc, model))
+        ):
             available.append(protocol)
     return available
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from benchmarks.run import SCHEMA_PATH, RunConfig, run_benchmark
 from benchmarks.servers import REPO_ROOT, Server, child_env, gateway
+from clients.v2_grpc import MODEL_INFER_METHOD
 from clients.wire import PREDICT_METHOD
 from tests.benchmarks.conftest import validate_report
 
@@ -101,6 +102,20 @@ def test_grpc_calls_appear_in_locust_statistics(
     assert PREDICT_METHOD in (tmp_path / "locust_stats.csv").read_text()
     assert results["accuracy"]["agreement"] == 1.0
     assert results["failure"] is False, results["failure_reasons"]
+
+
+def test_v2_grpc_calls_appear_in_locust_statistics(
+    served_gateway: Server, trained_repository: Path, tmp_path: Path
+) -> None:
+    results = run_benchmark(
+        short_run(served_gateway, trained_repository, tmp_path, "v2-grpc", version=1)
+    )
+    rows = [e for e in results["locust"]["entries"] if e["type"] == "grpc"]
+    assert [row["name"] for row in rows] == [MODEL_INFER_METHOD]
+    assert rows[0]["requests"] > 0 and rows[0]["failures"] == 0
+    assert results["accuracy"]["agreement"] == 1.0
+    assert results["failure"] is False, results["failure_reasons"]
+    validate_report(tmp_path)
 
 
 def test_image_endpoint_answers_are_checked(
