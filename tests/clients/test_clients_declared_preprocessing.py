@@ -227,3 +227,60 @@ def test_a_declaration_that_does_not_fit_the_model_fails_its_load(tmp_path: Path
         "failed to load: ValueError: metadata.json: preprocessing declares input 'input' float32 "
         "[-1, 32, 32, 3], the model takes 'input' float32 [-1, 3, 32, 32]"
     )
+
+
+def test_a_hand_written_declaration_for_a_big_grayscale_input_is_applied(tmp_path: Path) -> None:
+    """A version published by hand with the declaration in its metadata.json, 160x160 NHWC
+    grayscale, mean/std without scale, an image resized to it: above the inline bound (the
+    decode pool decodes it and does the arithmetic)."""
+    from tests.tiny_models import write_version
+
+    model = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Flatten", ["pixels"], ["flat"], axis=1),
+                helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+            ],
+            "gray_nhwc",
+            [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["N", 160, 160, 1])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+            [
+                numpy_helper.from_array(
+                    np.random.default_rng(6).normal(0, 0.01, (160 * 160, 3)).astype(np.float32), "w"
+                )
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    model.ir_version = 8
+    declared = {
+        "inside_model": False, "input": "pixels", "dtype": "float32", "layout": "NHWC",
+        "height": 160, "width": 160, "channels": 1, "color_mode": "grayscale", "scale": None,
+        "mean": [100.0], "std": [50.0],
+    }  # fmt: skip
+    write_version(
+        tmp_path,
+        "gray",
+        1,
+        model,
+        metadata={"class_names": ["a", "b", "c"], "preprocessing": declared},
+    )
+    rgb = np.random.default_rng(7).integers(0, 256, (200, 180, 3), np.uint8)
+    data = encoded(rgb, "PNG")
+    with Image.open(io.BytesIO(data)) as image:
+        gray = image.convert("L").resize((160, 160), Image.Resampling.BILINEAR)
+    x = (np.asarray(gray, np.float32)[None, :, :, None] - np.float32(100.0)) / np.float32(50.0)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(["probabilities"], {"pixels": x})
+    gateway = RunningGateway(gateway_settings(tmp_path)).start()
+    try:
+        reply = httpx.post(
+            f"{gateway.http_url}/v1/models/gray:classify_image", content=data,
+            headers={"content-type": "image/png"}, timeout=10,
+        )  # fmt: skip
+    finally:
+        gateway.stop()
+    assert reply.status_code == 200, reply.text
+    for entry in reply.json()["predictions"]:
+        assert abs(entry["score"] - expected[0][entry["index"]]) <= TOLERANCE
