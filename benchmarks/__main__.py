@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="[NAME=]http://host:port[,grpchost:port]; repeat for several servers",
     )
-    rate.add_argument("--protocol", type=_words, default=["rest"], help="rest,v2,grpc")
+    rate.add_argument("--protocol", type=_words, default=["rest"], help="rest,v2,grpc,v2-grpc")
     _common(rate)
     _data(rate)
     rate.add_argument("--version", type=int)

@@ -66,7 +66,7 @@ def make_schedule(rate: float, seconds: float, arrival: str, seed: int = 0) -> n
 class WorkerSpec:
     """One worker process's share of one load point (picklable)."""
 
-    protocol: str  # rest | v2 | grpc
+    protocol: str  # rest | v2 | grpc | v2-grpc
     target: str  # http://host:port, or host:port for gRPC
     model: str
     version: int | None
@@ -113,6 +113,10 @@ class _Payloads:
                 self.bodies.append(body)
                 self.content_type = headers["Content-Type"]
                 self.header_length = headers.get(answers.v2_wire.HEADER_LENGTH)
+            elif spec.protocol == "v2-grpc":
+                self.bodies.append(
+                    answers.encode_v2_grpc(batch, spec.model, spec.version, spec.input_name)
+                )
             else:
                 self.bodies.append(
                     answers.encode_grpc(
@@ -312,12 +316,16 @@ class _HttpPool:
 
 
 class _GrpcSender:
-    """Pre-serialised Predict calls over ``grpc_channels`` channels, each its own connection."""
+    """Pre-serialised Predict (or V2 ModelInfer) calls over ``grpc_channels`` channels, each its
+    own connection."""
 
     def __init__(self, spec: WorkerSpec, record: _Record, payloads: _Payloads) -> None:
         import grpc
 
+        from clients.v2_grpc import MODEL_INFER_METHOD
         from clients.wire import PREDICT_METHOD
+
+        method = MODEL_INFER_METHOD if spec.protocol == "v2-grpc" else PREDICT_METHOD
 
         options = [
             ("grpc.use_local_subchannel_pool", 1),  # one TCP connection per channel
@@ -330,7 +338,7 @@ class _GrpcSender:
             for _ in range(max(1, spec.grpc_channels))
         ]
         self.calls = [
-            channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
+            channel.unary_unary(method, request_serializer=None, response_deserializer=None)
             for channel in self.channels
         ]
         self.record, self.timeout_s = record, spec.timeout_s
@@ -383,7 +391,7 @@ async def _drive(spec: WorkerSpec) -> dict[str, Any]:
     count = len(spec.offsets)
     record = _Record(count)
     sender: _HttpPool | _GrpcSender
-    if spec.protocol == "grpc":
+    if spec.protocol in ("grpc", "v2-grpc"):
         sender = _GrpcSender(spec, record, payloads)
         bodies = payloads.bodies
     else:
@@ -449,6 +457,8 @@ def _finish(
                 length = record.header_lengths[slot]
                 outputs = answers.parse_v2(body, length.decode() if length else None,
                                            spec.output_name)  # fmt: skip
+            elif spec.protocol == "v2-grpc":
+                outputs = answers.parse_v2_grpc(body, spec.output_name)
             else:
                 outputs = answers.parse_grpc(body, spec.output_name)
             classes = answers.served_classes(outputs, payloads.model_to_dataset)

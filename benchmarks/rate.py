@@ -40,7 +40,7 @@ from benchmarks.run import (
 )
 from benchmarks.servers import Server, parse_server
 
-RATE_PROTOCOLS = ("rest", "v2", "grpc")
+RATE_PROTOCOLS = ("rest", "v2", "grpc", "v2-grpc")
 
 
 @dataclass

@@ -202,6 +202,18 @@ def test_rate_against_the_gateway_checks_every_answer_and_writes_the_report(
     assert on_disk["comparison"] and on_disk["invalid_points"] == results["invalid_points"]
 
 
+def test_rate_speaks_kserve_v2_grpc(
+    served_gateway: Server, trained_repository: Path, tmp_path: Path
+) -> None:
+    config = short_rate(served_gateway, trained_repository, tmp_path, protocols=["v2-grpc"])
+    results = run_rate(config)
+    assert results["failure"] is False, results["failure_reasons"]
+    (series,) = results["series"]
+    assert series["protocol"] == "v2-grpc" and len(series["points"]) == 2
+    assert series["accuracy"]["agreement"] == 1.0 and series["accuracy"]["count"] >= 40
+    validate(tmp_path)
+
+
 def test_a_model_whose_answers_are_wrong_fails_the_rate_run(
     permuted_repository: Path, trained_repository: Path, tmp_path: Path
 ) -> None:
