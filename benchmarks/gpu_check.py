@@ -70,6 +70,9 @@ class Plan:
     ceiling_seconds: float  # per batch size
     load_processes: int
     agreement_images: int
+    #: the wires loaded, in this order: v2 (binary REST), grpc (TF Serving), v2-grpc (KServe V2
+    #: gRPC), image (the image endpoint, at the highest concurrency only)
+    protocols: tuple[str, ...] = ("v2", "grpc", "image")
 
 
 PLANS = {
@@ -129,7 +132,7 @@ def expected_seconds(plan: Plan, models: int) -> float:
     """Planned measurement time of ``run`` (load and ceiling), without model loading."""
     per_precision = (
         len(plan.batches) * plan.ceiling_seconds
-        + (2 * len(plan.concurrencies) + 1) * plan.seconds  # V2, gRPC, image endpoint
+        + sum(1 if p == "image" else len(plan.concurrencies) for p in plan.protocols) * plan.seconds
         + 15  # gateway start, warmup, agreement
     )
     return models * len(plan.precisions) * per_precision
@@ -198,7 +201,7 @@ def time_runtime(runtime: Any, batch: int, seconds: float, how: str) -> dict[str
 # --- load --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadSpec:
-    protocol: str  # v2, grpc, image
+    protocol: str  # v2, grpc, v2-grpc, image
     url: str
     grpc_target: str
     model: str
@@ -211,16 +214,18 @@ class LoadSpec:
 async def _load(spec: LoadSpec) -> tuple[int, list[float], Counter[str]]:
     latencies: list[float] = []
     end = time.perf_counter() + spec.seconds
-    if spec.protocol == "grpc":
+    if spec.protocol in ("grpc", "v2-grpc"):
         import grpc
 
-        from clients import wire
+        from clients import v2_grpc, wire
+
+        method = v2_grpc.MODEL_INFER_METHOD if spec.protocol == "v2-grpc" else wire.PREDICT_METHOD
 
         async with grpc.aio.insecure_channel(
             spec.grpc_target, options=[("grpc.max_receive_message_length", 64 << 20),
                                        ("grpc.max_send_message_length", 64 << 20)],
         ) as channel:  # fmt: skip
-            call = channel.unary_unary(wire.PREDICT_METHOD)
+            call = channel.unary_unary(method)
 
             async def one() -> None:
                 await call(spec.body, timeout=30)
@@ -391,15 +396,20 @@ def start_gateway(
     )  # fmt: skip
 
 
-def agreement(server: Any, model: str, runtime: Any, images: int) -> dict[str, Any]:
+def agreement(
+    server: Any, model: str, runtime: Any, images: int, v2_grpc: bool = False
+) -> dict[str, Any]:
     from clients import Client
 
     feeds = model_inputs(runtime, images, seed=1)
     (name, batch), = feeds.items()  # fmt: skip
     expected = runtime.predict(feeds)[runtime.outputs[0].name]
     agree = {}
-    for protocol, target in (("v2", server.url), ("grpc", f"grpc://{server.grpc}")):
-        with Client(target, protocol="v2" if protocol == "v2" else None, timeout=60) as client:
+    wires = [("v2", server.url), ("grpc", f"grpc://{server.grpc}")]
+    if v2_grpc:
+        wires.append(("v2-grpc", f"grpc://{server.grpc}"))
+    for protocol, target in wires:
+        with Client(target, protocol=protocol, timeout=60) as client:
             served = np.concatenate([
                 np.asarray(client.predict(model, {name: batch[i:i + 32]}))
                 for i in range(0, len(batch), 32)
@@ -470,24 +480,30 @@ def only_repo(repo: Path, model: str) -> Path:
 
 def measure_gateway(
     server: GatewayProcess, model: str, version_dir: Path, device: str, precision: str,
-    plan: Plan, protocols: tuple[str, ...] = ("v2", "grpc", "image"),
+    plan: Plan, protocols: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Agreement with in-process, then closed-loop load per protocol and concurrency (the image
     endpoint at the highest concurrency only) against a started gateway."""
+    protocols = plan.protocols if protocols is None else protocols
     entry: dict[str, Any] = {"gateway_start_s": server.start_seconds}
     runtime = runtime_for(version_dir, device, precision)
     try:
         if plan.agreement_images:
-            entry["agreement"] = agreement(server, model, runtime, plan.agreement_images)
+            entry["agreement"] = agreement(
+                server, model, runtime, plan.agreement_images, "v2-grpc" in protocols
+            )
         one = model_inputs(runtime, 1)
     finally:
         runtime.close()
     body, headers = v2_body(one)
-    from clients import wire
+    from clients import v2_grpc, wire
 
     grpc_body = wire.build_predict_request(model, one).SerializeToString()
+    v2_grpc_body = v2_grpc.build_infer_request(model, one).SerializeToString()
     loads = []
-    for protocol, payload, hdrs in (("v2", body, headers), ("grpc", grpc_body, ())):
+    for protocol, payload, hdrs in (
+        ("v2", body, headers), ("grpc", grpc_body, ()), ("v2-grpc", v2_grpc_body, ()),
+    ):  # fmt: skip
         if protocol not in protocols:
             continue
         for concurrency in plan.concurrencies:
@@ -573,6 +589,9 @@ def main() -> None:
     narrow.add_argument("--batches", type=_sizes, help="in-process batch sizes, comma list")
     narrow.add_argument("--concurrencies", type=_sizes, help="gateway load, comma list")
     narrow.add_argument("--seconds", type=float, help="per load measurement")
+    narrow.add_argument(
+        "--protocols", type=_names, help="comma list of v2,grpc,v2-grpc,image (v2,grpc,image)"
+    )
     go.add_argument("--gateway-args", default="", help="extra gateway options, one string")
     args = parser.parse_args()
     if args.command == "prepare":
@@ -582,7 +601,8 @@ def main() -> None:
             print("note: nvidia-smi not found; the gateway fails loudly if CUDA does not load")
         plan = PLANS[args.device]
         changes = {"precisions": args.precisions, "batches": args.batches,
-                   "concurrencies": args.concurrencies, "seconds": args.seconds}  # fmt: skip
+                   "concurrencies": args.concurrencies, "seconds": args.seconds,
+                   "protocols": args.protocols}  # fmt: skip
         plan = dataclasses.replace(plan, **{k: v for k, v in changes.items() if v is not None})
         code = run(args.device, args.repository, args.out, args.budget_s, plan, args.models,
                    tuple(args.gateway_args.split()))  # fmt: skip

@@ -35,6 +35,22 @@ def test_dry_run_measures_ceiling_gateway_and_agreement(
     assert "| v2 | 1 |" in (tmp_path / "out" / "gpu_check.md").read_text()
 
 
+def test_dry_run_takes_kserve_v2_grpc_as_a_protocol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "repo"
+    write_version(repo, gpu_check.LENET, 1, lenet_like())
+    short = gpu_check.Plan((1,), (2,), ("fp32",), 0.5, 0.2, 1, 8, ("grpc", "v2-grpc"))
+    monkeypatch.setitem(gpu_check.PLANS, "cpu", short)
+    assert gpu_check.run("cpu", repo, tmp_path / "out", budget_s=120) == 0
+    entry = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["models"]["lenet fp32"]
+    assert [(row["protocol"], row["concurrency"]) for row in entry["gateway"]] == [
+        ("grpc", 2), ("v2-grpc", 2),
+    ]  # fmt: skip
+    assert all(row["errors"] == 0 and row["requests_per_s"] > 0 for row in entry["gateway"])
+    assert entry["agreement"]["v2-grpc"] == entry["agreement"]["grpc"] == 1.0
+
+
 def test_the_planned_device_time_fits_the_budget() -> None:
     # Two models, both precisions, every concurrency: under the 8 minutes one device call allows.
     assert gpu_check.expected_seconds(gpu_check.PLANS["cuda"], 2) < 480
