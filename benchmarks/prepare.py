@@ -114,7 +114,6 @@ SYNTHETIC = "synthetic"
 #: ``--images DIR`` as a dataset name: ``images:DIR`` (one folder per class).
 IMAGES_PREFIX = "images:"
 SYNTHETIC_IMAGES = 1024
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class DataMismatch(ValueError):
@@ -192,36 +191,13 @@ def load_image_folder(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The image-folder layout (``DIR/<class>/<image>``, PNG or JPEG) as uint8 NHWC images of the
     model's size and colour mode, labels (the folder's index) and class names (folder names)."""
-    from PIL import Image
+    from clients.errors import InvalidInput
+    from clients.images import load_image_folder as read_folder
 
-    root = Path(directory)
-    classes = sorted(
-        folder.name
-        for folder in root.iterdir()
-        if folder.is_dir()
-        and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
-    ) if root.is_dir() else []  # fmt: skip
-    if not classes:
-        raise DataMismatch(
-            f"--images {directory} holds no class folders with PNG or JPEG images "
-            "(DIR/<class name>/<image>)"
-        )
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for path in sorted(
-            p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-        ):
-            try:
-                with Image.open(path) as image:
-                    converted = image.convert("L" if channels == 1 else "RGB")
-                    if converted.size != (width, height):
-                        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
-                    pixels = np.asarray(converted, np.uint8).reshape(height, width, channels)
-            except OSError as error:
-                raise DataMismatch(f"--images: cannot read {path}: {error}") from None
-            images.append(pixels)
-            labels.append(label)
-    return np.stack(images), np.asarray(labels, np.int64), classes
+    try:
+        return read_folder(directory, height, width, channels)
+    except InvalidInput as error:
+        raise DataMismatch(error.message) from None
 
 
 def load_test_set(

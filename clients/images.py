@@ -8,6 +8,8 @@ Public API:
   ``spec``'s shape (NHWC, e.g. ``[-1, 28, 28, 1]``) and dtype. Models carry their own scaling, so
   pixels stay raw.
 - ``top_k(probabilities, k, class_names) -> list[list[(label, score)]]``.
+- ``read_image(path, height, width, channels)`` and ``load_image_folder(directory, ...)`` (the
+  ``DIR/<class>/<image>`` layout): files as uint8 NHWC arrays, for tools that read image folders.
 
 Pillow is needed only for paths, bytes, PIL images and resizing; it is imported on first use.
 """
@@ -73,6 +75,48 @@ def _load(image: ImageInput, channels: int, height: int | None, width: int | Non
         pil_image = pil_image.resize((width, height), _pil().Resampling.BILINEAR)
     array = np.asarray(pil_image)
     return array.reshape(array.shape[0], array.shape[1], channels)
+
+
+#: the image files the folder readers take
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: str | Path, height: int, width: int, channels: int) -> np.ndarray:
+    """One PNG or JPEG file as uint8 ``[height, width, channels]``: colour mode converted (1:
+    grayscale, else RGB), resized bilinearly. OSError when the file cannot be read as an image."""
+    with _pil().open(path) as image:
+        return np.asarray(_load(image, channels, height, width), np.uint8)
+
+
+def load_image_folder(
+    directory: str | Path, height: int, width: int, channels: int
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The image-folder layout (``DIR/<class>/<image>``, PNG or JPEG) as uint8 NHWC images of
+    the given size and colour mode, labels (the index of the folder's name among the sorted
+    class folders) and those class names. InvalidInput names what is wrong."""
+    root = Path(directory)
+    classes = sorted(
+        folder.name
+        for folder in root.iterdir()
+        if folder.is_dir()
+        and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.rglob("*") if p.is_file())
+    ) if root.is_dir() else []  # fmt: skip
+    if not classes:
+        raise InvalidInput(
+            f"--images {directory} holds no class folders with PNG or JPEG images "
+            "(DIR/<class name>/<image>)"
+        )
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted(
+            p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        ):
+            try:
+                images.append(read_image(path, height, width, channels))
+            except OSError as error:
+                raise InvalidInput(f"--images: cannot read {path}: {error}") from None
+            labels.append(label)
+    return np.stack(images), np.asarray(labels, np.int64), classes
 
 
 def prepare_batch(images: Sequence[ImageInput], spec: TensorSpec) -> np.ndarray:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from clients.images import IMAGE_SUFFIXES, read_image
 from training.export import (
     INPUT_NAME,
     MIN_PARITY_IMAGES,
@@ -57,7 +58,6 @@ from training.export import (
 PROBABILITY_TOLERANCE = 1e-3
 #: At most this many images are read from --images for the parity gate.
 MAX_PARITY_IMAGES = 2000
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 SOURCE_NAMES = {"keras": "Keras model", "saved_model": "SavedModel", "onnx": "ONNX model"}
 
@@ -435,8 +435,6 @@ def parity_inputs(
     rng = np.random.default_rng(seed)
     arrays: list[np.ndarray] = []
     if images_dir is not None:
-        from PIL import Image
-
         if not images_dir.is_dir():
             raise ModelRefused(f"--images {images_dir} is not a directory")
         files = sorted(
@@ -446,11 +444,7 @@ def parity_inputs(
             raise ModelRefused(f"--images {images_dir} holds no PNG or JPEG images")
         for file in files[:MAX_PARITY_IMAGES]:
             try:
-                with Image.open(file) as image:
-                    converted = image.convert("L" if channels == 1 else "RGB")
-                    if converted.size != (width, height):
-                        converted = converted.resize((width, height), Image.Resampling.BILINEAR)
-                    arrays.append(np.asarray(converted, np.uint8).reshape(height, width, channels))
+                arrays.append(read_image(file, height, width, channels))
             except OSError as error:
                 raise ModelRefused(f"--images: cannot read {file}: {_first_line(error)}") from None
     given = len(arrays)
