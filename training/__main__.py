@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a model with no dataset (resnet50_imagenet): calibrate on random pixels and "
         "publish without an accuracy gate, for speed checks only",
     )  # fmt: skip
+    quantize.add_argument(
+        "--images",
+        help="labelled images, DIR/<class name>/<image> (at least 200), to calibrate on and gate "
+        "with instead of the model's dataset: for a model you brought",
+    )
     quantize.add_argument("--serving-base-path", default="/models")
     return parser
 
@@ -374,8 +379,8 @@ def _export_own(args: argparse.Namespace) -> int:
 
     if args.int8:
         print("error: --int8 needs a labelled test set to gate on, which a model you bring does "
-              "not name; export it, then run python -m training quantize --allow-ungated",
-              file=sys.stderr)  # fmt: skip
+              "not name; export it, then run python -m training quantize --images DIR (labelled "
+              "images, DIR/<class name>/<image>)", file=sys.stderr)  # fmt: skip
         return 2
 
     options = OwnModelOptions(
@@ -491,6 +496,7 @@ def _quantize(args: argparse.Namespace) -> int:
         target, metadata = quantize_version(
             Path(args.repository), args.model, args.version, args.calibration_images, args.seed,
             args.max_drop, args.allow_ungated, serving_base_path=args.serving_base_path,
+            images_dir=Path(args.images) if args.images else None,
         )  # fmt: skip
     except QuantizationError as error:
         print(f"error: {error}", file=sys.stderr)

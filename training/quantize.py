@@ -173,6 +173,32 @@ def add_int8(staging: Path, request: Int8Request) -> dict[str, Any]:
     return record
 
 
+MIN_GATE_IMAGES = 200
+
+
+def labelled_images(
+    directory: Path, class_names: list[str], input_shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``DIR/<class name>/<image>`` as images of the model's input and labels (the index of each
+    folder's name among the model's class names); a folder naming no class is refused."""
+    from clients.errors import InvalidInput
+    from clients.images import load_image_folder
+
+    height, width, channels = input_shape
+    try:
+        images, folder_labels, folders = load_image_folder(directory, height, width, channels)
+    except InvalidInput as error:
+        raise QuantizationError(error.message) from None
+    unknown = [name for name in folders if name not in class_names]
+    if unknown:
+        raise QuantizationError(
+            f"--images {directory}: folders {unknown} name no class of the model "
+            f"(its classes: {', '.join(class_names[:10])}{' ...' if len(class_names) > 10 else ''})"
+        )
+    to_model = np.asarray([class_names.index(name) for name in folders])
+    return images, to_model[folder_labels]
+
+
 def quantize_version(
     repository: Path,
     model: str,
@@ -183,11 +209,13 @@ def quantize_version(
     allow_ungated: bool = False,
     calibration: np.ndarray | None = None,
     serving_base_path: str = DEFAULT_SERVING_BASE_PATH,
+    images_dir: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantize ``model``'s version (default: the newest) and publish it as the next version.
 
     ``calibration``: images to calibrate on instead of the training split (tests use it to break
-    the quantization on purpose). Raises QuantizationError, publishing nothing, when the gate fails.
+    the quantization on purpose). ``images_dir``: labelled images (``DIR/<class>/<image>``) to
+    calibrate and gate on instead of the dataset, for a model that names none (one you brought). Raises QuantizationError, publishing nothing, when the gate fails.
     """
     model_dir = Path(repository) / model
     versions = existing_versions(model_dir) if model_dir.is_dir() else []
@@ -198,11 +226,32 @@ def quantize_version(
     if not (source / "model.onnx").is_file():
         raise QuantizationError(f"{source} has no model.onnx to quantize")
     metadata = json.loads((source / "metadata.json").read_text())
-    input_shape = tuple(metadata["inputs"][0]["shape"][1:])
+    (declared,) = metadata["inputs"][:1] or [{}]
+    if declared.get("name") != INPUT_NAME or declared.get("dtype") != "uint8":
+        raise QuantizationError(
+            f"{source} takes {declared.get('dtype')} {declared.get('name')!r}, not uint8 "
+            f"{INPUT_NAME!r} images: int8 calibration feeds pixels (a --keep-float-input export "
+            "cannot be quantized here)"
+        )
+    input_shape = tuple(declared["shape"][1:])
     rng = np.random.default_rng(seed)
     images = labels = None
     dataset_name = metadata.get("dataset")
-    if dataset_name:
+    if images_dir is not None:
+        images, labels = labelled_images(images_dir, metadata["class_names"], input_shape)
+        if len(images) < MIN_GATE_IMAGES:
+            raise QuantizationError(
+                f"--images {images_dir} holds {len(images)} images; the gate needs at least "
+                f"{MIN_GATE_IMAGES} to judge a {max_drop_points:g}-point drop"
+            )
+        picks = np.sort(rng.choice(len(images), min(calibration_images, len(images)), False))
+        if calibration is None:
+            calibration = images[picks]
+        calibrated_on = (
+            f"{len(calibration)} of the {len(images)} images in {images_dir}, seed {seed} (the "
+            "gate runs on all of them)"
+        )
+    elif dataset_name:
         from training.data import load_dataset
 
         dataset = load_dataset(dataset_name)
@@ -216,8 +265,9 @@ def quantize_version(
     else:
         if not allow_ungated:
             raise QuantizationError(
-                f"{model!r} names no dataset, so no test set can gate its int8 file; "
-                "--allow-ungated publishes it calibrated on random pixels, for speed checks only"
+                f"{model!r} names no dataset, so no test set can gate its int8 file: give "
+                "labelled images with --images DIR (DIR/<class name>/<image>), or "
+                "--allow-ungated to publish it calibrated on random pixels, for speed checks only"
             )
         if calibration is None:
             calibration = rng.integers(0, 256, (calibration_images, *input_shape), np.uint8)

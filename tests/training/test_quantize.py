@@ -133,3 +133,38 @@ def test_a_failing_int8_file_is_dropped_and_the_version_still_published(tmp_path
         record["dropped"].startswith("int8 accuracy ")
         and "below fp32's 100.00%" in record["dropped"]
     )
+
+
+def test_labelled_images_gate_a_model_without_a_dataset(tmp_path: Path) -> None:
+    """`quantize --images DIR` (DIR/<class name>/<image>): a model naming no dataset (one a user
+    brought) is calibrated on and gated with those images; folders must name its classes and be
+    numerous enough to judge the drop."""
+    from PIL import Image
+
+    from tests.tiny_models import lenet_like, reference_predict, write_version
+
+    repository = tmp_path / "repo"
+    version = write_version(repository, "mine", 1, lenet_like())
+    metadata = json.loads((version / "metadata.json").read_text())
+    metadata["dataset"] = None
+    (version / "metadata.json").write_text(json.dumps(metadata))
+    images = np.random.default_rng(1).integers(0, 256, (240, 28, 28, 1), dtype=np.uint8)
+    answers = reference_predict(version / "model.onnx", images).argmax(1)  # fp32 scores 100%
+    folder = tmp_path / "labelled"
+    for i, (image, answer) in enumerate(zip(images, answers, strict=True)):
+        (folder / f"class_{answer}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[:, :, 0]).save(folder / f"class_{answer}" / f"{i}.png")
+    target, written = quantize_version(
+        repository, "mine", calibration_images=32, images_dir=folder, max_drop_points=100
+    )  # fmt: skip
+    gate = written["int8"]["gate"]
+    assert (target / "model.int8.onnx").is_file() and gate["images"] == 240
+    assert gate["accuracy_fp32"] == 1.0 and 0 < gate["accuracy_int8"] <= 1.0
+    assert written["int8"]["calibration"].startswith(f"32 of the 240 images in {folder}")
+    (folder / "not_a_class").mkdir()
+    shutil.copy(next((folder / f"class_{answers[0]}").iterdir()), folder / "not_a_class")
+    with pytest.raises(QuantizationError, match=r"folders \['not_a_class'\] name no class"):
+        quantize_version(repository, "mine", images_dir=folder)
+    shutil.rmtree(folder / "not_a_class")
+    with pytest.raises(QuantizationError, match=r"names no dataset.*--images DIR"):
+        quantize_version(repository, "mine")
