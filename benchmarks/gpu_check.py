@@ -101,9 +101,19 @@ def prepare(out: Path, pack_script: Path | None) -> None:
     for source in export.glob("*/[0-9]*/"):
         target = repo / source.relative_to(export)
         target.mkdir(parents=True)
-        for name in ("model.onnx", "model.fp16.onnx", "metadata.json"):
+        for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "metadata.json"):
             if (source / name).exists():
                 shutil.copy2(source / name, target / name)
+    for target in repo.glob(f"{RESNET}/[0-9]*/"):
+        if not (target / "model.int8.onnx").exists():
+            # The int8 row of the GPU matrix (TensorRT where it loads, else the CUDA provider on
+            # the QDQ graph): an untrained model has no test set to gate on, so it is calibrated
+            # on random pixels here, for speed only, not published anywhere.
+            from training.quantize import quantize_file
+
+            print(f"quantizing {target.relative_to(repo)} to int8 (calibration: random pixels)")
+            calibration = np.random.default_rng(0).integers(0, 256, (32, 224, 224, 3), np.uint8)
+            quantize_file(target / "model.onnx", target / "model.int8.onnx", calibration)
     sizes = {p.relative_to(repo): p.stat().st_size for p in repo.rglob("*.onnx")}
     for path, size in sorted(sizes.items()):
         print(f"  {path}: {size / 1e6:,.1f} MB")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks import gpu_check
@@ -203,3 +204,32 @@ def test_the_device_plan_screens_the_first_variants_within_one_call() -> None:
 
     plan = gpu_matrix.PLANS["cuda"]
     assert gpu_matrix.expected_seconds(plan, gpu_matrix.VARIANTS[:4]) < 450
+
+
+def test_the_matrix_measures_int8_only_where_the_file_is_and_on_leftover_budget(
+    tmp_path: Path,
+) -> None:
+    """An int8 entry joins the full step where the version has model.int8.onnx (the device
+    repository gets one from `prepare`), keeps no share of the budget while screening, and is
+    served from the int8 file; a model without the file has no int8 entry."""
+    from benchmarks import gpu_matrix
+    from training.quantize import quantize_file
+
+    repo = tmp_path / "repo"
+    version = write_version(repo, gpu_check.LENET, 1, lenet_like())
+    calibration = np.random.default_rng(0).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
+    quantize_file(version / "model.onnx", version / "model.int8.onnx", calibration)
+    plan = gpu_matrix.MatrixPlan(
+        (gpu_check.LENET, "fp32"), ((gpu_check.LENET, "fp32"), (gpu_check.LENET, "int8")),
+        (1,), (2,), 0.3, 0.3, 1, 8, 5.0,
+    )  # fmt: skip
+    report = gpu_matrix.run("cpu", repo, tmp_path / "out", 120, plan, gpu_matrix.VARIANTS[:1])
+    assert list(report["full"]) == ["lenet fp32", "lenet int8"]
+    assert list(report["ceilings"]) == ["lenet fp32", "lenet int8"]
+    assert report["full"]["lenet int8"]["agreement"]["v2"] == 1.0  # against the int8 file
+    assert [v.split(": ")[1].split(" V2")[0] for v in report["verdicts"][::2]] == [
+        "LeNet fp32", "LeNet int8"
+    ]  # fmt: skip
+    (version / "model.int8.onnx").unlink()
+    without = gpu_matrix.run("cpu", repo, tmp_path / "out2", 120, plan, gpu_matrix.VARIANTS[:1])
+    assert list(without["full"]) == ["lenet fp32"]
