@@ -49,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -304,33 +305,39 @@ def grpc_failures(metrics_url: str) -> float:
 
 
 def h2load_grpc(target: str, concurrency: int, duration: float, work: Path, pid: int,
-                metrics_url: str | None = None, connections: int = 1,
+                metrics_url: str | None = None, connections: int = 1, *,
+                method: str | None = None, request: bytes | None = None,
+                failed: Callable[[], float] | None = None,
                 ) -> tuple[float, float, float, int, float]:  # fmt: skip
-    """gRPC Predict load from nghttp2's ``h2load`` (C): ``connections`` HTTP/2 connections (1: like
-    one grpc channel) sharing ``concurrency`` streams in flight."""
+    """gRPC load from nghttp2's ``h2load`` (C): ``connections`` HTTP/2 connections (1: like one
+    grpc channel) sharing ``concurrency`` streams in flight. By default a TF Serving Predict of one
+    LeNet image, its failures read from ``metrics_url``; ``method``, ``request`` (a serialised
+    message) and ``failed`` (failures counted so far) load another service. Returns (req/s, p50 ms,
+    p99 ms, errors, server CPU %)."""
     connections = max(1, min(connections, concurrency))
     from clients import wire
 
-    request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
+    if request is None:
+        request = wire.build_predict_request("lenet", {"image": one_image()}).SerializeToString()
+    if failed is None:
+        failed = (lambda: grpc_failures(metrics_url)) if metrics_url else (lambda: 0.0)
     body_file = work / "grpc_request.bin"
     body_file.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)  # gRPC frame
     log_file = work / "h2load.log"
     log_file.unlink(missing_ok=True)
-    failed_before = grpc_failures(metrics_url) if metrics_url else 0.0
+    failed_before = failed()
     cpu_before, started = cpu_seconds(pid), time.monotonic()
     out = subprocess.run(
         ["h2load", f"-c{connections}", f"-m{concurrency // connections}", f"-D{duration:g}", "--warm-up-time=1",
          f"--log-file={log_file}", "-H", "content-type: application/grpc", "-H", "te: trailers",
-         "-d", str(body_file), f"http://{target}{wire.PREDICT_METHOD}"],
+         "-d", str(body_file), f"http://{target}{method or wire.PREDICT_METHOD}"],
         capture_output=True, text=True, timeout=duration + 60, check=True,
     ).stdout  # fmt: skip
     cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
     rps = float(re.search(r"finished in \S+, ([0-9.]+) req/s", out).group(1))  # type: ignore[union-attr]
     rows = [line.split("\t") for line in log_file.read_text().splitlines() if line]
     latencies = [int(row[2]) / 1e6 for row in rows if row[1] == "200"]
-    errors = sum(1 for row in rows if row[1] != "200")
-    if metrics_url:
-        errors += int(grpc_failures(metrics_url) - failed_before)
+    errors = sum(1 for row in rows if row[1] != "200") + int(failed() - failed_before)
     return rps, percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000, errors, cpu
 
 

@@ -15,16 +15,12 @@ gateway's request counter (h2load sees only HTTP/2's 200).
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.lab.gateway_speed import (
-    cpu_seconds,
+    h2load_grpc,
     one_image,
-    percentile,
     prepare_repository,
     requests_by_status,
     start_gateway,
@@ -65,26 +61,9 @@ def h2load(
     target: str, method: str, request: bytes, concurrency: int, duration: float, work: Path,
     pid: int, metrics_url: str | None, protocol: str,
 ) -> tuple[float, float, float, int, float]:  # fmt: skip
-    """(req/s, p50 ms, p99 ms, errors, server CPU %) of one h2load run."""
-    body = work / "request.bin"
-    body.write_bytes(b"\x00" + len(request).to_bytes(4, "big") + request)  # gRPC frame
-    log = work / "h2load.log"
-    log.unlink(missing_ok=True)
-    failed_before = failures(metrics_url, protocol)
-    cpu_before, started = cpu_seconds(pid), time.monotonic()
-    out = subprocess.run(
-        ["h2load", "-c1", f"-m{concurrency}", f"-D{duration:g}", "--warm-up-time=1",
-         f"--log-file={log}", "-H", "content-type: application/grpc", "-H", "te: trailers",
-         "-d", str(body), f"http://{target}{method}"],
-        capture_output=True, text=True, timeout=duration + 60, check=True,
-    ).stdout  # fmt: skip
-    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - started) * 100
-    rps = float(re.search(r"finished in \S+, ([0-9.]+) req/s", out).group(1))  # type: ignore[union-attr]
-    rows = [line.split("\t") for line in log.read_text().splitlines() if line]
-    latencies = [int(row[2]) / 1e3 for row in rows if row[1] == "200"]
-    errors = sum(1 for row in rows if row[1] != "200")
-    errors += int(failures(metrics_url, protocol) - failed_before)
-    return rps, percentile(latencies, 50), percentile(latencies, 99), errors, cpu
+    """(req/s, p50 ms, p99 ms, errors, server CPU %) of one h2load run on one connection."""
+    return h2load_grpc(target, concurrency, duration, work, pid, method=method, request=request,
+                       failed=lambda: failures(metrics_url, protocol))  # fmt: skip
 
 
 def main() -> None:
