@@ -91,6 +91,19 @@ class GatewayMetrics:
             "(a count; the newest worker carries it, so the most any live worker reports).",
             ["reason"], registry=r, multiprocess_mode="livemax",
         )  # fmt: skip
+        self.connection_refusals = Counter(
+            "serving_connection_refusals",
+            "Requests refused before they reached a route, by protocol and status: 408 (head or "
+            "body too slow), 413 (body over the limit before it was read), 431 (head too large), "
+            "503 (over --max-connections), 400 (not HTTP).",
+            ["protocol", "status"], registry=r,
+        )  # fmt: skip
+        self.access_log_dropped = Counter(
+            "serving_access_log_dropped",
+            "Access-log lines dropped because the writer fell behind (its queue was full); the "
+            "requests themselves were served.",
+            registry=r,
+        )  # fmt: skip
         for reason, count in json.loads(os.environ.get(WORKER_RESTARTS_ENV) or "{}").items():
             self.worker_restarts.labels(reason).set(count)
         #: (model, version) -> its runtime info's label values, to drop them at unload
@@ -112,6 +125,10 @@ class GatewayMetrics:
             self._request_series[key] = series
         series[0].inc()
         series[1].observe(seconds)
+
+    def count_refusal(self, protocol: str, status: int | str) -> None:
+        """Count one request refused at the connection level (before any route saw it)."""
+        self.connection_refusals.labels(protocol, str(status)).inc()
 
     def set_state(self, model: str, version: int, state: VersionState | None) -> None:
         """Record a model version's state (TF Serving's number; None, a failed load, is 0)."""
