@@ -4,18 +4,49 @@ With ``--workers N`` every worker process writes its values to files under
 ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, set up by the supervisor
 before the workers import anything), and ``/metrics``, whichever worker answers it, reports the
 sum over the live workers; gauges say how they combine (``multiprocess_mode``).
+
+Process and platform metrics come from prometheus_client's own collectors: ``process_*`` (RSS,
+virtual memory, CPU seconds, open and maximum fds, start time), ``python_gc_*`` and
+``python_info``, plus ``serving_build_info`` (what is running). With workers, ``process_*`` is
+reported **per process**, labelled ``pid`` and ``role`` (``worker`` or ``supervisor``): whichever
+worker answers reads ``/proc/<pid>`` of every live worker (the pids of the live gauge files in the
+multiprocess directory, which ``mark_process_dead`` removes when a worker dies) and of the
+supervisor, so one leaking worker stands out and ``sum by (instance)`` gives the whole gateway.
+``python_gc_*`` is summed over the workers instead (the interpreter's counts cannot be read from
+outside it: each worker copies its own into multiprocess counters every ``GC_REFRESH_S``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import json
 import os
+import platform
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
+import serving
 from serving.lifecycle import VersionState
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -35,6 +66,132 @@ RUNTIME_INFO_LABELS = (
     "model_file", "prefer_nhwc", "cudnn_conv_algo_search", "enable_cuda_graph", "sessions",
     "padded_batch_sizes",
 )  # fmt: skip
+#: The commit the running code was built from, where the source tree is no git checkout (an image:
+#: ``docker build --build-arg SERVING_GIT_COMMIT=$(git rev-parse HEAD)``).
+GIT_COMMIT_ENV = "SERVING_GIT_COMMIT"
+#: labels of serving_build_info
+BUILD_INFO_LABELS = ("version", "git_commit", "onnxruntime", "providers", "python")
+#: With workers: how often each worker copies its garbage collector's counts to its metrics files.
+GC_REFRESH_S = 5.0
+#: The supervisor's pid in a worker's environment (``serving.workers.SUPERVISOR_ENV``, which
+#: imports this module).
+_SUPERVISOR_ENV = "SERVING_SUPERVISOR_PID"
+#: A live gauge's file in the multiprocess directory: ``gauge_livemax_<pid>.db``.
+_LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+@functools.cache
+def _git_head() -> str:
+    """``git rev-parse HEAD`` of the source tree when it is a git checkout, else "" (once)."""
+    root = Path(serving.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return ""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):  # no git binary, a hung filesystem
+        return ""
+    head = result.stdout.strip()
+    return head if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", head) else ""
+
+
+def build_info() -> dict[str, str]:
+    """The values of serving_build_info: BUILD_INFO_LABELS."""
+    import onnxruntime  # here, not at the top: the --workers supervisor imports this module
+
+    return {
+        "version": serving.__version__,
+        "git_commit": os.environ.get(GIT_COMMIT_ENV, "").strip() or _git_head(),
+        "onnxruntime": onnxruntime.__version__,
+        "providers": ",".join(onnxruntime.get_available_providers()),
+        "python": platform.python_version(),
+    }
+
+
+class WorkerProcessCollector(Collector):
+    """``process_*`` of every live process of a ``--workers`` gateway, labelled ``pid`` and
+    ``role`` (``worker``, ``supervisor``): prometheus_client's ProcessCollector pointed at each
+    ``/proc/<pid>`` in turn.
+
+    The live workers are the pids that own a live gauge's file in the multiprocess directory
+    (every worker writes ``serving_build_info``, a ``livemax`` gauge, as it starts, and the
+    supervisor's ``mark_process_dead`` deletes a dead worker's live files), this process always,
+    and only pids that still exist. A process that ends while it is read yields what was read."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._process = ProcessCollector(pid=lambda: self._pid, registry=None)
+
+    def processes(self) -> list[tuple[int, str]]:
+        """(pid, role) of every live process of the gateway, the supervisor first."""
+        workers = {os.getpid()}
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self._directory):
+                if match := _LIVE_FILE.match(name):
+                    workers.add(int(match.group(1)))
+        found = [(pid, "worker") for pid in sorted(workers)]
+        supervisor = int(os.environ.get(_SUPERVISOR_ENV) or 0)
+        if supervisor and supervisor not in workers:
+            found.insert(0, (supervisor, "supervisor"))
+        return [(pid, role) for pid, role in found if os.path.exists(f"/proc/{pid}")]
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        with self._lock:
+            for pid, role in self.processes():
+                self._pid = pid
+                for family in self._process.collect():
+                    merged = families.setdefault(
+                        family.name, Metric(family.name, family.documentation, family.type)
+                    )
+                    for sample in family.samples:
+                        labels = {**sample.labels, "pid": str(pid), "role": role}
+                        merged.add_sample(sample.name, labels, sample.value)
+        return list(families.values())
+
+
+class _GcCounters:
+    """GCCollector's three counters as multiprocess counters (summed over the workers, dead ones
+    included, as counters are), fed from ``gc.get_stats()`` by ``refresh``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        families = (
+            Counter("python_gc_objects_collected", "Objects collected during gc",
+                    ["generation"], registry=registry),
+            Counter("python_gc_objects_uncollectable", "Uncollectable objects found during GC",
+                    ["generation"], registry=registry),
+            Counter("python_gc_collections", "Number of times this generation was collected",
+                    ["generation"], registry=registry),
+        )  # fmt: skip
+        generations = [str(gen) for gen in range(len(gc.get_stats()))]
+        self._series = [[family.labels(gen) for family in families] for gen in generations]
+        self._seen = [[0, 0, 0] for _ in generations]
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Add what the collector counted since the last refresh."""
+        with self._lock:
+            for gen, stat in enumerate(gc.get_stats()):
+                values = (stat["collected"], stat["uncollectable"], stat["collections"])
+                for index, value in enumerate(values):
+                    if value > self._seen[gen][index]:
+                        self._series[gen][index].inc(value - self._seen[gen][index])
+                        self._seen[gen][index] = value
+
+    def refresh_every(self, seconds: float) -> None:
+        """Refresh now and then every ``seconds`` from a daemon thread, for the process's life."""
+        self.refresh()
+
+        def loop() -> None:
+            while True:
+                time.sleep(seconds)
+                self.refresh()
+
+        threading.Thread(target=loop, name="metrics-gc", daemon=True).start()
 
 
 class GatewayMetrics:
@@ -43,6 +200,27 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self._multiprocess_dir = os.environ.get(MULTIPROCESS_ENV) or ""
+        #: with workers: the collectors render() adds to the files' metrics (process, platform)
+        self._process_collectors: list[Collector] = []
+        self._gc: _GcCounters | None = None
+        if self._multiprocess_dir:
+            self._process_collectors = [
+                WorkerProcessCollector(self._multiprocess_dir), PlatformCollector(registry=None),
+            ]  # fmt: skip
+            self._gc = _GcCounters(r)
+        else:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.build_info = Gauge(
+            "serving_build_info",
+            "1, labelled with what this gateway runs: its version, the git commit it was built "
+            "from (\"\" when unknown), ONNX Runtime's version and available providers, Python.",
+            list(BUILD_INFO_LABELS), registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        info = build_info()
+        self.build_info.labels(*(info[name] for name in BUILD_INFO_LABELS)).set(1)
         self.requests = Counter(
             "serving_requests", "Requests by model, version, protocol and status.",
             ["model", "version", "protocol", "status"], registry=r,
@@ -104,6 +282,8 @@ class GatewayMetrics:
             "requests themselves were served.",
             registry=r,
         )  # fmt: skip
+        if self._gc is not None:  # after the build info: that gauge's file marks a live worker
+            self._gc.refresh_every(GC_REFRESH_S)
         for reason, count in json.loads(os.environ.get(WORKER_RESTARTS_ENV) or "{}").items():
             self.worker_restarts.labels(reason).set(count)
         #: (model, version) -> its runtime info's label values, to drop them at unload
@@ -164,9 +344,14 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         """Prometheus text exposition (of every live worker in multiprocess mode, read from their
-        files: blocking, so call it from a worker thread, as ``/metrics`` does)."""
+        files and every worker's ``/proc``: blocking, so call it from a worker thread, as
+        ``/metrics`` does)."""
         if os.environ.get(MULTIPROCESS_ENV):
+            if self._gc is not None:
+                self._gc.refresh()  # this worker's now, the others' at most GC_REFRESH_S old
             combined = CollectorRegistry()
             MultiProcessCollector(combined)
+            for collector in self._process_collectors:
+                combined.register(collector)
             return generate_latest(combined)
         return generate_latest(self.registry)
