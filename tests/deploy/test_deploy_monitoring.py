@@ -131,8 +131,14 @@ def test_dashboard_is_mounted_where_the_provider_looks(repo_root: Path):
     assert home == f"{provider['options']['path']}/{Path(DASHBOARD).name}"
 
 
+def gateway_names(expr: str) -> set[str]:
+    """The gateway's metric names in a query: serving_*, process_* and python_* (TF Serving's
+    all start with a colon)."""
+    return set(re.findall(r"(?<![:\w])((?:serving|process|python)_\w+)", expr))
+
+
 def test_gateway_metrics_named_by_the_dashboard_exist(dashboard: dict[str, Any]):
-    """Render a real GatewayMetrics registry and find every serving_* series the queries use."""
+    """Render a real GatewayMetrics registry and find every gateway series the queries use."""
     from serving.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
@@ -142,13 +148,39 @@ def test_gateway_metrics_named_by_the_dashboard_exist(dashboard: dict[str, Any])
     metrics.compute_latency.labels("lenet", "1").observe(0.0005)
     metrics.batch_size.labels("lenet").observe(4)
     metrics.queue_depth.labels("lenet").set(0)
+    metrics.count_refusal("rest", 431)
     exported = {sample.name for sample in metric_samples(metrics.render().decode())}
-    used = {
-        name
-        for expr in expressions(dashboard)
-        for name in re.findall(r"(?<![:\w])(serving_\w+)", expr)
-    }
+    used = {name for expr in expressions(dashboard) for name in gateway_names(expr)}
     assert used, "the dashboard names no gateway metric"
     assert used <= exported, used - exported
     labels_used = set(re.findall(r"(\w+)(?:=~|!~|=|!=)\"", " ".join(expressions(dashboard))))
     assert {"model", "status"} <= labels_used
+
+
+def test_dashboard_has_the_gateway_process_and_operations_panels(dashboard: dict[str, Any]):
+    """Memory, CPU and open files per process, connection refusals by status, access-log drops
+    and the build table; process and Python series only from the gateway's job (Prometheus
+    exports its own under the same names)."""
+    titles = {panel["title"]: panel for panel in dashboard["panels"]}
+    wanted = {
+        "Gateway memory (RSS) per process": "process_resident_memory_bytes",
+        "Gateway CPU per process": "process_cpu_seconds_total",
+        "Gateway open file descriptors": "process_open_fds",
+        "Gateway garbage collections": "python_gc_collections_total",
+        "Connection refusals by status": "serving_connection_refusals_total",
+        "Access-log lines dropped": "serving_access_log_dropped_total",
+        "Gateway build": "serving_build_info",
+    }
+    for title, metric in wanted.items():
+        exprs = [target["expr"] for target in titles[title]["targets"]]
+        assert exprs and all(metric in gateway_names(e) for e in exprs), (title, exprs)
+    assert "by (protocol, status)" in titles["Connection refusals by status"]["targets"][0]["expr"]
+    build = titles["Gateway build"]
+    assert build["type"] == "table" and build["targets"][0]["format"] == "table"
+    build_expr = build["targets"][0]["expr"]
+    from serving.metrics import BUILD_INFO_LABELS
+
+    assert all(label in build_expr for label in BUILD_INFO_LABELS), build_expr
+    for expr in expressions(dashboard):
+        if any(name.startswith(("process_", "python_")) for name in gateway_names(expr)):
+            assert 'job="gateway"' in expr, expr
