@@ -45,6 +45,14 @@ def cpu_model(compose_v2: str, repo_root: Path, compose_env: dict[str, str]) -> 
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def tracing_model(compose_v2: str, repo_root: Path, compose_env: dict[str, str]) -> dict[str, Any]:
+    return render(
+        compose_v2, repo_root, compose_env, "-f", "docker-compose.yml", "-f",
+        "docker-compose.cpu.yml", "--profile", "tracing",
+    )  # fmt: skip
+
+
 def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
     deploy = service.get("deploy") or {}
     return ((deploy.get("resources") or {}).get("reservations") or {}).get("devices") or []
@@ -53,7 +61,7 @@ def gpu_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
 def test_compose_v1_validates_the_file(
     compose_v1: str, repo_root: Path, compose_env: dict[str, str]
 ):
-    for profile_args in ([], ["--profile", "bench"]):
+    for profile_args in ([], ["--profile", "bench"], ["--profile", "tracing"]):
         result = run([compose_v1, *profile_args, "config", "--quiet"], repo_root, compose_env)
         assert result.returncode == 0, result.stderr
 
@@ -89,6 +97,7 @@ def test_compose_v2_renders_every_service(gpu_model: dict[str, Any]):
         "trainer", "tfserving", "gateway", "locust", "locust-worker", "sweep",
         "prometheus", "grafana", "tensorboard",
     }  # fmt: skip
+    assert "jaeger" not in services  # optional: only with --profile tracing
 
 
 def test_servers_reserve_a_gpu(gpu_model: dict[str, Any]):
@@ -233,12 +242,15 @@ def _serving_settings(
     from serving.settings import ServingSettings, settings_from_args
 
     fields = ServingSettings.model_fields
-    unknown = {k for k in environment if k.removeprefix("SERVING_").lower() not in fields}
+    others = {k for k in environment if not k.startswith("SERVING_")}
+    assert all(k.startswith("OTEL_") for k in others), f"neither SERVING_ nor OTEL_: {others}"
+    serving = {k: v for k, v in environment.items() if k not in others}
+    unknown = {k for k in serving if k.removeprefix("SERVING_").lower() not in fields}
     assert not unknown, f"not gateway settings: {unknown}"
     with monkeypatch.context() as patch:
         for key in [k for k in os.environ if k.startswith("SERVING_")]:
             patch.delenv(key)
-        for key, value in environment.items():
+        for key, value in serving.items():
             patch.setenv(key, value or "")
         return settings_from_args(argv)
 
@@ -252,9 +264,43 @@ def test_gateway_environment_is_real_settings(
     assert settings.device == "cuda" and str(settings.repository) == "/models"
     assert settings.http_port == 8501 and settings.grpc_port == 8500
     assert settings.api_keys == []
+    assert settings.trace_sample == 0.0  # tracing off unless asked for
     cpu = cpu_model["services"]["gateway"]
     settings = _serving_settings(monkeypatch, cpu["environment"], cpu.get("command") or [])
     assert settings.device == "cpu"
+
+
+def test_jaeger_is_an_optional_otlp_backend_the_gateway_sends_to(
+    tracing_model: dict[str, Any], gpu_model: dict[str, Any]
+):
+    """--profile tracing adds Jaeger (pinned, OTLP gRPC on 4317, UI on 16686, healthchecked);
+    the gateway is pointed at it in every profile and traces nothing unless asked."""
+    jaeger = tracing_model["services"]["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    image, _, tag = jaeger["image"].partition(":")
+    assert image == "jaegertracing/all-in-one"
+    assert tag[0].isdigit() and tag.count(".") == 2, f"not a pinned release: {tag!r}"
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    published = {(p["target"], p["published"]) for p in jaeger["ports"]}
+    assert published == {(16686, "16686"), (4317, "4317")}
+    assert jaeger["healthcheck"]["test"] and "depends_on" not in jaeger
+    for model in (gpu_model, tracing_model):
+        gateway = model["services"]["gateway"]
+        environment = gateway["environment"]
+        assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://jaeger:4317"
+        assert float(environment["SERVING_TRACE_SAMPLE"]) == 0.0
+        assert "jaeger" not in (gateway.get("depends_on") or {})  # serves without it
+
+
+def test_gateway_traces_when_the_sample_is_set(
+    monkeypatch: pytest.MonkeyPatch, compose_v2: str, repo_root: Path, compose_env: dict[str, str]
+):
+    """SERVING_TRACE_SAMPLE from the caller's environment reaches the gateway's settings."""
+    env = {**compose_env, "SERVING_TRACE_SAMPLE": "0.1"}
+    model = render(compose_v2, repo_root, env, "--profile", "tracing")
+    gateway = model["services"]["gateway"]
+    settings = _serving_settings(monkeypatch, gateway["environment"], gateway.get("command") or [])
+    assert settings.trace_sample == 0.1
 
 
 def _run_healthcheck(test: list[str], port: int) -> int:
