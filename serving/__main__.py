@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
+    from serving.observe import RequestIdFilter
+
+    for handler in logging.getLogger().handlers:  # every line about a request names its id
+        handler.addFilter(RequestIdFilter())
     if settings.workers != 1:
         from serving.workers import Supervisor
 

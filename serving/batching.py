@@ -42,6 +42,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,7 @@ import numpy as np
 from serving.batching_policy import NEXT_TURN, PeerWaitPolicy
 from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from serving.metrics import GatewayMetrics
+from serving.observe import BatchRecord, RequestRecord, current
 from serving.runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,12 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass
 class InferenceStats:
-    """Cumulative counts of one version since it loaded, for V2's ModelStatistics: requests
-    that succeeded or failed (with their time inside ``DataPlane.predict``), rows inferred, and
-    the batches the model ran (count and compute time, overall and per batch size)."""
+    """Cumulative counts of one version since it loaded, for Triton's statistics extension (V2
+    ``ModelStatistics`` and ``/v2/models/.../stats``), in its terms: requests that succeeded or
+    failed (with their time inside ``DataPlane.predict``), rows inferred, and per request its
+    wait in the queue and its batch's three compute phases (input: merging and padding the
+    batch's rows; infer: ONNX Runtime; output: handing each request its rows); per batch size
+    (rows before padding) the batches run and their phases."""
 
     success_count: int = 0
     success_ns: int = 0
@@ -70,10 +75,18 @@ class InferenceStats:
     fail_ns: int = 0
     inference_count: int = 0
     execution_count: int = 0
+    #: ONNX Runtime time of every batch run
     compute_ns: int = 0
+    #: per request (a split request: per chunk) that reached the model
+    queue_count: int = 0
+    queue_ns: int = 0
+    compute_count: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
     #: wall-clock milliseconds of the last successful request (0: none yet)
     last_inference_ms: int = 0
-    #: rows in a batch (before padding) -> [batches, compute ns]
+    #: rows in a batch (before padding) -> [batches, input ns, infer ns, output ns]
     batches: dict[int, list[int]] = field(default_factory=dict)
 
     def note_request(self, ok: bool, ns: int, rows: int) -> None:
@@ -87,17 +100,24 @@ class InferenceStats:
             self.fail_count += 1
             self.fail_ns += ns
 
-    def note_batch(self, rows: int, seconds: float) -> None:
-        """One model execution of ``rows`` rows."""
-        ns = int(seconds * 1e9)
+    def note_batch(
+        self, rows: int, requests: int, input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
+        """One model execution of ``rows`` rows from ``requests`` requests (or chunks)."""
         self.execution_count += 1
-        self.compute_ns += ns
+        self.compute_ns += infer_ns
+        self.compute_count += requests
+        self.compute_input_ns += input_ns * requests
+        self.compute_infer_ns += infer_ns * requests
+        self.compute_output_ns += output_ns * requests
         entry = self.batches.get(rows)
         if entry is None:
-            self.batches[rows] = [1, ns]
+            self.batches[rows] = [1, input_ns, infer_ns, output_ns]
         else:
             entry[0] += 1
-            entry[1] += ns
+            entry[1] += input_ns
+            entry[2] += infer_ns
+            entry[3] += output_ns
 
 
 @dataclass(frozen=True)
@@ -179,6 +199,7 @@ class _Split:
     future: asyncio.Future[Tensors]
     next_row: int = 0
     pieces: list[Tensors] = field(default_factory=list)
+    record: RequestRecord | None = None
 
 
 @dataclass
@@ -189,9 +210,11 @@ class _Pending:
     future: asyncio.Future[Tensors]
     #: queued input bytes this entry stands for (a chunk: the rest of its request).
     nbytes: int = 0
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
     #: set on a chunk of a split request; its future is the whole request's.
     split: _Split | None = None
+    #: the request's record (observe.current when it was queued), for its timings
+    record: RequestRecord | None = None
 
 
 def _merge_key(inputs: Tensors) -> tuple[Any, ...]:
@@ -216,6 +239,8 @@ class DynamicBatcher:
         self.metrics = metrics
         #: cumulative counts for V2's ModelStatistics (requests counted by the dataplane)
         self.stats = InferenceStats()
+        #: called with every batch that ran, when tracing is on (serving.tracing)
+        self.on_batch: Callable[[BatchRecord], None] | None = None
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_bytes = 0
         # Refusal budget: each admission earns refusal_share of a refusal (up to a burst).
@@ -383,10 +408,13 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensors] = loop.create_future()
         rows = next(iter(inputs.values())).shape[0]
+        record = current.get()
         if self._split_rows and rows > self._split_rows:
-            item = self._split(_Split(inputs, rows, nbytes, future))
+            item = self._split(_Split(inputs, rows, nbytes, future, record=record))
         else:
-            item = _Pending(inputs, rows, _merge_key(inputs), future, nbytes)
+            item = _Pending(inputs, rows, _merge_key(inputs), future, nbytes, record=record)
+        if record is not None:
+            record.enqueued_ns = item.enqueued_ns
         self._queue.append(item)
         self._queued_bytes += item.nbytes
         if self.config.refusal_share:
@@ -427,8 +455,9 @@ class DynamicBatcher:
         chunk = {name: array[start:end] for name, array in split.inputs.items()}
         rest_bytes = split.nbytes * (split.rows - start) // split.rows
         return _Pending(
-            chunk, end - start, _merge_key(chunk), split.future, rest_bytes, split=split
-        )
+            chunk, end - start, _merge_key(chunk), split.future, rest_bytes, split=split,
+            record=split.record,
+        )  # fmt: skip
 
     def _chunk_done(self, split: _Split, outputs: Tensors) -> None:
         """Keep a chunk's rows; queue the next chunk at the back, or answer the request."""
@@ -512,7 +541,7 @@ class DynamicBatcher:
         assert self._wakeup is not None
         if not self._queue:
             return
-        until = self._queue[0].enqueued + self.config.batch_timeout_us / 1e6
+        until = self._queue[0].enqueued_ns / 1e9 + self.config.batch_timeout_us / 1e6
         while True:
             rows = sum(item.rows for item in self._queue)
             if rows >= self._max_rows or rows in self._preferred:
@@ -554,11 +583,18 @@ class DynamicBatcher:
         return batch
 
     def _launch(self, batch: list[_Pending]) -> None:
-        now = time.perf_counter()
-        if self.metrics is not None:
-            for item in batch:
-                if item.split is None or not item.split.pieces:  # per request: its first chunk
-                    self._queue_latency.observe(now - item.enqueued)
+        now = time.perf_counter_ns()
+        stats = self.stats
+        for item in batch:
+            wait = now - item.enqueued_ns
+            stats.queue_count += 1
+            stats.queue_ns += wait
+            first = item.split is None or not item.split.pieces  # per request: its first chunk
+            if first and self.metrics is not None:
+                self._queue_latency.observe(wait / 1e9)
+            record = item.record
+            if record is not None and first:
+                record.compute_start_ns = now
         if len(batch) == 1:
             feeds = batch[0].inputs
         else:
@@ -591,22 +627,25 @@ class DynamicBatcher:
                 done.set_result(self._compute(feeds))
             except Exception as error:
                 done.set_exception(error)
-            self._finish(batch, rows, padded, done)
+            self._finish(batch, rows, padded, now, done)
             return
         done = loop.run_in_executor(self._pool, self._compute, feeds)
-        done.add_done_callback(lambda fut: self._finish(batch, rows, padded, fut))
+        done.add_done_callback(lambda fut: self._finish(batch, rows, padded, now, fut))
 
-    def _compute(self, feeds: Tensors) -> tuple[Tensors, float]:
-        start = time.perf_counter()
+    def _compute(self, feeds: Tensors) -> tuple[Tensors, int, int]:
+        """ONNX Runtime on a batch: its outputs and perf_counter_ns at start and end (the same
+        clock in every thread)."""
+        start = time.perf_counter_ns()
         outputs = self.runtime.predict(feeds)
-        return outputs, time.perf_counter() - start
+        return outputs, start, time.perf_counter_ns()
 
     def _finish(
         self,
         batch: list[_Pending],
         rows: int,
         padded: int,
-        done: asyncio.Future[tuple[Tensors, float]],
+        launched_ns: int,
+        done: asyncio.Future[tuple[Tensors, int, int]],
     ) -> None:
         self._busy -= 1
         self._computing_rows -= rows
@@ -624,8 +663,8 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(error)
             return
-        outputs, seconds = done.result()
-        self.stats.note_batch(rows, seconds)
+        outputs, infer_start, infer_end = done.result()
+        seconds = (infer_end - infer_start) / 1e9
         if seconds > 0:
             rate = rows / seconds
             self._rows_per_s = rate if not self._rows_per_s else 0.9 * self._rows_per_s + 0.1 * rate
@@ -648,6 +687,30 @@ class DynamicBatcher:
                 else:
                     self._chunk_done(item.split, result)
             start = end
+        answered = time.perf_counter_ns()
+        self.stats.note_batch(
+            rows, len(batch), infer_start - launched_ns, infer_end - infer_start,
+            answered - infer_end,
+        )  # fmt: skip
+        records = None
+        for item in batch:
+            record = item.record
+            if record is not None:
+                record.compute_infer_start_ns = infer_start
+                record.compute_infer_end_ns = infer_end
+                record.compute_end_ns = answered
+                record.batch_rows, record.padded_rows = rows, padded
+                if self.on_batch is not None:
+                    if records is None:
+                        records = []
+                    records.append(record)
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchRecord(
+                    self.model, self.version, rows, padded, launched_ns, infer_start,
+                    infer_end, answered, records or [],
+                )
+            )  # fmt: skip
 
     async def drain(self, timeout: float) -> bool:
         """Wait until queued and running requests are finished; False on timeout."""

@@ -17,8 +17,17 @@ import numpy as np
 
 from clients.wire import DEFAULT_SIGNATURE
 from serving import images
-from serving.errors import InvalidArgument, NotFound, ServingError, Unavailable, shown, shown_list
+from serving.errors import (
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    Unavailable,
+    bounded_message,
+    shown,
+    shown_list,
+)
 from serving.metrics import GatewayMetrics
+from serving.observe import Observer, RequestRecord, current
 from serving.offload import DecodePool
 from serving.repository import ModelRepository, ModelVersion
 from serving.validation import InputLimits, validate_inputs
@@ -32,13 +41,6 @@ UNKNOWN_MODEL = "_unknown"
 #: millisecond); every other image is decoded in the bounded pool.
 INLINE_IMAGE_BYTES = 64 * 1024
 INLINE_IMAGE_PIXELS = 128 * 128
-
-
-@dataclass
-class RequestRecord:
-    """What the metrics need to know about a request once it is resolved."""
-
-    version: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,16 @@ class DataPlane:
     """One instance per gateway, shared by every transport."""
 
     def __init__(
-        self, repository: ModelRepository, metrics: GatewayMetrics, limits: Limits
+        self,
+        repository: ModelRepository,
+        metrics: GatewayMetrics,
+        limits: Limits,
+        observer: Observer | None = None,
     ) -> None:
         self.repository = repository
         self.metrics = metrics
+        #: every transport begins and ends each request's record here (access log, traces)
+        self.observer = observer or Observer()
         self.limits = limits
         self.input_limits = InputLimits(
             limits.max_request_batch,
@@ -83,8 +91,13 @@ class DataPlane:
     # --- accounting ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def observe(self, protocol: str, model: str) -> Iterator[RequestRecord]:
-        """Count one request by model, version, protocol and final status, and time it."""
-        record = RequestRecord()
+        """Count one request by model, version, protocol and final status, and time it; the
+        task's request record (``observe.current``, set by the transport) gets the model, the
+        version, the status and a failure's message."""
+        record = current.get()
+        if record is None:  # a caller outside a transport (tests, tools)
+            record = RequestRecord("", protocol, "")
+        record.model = model[:256]  # a request's name, for the log: bounded
         start = time.perf_counter()
         status = "INTERNAL"
         try:
@@ -92,12 +105,14 @@ class DataPlane:
             status = "OK"
         except ServingError as exc:
             status = exc.status
+            record.error = bounded_message(exc.message)
             raise
         except asyncio.CancelledError:
             # The client went away (gRPC cancel or deadline, HTTP disconnect): not a server fault.
             status = "CANCELLED"
             raise
         finally:
+            record.status = status
             if not record.version and model not in self.repository.models:
                 model = UNKNOWN_MODEL
             self.metrics.count_request(
@@ -165,6 +180,9 @@ class DataPlane:
             first = next(iter(inputs.values()), None) if ok else None
             rows = (first.shape[0] if first.ndim else 1) if first is not None else 0
             mv.batcher.stats.note_request(ok, time.perf_counter_ns() - start, rows)
+            record = current.get()
+            if record is not None:
+                record.rows = rows
         if outputs_wanted is not None:
             outputs = {name: outputs[name] for name in outputs_wanted}
         return outputs

@@ -8,11 +8,11 @@ so the two transports, and the client, never disagree.
 from __future__ import annotations
 
 import logging
-import uuid
 
 import grpc
 
 from clients.errors import Status
+from serving.observe import current, new_request_id
 
 _GRPC_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -166,6 +166,7 @@ def as_serving_error(exc: BaseException, logger: logging.Logger, context: str) -
     """
     if isinstance(exc, ServingError):
         return exc
-    request_id = uuid.uuid4().hex[:16]
+    record = current.get()
+    request_id = record.id if record is not None else new_request_id()
     logger.error("request %s failed (%s)", request_id, context, exc_info=exc)
     return InternalError(f"internal error; request id {request_id}")

@@ -26,6 +26,7 @@ from serving.batching import BatchingConfig, padded_batch_sizes, warmup_batch_si
 from serving.dataplane import DataPlane, Limits
 from serving.grpc.server import build_grpc_server
 from serving.metrics import GatewayMetrics
+from serving.observe import AccessLog, Observer, Tracer
 from serving.repository import ModelRepository, VersionPolicy
 from serving.rest.app import create_app, create_front
 from serving.rest.protocol import HttpLimits, gateway_protocol
@@ -121,6 +122,22 @@ def version_policy(settings: ServingSettings) -> VersionPolicy:
     )
 
 
+def build_observer(settings: ServingSettings, metrics: GatewayMetrics) -> Observer:
+    """The access log and the tracer the settings ask for (the tracer's SDK is imported only
+    when tracing is on)."""
+    access_log = None
+    if settings.access_log != "off":
+        access_log = AccessLog(
+            settings.access_log, settings.access_log_sample, metrics.access_log_dropped
+        )
+    tracer: Tracer | None = None
+    if settings.trace_sample > 0:
+        from serving.tracing import OtelTracer
+
+        tracer = OtelTracer(settings.trace_sample)
+    return Observer(access_log, tracer)
+
+
 class Gateway:
     """One gateway instance: start, serve, stop."""
 
@@ -161,6 +178,7 @@ class Gateway:
             metrics=self.metrics,
             drain_timeout_s=settings.drain_timeout_s,
         )
+        self.observer = build_observer(settings, self.metrics)
         self.dataplane = DataPlane(
             self.repository,
             self.metrics,
@@ -175,6 +193,7 @@ class Gateway:
                 json_offload_bytes=settings.json_offload_bytes,
                 json_decode_processes=settings.json_decode_processes,
             ),
+            self.observer,
         )
         self.app = create_app(self.dataplane, settings)
         self.front = create_front(self.app, self.dataplane, settings)
@@ -215,7 +234,12 @@ class Gateway:
             proxy_headers=False,
             # httptools (a dependency) with the gateway's connection limits and drain, serving
             # the hot routes itself (the front door's checks and handlers, no ASGI cycle).
-            http=gateway_protocol(http_limits(s), self.front if s.http_fast_path else None),
+            http=gateway_protocol(
+                http_limits(s),
+                self.front if s.http_fast_path else None,
+                self.dataplane.observer,
+                self.metrics,
+            ),
             timeout_keep_alive=s.keep_alive_timeout_s,
             loop="none",
             timeout_graceful_shutdown=int(s.drain_timeout_s),
@@ -271,6 +295,7 @@ class Gateway:
         self.dataplane.stopped = True
         await self.repository.close()
         self.dataplane.close()
+        self.observer.close()  # the access log's last lines, the last spans
         log.info("stopped")
 
     async def serve_forever(self) -> None:

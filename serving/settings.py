@@ -321,6 +321,29 @@ class ServingSettings(BaseSettings):
     poll_interval_s: float = Field(
         5.0, description="Seconds between repository scans for new/removed versions (0 = off)."
     )
+    # --- observability ---------------------------------------------------------------------
+    access_log: str = Field(
+        "off",
+        description="One JSON line per request (id, peer, protocol, route, model, version, "
+        "status, rows, bytes, queue wait, batch, compute, total): off, stderr, or a file path "
+        "(appended to; workers share it). Written by a thread of its own; lines it cannot keep "
+        "up with are dropped and counted, never the request delayed.",
+    )
+    access_log_sample: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of successful requests the access log writes (errors and refusals "
+        "are always written).",
+    )
+    trace_sample: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests traced with OpenTelemetry (exported over OTLP as the "
+        "OTEL_* environment variables say, e.g. OTEL_EXPORTER_OTLP_ENDPOINT); a request whose "
+        "W3C traceparent is sampled is traced too. 0 = tracing off (the SDK is not imported).",
+    )
     # --- auth and extras -------------------------------------------------------------------
     api_keys: CommaList = Field(
         default_factory=list, description="Comma list of API keys; empty = no authentication."

@@ -451,6 +451,8 @@ def _jsonable(array: np.ndarray) -> Any:
     return np.ascontiguousarray(array)
 
 
-def error_body(message: str) -> bytes:
-    """TF Serving's error JSON."""
-    return orjson.dumps({"error": message})
+def error_body(message: str, request_id: str | None = None) -> bytes:
+    """TF Serving's error JSON, ``{"error": message}``, with the request's ``id`` when known."""
+    if request_id is None:
+        return orjson.dumps({"error": message})
+    return orjson.dumps({"error": message, "id": request_id})

@@ -156,8 +156,8 @@ class InferenceServicer:
 
 
 def _statistics(mv: ModelVersion, out: Any) -> None:
-    """What the batcher counted for ``mv`` since it loaded, in Triton's fields. Not counted
-    (zero): queue, compute_input/output (not timed apart from compute), cache, memory usage."""
+    """What the batcher counted for ``mv`` since it loaded, in Triton's fields (see
+    ``batching.InferenceStats``). Not counted (zero): cache hits and misses, memory usage."""
     assert mv.batcher is not None
     stats = mv.batcher.stats
     out.name, out.version = mv.model, str(mv.version)
@@ -167,7 +167,12 @@ def _statistics(mv: ModelVersion, out: Any) -> None:
     infer = out.inference_stats
     infer.success.count, infer.success.ns = stats.success_count, stats.success_ns
     infer.fail.count, infer.fail.ns = stats.fail_count, stats.fail_ns
-    infer.compute_infer.count, infer.compute_infer.ns = stats.execution_count, stats.compute_ns
-    for rows, (count, ns) in sorted(stats.batches.items()):
+    infer.queue.count, infer.queue.ns = stats.queue_count, stats.queue_ns
+    for phase in ("compute_input", "compute_infer", "compute_output"):
+        duration = getattr(infer, phase)
+        duration.count, duration.ns = stats.compute_count, getattr(stats, f"{phase}_ns")
+    for rows, (count, input_ns, infer_ns, output_ns) in sorted(stats.batches.items()):
         batch = out.batch_stats.add(batch_size=rows)
-        batch.compute_infer.count, batch.compute_infer.ns = count, ns
+        batch.compute_input.count, batch.compute_input.ns = count, input_ns
+        batch.compute_infer.count, batch.compute_infer.ns = count, infer_ns
+        batch.compute_output.count, batch.compute_output.ns = count, output_ns

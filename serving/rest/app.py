@@ -370,4 +370,6 @@ def create_front(app: FastAPI, dataplane: DataPlane, settings: ServingSettings) 
         max_body_bytes=settings.max_body_bytes,
         api_keys=settings.api_keys,
         exempt_health=settings.auth_exempt_health,
+        observer=dataplane.observer,
+        metrics=dataplane.metrics,
     )

@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 from serving.auth import DENIED_MESSAGE, ApiKeys
 from serving.dataplane import DataPlane
 from serving.errors import PayloadTooLarge, Unauthenticated
+from serving.metrics import GatewayMetrics
+from serving.observe import REQUEST_ID_HEADER_BYTES, TRACEPARENT_HEADER_BYTES, Observer
 from serving.rest import inference, routes
 from serving.rest.inference import RawResponse, error_response, send_response
 
@@ -31,6 +33,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _PREDICT = routes.PREDICT.matchers()
+#: the access log's route of each hot route (the app's routes are logged by their template),
+#: and the protocol label its requests are counted by
+PREDICT_ROUTE, INFER_ROUTE = "predict", "infer"
+PREDICT_PROTOCOL, INFER_PROTOCOL = "rest", "v2"
+#: the protocol label of every other HTTP request (metadata, health, images, /metrics, /docs)
+HTTP_PROTOCOL = "http"
+#: the most characters of an unrouted request's path the access log keeps
+LOGGED_PATH_CHARS = 200
 #: a declared body length of more significant digits than this is over any body limit
 MAX_LENGTH_DIGITS = 18
 _INFER = routes.INFER.matchers()
@@ -53,8 +63,14 @@ class GatewayFront:
         api_keys: list[str],
         exempt_health: bool,
         dataplane: DataPlane | None = None,
+        observer: Observer | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.app = app
+        #: begins and ends every HTTP request's record (id, access log, traces)
+        self.observer = observer or Observer()
+        #: counts the requests refused here (401, 413) in serving_connection_refusals
+        self.metrics = metrics
         #: when set, :predict and /infer are served here; else the app serves them
         self.dataplane = dataplane
         self.max_body_bytes = max_body_bytes
@@ -67,20 +83,68 @@ class GatewayFront:
             return
         # ASGI header names are lower-case bytes; of repeated headers the last one counts.
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        refusal = self.refuse_head(scope["path"], headers)
-        if refusal is not None:
-            await send_response(send, refusal)
-            return
-        if scope["method"] == "POST":
-            route = self.hot_route(scope["path"])
-            if route is not None:
-                body = await self._read_body(receive, send)
-                if body is not None:
-                    await send_response(send, await self.serve_hot(route, headers, body))
+        path = scope["path"]
+        route = self.hot_route(path) if scope["method"] == "POST" else None
+        record = self.begin(headers, scope.get("client"), route)
+        request_id = record.id.encode()
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and len(length) <= 18:
+            record.bytes_in = int(length)
+
+        async def answer(message: Message) -> None:
+            """``send`` that echoes the request id and notes the status and bytes sent."""
+            if message["type"] == "http.response.start":
+                record.http_status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER_BYTES, request_id)]  # fmt: skip
+            elif message["type"] == "http.response.body":
+                record.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            refusal = self.refuse_head(path, headers)
+            if refusal is not None:
+                self.count_refusal(refusal.status)
+                await send_response(answer, refusal)
                 return
-        if b"content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH"):
-            receive = self._counting(receive)
-        await self.app(scope, receive, send)
+            if route is not None:
+                body = await self._read_body(receive, answer)
+                if body is not None:
+                    record.bytes_in = len(body)
+                    await send_response(answer, await self.serve_hot(route, headers, body))
+                return
+            if b"content-length" not in headers and scope["method"] in ("POST", "PUT", "PATCH"):
+                receive = self._counting(receive)
+            await self.app(scope, receive, answer)
+        finally:
+            if not record.route:  # the app's route template (bounded cardinality), else the path
+                matched = scope.get("route")
+                record.route = getattr(matched, "path", None) or path[:LOGGED_PATH_CHARS]
+            self.observer.end(record)
+
+    def begin(
+        self, headers: dict[bytes, bytes], peer: Any, route: HotMatch | None
+    ) -> Any:  # observe.RequestRecord
+        """The record of an HTTP request whose head has arrived, as this task's current one."""
+        request_id = headers.get(REQUEST_ID_HEADER_BYTES)
+        traceparent = headers.get(TRACEPARENT_HEADER_BYTES)
+        if route is None:
+            protocol, name = HTTP_PROTOCOL, ""
+        elif route.is_predict:
+            protocol, name = PREDICT_PROTOCOL, PREDICT_ROUTE
+        else:
+            protocol, name = INFER_PROTOCOL, INFER_ROUTE
+        return self.observer.begin(
+            protocol,
+            name,
+            request_id.decode("latin-1") if request_id is not None else None,
+            peer,
+            traceparent.decode("latin-1") if traceparent is not None else None,
+        )
+
+    def count_refusal(self, status: int) -> None:
+        """Count a request refused at the door (401, 413) in serving_connection_refusals."""
+        if self.metrics is not None:
+            self.metrics.count_refusal("http", status)
 
     def hot_route(self, path: str) -> HotMatch | None:
         """``path``'s hot route (POST :predict or /infer) when the front door serves them."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from serving.errors import (
     bounded_message,
     shown,
 )
+from serving.observe import REQUEST_ID_HEADER_BYTES, current
 from serving.validation import parse_count
 
 log = logging.getLogger(__name__)
@@ -71,13 +73,20 @@ def parse_timeout(header: str | None) -> float | None:
 
 
 def error_response(exc: BaseException, context: str) -> RawResponse:
-    """The REST error boundary: ``{"error": message}`` with the error's HTTP status from the
-    status table; anything unexpected is a 500 whose message is a request id that is logged with
-    the traceback. Every REST error body (front door, connection refusals, FastAPI routes) comes
-    from here.
+    """The REST error boundary: ``{"error": message, "id": request id}`` with the error's HTTP
+    status from the status table; anything unexpected is a 500 whose message is the request id,
+    logged with the traceback. Every REST error body (front door, connection refusals, FastAPI
+    routes) comes from here; the id is the current request's (``observe.current``).
     """
     error = exc if isinstance(exc, ServingError) else as_serving_error(exc, log, context)
-    response = RawResponse(error.http_status, tfserving.error_body(bounded_message(error.message)))
+    record = current.get()
+    message = bounded_message(error.message)
+    if record is not None:
+        record.error = message
+    response = RawResponse(
+        error.http_status,
+        tfserving.error_body(message, record.id if record is not None else None),
+    )
     retry_after = getattr(error, "retry_after_s", None)
     if retry_after is not None:  # HTTP's Retry-After is whole seconds
         response.headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
@@ -101,6 +110,7 @@ async def predict(
             dp.admit(mv, len(body))
             specs, limits = mv.runtime.inputs, dp.input_limits
             decoded: tfserving.PredictRequest | None = None
+            record.decode_start_ns = time.perf_counter_ns()
             if dp.offloads_json(len(body)):  # parsing it here would stall everyone else
                 decoded = await dp.json_pool.run(tfserving.decode_predict, body, specs, limits)
             else:
@@ -111,13 +121,17 @@ async def predict(
                     )
                 elif decoded is None:
                     decoded = tfserving.decode_general_predict(body, specs, limits)
+            record.decode_end_ns = time.perf_counter_ns()
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
                 deadline=dp.deadline(parse_timeout(timeout_ms)),
                 signature_name=decoded.signature_name,
             )
-            return RawResponse(200, tfserving.encode_predict(outputs, decoded.row_format))
+            record.encode_start_ns = time.perf_counter_ns()
+            answer = tfserving.encode_predict(outputs, decoded.row_format)
+            record.encode_end_ns = time.perf_counter_ns()
+            return RawResponse(200, answer)
     except Exception as exc:
         return error_response(exc, f"POST predict {name}")
 
@@ -139,10 +153,12 @@ async def infer(
             assert mv.runtime is not None
             dp.admit(mv, len(body))
             specs, limits = mv.runtime.inputs, dp.input_limits
+            record.decode_start_ns = time.perf_counter_ns()
             if header_length is None and dp.offloads_json(len(body)):  # all JSON: as :predict
                 decoded = await dp.json_pool.run(v2.decode_infer, body, None, specs, limits)
             else:  # binary tensors are views of the body; only their JSON header is parsed here
                 decoded = v2.decode_infer(body, header_length, specs, limits)
+            record.decode_end_ns = time.perf_counter_ns()
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
@@ -150,7 +166,11 @@ async def infer(
                 output_filter=decoded.outputs,
                 declared=True,  # decode_infer checked each input before reading its data
             )
+            record.encode_start_ns = time.perf_counter_ns()
+            if decoded.request_id is None:  # V2's id: the client's, else the request's
+                decoded.request_id = record.id
             payload, json_length = v2.encode_infer(name, mv.version, outputs, decoded)
+            record.encode_end_ns = time.perf_counter_ns()
             if json_length is None:
                 return RawResponse(200, payload)
             return RawResponse(
@@ -161,6 +181,12 @@ async def infer(
             )
     except Exception as exc:
         return error_response(exc, f"POST infer {name}")
+
+
+def add_request_id(response: RawResponse, request_id: str) -> None:
+    """Echo the request's id in ``response``'s ``x-request-id`` header (printable ASCII: see
+    ``observe.accept_request_id``)."""
+    response.headers.append((REQUEST_ID_HEADER_BYTES, request_id.encode()))
 
 
 async def send_response(send: Any, response: RawResponse) -> None:

@@ -51,8 +51,10 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.errors import HttpError
+from serving.metrics import GatewayMetrics
+from serving.observe import Observer, RequestRecord, current
 from serving.rest.front import GatewayFront, HotMatch
-from serving.rest.inference import RawResponse, error_response
+from serving.rest.inference import RawResponse, add_request_id, error_response
 
 HEADER_TOO_LARGE = 431
 
@@ -101,6 +103,7 @@ class _HotExchange:
         "disconnected",
         "headers",
         "keep_alive",
+        "record",
         "response_complete",
         "response_started",
         "route",
@@ -108,10 +111,14 @@ class _HotExchange:
     )
     message_event = _NoEvent()
 
-    def __init__(self, route: HotMatch, headers: dict[bytes, bytes], keep_alive: bool) -> None:
+    def __init__(
+        self, route: HotMatch, headers: dict[bytes, bytes], keep_alive: bool, record: RequestRecord
+    ) -> None:
         self.route = route
         self.headers = headers
         self.keep_alive = keep_alive
+        #: what the request did (observe.RequestRecord): ended when it is answered
+        self.record = record
         self.chunks: list[bytes] = []
         self.size = 0
         self.disconnected = False
@@ -129,6 +136,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     limits = HttpLimits()
     #: the front door whose hot routes this protocol serves; None: every request goes to ASGI
     front: GatewayFront | None = None
+    #: logs (and ``metrics`` counts) the requests refused at the connection level
+    observer = Observer()
+    metrics: GatewayMetrics | None = None
     _sweeping = False  # per protocol class, i.e. per server (see gateway_protocol)
     # uvicorn's default headers (server, date) as bytes, for the list object they were built from
     _default_headers: tuple[object, bytes] = (None, b"")
@@ -236,6 +246,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         exchange.size += len(body)
         if exchange.size > self.front.max_body_bytes:  # type: ignore[union-attr]
+            self.front.count_refusal(413)  # type: ignore[union-attr]
             self._answer(exchange, self.front.body_too_large())  # type: ignore[union-attr]
             return
         exchange.chunks.append(body)
@@ -339,10 +350,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         keep_alive = (
             not self._draining and parser.get_http_version() != "1.0" and parser.should_keep_alive()
         )
-        exchange = _HotExchange(route, headers, keep_alive)
+        record = front.begin(headers, self.client, route)
+        exchange = _HotExchange(route, headers, keep_alive, record)
         self.cycle = exchange  # type: ignore[assignment]
-        refusal = front.refuse_head(path, headers)
+        try:
+            refusal = front.refuse_head(path, headers)  # its error body names the request
+        finally:
+            current.set(None)  # the record is the request task's, not this callback's
         if refusal is not None:
+            front.count_refusal(refusal.status)
             self._answer(exchange, refusal)
         elif self.expect_100_continue:
             self.transport.write(_CONTINUE)
@@ -351,6 +367,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     async def _serve_hot(self, exchange: _HotExchange, body: bytes) -> None:
         front = self.front
         assert front is not None  # a hot exchange exists only with a front door
+        current.set(exchange.record)  # this task serves that request
+        exchange.record.bytes_in = len(body)
         try:
             try:
                 response = await front.serve_hot(exchange.route, exchange.headers, body)
@@ -369,8 +387,15 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _answer(self, exchange: _HotExchange, response: RawResponse) -> None:
         """Write ``response`` in one go and finish the exchange as uvicorn finishes a cycle."""
         exchange.response_started = exchange.response_complete = True
+        record = exchange.record
+        record.http_status = response.status
         if exchange.disconnected or self.transport.is_closing():
-            return  # the client has gone
+            record.http_status = 499  # the client has gone: nobody read the answer
+            self.front.observer.end(record)  # type: ignore[union-attr]
+            return
+        add_request_id(response, record.id)
+        record.bytes_out = len(response.body)
+        self.front.observer.end(record)  # type: ignore[union-attr]
         defaults = self.server_state.default_headers
         cached_for, default_bytes = self._default_headers
         if cached_for is not defaults:  # uvicorn rebuilds the list when the date changes
@@ -557,12 +582,21 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer ``status`` with the gateway's error body and close the connection."""
+        """Answer ``status`` with the gateway's error body and close the connection; the refusal
+        is counted (serving_connection_refusals) and logged whatever the access log's sample."""
         self._refused = True
         self._disarm()
+        if self.metrics is not None:
+            self.metrics.count_refusal("http", status)
         if self.transport.is_closing():
             return
-        refusal = error_response(HttpError(message, status), "connection")
+        record = self.observer.refused("http", status, "", message, self.client)
+        token = current.set(record)
+        try:
+            refusal = error_response(HttpError(message, status), "connection")
+        finally:
+            current.reset(token)
+        add_request_id(refusal, record.id)
         self.transport.write(http_response(refusal, keep_alive=False))
         self.transport.close()
 
@@ -589,8 +623,15 @@ def http_response(response: RawResponse, keep_alive: bool, default_headers: byte
 
 
 def gateway_protocol(
-    limits: HttpLimits, front: GatewayFront | None = None
+    limits: HttpLimits,
+    front: GatewayFront | None = None,
+    observer: Observer | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> type[asyncio.Protocol]:
     """A protocol class for ``uvicorn.Config(http=...)`` with these limits; with ``front``, it
-    serves the front door's hot routes itself."""
-    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), {"limits": limits, "front": front})
+    serves the front door's hot routes itself. ``observer`` logs, and ``metrics`` counts, the
+    requests it refuses itself (408, 413, 431, 503, 400)."""
+    attributes = {
+        "limits": limits, "front": front, "observer": observer or Observer(), "metrics": metrics,
+    }  # fmt: skip
+    return type("GatewayHttpProtocol", (GatewayHttpProtocol,), attributes)

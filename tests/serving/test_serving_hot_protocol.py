@@ -34,7 +34,13 @@ INFER = "/v2/models/tiny/infer"
 
 
 def _request(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: x", f"Content-Length: {len(body)}"]
+    # One client-chosen request id: every answer echoes it, so the paths' bytes can be equal.
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: x",
+        f"Content-Length: {len(body)}",
+        "X-Request-Id: r-1",
+    ]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
@@ -85,6 +91,7 @@ def test_protocol_and_asgi_paths_answer_byte_for_byte_alike(
         answers = [responses.next() for _ in range(3)]
     assert answers[0] == answers[1] == answers[2], case
     assert answers[0][1][b"server"] == b"uvicorn"  # uvicorn's default headers, on both paths
+    assert answers[0][1][b"x-request-id"] == b"r-1"
 
 
 def test_expect_100_continue_is_answered_before_the_body(gateway: RunningGateway) -> None:

@@ -245,7 +245,10 @@ def test_fastapi_routes_answer_like_the_fast_path(tiny_repo: Path, start_gateway
         ("/v1/models/nope:predict", {"json": {"instances": images.tolist()}}),
     ]  # fmt: skip
     for path, kwargs in requests:
+        # One client-chosen request id: both echo it, in the header, V2's id and error bodies.
+        kwargs["headers"] = {**kwargs.get("headers", {}), "x-request-id": "same"}
         answers = [httpx.post(gw.http_url + path, timeout=10, **kwargs) for gw in (routed, fast)]
         assert answers[0].status_code == answers[1].status_code, path
         assert answers[0].content == answers[1].content, path
+        assert answers[0].headers["x-request-id"] == answers[1].headers["x-request-id"] == "same"
         assert answers[0].headers["content-type"] == answers[1].headers["content-type"], path
