@@ -30,6 +30,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     SERVING_DEVICE=cpu
 USER 10001:10001
 EXPOSE 8500 8501
+# The commit the image is built from, for serving_build_info on /metrics (not a setting):
+#   docker build --build-arg SERVING_GIT_COMMIT="$(git rev-parse HEAD)" ...   ("" when not given)
+# Last, so that a new commit rebuilds no layer.
+ARG SERVING_GIT_COMMIT=""
+ENV SERVING_GIT_COMMIT=${SERVING_GIT_COMMIT}
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "serving.healthcheck"]
 # Options come from the SERVING_* variables above, so `docker run -e` and compose can change

@@ -162,6 +162,8 @@ def test_gateway_runs_our_image_on_cuda(gpu_model: dict[str, Any]):
     assert service["build"]["dockerfile"] == "deploy/docker/gateway.Dockerfile"
     assert service["environment"]["SERVING_DEVICE"] == "cuda"
     assert service["environment"]["SERVING_REPOSITORY"] == "/models"
+    # serving_build_info's commit: the image takes it as a build argument (empty when not set).
+    assert service["build"]["args"] == {"SERVING_GIT_COMMIT": ""}
 
 
 def test_sweep_compares_both_servers(gpu_model: dict[str, Any]):

@@ -252,6 +252,9 @@ def test_gateway_image_environment_is_real_settings(name: str, repo_root: Path):
     env_text = " ".join(rest for keyword, rest in steps if keyword == "ENV")
     variables = dict(re.findall(r"(SERVING_\w+)=(\S+)", env_text))
     assert {"SERVING_REPOSITORY", "SERVING_DEVICE"} <= set(variables)
+    # The one that is no setting: the commit serving_build_info reports, from a build argument.
+    assert variables.pop("SERVING_GIT_COMMIT") == "${SERVING_GIT_COMMIT}"
+    assert ("ARG", 'SERVING_GIT_COMMIT=""') in steps
     settings = ServingSettings(
         **{key.removeprefix("SERVING_").lower(): value for key, value in variables.items()}
     )
