@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,11 +26,15 @@ from serving.codecs import tfserving_status
 from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, as_serving_error, bounded_message, shown
 from serving.grpc.inference import InferenceServicer
+from serving.observe import REQUEST_ID_HEADER, TRACEPARENT_HEADER, RequestRecord
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
 from serving.validation import InputLimits, check_declared, describe_shape
 
 log = logging.getLogger(__name__)
+
+#: the metrics' and access log's protocol label of TF Serving's gRPC calls, and of KServe V2's
+PROTOCOL, V2_PROTOCOL = "grpc", "v2-grpc"
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 #: every method bound by path: TF Serving's and KServe V2's (for the error boundary's parsing)
@@ -103,21 +108,52 @@ class PredictionServicer:
     ) -> Any:  # fmt: skip
         """The one error boundary of the gRPC transport: parses the request (a malformed message
         is INVALID_ARGUMENT, not grpc's UNKNOWN), runs ``call``, maps every failure through the
-        status table; only unexpected exceptions become INTERNAL with a logged request id."""
+        status table; only unexpected exceptions become INTERNAL with a logged request id.
+
+        It also begins and ends the call's request record (``serving.observe``): the id from
+        the ``x-request-id`` metadata (else a fresh one) goes back in the initial metadata, and
+        it serializes the answer itself, so the access log knows the bytes sent for free."""
         types = METHODS[method]
+        request_id = traceparent = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_HEADER:
+                request_id = value
+            elif key == TRACEPARENT_HEADER:
+                traceparent = value
+        observer = self.dp.observer
+        record = observer.begin(
+            V2_PROTOCOL if method in v2_grpc.METHODS else PROTOCOL,
+            types.name,
+            request_id,
+            None,
+            traceparent,
+        )
+        record.bytes_in = len(raw)
         try:
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, record.id),))
             try:
                 request = types.request_type.FromString(raw)
             except DecodeError:
                 raise InvalidArgument(
                     f"request is not a valid {types.request_type.DESCRIPTOR.name} message"
                 ) from None
-            return await call(request, context)
+            answer = (await call(request, context)).SerializeToString()
+            if record.encode_start_ns:  # the answer's encoding ends with its serialization
+                record.encode_end_ns = time.perf_counter_ns()
+            record.http_status, record.bytes_out = 200, len(answer)
+            if not record.status:  # a call the dataplane did not count (metadata, status)
+                record.status = "OK"
+            self._end(record, context)
+            return answer
         except Exception as exc:
             error = as_serving_error(exc, log, f"gRPC {types.name}")
             code, message = error.grpc_code, bounded_message(error.message)
+            record.http_status, record.status, record.error = (
+                error.http_status, error.status, message,
+            )  # fmt: skip
             retry_after = getattr(error, "retry_after_s", None)
             del error  # its traceback holds the frames that hold the request (see below)
+        self._end(record, context)
         if retry_after is not None:  # gRPC's retry pushback (gRFC A6), in milliseconds
             context.set_trailing_metadata(
                 (("grpc-retry-pushback-ms", str(math.ceil(retry_after * 1000))),)
@@ -129,6 +165,12 @@ class PredictionServicer:
         context.set_code(code)
         context.set_details(message)
         return None
+
+    def _end(self, record: RequestRecord, context: grpc.aio.ServicerContext) -> None:
+        observer = self.dp.observer
+        if observer.access_log is not None and (record.logged or record.http_status >= 400):
+            record.peer = context.peer()  # read only for a line that is written
+        observer.end(record)
 
     async def predict(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """``PredictionService/Predict``."""
@@ -144,19 +186,23 @@ class PredictionServicer:
         protobuf's upb backend computes it by serializing the whole message again, a copy of
         every tensor the request carries."""
         spec = request.model_spec
-        with self.dp.observe("grpc", spec.name) as record:
+        with self.dp.observe(PROTOCOL, spec.name) as record:
             mv = self.dp.resolve(spec.name, *_version_choice(spec))
             record.version = str(mv.version)
             assert mv.runtime is not None
             self.dp.admit(mv, size)
+            record.decode_start_ns = time.perf_counter_ns()
+            inputs = _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits, size)
+            record.decode_end_ns = time.perf_counter_ns()
             outputs = await self.dp.predict(
                 mv,
-                _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits, size),
+                inputs,
                 deadline=self.dp.deadline(context.time_remaining()),
                 signature_name=spec.signature_name,
                 output_filter=list(request.output_filter),
                 declared=True,  # _decode_inputs checked each input before decoding it
             )
+            record.encode_start_ns = time.perf_counter_ns()
             response = wire.PredictResponse(
                 outputs={name: ndarray_to_tensor_proto(array) for name, array in outputs.items()}
             )
@@ -217,11 +263,19 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Requires an API key in the call's metadata (see ``serving.auth``); health (gRPC's and
     V2's ServerLive/ServerReady) is exempt."""
 
-    def __init__(self, keys: ApiKeys, exempt_health: bool) -> None:
+    def __init__(
+        self, keys: ApiKeys, exempt_health: bool, dataplane: DataPlane | None = None
+    ) -> None:
         self.keys = keys
         self.exempt_health = exempt_health
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if dataplane is not None:  # logged and counted as a refusal, with its id
+                dataplane.metrics.count_refusal(PROTOCOL, 401)
+                record = dataplane.observer.refused(
+                    PROTOCOL, 401, "UNAUTHENTICATED", DENIED_MESSAGE, context.peer()
+                )
+                await context.send_initial_metadata(((REQUEST_ID_HEADER, record.id),))
             # By status, not abort(), for the reason given in PredictionServicer._guard.
             context.set_code(grpc.StatusCode.UNAUTHENTICATED)
             context.set_details(DENIED_MESSAGE)
@@ -251,7 +305,7 @@ def build_grpc_server(
     """A grpc.aio server with TF Serving's services, KServe V2's ``GRPCInferenceService`` and
     the standard health service (not started)."""
     interceptors = (
-        [ApiKeyInterceptor(ApiKeys(settings.api_keys), settings.auth_exempt_health)]
+        [ApiKeyInterceptor(ApiKeys(settings.api_keys), settings.auth_exempt_health, dataplane)]
         if settings.api_keys
         else []
     )
@@ -276,10 +330,10 @@ def build_grpc_server(
 
     def unary(method: str, handler: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
         types = METHODS[method]
-        # No request deserializer: the handler parses, inside its error boundary (_guard).
-        return grpc.unary_unary_rpc_method_handler(
-            handler, response_serializer=types.response_type.SerializeToString
-        )
+        # No request deserializer: the handler parses, inside its error boundary (_guard); no
+        # response serializer: _guard returns the answer's bytes.
+        del types  # every method is bound by path (METHODS), checked here
+        return grpc.unary_unary_rpc_method_handler(handler)
 
     server.add_generic_rpc_handlers(
         (
