@@ -10,12 +10,14 @@ median round of each is reported with the ratio B / A. Load as in ``gateway_spee
 
     .venv/bin/python -m benchmarks.lab.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4]
         [--concurrency 1,32] [--protocols "REST JSON,V2 binary,gRPC"] [--json out.json]
+        [--a-options "..."] [--b-options "--access-log /tmp/b.jsonl"]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import statistics
 import sys
@@ -43,6 +45,15 @@ def main() -> None:
         "--protocols", default=",".join(PROTOCOLS), help=f"comma list of {', '.join(PROTOCOLS)}"
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--a-options", default="", help="extra gateway options for A, one shell-quoted string"
+    )
+    parser.add_argument(
+        "--b-options",
+        default="",
+        help='extra gateway options for B, e.g. "--access-log /tmp/b.jsonl" (the cost of a '
+        "feature: the same checkout as A and B, the feature on in B only)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None or shutil.which("h2load") is None:
         sys.exit("wrk and h2load are needed (Debian packages wrk and nghttp2-client)")
@@ -52,7 +63,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         repo, _model, description = prepare_repository(work)
-        servers = {name: start_gateway(root, repo, []) for name, root in roots.items()}
+        options = {"A": shlex.split(args.a_options), "B": shlex.split(args.b_options)}
+        servers = {name: start_gateway(root, repo, options[name]) for name, root in roots.items()}
         try:
             for protocol in [p.strip() for p in args.protocols.split(",")]:
                 for concurrency in concurrencies:
@@ -81,7 +93,11 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "machine": machine(),
         "model": description,
-        "checkouts": {name: f"{root} at {gateway_commit(root)}" for name, root in roots.items()},
+        "checkouts": {
+            name: f"{root} at {gateway_commit(root)}"
+            + (f" with {shlex.join(options[name])}" if options[name] else "")
+            for name, root in roots.items()
+        },
         "rounds": args.rounds,
         "duration_s": args.duration,
         "results": rows,
