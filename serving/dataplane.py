@@ -17,6 +17,7 @@ import numpy as np
 
 from clients.wire import DEFAULT_SIGNATURE
 from serving import images
+from serving.batching import InferenceStats
 from serving.errors import (
     InvalidArgument,
     NotFound,
@@ -288,3 +289,26 @@ class DataPlane:
         if not entry.versions:
             self.repository.resolve(model)  # raises NotFound: the model has no versions
         return sorted(entry.versions.values(), key=lambda mv: mv.version, reverse=True)
+
+    def statistics(
+        self, model: str | None, version: int | None = None
+    ) -> list[tuple[str, int, InferenceStats]]:
+        """(model, version, counters) for Triton's statistics extension, both transports: the
+        available versions of ``model`` (NotFound when unknown), or of every model by name; only
+        ``version`` when given (NotFound for a model without it available). Oldest first."""
+        repository = self.repository
+        if model:
+            entries = [repository.entry(model)]
+        else:
+            entries = [repository.entry(name) for name in sorted(repository.models)]
+        result: list[tuple[str, int, InferenceStats]] = []
+        for entry in entries:
+            versions = entry.available()
+            if version is not None:
+                versions = [mv for mv in versions if mv.version == version]
+                if not versions:
+                    raise NotFound(f"version {version} of model '{entry.name}' is not available")
+            for mv in sorted(versions, key=lambda mv: mv.version):
+                assert mv.batcher is not None  # every available version has one
+                result.append((mv.model, mv.version, mv.batcher.stats))
+        return result

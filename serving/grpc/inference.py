@@ -21,10 +21,10 @@ import grpc
 from clients import v2_grpc
 from clients.codec import v2_datatype
 from serving import __version__
+from serving.codecs import v2_statistics
 from serving.codecs.v2_grpc import decode_infer_request, encode_infer_response
 from serving.dataplane import DataPlane
-from serving.errors import NotFound, ServingError
-from serving.repository import ModelVersion
+from serving.errors import ServingError
 from serving.runtimes.base import TensorSpec
 from serving.validation import parse_count
 
@@ -145,43 +145,5 @@ class InferenceServicer:
             return answer
 
     async def _statistics(self, request: Any, context: Any) -> Any:
-        repository = self.dp.repository
-        if request.name:
-            entry = repository.entry(request.name)  # NotFound for an unknown model
-            models = [entry]
-        else:
-            models = [repository.entry(name) for name in sorted(repository.models)]
-        wanted = _version(request.version)
-        response = v2_grpc.ModelStatisticsResponse()
-        for entry in models:
-            versions = entry.available()
-            if wanted is not None:
-                versions = [mv for mv in versions if mv.version == wanted]
-                if not versions:
-                    raise NotFound(f"version {wanted} of model '{entry.name}' is not available")
-            for mv in sorted(versions, key=lambda mv: mv.version):
-                _statistics(mv, response.model_stats.add())
-        return response
-
-
-def _statistics(mv: ModelVersion, out: Any) -> None:
-    """What the batcher counted for ``mv`` since it loaded, in Triton's fields (see
-    ``batching.InferenceStats``). Not counted (zero): cache hits and misses, memory usage."""
-    assert mv.batcher is not None
-    stats = mv.batcher.stats
-    out.name, out.version = mv.model, str(mv.version)
-    out.last_inference = stats.last_inference_ms
-    out.inference_count = stats.inference_count
-    out.execution_count = stats.execution_count
-    infer = out.inference_stats
-    infer.success.count, infer.success.ns = stats.success_count, stats.success_ns
-    infer.fail.count, infer.fail.ns = stats.fail_count, stats.fail_ns
-    infer.queue.count, infer.queue.ns = stats.queue_count, stats.queue_ns
-    for phase in ("compute_input", "compute_infer", "compute_output"):
-        duration = getattr(infer, phase)
-        duration.count, duration.ns = stats.compute_count, getattr(stats, f"{phase}_ns")
-    for rows, (count, input_ns, infer_ns, output_ns) in sorted(stats.batches.items()):
-        batch = out.batch_stats.add(batch_size=rows)
-        batch.compute_input.count, batch.compute_input.ns = count, input_ns
-        batch.compute_infer.count, batch.compute_infer.ns = count, infer_ns
-        batch.compute_output.count, batch.compute_output.ns = count, output_ns
+        counted = self.dp.statistics(request.name, _version(request.version))
+        return v2_statistics.statistics_message(v2_statistics.statistics_json(counted))

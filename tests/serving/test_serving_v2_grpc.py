@@ -130,6 +130,10 @@ def test_tritonclient_reads_readiness_metadata_and_statistics(triton: object) ->
     )
     assert int(success["ns"]) > 0
     assert int(stats["last_inference"]) > 0
+    # the queue and the three compute phases are measured, per request, since the batcher counts
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        duration = stats["inference_stats"][phase]
+        assert int(duration["count"]) >= 1 and int(duration["ns"]) > 0, phase
     assert sum(int(b["compute_infer"]["count"]) for b in stats["batch_stats"]) == count(
         stats, "execution_count"
     )
