@@ -6,7 +6,8 @@ Routes
 - Image: ``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:classify_image?top_k=5``, a raw
   PNG/JPEG body or a multipart form with one file.
 - KServe V2: ``/v2``, ``/v2/health/live|ready``, ``/v2/models/{m}[/versions/{v}][/ready]``,
-  ``POST /v2/models/{m}[/versions/{v}]/infer`` (JSON or binary tensor extension).
+  ``POST /v2/models/{m}[/versions/{v}]/infer`` (JSON or binary tensor extension),
+  ``/v2/models[/{m}[/versions/{v}]]/stats`` (Triton's statistics extension).
 - ``/metrics`` (Prometheus), ``/docs`` (OpenAPI).
 
 Deadline: header ``x-request-timeout-ms`` (else the server's ``request_timeout_s``).
@@ -32,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from clients.codec import v2_datatype
 from serving import __version__, images
-from serving.codecs import tfserving_status
+from serving.codecs import tfserving_status, v2_statistics
 from serving.codecs import v2 as v2_codec
 from serving.dataplane import DataPlane
 from serving.errors import HttpError, InvalidArgument, ServingError, shown
@@ -291,7 +292,7 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
             {
                 "name": "convnet-serving",
                 "version": __version__,
-                "extensions": ["binary_tensor_data"],
+                "extensions": ["binary_tensor_data", "statistics"],
             }
         )
 
@@ -327,6 +328,12 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
             }
         )
 
+    async def all_statistics() -> Response:
+        return _json(v2_statistics.statistics_json(dp.statistics(None)))
+
+    async def model_statistics(name: str, version: str | None = None) -> Response:
+        return _json(v2_statistics.statistics_json(dp.statistics(name, _version(version))))
+
     async def infer(request: Request, name: str, version: str | None = None) -> Response:
         raw = await inference.infer(
             dp,
@@ -341,9 +348,15 @@ def create_app(dataplane: DataPlane, settings: ServingSettings) -> FastAPI:
     _route(router, routes.V2_SERVER, server_metadata, "GET", tags=["KServe V2"])
     _route(router, routes.V2_LIVE, live, "GET", tags=["KServe V2"])
     _route(router, routes.V2_READY, ready, "GET", tags=["KServe V2"])
+    # Before /v2/models/{name}, which would take "stats" for a model's name (as in Triton).
+    stats_summary = "Triton's statistics extension"
+    _route(router, routes.V2_ALL_STATS, all_statistics, "GET", tags=["KServe V2"],
+           summary=stats_summary + ": every model")  # fmt: skip
     for base in routes.V2_MODEL:
         _route(router, base, model_metadata, "GET", tags=["KServe V2"])
         _route(router, base + "/ready", model_ready, "GET", tags=["KServe V2"])
+        _route(router, base + routes.V2_STATS_SUFFIX, model_statistics, "GET",
+               tags=["KServe V2"], summary=stats_summary)  # fmt: skip
     for template in routes.INFER.templates:
         _route(router, template, infer, "POST", tags=["KServe V2"])
 

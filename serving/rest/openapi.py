@@ -54,6 +54,17 @@ _TENSOR_META = {
         "parameters": {"type": "object"},
     },
 }
+_DURATION = {
+    "type": "object",
+    "required": ["count", "ns"],
+    "properties": {
+        "count": {"type": "integer", "minimum": 0},
+        "ns": {"type": "integer", "minimum": 0},
+    },
+}
+_PHASES = ("compute_input", "compute_infer", "compute_output")
+_INFERENCE_STATS = ("success", "fail", "queue", *_PHASES, "cache_hit", "cache_miss")
+_COUNT = {"type": "integer", "minimum": 0}
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {
         "type": "object",
@@ -143,6 +154,59 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "parameters": {"type": "object"},
         },
     },
+    "ModelStatistics": {
+        "type": "object",
+        "description": "Triton's statistics extension: per available version, what it served "
+        "since it loaded (times in nanoseconds).",
+        "required": ["model_stats"],
+        "properties": {
+            "model_stats": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "name",
+                        "version",
+                        "last_inference",
+                        "inference_count",
+                        "execution_count",
+                        "inference_stats",
+                        "response_stats",
+                        "batch_stats",
+                        "memory_usage",
+                    ],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "last_inference": {
+                            **_COUNT,
+                            "description": "Milliseconds since the epoch; 0: none yet.",
+                        },
+                        "inference_count": {**_COUNT, "description": "Rows inferred."},
+                        "execution_count": {**_COUNT, "description": "Model executions."},
+                        "inference_stats": {
+                            "type": "object",
+                            "required": list(_INFERENCE_STATS),
+                            "properties": {key: _DURATION for key in _INFERENCE_STATS},
+                        },
+                        "response_stats": {"type": "object"},
+                        "batch_stats": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["batch_size", *_PHASES],
+                                "properties": {
+                                    "batch_size": {"type": "integer", "minimum": 1},
+                                    **{key: _DURATION for key in _PHASES},
+                                },
+                            },
+                        },
+                        "memory_usage": {"type": "array"},
+                    },
+                },
+            }
+        },
+    },
     "Ready": {
         "type": "object",
         "required": ["ready"],
@@ -186,6 +250,8 @@ def _operation_kind(path: str, method: str) -> str:
         return path.rsplit(":", 1)[-1] if ":" in path else "infer"
     if path == "/metrics":
         return "metrics"
+    if path.endswith("/stats"):
+        return "model_statistics" if "{name}" in path else "statistics"
     if path.endswith("/ready"):
         return "model_ready" if "/models/" in path else "server_ready"
     if path == "/v2/health/live":
@@ -204,7 +270,7 @@ def _describe(operation: dict[str, Any], kind: str) -> None:
     if kind in ("predict", "infer", "classify_image"):
         statuses += [*_LOOKUP, *_INFERENCE]
         operation.setdefault("parameters", []).append(_TIMEOUT_HEADER)
-    elif kind in ("status", "metadata", "v2_metadata", "model_ready"):
+    elif kind in ("status", "metadata", "v2_metadata", "model_ready", "model_statistics"):
         statuses += _LOOKUP
     if kind == "predict":
         example = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
@@ -253,6 +319,8 @@ def _describe(operation: dict[str, Any], kind: str) -> None:
         ok["content"] = _json("ModelMetadata")
     elif kind == "v2_metadata":
         ok["content"] = _json("V2ModelMetadata")
+    elif kind in ("statistics", "model_statistics"):
+        ok["content"] = _json("ModelStatistics")
     elif kind in ("model_ready", "server_ready"):
         ok["content"] = _json("Ready")
     elif kind == "live":

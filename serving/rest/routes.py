@@ -19,6 +19,11 @@ V1_MODEL = (
 #: A KServe V2 model, or a version of it.
 V2_MODEL = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
 
+#: Triton's statistics extension: every model's, or (as a suffix of ``V2_MODEL``) one model's
+#: or one version's. Before ``/v2/models/{name}`` in the app, which would take "stats" for a name.
+V2_ALL_STATS = "/v2/models/stats"
+V2_STATS_SUFFIX = "/stats"
+
 V2_SERVER = "/v2"
 V2_LIVE = "/v2/health/live"
 V2_READY = "/v2/health/ready"

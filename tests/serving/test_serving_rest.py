@@ -162,7 +162,7 @@ def test_v2_health_and_metadata(http: httpx.Client) -> None:
     assert meta["versions"] == ["2", "1"]
     assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
     assert meta["parameters"]["class_names"] == [f"class_{i}" for i in range(10)]
-    assert http.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert http.get("/v2").json()["extensions"] == ["binary_tensor_data", "statistics"]
 
 
 def _png(pixels: np.ndarray, size: tuple[int, int] | None = None, mode: str = "L") -> bytes:
