@@ -179,6 +179,8 @@ class Gateway:
             drain_timeout_s=settings.drain_timeout_s,
         )
         self.observer = build_observer(settings, self.metrics)
+        if self.observer.tracer is not None:  # batch spans: every version's batcher reports
+            self.repository.on_batch = self.observer.tracer.batch
         self.dataplane = DataPlane(
             self.repository,
             self.metrics,

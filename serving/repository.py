@@ -33,6 +33,7 @@ from serving.batching import BatchingConfig, DynamicBatcher
 from serving.errors import NotFound, Unavailable, shown
 from serving.lifecycle import VersionState
 from serving.metrics import GatewayMetrics
+from serving.observe import BatchRecord
 from serving.runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,9 @@ class ModelRepository:
         self.config_file = config_file
         self.metrics = metrics
         self.drain_timeout_s = drain_timeout_s
+        #: every version's batcher calls this after each batch (the tracer's, set by the
+        #: gateway when tracing is on; None: batches are not reported)
+        self.on_batch: Callable[[BatchRecord], None] | None = None
         self.models: dict[str, ModelEntry] = {}
         self._failed: dict[tuple[str, int], Fingerprint] = {}
         self._config: ModelsConfig = {}
@@ -440,6 +444,7 @@ class ModelRepository:
             check_labels(metadata, runtime)
             declared = check_preprocessing(metadata, runtime)
             batcher = DynamicBatcher(runtime, entry.name, version, self.batching, self.metrics)
+            batcher.on_batch = self.on_batch
         except Exception as exc:
             if runtime is not None:  # never served: free its session (and GPU memory) now
                 await asyncio.to_thread(_close_quietly, runtime, f"{entry.name}/{version}")
