@@ -40,6 +40,8 @@ PROBES: dict[str, str] = {
     "the baseline the gateway is compared with",
     "v2_grpc_speed": "How fast is KServe V2 over gRPC against the gateway's TF Serving gRPC and "
     "grpc.aio alone (h2load, rounds interleaved)?",
+    "otlp_sink": "Where do traces go while tracing is priced (an OTLP receiver that counts "
+    "spans and stops by itself)?",
 }
 
 #: probes not (yet) moved here, run as ``python -m benchmarks.NAME``
