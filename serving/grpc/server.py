@@ -111,7 +111,9 @@ class PredictionServicer:
         status table; only unexpected exceptions become INTERNAL with a logged request id.
 
         It also begins and ends the call's request record (``serving.observe``): the id from
-        the ``x-request-id`` metadata (else a fresh one) goes back in the initial metadata, and
+        the ``x-request-id`` metadata (else a fresh one) goes back in the trailing metadata (not the
+        initial: grpc.aio sends initial metadata set by the handler as a frame of its own, which
+        cost 10-15% of gRPC's throughput, benchmarks/RESULTS.md), and
         it serializes the answer itself, so the access log knows the bytes sent for free."""
         types = METHODS[method]
         request_id = traceparent = None
@@ -130,7 +132,6 @@ class PredictionServicer:
         )
         record.bytes_in = len(raw)
         try:
-            await context.send_initial_metadata(((REQUEST_ID_HEADER, record.id),))
             try:
                 request = types.request_type.FromString(raw)
             except DecodeError:
@@ -143,6 +144,7 @@ class PredictionServicer:
             record.http_status, record.bytes_out = 200, len(answer)
             if not record.status:  # a call the dataplane did not count (metadata, status)
                 record.status = "OK"
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, record.id),))
             self._end(record, context)
             return answer
         except Exception as exc:
@@ -154,10 +156,10 @@ class PredictionServicer:
             retry_after = getattr(error, "retry_after_s", None)
             del error  # its traceback holds the frames that hold the request (see below)
         self._end(record, context)
+        trailing: tuple[tuple[str, str], ...] = ((REQUEST_ID_HEADER, record.id),)
         if retry_after is not None:  # gRPC's retry pushback (gRFC A6), in milliseconds
-            context.set_trailing_metadata(
-                (("grpc-retry-pushback-ms", str(math.ceil(retry_after * 1000))),)
-            )
+            trailing += (("grpc-retry-pushback-ms", str(math.ceil(retry_after * 1000))),)
+        context.set_trailing_metadata(trailing)
         # Ended by status, not by context.abort(): abort raises an error that grpc keeps in the
         # call's state, chained to the one above, whose traceback holds the request's frames
         # (raw bytes, the parsed message, decode buffers) in a reference cycle with the call.
@@ -275,7 +277,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
                 record = dataplane.observer.refused(
                     PROTOCOL, 401, "UNAUTHENTICATED", DENIED_MESSAGE, context.peer()
                 )
-                await context.send_initial_metadata(((REQUEST_ID_HEADER, record.id),))
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, record.id),))
             # By status, not abort(), for the reason given in PredictionServicer._guard.
             context.set_code(grpc.StatusCode.UNAUTHENTICATED)
             context.set_details(DENIED_MESSAGE)

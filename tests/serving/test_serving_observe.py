@@ -126,7 +126,7 @@ def test_every_protocol_echoes_the_request_id_and_logs_one_line_per_request(logg
         request.model_spec.name = MODEL
         request.inputs["image"].CopyFrom(ndarray_to_tensor_proto(images))
         _, call = predict_call(channel).with_call(request, metadata=(("x-request-id", "grpc-1"),))
-        assert dict(call.initial_metadata())["x-request-id"] == "grpc-1"
+        assert dict(call.trailing_metadata())["x-request-id"] == "grpc-1"
         sent["grpc-1"] = "Predict"
         infer = channel.unary_unary(
             v2_grpc.MODEL_INFER_METHOD,
@@ -137,7 +137,7 @@ def test_every_protocol_echoes_the_request_id_and_logs_one_line_per_request(logg
         v2_request.inputs.add(name="image", datatype="UINT8", shape=list(images.shape))
         v2_request.raw_input_contents.append(images.tobytes())
         response, call = infer.with_call(v2_request, metadata=(("x-request-id", "v2-grpc-1"),))
-        assert dict(call.initial_metadata())["x-request-id"] == "v2-grpc-1"
+        assert dict(call.trailing_metadata())["x-request-id"] == "v2-grpc-1"
         assert response.id == "v2-grpc-1"
         sent["v2-grpc-1"] = "ModelInfer"
         with pytest.raises(grpc.RpcError) as refused:
@@ -145,7 +145,7 @@ def test_every_protocol_echoes_the_request_id_and_logs_one_line_per_request(logg
             bad.model_spec.name = "nope"
             predict_call(channel).with_call(bad, metadata=(("x-request-id", "grpc-404"),))
         assert refused.value.code() == grpc.StatusCode.NOT_FOUND
-        assert dict(refused.value.initial_metadata())["x-request-id"] == "grpc-404"
+        assert dict(refused.value.trailing_metadata())["x-request-id"] == "grpc-404"
         sent["grpc-404"] = "Predict"
 
     lines = _wait_for_lines(log, before + len(sent))[before:]
