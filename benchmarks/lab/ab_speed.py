@@ -30,6 +30,8 @@ from benchmarks.hostile_speed import gateway_commit, machine, start_gateway
 from benchmarks.lab.gateway_speed import measure, prepare_repository
 
 PROTOCOLS = ("REST JSON", "V2 binary", "gRPC")
+#: what --protocols may also name (not measured unless asked for)
+MORE_PROTOCOLS = ("V2 gRPC",)
 
 
 def main() -> None:
@@ -42,7 +44,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds per scenario (median)")
     parser.add_argument("--concurrency", default="1,32", help="comma list")
     parser.add_argument(
-        "--protocols", default=",".join(PROTOCOLS), help=f"comma list of {', '.join(PROTOCOLS)}"
+        "--protocols",
+        default=",".join(PROTOCOLS),
+        help=f"comma list of {', '.join(PROTOCOLS + MORE_PROTOCOLS)}",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(

@@ -7,7 +7,7 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
   DynamicBatcher alone (32 asyncio callers, batching on and off, no transport);
 - our gateway with batching on and off (and once without its pure-ASGI fast path, and once with
   ``--workers`` one per core), over REST JSON (TF Serving row format), KServe V2 binary and TF
-  Serving gRPC;
+  Serving gRPC (and, batching on, KServe V2 gRPC: ModelInfer with raw contents);
 - a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
   lists in and out, default session options);
 - grpc.aio alone: a server whose Predict returns a prepared reply without reading the request,
@@ -272,8 +272,9 @@ async def _grpc_load(
         return latencies, errors, time.perf_counter() - started
 
 
-def grpc_status_counts(metrics_url: str) -> dict[str, float]:
-    """The gateway's gRPC request counter so far, by gRPC status name.
+def grpc_status_counts(metrics_url: str, protocol: str = "grpc") -> dict[str, float]:
+    """The gateway's gRPC request counter so far (``protocol``: TF Serving's ``grpc`` or
+    KServe V2's ``v2-grpc``), by gRPC status name.
 
     h2load sees only HTTP/2 statuses (always 200 for gRPC), so the gRPC status of its requests
     comes from the gateway's own ``serving_requests_total``, read before and after a run.
@@ -281,7 +282,7 @@ def grpc_status_counts(metrics_url: str) -> dict[str, float]:
     import urllib.request
 
     with urllib.request.urlopen(metrics_url, timeout=10) as reply:
-        return requests_by_status(reply.read().decode(), "grpc")
+        return requests_by_status(reply.read().decode(), protocol)
 
 
 def requests_by_status(metrics_text: str, protocol: str) -> dict[str, float]:
@@ -298,9 +299,9 @@ def requests_by_status(metrics_text: str, protocol: str) -> dict[str, float]:
     return counts
 
 
-def grpc_failures(metrics_url: str) -> float:
+def grpc_failures(metrics_url: str, protocol: str = "grpc") -> float:
     """gRPC requests answered with a status other than OK or CANCELLED (a client hanging up)."""
-    counts = grpc_status_counts(metrics_url)
+    counts = grpc_status_counts(metrics_url, protocol)
     return sum(value for status, value in counts.items() if status not in ("OK", "CANCELLED"))
 
 
@@ -451,8 +452,19 @@ def measure(
             header_length,
             pid,
         )
+    metrics_url = server.url + "/metrics" if server.url else None  # grpc.aio alone has none
+    if protocol == "V2 gRPC":  # KServe V2's ModelInfer, the image as raw_input_contents
+        from clients import v2_grpc
+
+        if not shutil.which("h2load"):
+            raise SystemExit("V2 gRPC needs h2load (Debian package nghttp2-client)")
+        request = v2_grpc.build_infer_request("lenet", {"image": one_image()})
+        return h2load_grpc(
+            server.grpc, concurrency, duration, work, pid, connections=server.connections,
+            method=v2_grpc.MODEL_INFER_METHOD, request=request.SerializeToString(),
+            failed=(lambda: grpc_failures(metrics_url, "v2-grpc")) if metrics_url else None,
+        )  # fmt: skip
     if shutil.which("h2load"):
-        metrics_url = server.url + "/metrics" if server.url else None  # grpc.aio alone has none
         return h2load_grpc(server.grpc, concurrency, duration, work, pid, metrics_url,
                            server.connections)  # fmt: skip
     return grpc_bench(server.grpc, concurrency, duration, pid)
@@ -486,6 +498,7 @@ def side_by_side(
         "naive FastAPI+ORT": ("REST JSON",),
         GRPC_ALONE: ("gRPC",),
         "gateway, batching on, FastAPI routing": ("REST JSON", "V2 binary"),
+        "gateway, batching on": ("REST JSON", "V2 binary", "gRPC", "V2 gRPC"),
     }
     plan = [
         (name, protocol, concurrency)
@@ -636,6 +649,11 @@ def ratios(results: list[Result]) -> list[str]:
         ours = rps(server, "gRPC", 32)
         lines.append(f"- {server}, gRPC / grpc.aio alone (no-op Predict) at concurrency 32: "
                      f"{ours / alone:.2f}")  # fmt: skip
+    v2 = rps("gateway, batching on", "V2 gRPC", 32)
+    if v2 == v2:  # measured (not NaN)
+        tf = rps("gateway, batching on", "gRPC", 32)
+        lines.append(f"- gateway, batching on, V2 gRPC at concurrency 32: {v2 / tf:.2f}x TF Serving "
+                     f"gRPC, {v2 / alone:.2f} of grpc.aio alone")  # fmt: skip
     grpc_p50 = [
         r.p50_ms
         for r in results

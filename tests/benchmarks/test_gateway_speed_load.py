@@ -35,6 +35,25 @@ def test_h2load_grpc_load_is_counted_and_checked_by_the_gateway(
         server.stop()
 
 
+@pytest.mark.skipif(
+    shutil.which("h2load") is None, reason="h2load missing (Debian nghttp2-client; make setup)"
+)
+def test_v2_grpc_is_a_protocol_of_the_speed_benchmarks(tmp_path: Path) -> None:
+    """``measure(..., "V2 gRPC", ...)`` loads KServe V2's ModelInfer, answered OK by the model."""
+    repo, _, _ = gateway_speed.prepare_repository(tmp_path)
+    server = gateway_speed.start_gateway(repo, [])
+    try:
+        metrics = server.url + "/metrics"
+        rps, p50, p99, errors, _ = gateway_speed.measure(server, "V2 gRPC", 4, 1, tmp_path)
+        assert errors == 0 and rps > 0 and 0 < p50 <= p99
+        answered = sum(1 for line in (tmp_path / "h2load.log").read_text().splitlines() if line)
+        ok = gateway_speed.grpc_status_counts(metrics, "v2-grpc").get("OK", 0)
+        assert ok >= answered > 0
+        assert gateway_speed.grpc_status_counts(metrics).get("OK", 0) == 0  # none went to TF's
+    finally:
+        server.stop()
+
+
 def test_grpc_aio_alone_answers_predict_like_the_gateway() -> None:
     """The transport-ceiling server must be a real Predict endpoint, or its number means nothing."""
     import grpc
