@@ -2,7 +2,7 @@
 
 The gateway's tracing is measured against a real receiver, so the exporter's thread does the work
 it does in production (serialize, send over gRPC) rather than failing fast against nothing. It
-listens on 127.0.0.1 and stops by itself after ``--seconds`` (or at Ctrl-C), printing the spans
+listens on 127.0.0.1 and stops by itself after ``--seconds`` (or at SIGINT or SIGTERM), printing the spans
 and export calls received:
 
     .venv/bin/python -m benchmarks.lab.otlp_sink --port 4317 --seconds 900 &
@@ -13,9 +13,8 @@ and export calls received:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import signal
 import threading
-import time
 from concurrent import futures
 from typing import Any
 
@@ -62,8 +61,11 @@ def main() -> None:
     args = parser.parse_args()
     server, receiver, port = serve(args.port)
     print(f"OTLP receiver on 127.0.0.1:{port} for {args.seconds:g} s", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        time.sleep(args.seconds)
+    stop = threading.Event()
+    # Both, explicitly: a shell script's background job starts with SIGINT ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait(args.seconds)
     server.stop(None)
     print(f"received {receiver.spans} spans in {receiver.exports} exports", flush=True)
 
