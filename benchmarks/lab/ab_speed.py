@@ -1,14 +1,16 @@
 """Happy-path speed of two gateway checkouts side by side (A/B), on loopback.
 
-Two gateways, each started from its own checkout (``--a DIR`` and ``--b DIR``: for example a
-``git worktree`` of the commit before a change, and the working tree), serve the same LeNet
-repository at once (``model_repository/lenet`` if training has exported it, else the LeNet-like
-model of ``tests/tiny_models.py``). For each protocol and concurrency the rounds interleave the two
-(A then B, then B then A, ...), so a neighbour's burst on this shared machine hits both alike; the
-median round of each is reported with the ratio B / A. Load as in ``gateway_speed.py``: Debian's
+Gateways started from two checkouts (``--a DIR`` and ``--b DIR``: for example a ``git worktree``
+of the commit before a change, and the working tree), ``--pairs`` of each started A B B A ...,
+serve the same LeNet repository at once (``model_repository/lenet`` if training has exported it,
+else the LeNet-like model of ``tests/tiny_models.py``). For each protocol and concurrency every
+round measures each gateway in turn (forwards, then backwards), so a neighbour's burst on this
+shared machine hits both sides alike, and so does whatever favours the gateway started second
+(one gateway per side, identical code, measured 1.07-1.08x apart); the median over each side's
+measurements is reported with the ratio B / A. Load as in ``gateway_speed.py``: Debian's
 ``wrk`` for REST JSON and V2 binary, nghttp2's ``h2load`` for gRPC, one 28x28 image per request.
 
-    .venv/bin/python -m benchmarks.lab.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4]
+    .venv/bin/python -m benchmarks.lab.ab_speed --a /tmp/before --b . [--duration 3] [--rounds 4] [--pairs 2]
         [--concurrency 1,32] [--protocols "REST JSON,V2 binary,gRPC"] [--json out.json]
         [--a-options "..."] [--b-options "--access-log /tmp/b.jsonl"]
 """
@@ -50,6 +52,13 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="gateways per side, started A B B A ... (1: one each, started A then B; the second "
+        "started measured up to 8%% faster with identical code)",
+    )
+    parser.add_argument(
         "--a-options", default="", help="extra gateway options for A, one shell-quoted string"
     )
     parser.add_argument(
@@ -68,7 +77,17 @@ def main() -> None:
         work = Path(tmp)
         repo, _model, description = prepare_repository(work)
         options = {"A": shlex.split(args.a_options), "B": shlex.split(args.b_options)}
-        servers = {name: start_gateway(root, repo, options[name]) for name, root in roots.items()}
+        # Two gateways of the same checkout measured 1.07-1.08x apart at c=32, the one started
+        # second faster (benchmarks/RESULTS.md, 2026-12-06): so each side runs as --pairs
+        # gateways, started A B B A ..., and every round measures each of them.
+        start_order = [
+            name
+            for pair in range(args.pairs)
+            for name in (("A", "B") if pair % 2 == 0 else ("B", "A"))
+        ]
+        instances = [
+            (name, start_gateway(roots[name], repo, options[name])) for name in start_order
+        ]
         try:
             for protocol in [p.strip() for p in args.protocols.split(",")]:
                 for concurrency in concurrencies:
@@ -77,10 +96,10 @@ def main() -> None:
                         "B": [],
                     }
                     for round_index in range(args.rounds):
-                        order = ("A", "B") if round_index % 2 == 0 else ("B", "A")
-                        for name in order:
+                        order = instances if round_index % 2 == 0 else instances[::-1]
+                        for name, server in order:
                             runs[name].append(
-                                measure(servers[name], protocol, concurrency, args.duration, work)
+                                measure(server, protocol, concurrency, args.duration, work)
                             )
                     rows.append(summarise(protocol, concurrency, runs))
                     row = rows[-1]
@@ -90,7 +109,7 @@ def main() -> None:
                         flush=True,
                     )
         finally:
-            for server in servers.values():
+            for _, server in instances:
                 server.stop()
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -103,6 +122,7 @@ def main() -> None:
             for name, root in roots.items()
         },
         "rounds": args.rounds,
+        "pairs": args.pairs,
         "duration_s": args.duration,
         "results": rows,
     }
@@ -131,8 +151,8 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"A: {report['checkouts']['A']}",
         f"B: {report['checkouts']['B']}",
-        f"{report['model']}; {report['rounds']} interleaved rounds of {report['duration_s']:g} s,"
-        " medians",
+        f"{report['model']}; {report.get('pairs', 1)} gateway(s) per side, "
+        f"{report['rounds']} interleaved rounds of {report['duration_s']:g} s, medians",
         "",
         "| protocol | concurrency | A req/s | B req/s | B / A | A p50 / p99 ms | B p50 / p99 ms | errors A / B |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
