@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from prometheus_client import Counter
 
 #: the header (HTTP) and metadata key (gRPC) that carries a request's id, both ways
@@ -128,10 +129,12 @@ class RequestRecord:
         self.start_ns = time.perf_counter_ns()
 
     def as_log_line(self) -> dict[str, Any]:
-        """The access log's fields (milliseconds, rounded to microseconds)."""
-        ms = 1e-6
+        """The access log's fields (durations in milliseconds, to the microsecond). Built on the
+        writer's thread, where it holds the GIL: integer arithmetic, no round()."""
+        start = self.start_ns
+        compute_start = self.compute_start_ns
         line: dict[str, Any] = {
-            "time": round((self.start_ns + EPOCH_OFFSET_NS) / 1e9, 6),
+            "time": (start + EPOCH_OFFSET_NS) // 1000 / 1e6,
             "id": self.id,
             "peer": _peer(self.peer),
             "protocol": self.protocol,
@@ -143,14 +146,12 @@ class RequestRecord:
             "rows": self.rows,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "queue_ms": round((self.compute_start_ns - self.enqueued_ns) * ms, 3)
-            if self.compute_start_ns
-            else 0.0,
+            "queue_ms": (compute_start - self.enqueued_ns) // 1000 / 1000 if compute_start else 0.0,
             "batch": self.batch_rows,
-            "compute_ms": round((self.compute_end_ns - self.compute_start_ns) * ms, 3)
+            "compute_ms": (self.compute_end_ns - compute_start) // 1000 / 1000
             if self.compute_end_ns
             else 0.0,
-            "total_ms": round((self.end_ns - self.start_ns) * ms, 3),
+            "total_ms": (self.end_ns - start) // 1000 / 1000,
         }
         if self.error:
             line["error"] = self.error
@@ -160,6 +161,15 @@ class RequestRecord:
 #: perf_counter_ns() + this = time.time_ns(), measured once at import (spans and log lines need
 #: wall-clock times; perf_counter is what the hot path reads)
 EPOCH_OFFSET_NS = time.time_ns() - time.perf_counter_ns()
+
+
+def _json_line(line: dict[str, Any]) -> bytes:
+    """One access-log line: orjson (about 5x the standard library's speed), or, for a string
+    orjson refuses (a lone surrogate from a client's bytes), the standard library's escapes."""
+    try:
+        return orjson.dumps(line)
+    except TypeError:
+        return json.dumps(line).encode()
 
 
 def _peer(peer: Any) -> str:
@@ -261,10 +271,11 @@ class AccessLog:
                     return
                 self._stop.wait(WRITER_POLL_S)
                 continue
-            burst: list[str] = []
+            burst: list[bytes] = []
             while lines and len(burst) < WRITE_BURST_LINES:
-                burst.append(json.dumps(lines.popleft().as_log_line()))
-            data = ("\n".join(burst) + "\n").encode()
+                burst.append(_json_line(lines.popleft().as_log_line()))
+            burst.append(b"")
+            data = b"\n".join(burst)
             try:
                 while data:
                     data = data[os.write(self._fd, data) :]

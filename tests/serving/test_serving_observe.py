@@ -247,6 +247,17 @@ def test_a_full_access_log_drops_lines_and_counts_them_without_blocking(tmp_path
     )
 
 
+def test_a_line_orjson_refuses_is_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "access.jsonl"
+    log = AccessLog(str(path), 1.0)
+    record = RequestRecord("r-1", "http", "/v1/models/\udcff", None)  # a lone surrogate
+    record.http_status = 404
+    log.submit(record)
+    log.close()
+    (line,) = _lines(path)
+    assert line["id"] == "r-1" and line["route"] == "/v1/models/\udcff"
+
+
 def test_log_lines_about_a_request_name_its_id(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
