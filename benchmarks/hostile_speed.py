@@ -95,6 +95,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from benchmarks.lab.gateway_speed import (
+    GATEWAY_READY,
     ROOT,
     WRK_LUA,
     Server,
@@ -131,7 +132,7 @@ def start_gateway(root: Path, repo: Path, extra: list[str]) -> Server:
         "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0",
         *extra,
     ]  # fmt: skip
-    return Server(command, wait_for="gRPC", env={"PYTHONPATH": str(root)})
+    return Server(command, wait_for=GATEWAY_READY, env={"PYTHONPATH": str(root)})
 
 
 def gateway_knows(root: Path, option: str) -> bool:

@@ -405,13 +405,18 @@ def v2_binary_body() -> tuple[bytes, int]:
     return header + image.tobytes(), len(header)
 
 
+#: the line a gateway logs once both its ports listen (its last startup line: other lines, such as
+#: tracing's "OTLP gRPC", may name gRPC before the port is open)
+GATEWAY_READY = "gRPC (TF Serving"
+
+
 def start_gateway(repo: Path, extra: list[str], workers: int = 1) -> Server:
     workers_option = ["--workers", str(workers)] if workers != 1 else []
     return Server(
         [sys.executable, "-m", "serving", "--repository", str(repo), "--host", "127.0.0.1",
          "--http-port", "0", "--grpc-port", "0", "--device", "cpu", "--poll-interval-s", "0",
          *extra, *workers_option],
-        wait_for="workers ready" if workers != 1 else "gRPC",
+        wait_for="workers ready" if workers != 1 else GATEWAY_READY,
         # The kernel hashes each connection to one worker: with one connection per worker, two
         # often land on the same one. Four per worker spread the streams (on one process the
         # connection count made no difference: -c1 -m32 and -c32 -m1 measured alike).
