@@ -105,7 +105,8 @@ def main() -> None:
                     row = rows[-1]
                     print(
                         f"{protocol:9s} c={concurrency:<3d} A {row['A_requests_per_s']:>9,.0f} "
-                        f"B {row['B_requests_per_s']:>9,.0f} req/s  B/A {row['ratio']:.3f}",
+                        f"B {row['B_requests_per_s']:>9,.0f} req/s  B/A {row['ratio']:.3f}  "
+                        f"CPU us/request {_cpu(row)}",
                         flush=True,
                     )
         finally:
@@ -143,8 +144,25 @@ def summarise(
         row[f"{name}_p99_ms"] = statistics.median(r[2] for r in results)
         row[f"{name}_errors"] = sum(r[3] for r in results)
         row[f"{name}_all_requests_per_s"] = [round(r[0]) for r in results]
+        # The server's CPU time per request (its threads summed): a cost that the load
+        # generator's share of the two cores moves less than it moves the rate.
+        cpu_us = [r[4] / 100 / r[0] * 1e6 for r in results if r[4] is not None and r[0] > 0]
+        row[f"{name}_cpu_us_per_request"] = statistics.median(cpu_us) if cpu_us else None
     row["ratio"] = row["B_requests_per_s"] / row["A_requests_per_s"]
+    a_cpu, b_cpu = row["A_cpu_us_per_request"], row["B_cpu_us_per_request"]
+    row["cpu_ratio"] = b_cpu / a_cpu if a_cpu and b_cpu else None
     return row
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    a, b, ratio = (
+        row.get("A_cpu_us_per_request"),
+        row.get("B_cpu_us_per_request"),
+        row.get("cpu_ratio"),
+    )
+    if a is None or b is None or ratio is None:
+        return "-"
+    return f"{a:.0f} / {b:.0f} ({ratio:.3f})"
 
 
 def table(report: dict[str, Any]) -> str:
@@ -154,15 +172,16 @@ def table(report: dict[str, Any]) -> str:
         f"{report['model']}; {report.get('pairs', 1)} gateway(s) per side, "
         f"{report['rounds']} interleaved rounds of {report['duration_s']:g} s, medians",
         "",
-        "| protocol | concurrency | A req/s | B req/s | B / A | A p50 / p99 ms | B p50 / p99 ms | errors A / B |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| protocol | concurrency | A req/s | B req/s | B / A | A p50 / p99 ms | B p50 / p99 ms | "
+        "server CPU us/request A / B (B / A) | errors A / B |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['protocol']} | {r['concurrency']} | {r['A_requests_per_s']:,.0f} | "
             f"{r['B_requests_per_s']:,.0f} | {r['ratio']:.3f} | "
             f"{r['A_p50_ms']:.3f} / {r['A_p99_ms']:.3f} | {r['B_p50_ms']:.3f} / {r['B_p99_ms']:.3f} | "
-            f"{r['A_errors']} / {r['B_errors']} |"
+            f"{_cpu(r)} | {r['A_errors']} / {r['B_errors']} |"
         )
     return "\n".join(lines)
 
