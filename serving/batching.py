@@ -584,17 +584,18 @@ class DynamicBatcher:
 
     def _launch(self, batch: list[_Pending]) -> None:
         now = time.perf_counter_ns()
-        stats = self.stats
+        observe = self._queue_latency.observe if self.metrics is not None else None
+        waited = 0
         for item in batch:
             wait = now - item.enqueued_ns
-            stats.queue_count += 1
-            stats.queue_ns += wait
-            first = item.split is None or not item.split.pieces  # per request: its first chunk
-            if first and self.metrics is not None:
-                self._queue_latency.observe(wait / 1e9)
-            record = item.record
-            if record is not None and first:
-                record.compute_start_ns = now
+            waited += wait
+            if item.split is None or not item.split.pieces:  # per request: its first chunk
+                if observe is not None:
+                    observe(wait / 1e9)
+                if item.record is not None:
+                    item.record.compute_start_ns = now
+        self.stats.queue_count += len(batch)
+        self.stats.queue_ns += waited
         if len(batch) == 1:
             feeds = batch[0].inputs
         else:
@@ -692,23 +693,16 @@ class DynamicBatcher:
             rows, len(batch), infer_start - launched_ns, infer_end - infer_start,
             answered - infer_end,
         )  # fmt: skip
-        records = None
+        timing = (infer_start, infer_end, answered, rows, padded)
         for item in batch:
-            record = item.record
-            if record is not None:
-                record.compute_infer_start_ns = infer_start
-                record.compute_infer_end_ns = infer_end
-                record.compute_end_ns = answered
-                record.batch_rows, record.padded_rows = rows, padded
-                if self.on_batch is not None:
-                    if records is None:
-                        records = []
-                    records.append(record)
+            if item.record is not None:
+                item.record.batch = timing
         if self.on_batch is not None:
+            records = [item.record for item in batch if item.record is not None]
             self.on_batch(
                 BatchRecord(
                     self.model, self.version, rows, padded, launched_ns, infer_start,
-                    infer_end, answered, records or [],
+                    infer_end, answered, records,
                 )
             )  # fmt: skip
 

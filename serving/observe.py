@@ -102,23 +102,41 @@ class RequestRecord:
     end_ns = 0
     decode_start_ns = 0
     decode_end_ns = 0
-    #: joined the batcher's queue; its batch started (inputs merged), ran, and its rows came back
+    #: joined the batcher's queue; its batch started (inputs merged)
     enqueued_ns = 0
     compute_start_ns = 0
-    compute_infer_start_ns = 0
-    compute_infer_end_ns = 0
-    compute_end_ns = 0
+    #: the batch its (last) rows ran in: (ONNX Runtime's start, its end, rows handed back, rows
+    #: before padding, after), one tuple shared by the batch's requests (set once per request)
+    batch: tuple[int, int, int, int, int] | None = None
     encode_start_ns = 0
     encode_end_ns = 0
-    #: rows in the batch this request's (last) rows ran in, before padding; and after
-    batch_rows = 0
-    padded_rows = 0
     #: sampled for the access log (errors are logged whatever the sample)
     logged = False
     #: the tracer's span for this request (None: not traced)
     span: Any = None
     #: the client's W3C traceparent, when it sent one and tracing is on
     traceparent: str | None = None
+
+    @property
+    def compute_infer_start_ns(self) -> int:
+        return self.batch[0] if self.batch else 0
+
+    @property
+    def compute_infer_end_ns(self) -> int:
+        return self.batch[1] if self.batch else 0
+
+    @property
+    def compute_end_ns(self) -> int:
+        """Its rows handed back (compute_start_ns to this: its batch's merge, run and split)."""
+        return self.batch[2] if self.batch else 0
+
+    @property
+    def batch_rows(self) -> int:
+        return self.batch[3] if self.batch else 0
+
+    @property
+    def padded_rows(self) -> int:
+        return self.batch[4] if self.batch else 0
 
     def __init__(self, request_id: str, protocol: str, route: str, peer: Any = None) -> None:
         self.id = request_id
@@ -133,6 +151,7 @@ class RequestRecord:
         writer's thread, where it holds the GIL: integer arithmetic, no round()."""
         start = self.start_ns
         compute_start = self.compute_start_ns
+        batch = self.batch
         line: dict[str, Any] = {
             "time": (start + EPOCH_OFFSET_NS) // 1000 / 1e6,
             "id": self.id,
@@ -147,10 +166,8 @@ class RequestRecord:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "queue_ms": (compute_start - self.enqueued_ns) // 1000 / 1000 if compute_start else 0.0,
-            "batch": self.batch_rows,
-            "compute_ms": (self.compute_end_ns - compute_start) // 1000 / 1000
-            if self.compute_end_ns
-            else 0.0,
+            "batch": batch[3] if batch else 0,
+            "compute_ms": (batch[2] - compute_start) // 1000 / 1000 if batch else 0.0,
             "total_ms": (self.end_ns - start) // 1000 / 1000,
         }
         if self.error:

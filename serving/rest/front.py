@@ -126,7 +126,9 @@ class GatewayFront:
     ) -> Any:  # observe.RequestRecord
         """The record of an HTTP request whose head has arrived, as this task's current one."""
         request_id = headers.get(REQUEST_ID_HEADER_BYTES)
-        traceparent = headers.get(TRACEPARENT_HEADER_BYTES)
+        traceparent = (
+            headers.get(TRACEPARENT_HEADER_BYTES) if self.observer.tracer is not None else None
+        )
         if route is None:
             protocol, name = HTTP_PROTOCOL, ""
         elif route.is_predict:
