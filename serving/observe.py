@@ -316,16 +316,18 @@ class Observer:
 
     def begin(
         self, protocol: str, route: str, request_id: str | None, peer: Any = None,
-        traceparent: str | None = None,
+        traceparent: str | None = None, *, make_current: bool = True,
     ) -> RequestRecord:  # fmt: skip
-        """A record for a request just accepted, set as this task's :data:`current`."""
+        """A record for a request just accepted, set as this task's :data:`current` (unless
+        ``make_current`` is false: a caller outside the request's task sets it there)."""
         record = RequestRecord(accept_request_id(request_id), protocol, route, peer)
         if self.access_log is not None:
             record.logged = self.access_log.sampled()
         if self.tracer is not None:
             record.traceparent = traceparent
             self.tracer.start(record)
-        current.set(record)
+        if make_current:
+            current.set(record)
         return record
 
     def end(self, record: RequestRecord) -> None:

@@ -122,9 +122,14 @@ class GatewayFront:
             self.observer.end(record)
 
     def begin(
-        self, headers: dict[bytes, bytes], peer: Any, route: HotMatch | None
+        self,
+        headers: dict[bytes, bytes],
+        peer: Any,
+        route: HotMatch | None,
+        make_current: bool = True,
     ) -> Any:  # observe.RequestRecord
-        """The record of an HTTP request whose head has arrived, as this task's current one."""
+        """The record of an HTTP request whose head has arrived, as this task's current one
+        (``make_current`` false: the caller runs outside the request's task)."""  # fmt: skip
         request_id = headers.get(REQUEST_ID_HEADER_BYTES)
         traceparent = (
             headers.get(TRACEPARENT_HEADER_BYTES) if self.observer.tracer is not None else None
@@ -141,6 +146,7 @@ class GatewayFront:
             request_id.decode("latin-1") if request_id is not None else None,
             peer,
             traceparent.decode("latin-1") if traceparent is not None else None,
+            make_current=make_current,
         )
 
     def count_refusal(self, status: int) -> None:

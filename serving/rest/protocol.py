@@ -350,13 +350,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         keep_alive = (
             not self._draining and parser.get_http_version() != "1.0" and parser.should_keep_alive()
         )
-        record = front.begin(headers, self.client, route)
+        # Not current here: this callback is not the request's task (_serve_hot sets it there).
+        record = front.begin(headers, self.client, route, make_current=False)
         exchange = _HotExchange(route, headers, keep_alive, record)
         self.cycle = exchange  # type: ignore[assignment]
-        try:
-            refusal = front.refuse_head(path, headers)  # its error body names the request
-        finally:
-            current.set(None)  # the record is the request task's, not this callback's
+        refusal = front.refuse_head(path, headers)
+        if refusal is not None:  # rare: again, with the record current, for the body's id
+            token = current.set(record)
+            try:
+                refusal = front.refuse_head(path, headers)
+            finally:
+                current.reset(token)
         if refusal is not None:
             front.count_refusal(refusal.status)
             self._answer(exchange, refusal)
