@@ -42,6 +42,8 @@ PROBES: dict[str, str] = {
     "grpc.aio alone (h2load, rounds interleaved)?",
     "otlp_sink": "Where do traces go while tracing is priced (an OTLP receiver that counts "
     "spans and stops by itself)?",
+    "cpu_per_request": "What does one request cost the server in CPU time, checkout against "
+    "checkout (rounds interleaved)?",
 }
 
 #: probes not (yet) moved here, run as ``python -m benchmarks.NAME``
