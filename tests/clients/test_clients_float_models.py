@@ -90,7 +90,10 @@ def test_image_endpoint_refuses_too(served) -> None:
         content=png(), headers={"content-type": "image/png"}, timeout=10,
     )  # fmt: skip
     assert reply.status_code == 400
-    assert reply.json() == {"error": f"model '{MODEL}' does not take a single uint8 NHWC image"}
+    assert reply.json() == {
+        "error": f"model '{MODEL}' does not take a single uint8 NHWC image",
+        "id": reply.headers["x-request-id"],  # every error body names its request
+    }
 
 
 def test_predict_with_prepared_arrays_still_works(served) -> None:
