@@ -52,7 +52,7 @@ import numpy as np
 from serving.batching_policy import NEXT_TURN, PeerWaitPolicy
 from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from serving.metrics import GatewayMetrics
-from serving.observe import BatchRecord, RequestRecord, current
+from serving.observe import BatchRecord, BatchTiming, RequestRecord, current
 from serving.runtimes.base import ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -693,7 +693,7 @@ class DynamicBatcher:
             rows, len(batch), infer_start - launched_ns, infer_end - infer_start,
             answered - infer_end,
         )  # fmt: skip
-        timing = (infer_start, infer_end, answered, rows, padded)
+        timing = BatchTiming(infer_start, infer_end, answered, rows, padded)
         for item in batch:
             if item.record is not None:
                 item.record.batch = timing

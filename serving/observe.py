@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from prometheus_client import Counter
@@ -81,6 +81,19 @@ def accept_request_id(value: str | None) -> str:
     return new_request_id()
 
 
+class BatchTiming(NamedTuple):
+    """When the batch a request's rows ran in ran (perf_counter_ns), and its size."""
+
+    #: ONNX Runtime's run: its start and end
+    infer_start_ns: int
+    infer_end_ns: int
+    #: every request of the batch handed its rows (compute_start_ns to this: merge, run, split)
+    end_ns: int
+    #: rows before padding, and after
+    rows: int
+    padded_rows: int
+
+
 class RequestRecord:
     """One request, from accepted to answered. Attributes the request never reached keep the
     class defaults (no per-instance cost). Times are ``time.perf_counter_ns()`` readings (0:
@@ -105,9 +118,8 @@ class RequestRecord:
     #: joined the batcher's queue; its batch started (inputs merged)
     enqueued_ns = 0
     compute_start_ns = 0
-    #: the batch its (last) rows ran in: (ONNX Runtime's start, its end, rows handed back, rows
-    #: before padding, after), one tuple shared by the batch's requests (set once per request)
-    batch: tuple[int, int, int, int, int] | None = None
+    #: the batch its (last) rows ran in, shared by the batch's requests (None: it ran in none)
+    batch: BatchTiming | None = None
     encode_start_ns = 0
     encode_end_ns = 0
     #: sampled for the access log (errors are logged whatever the sample)
@@ -116,27 +128,6 @@ class RequestRecord:
     span: Any = None
     #: the client's W3C traceparent, when it sent one and tracing is on
     traceparent: str | None = None
-
-    @property
-    def compute_infer_start_ns(self) -> int:
-        return self.batch[0] if self.batch else 0
-
-    @property
-    def compute_infer_end_ns(self) -> int:
-        return self.batch[1] if self.batch else 0
-
-    @property
-    def compute_end_ns(self) -> int:
-        """Its rows handed back (compute_start_ns to this: its batch's merge, run and split)."""
-        return self.batch[2] if self.batch else 0
-
-    @property
-    def batch_rows(self) -> int:
-        return self.batch[3] if self.batch else 0
-
-    @property
-    def padded_rows(self) -> int:
-        return self.batch[4] if self.batch else 0
 
     def __init__(self, request_id: str, protocol: str, route: str, peer: Any = None) -> None:
         self.id = request_id
@@ -166,8 +157,8 @@ class RequestRecord:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "queue_ms": (compute_start - self.enqueued_ns) // 1000 / 1000 if compute_start else 0.0,
-            "batch": batch[3] if batch else 0,
-            "compute_ms": (batch[2] - compute_start) // 1000 / 1000 if batch else 0.0,
+            "batch": batch.rows if batch else 0,
+            "compute_ms": (batch.end_ns - compute_start) // 1000 / 1000 if batch else 0.0,
             "total_ms": (self.end_ns - start) // 1000 / 1000,
         }
         if self.error:

@@ -191,13 +191,14 @@ class OtelTracer:
         self._child(parent, "decode", record.decode_start_ns, record.decode_end_ns)
         if record.enqueued_ns:
             self._child(parent, "queue", record.enqueued_ns, record.compute_start_ns)
-        if record.compute_start_ns and record.compute_end_ns:
+        batch = record.batch
+        if record.compute_start_ns and batch is not None:
             self._child(
-                parent, "compute", record.compute_start_ns, record.compute_end_ns,
+                parent, "compute", record.compute_start_ns, batch.end_ns,
                 {
-                    "serving.batch.rows": record.batch_rows,
-                    "serving.batch.padded_rows": record.padded_rows,
-                    "serving.infer_ns": record.compute_infer_end_ns - record.compute_infer_start_ns,
+                    "serving.batch.rows": batch.rows,
+                    "serving.batch.padded_rows": batch.padded_rows,
+                    "serving.infer_ns": batch.infer_end_ns - batch.infer_start_ns,
                 },
             )  # fmt: skip
         self._child(parent, "encode", record.encode_start_ns, record.encode_end_ns)

@@ -88,7 +88,7 @@ class GatewayFront:
         record = self.begin(headers, scope.get("client"), route)
         request_id = record.id.encode()
         length = headers.get(b"content-length", b"")
-        if length.isdigit() and len(length) <= 18:
+        if length.isdigit() and len(length) <= MAX_LENGTH_DIGITS:
             record.bytes_in = int(length)
 
         async def answer(message: Message) -> None:
