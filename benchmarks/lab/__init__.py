@@ -44,6 +44,8 @@ PROBES: dict[str, str] = {
     "spans and stops by itself)?",
     "cpu_per_request": "What does one request cost the server in CPU time, checkout against "
     "checkout (rounds interleaved)?",
+    "instructions": "How many instructions does one request cost the gateway, checkout against "
+    "checkout (valgrind's callgrind: counts that repeat within 0.1%)?",
 }
 
 #: probes not (yet) moved here, run as ``python -m benchmarks.NAME``
