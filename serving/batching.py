@@ -51,7 +51,7 @@ import numpy as np
 
 from serving.batching_policy import NEXT_TURN, PeerWaitPolicy
 from serving.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from serving.metrics import GatewayMetrics
+from serving.metrics import GatewayMetrics, fast_observe, fast_set
 from serving.observe import BatchRecord, BatchTiming, RequestRecord, current
 from serving.runtimes.base import ModelRuntime
 
@@ -289,10 +289,13 @@ class DynamicBatcher:
         self._peer_wait: asyncio.Future[None] | None = None
         self._peer_timer: asyncio.Handle | None = None
         if metrics is not None:
-            self._depth = metrics.queue_depth.labels(model)
-            self._queue_latency = metrics.queue_latency.labels(model)
-            self._batch_size = metrics.batch_size.labels(model)
-            self._compute_latency = metrics.compute_latency.labels(model, str(version))
+            # Per request or per batch: the updates without prometheus_client's per-call checks.
+            self._set_depth = fast_set(metrics.queue_depth.labels(model))
+            self._observe_queue_latency = fast_observe(metrics.queue_latency.labels(model))
+            self._observe_batch_size = fast_observe(metrics.batch_size.labels(model))
+            self._observe_compute_latency = fast_observe(
+                metrics.compute_latency.labels(model, str(version))
+            )
 
     @property
     def queued(self) -> int:
@@ -409,6 +412,8 @@ class DynamicBatcher:
         future: asyncio.Future[Tensors] = loop.create_future()
         rows = next(iter(inputs.values())).shape[0]
         record = current.get()
+        if record is not None and not record.timed:
+            record = None  # nothing reads its times
         if self._split_rows and rows > self._split_rows:
             item = self._split(_Split(inputs, rows, nbytes, future, record=record))
         else:
@@ -422,7 +427,7 @@ class DynamicBatcher:
                 self._refusal_burst, self._refusal_tokens + self.config.refusal_share
             )
         if self.metrics is not None:
-            self._depth.set(len(self._queue))
+            self._set_depth(len(self._queue))
         now = loop.time()
         # What a split request has inside at once is one chunk (and so is its part in the
         # concurrency the peer wait estimates).
@@ -479,7 +484,7 @@ class DynamicBatcher:
         self._queued_rows += item.rows
         self._queued_bytes += item.nbytes
         if self.metrics is not None:
-            self._depth.set(len(self._queue))
+            self._set_depth(len(self._queue))
         assert self._wakeup is not None
         self._wakeup.set()
 
@@ -579,12 +584,12 @@ class DynamicBatcher:
         self._queued_rows = sum(item.rows for item in kept)
         self._queued_bytes = sum(item.nbytes for item in kept)
         if self.metrics is not None:
-            self._depth.set(len(self._queue))
+            self._set_depth(len(self._queue))
         return batch
 
     def _launch(self, batch: list[_Pending]) -> None:
         now = time.perf_counter_ns()
-        observe = self._queue_latency.observe if self.metrics is not None else None
+        observe = self._observe_queue_latency if self.metrics is not None else None
         waited = 0
         for item in batch:
             wait = now - item.enqueued_ns
@@ -673,8 +678,8 @@ class DynamicBatcher:
             small = self._small_batch_s
             self._small_batch_s = seconds if small is None else 0.9 * small + 0.1 * seconds
         if self.metrics is not None:
-            self._batch_size.observe(rows)
-            self._compute_latency.observe(seconds)
+            self._observe_batch_size(rows)
+            self._observe_compute_latency(seconds)
         start = 0
         for item in batch:
             end = start + item.rows
@@ -693,16 +698,17 @@ class DynamicBatcher:
             rows, len(batch), infer_start - launched_ns, infer_end - infer_start,
             answered - infer_end,
         )  # fmt: skip
+        records = [item.record for item in batch if item.record is not None]
+        if not records:  # no timed request in it
+            return
         timing = BatchTiming(infer_start, infer_end, answered, rows, padded)
-        for item in batch:
-            if item.record is not None:
-                item.record.batch = timing
+        for record in records:
+            record.batch = timing
         if self.on_batch is not None:
-            records = [item.record for item in batch if item.record is not None]
             self.on_batch(
                 BatchRecord(
                     self.model, self.version, rows, padded, launched_ns, infer_start,
-                    infer_end, answered, records,
+                    infer_end, answered, records, len(batch),
                 )
             )  # fmt: skip
 

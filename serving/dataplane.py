@@ -7,9 +7,7 @@ the answer; everything both transports need lives here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +40,47 @@ UNKNOWN_MODEL = "_unknown"
 #: millisecond); every other image is decoded in the bounded pool.
 INLINE_IMAGE_BYTES = 64 * 1024
 INLINE_IMAGE_PIXELS = 128 * 128
+
+
+class Accounting:
+    """:meth:`DataPlane.observe`'s context manager. A class rather than a generator under
+    ``contextlib.contextmanager``: every request enters one, and the generator's machinery (a
+    generator, a StopIteration on exit) cost several times this (benchmarks/RESULTS.md)."""
+
+    __slots__ = ("dataplane", "model", "protocol", "record", "start")
+
+    def __init__(self, dataplane: DataPlane, protocol: str, model: str) -> None:
+        self.dataplane, self.protocol, self.model = dataplane, protocol, model
+
+    def __enter__(self) -> RequestRecord:
+        record = current.get()
+        if record is None:  # a caller outside a transport (tests, tools)
+            record = RequestRecord("", self.protocol, "")
+        record.model = self.model[:256]  # a request's name, for the log: bounded
+        self.record = record
+        self.start = time.perf_counter()
+        return record
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: Any
+    ) -> None:
+        elapsed = time.perf_counter() - self.start
+        record = self.record
+        if kind is None:
+            status = "OK"
+        elif isinstance(error, ServingError):
+            status = error.status
+            record.error = bounded_message(error.message)
+        elif isinstance(error, asyncio.CancelledError):
+            # The client went away (gRPC cancel or deadline, HTTP disconnect): not a server fault.
+            status = "CANCELLED"
+        else:
+            status = "INTERNAL"
+        record.status = status
+        dataplane, model = self.dataplane, self.model
+        if not record.version and model not in dataplane.repository.models:
+            model = UNKNOWN_MODEL
+        dataplane.metrics.count_request(model, record.version, self.protocol, status, elapsed)
 
 
 @dataclass(frozen=True)
@@ -90,35 +129,11 @@ class DataPlane:
         self.stopped = False
 
     # --- accounting ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def observe(self, protocol: str, model: str) -> Iterator[RequestRecord]:
-        """Count one request by model, version, protocol and final status, and time it; the
-        task's request record (``observe.current``, set by the transport) gets the model, the
-        version, the status and a failure's message."""
-        record = current.get()
-        if record is None:  # a caller outside a transport (tests, tools)
-            record = RequestRecord("", protocol, "")
-        record.model = model[:256]  # a request's name, for the log: bounded
-        start = time.perf_counter()
-        status = "INTERNAL"
-        try:
-            yield record
-            status = "OK"
-        except ServingError as exc:
-            status = exc.status
-            record.error = bounded_message(exc.message)
-            raise
-        except asyncio.CancelledError:
-            # The client went away (gRPC cancel or deadline, HTTP disconnect): not a server fault.
-            status = "CANCELLED"
-            raise
-        finally:
-            record.status = status
-            if not record.version and model not in self.repository.models:
-                model = UNKNOWN_MODEL
-            self.metrics.count_request(
-                model, record.version, protocol, status, time.perf_counter() - start
-            )
+    def observe(self, protocol: str, model: str) -> Accounting:
+        """``with dp.observe(protocol, model) as record:`` counts one request by model, version,
+        protocol and final status, and times it; the task's request record (``observe.current``,
+        set by the transport) gets the model, the version, the status and a failure's message."""
+        return Accounting(self, protocol, model)
 
     def deadline(self, timeout_s: float | None) -> float:
         """A monotonic deadline from a client timeout (None = the server default), capped at ten

@@ -8,10 +8,13 @@ exchange, a gRPC call), and log lines about the request carry its id (:class:`Re
 When the answer is written, the transport calls :meth:`Observer.end`, which hands the record to
 the access log and the tracer, each only when it is on.
 
-Costs on the hot path with everything off: one small object, one id, a few clock reads. The
-access log's JSON is built and written on its own thread; a full queue drops lines (counted in
-``serving_access_log_dropped``), never delays a request. The tracer (``serving/tracing.py``,
-OpenTelemetry's SDK) is imported only when tracing is on.
+A record is *timed* only when something will read its times: the access log is on, or the
+tracer sampled its request. The transports and the batcher read clocks and fill timings only for
+a timed record, so with everything off a request pays one small object and its id (measured in
+instructions per request: benchmarks/RESULTS.md). The access log's JSON is built and written on
+its own thread; a full queue drops lines (counted in ``serving_access_log_dropped``), never delays
+a request. The tracer (``serving/tracing.py``, OpenTelemetry's SDK) is imported only when tracing
+is on.
 """
 
 from __future__ import annotations
@@ -111,7 +114,8 @@ class RequestRecord:
     rows = 0
     bytes_in = 0
     bytes_out = 0
-    # when (perf_counter_ns)
+    # when (perf_counter_ns; taken only for a timed record)
+    start_ns = 0
     end_ns = 0
     decode_start_ns = 0
     decode_end_ns = 0
@@ -122,6 +126,8 @@ class RequestRecord:
     batch: BatchTiming | None = None
     encode_start_ns = 0
     encode_end_ns = 0
+    #: the access log or the tracer reads this record's times: only then are they taken
+    timed = False
     #: sampled for the access log (errors are logged whatever the sample)
     logged = False
     #: the tracer's span for this request (None: not traced)
@@ -135,7 +141,6 @@ class RequestRecord:
         self.route = route
         #: (host, port) or a gRPC peer string; formatted only when the line is written
         self.peer = peer
-        self.start_ns = time.perf_counter_ns()
 
     def as_log_line(self) -> dict[str, Any]:
         """The access log's fields (durations in milliseconds, to the microsecond). Built on the
@@ -188,7 +193,8 @@ def _peer(peer: Any) -> str:
 
 
 class BatchRecord:
-    """One model execution, for the tracer: its times, rows and the records of its requests."""
+    """One model execution, for the tracer: its times, rows, how many requests it served and
+    the records of those that are timed."""
 
     __slots__ = (
         "end_ns",
@@ -197,6 +203,7 @@ class BatchRecord:
         "model",
         "padded",
         "records",
+        "requests",
         "rows",
         "start_ns",
         "version",
@@ -205,11 +212,12 @@ class BatchRecord:
     def __init__(
         self, model: str, version: int, rows: int, padded: int, start_ns: int,
         infer_start_ns: int, infer_end_ns: int, end_ns: int, records: list[RequestRecord],
+        requests: int,
     ) -> None:  # fmt: skip
         self.model, self.version, self.rows, self.padded = model, version, rows, padded
         self.start_ns, self.infer_start_ns = start_ns, infer_start_ns
         self.infer_end_ns, self.end_ns = infer_end_ns, end_ns
-        self.records = records
+        self.records, self.requests = records, requests
 
 
 class Tracer(Protocol):
@@ -311,18 +319,32 @@ class Observer:
     ) -> RequestRecord:  # fmt: skip
         """A record for a request just accepted, set as this task's :data:`current` (unless
         ``make_current`` is false: a caller outside the request's task sets it there)."""
-        record = RequestRecord(accept_request_id(request_id), protocol, route, peer)
+        if not (
+            request_id
+            and len(request_id) <= MAX_REQUEST_ID_CHARS
+            and request_id.isascii()
+            and request_id.isprintable()
+        ):  # accept_request_id, inline: this runs for every request
+            request_id = f"{_prefix}-{next(_counter):x}"
+        record = RequestRecord(request_id, protocol, route, peer)
         if self.access_log is not None:
+            record.timed = True
+            record.start_ns = time.perf_counter_ns()
             record.logged = self.access_log.sampled()
         if self.tracer is not None:
             record.traceparent = traceparent
-            self.tracer.start(record)
+            self.tracer.start(record)  # sets start_ns if it traces a request the log does not
+            if record.span is not None:
+                record.timed = True
         if make_current:
             current.set(record)
         return record
 
     def end(self, record: RequestRecord) -> None:
-        """``record``'s answer went out (or was refused): log it and end its trace."""
+        """``record``'s answer went out (or was refused): log it and end its trace. Callers may
+        skip it for a record that is not timed (nothing reads it)."""
+        if not record.timed:
+            return
         record.end_ns = time.perf_counter_ns()
         if self.access_log is not None and (record.logged or record.http_status >= 400):
             self.access_log.submit(record)
@@ -336,6 +358,9 @@ class Observer:
         the sample; its record is returned for the caller's answer id."""
         record = RequestRecord(new_request_id(), protocol, "", peer)
         record.http_status, record.status, record.error = http_status, status, message
+        if self.access_log is not None:
+            record.timed = True
+            record.start_ns = time.perf_counter_ns()
         self.end(record)
         return record
 

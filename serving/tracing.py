@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,6 +168,8 @@ class OtelTracer:
             return
         else:
             context = _propagator.extract({TRACEPARENT_HEADER: traceparent})
+        if not record.start_ns:  # taken for a timed record only (the access log's, or here)
+            record.start_ns = time.perf_counter_ns()
         span = self.tracer.start_span(
             f"{record.protocol} {record.route}",
             context,
@@ -272,7 +275,7 @@ class OtelTracer:
                 "serving.model.version": str(batch.version),
                 "serving.batch.rows": batch.rows,
                 "serving.batch.padded_rows": batch.padded,
-                "serving.batch.requests": len(batch.records),
+                "serving.batch.requests": batch.requests,
             },
             links,
             start_time=_ns(batch.start_ns),

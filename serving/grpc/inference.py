@@ -123,9 +123,11 @@ class InferenceServicer:
             record.version = str(mv.version)
             assert mv.runtime is not None
             dp.admit(mv, size)
-            record.decode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_start_ns = time.perf_counter_ns()
             decoded = decode_infer_request(request, mv.runtime.inputs, dp.input_limits)
-            record.decode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_end_ns = time.perf_counter_ns()
             remaining = context.time_remaining()
             if decoded.timeout_s is not None:
                 remaining = min(decoded.timeout_s, remaining or decoded.timeout_s)
@@ -136,12 +138,14 @@ class InferenceServicer:
                 output_filter=decoded.outputs,
                 declared=True,  # decode_infer_request checked each input before reading it
             )
-            record.encode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_start_ns = time.perf_counter_ns()
             # V2's id: the client's, else the request's (x-request-id or made)
             answer = encode_infer_response(
                 request.model_name, mv.version, request.id or record.id, outputs
             )
-            record.encode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_end_ns = time.perf_counter_ns()
             return answer
 
     async def _statistics(self, request: Any, context: Any) -> Any:

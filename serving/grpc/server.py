@@ -169,6 +169,8 @@ class PredictionServicer:
         return None
 
     def _end(self, record: RequestRecord, context: grpc.aio.ServicerContext) -> None:
+        if not record.timed:  # nothing reads it
+            return
         observer = self.dp.observer
         if observer.access_log is not None and (record.logged or record.http_status >= 400):
             record.peer = context.peer()  # read only for a line that is written
@@ -193,9 +195,11 @@ class PredictionServicer:
             record.version = str(mv.version)
             assert mv.runtime is not None
             self.dp.admit(mv, size)
-            record.decode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_start_ns = time.perf_counter_ns()
             inputs = _decode_inputs(request, mv.runtime.inputs, self.dp.input_limits, size)
-            record.decode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_end_ns = time.perf_counter_ns()
             outputs = await self.dp.predict(
                 mv,
                 inputs,
@@ -204,7 +208,8 @@ class PredictionServicer:
                 output_filter=list(request.output_filter),
                 declared=True,  # _decode_inputs checked each input before decoding it
             )
-            record.encode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_start_ns = time.perf_counter_ns()
             response = wire.PredictResponse(
                 outputs={name: ndarray_to_tensor_proto(array) for name, array in outputs.items()}
             )

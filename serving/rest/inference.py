@@ -110,7 +110,8 @@ async def predict(
             dp.admit(mv, len(body))
             specs, limits = mv.runtime.inputs, dp.input_limits
             decoded: tfserving.PredictRequest | None = None
-            record.decode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_start_ns = time.perf_counter_ns()
             if dp.offloads_json(len(body)):  # parsing it here would stall everyone else
                 decoded = await dp.json_pool.run(tfserving.decode_predict, body, specs, limits)
             else:
@@ -121,16 +122,19 @@ async def predict(
                     )
                 elif decoded is None:
                     decoded = tfserving.decode_general_predict(body, specs, limits)
-            record.decode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_end_ns = time.perf_counter_ns()
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
                 deadline=dp.deadline(parse_timeout(timeout_ms)),
                 signature_name=decoded.signature_name,
             )
-            record.encode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_start_ns = time.perf_counter_ns()
             answer = tfserving.encode_predict(outputs, decoded.row_format)
-            record.encode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_end_ns = time.perf_counter_ns()
             return RawResponse(200, answer)
     except Exception as exc:
         return error_response(exc, f"POST predict {name}")
@@ -153,12 +157,14 @@ async def infer(
             assert mv.runtime is not None
             dp.admit(mv, len(body))
             specs, limits = mv.runtime.inputs, dp.input_limits
-            record.decode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_start_ns = time.perf_counter_ns()
             if header_length is None and dp.offloads_json(len(body)):  # all JSON: as :predict
                 decoded = await dp.json_pool.run(v2.decode_infer, body, None, specs, limits)
             else:  # binary tensors are views of the body; only their JSON header is parsed here
                 decoded = v2.decode_infer(body, header_length, specs, limits)
-            record.decode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.decode_end_ns = time.perf_counter_ns()
             outputs = await dp.predict(
                 mv,
                 decoded.inputs,
@@ -166,11 +172,13 @@ async def infer(
                 output_filter=decoded.outputs,
                 declared=True,  # decode_infer checked each input before reading its data
             )
-            record.encode_start_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_start_ns = time.perf_counter_ns()
             if decoded.request_id is None:  # V2's id: the client's, else the request's
                 decoded.request_id = record.id
             payload, json_length = v2.encode_infer(name, mv.version, outputs, decoded)
-            record.encode_end_ns = time.perf_counter_ns()
+            if record.timed:
+                record.encode_end_ns = time.perf_counter_ns()
             if json_length is None:
                 return RawResponse(200, payload)
             return RawResponse(

@@ -398,8 +398,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.front.observer.end(record)  # type: ignore[union-attr]
             return
         add_request_id(response, record.id)
-        record.bytes_out = len(response.body)
-        self.front.observer.end(record)  # type: ignore[union-attr]
+        if record.timed:  # else nothing reads it
+            record.bytes_out = len(response.body)
+            self.front.observer.end(record)  # type: ignore[union-attr]
         defaults = self.server_state.default_headers
         cached_for, default_bytes = self._default_headers
         if cached_for is not defaults:  # uvicorn rebuilds the list when the date changes

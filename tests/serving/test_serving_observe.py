@@ -277,3 +277,46 @@ def test_log_lines_about_a_request_name_its_id(caplog: pytest.LogCaptureFixture)
     assert isinstance(handler.stream, io.StringIO)
     text = handler.stream.getvalue().splitlines()
     assert text == ["decoding failed: boom [request id-with-%s]", "outside a request"]
+
+
+def test_records_are_timed_only_when_the_access_log_or_a_trace_reads_them(tmp_path: Path) -> None:
+    """With everything off a request gets its id and no clock readings: the batcher leaves its
+    record alone (no batch timing). With the access log on, every record is timed and the batch
+    it ran in is noted on it."""
+    import asyncio
+
+    from serving.batching import BatchingConfig, DynamicBatcher
+    from serving.observe import Observer
+    from serving.runtimes.onnx import OnnxOptions, OnnxRuntime
+    from tests.tiny_models import linear_classifier, write_version
+
+    quiet = Observer()
+    record = quiet.begin("rest", "predict", "client-id-1", make_current=False)
+    assert (record.id, record.timed, record.start_ns) == ("client-id-1", False, 0)
+    for hostile in ("", "x" * (MAX_REQUEST_ID_CHARS + 1), "a\tb", "\u00e9t\u00e9"):
+        replaced = quiet.begin("rest", "predict", hostile, make_current=False).id
+        assert replaced != hostile and replaced.isascii() and replaced.isprintable()
+
+    log = AccessLog(str(tmp_path / "access.jsonl"), 0.0)
+    logged = Observer(log)
+    timed = logged.begin("rest", "predict", None, make_current=False)
+    assert timed.timed and timed.start_ns > 0
+
+    write_version(tmp_path, "tiny", 1, linear_classifier())
+    runtime = OnnxRuntime(tmp_path / "tiny" / "1", OnnxOptions(device="cpu"))
+    batcher = DynamicBatcher(runtime, "tiny", 1, BatchingConfig(batch_timeout_us=0))
+
+    async def serve(served: RequestRecord) -> None:
+        current.set(served)  # the task's record, as a transport sets it
+        await batcher.infer({"image": sample_images(1)}, time.monotonic() + 30)
+
+    async def both() -> None:  # one loop: the batcher's scheduler lives on the first one
+        await asyncio.create_task(serve(record))
+        await asyncio.create_task(serve(timed))
+
+    asyncio.run(both())
+    batcher.close()
+    log.close()
+    assert (record.enqueued_ns, record.compute_start_ns, record.batch) == (0, 0, None)
+    assert timed.enqueued_ns and timed.compute_start_ns >= timed.enqueued_ns
+    assert timed.batch is not None and timed.batch.rows == 1
