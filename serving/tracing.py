@@ -11,11 +11,12 @@ spans once, off its critical path, and an untraced one only for the sampling dec
   ``decode``, ``queue`` (in the batcher's queue, waiting for a batch and a compute slot),
   ``compute`` (its batch: inputs merged, ONNX Runtime, rows handed back) and ``encode``, each
   only when the request got that far.
-- **One span per batch** (``batch``, kind INTERNAL) with children ``input``, ``infer`` and
-  ``output`` (Triton's phases), linked to the span of every traced request in it: a batch runs
-  requests of several traces, so it is the root of a trace of its own, as OpenTelemetry's
-  semantic conventions recommend for batch processing, and it is recorded whenever at least one
-  of its requests is.
+- **One span per batch** (``batch``, kind INTERNAL) with Triton's phases as attributes
+  (``serving.batch.input_ns``, ``serving.infer_ns``, ``serving.batch.output_ns``: three child
+  spans would double what a batch costs to export), linked to the span of every traced request in
+  it: a batch runs requests of several traces, so it is the root of a trace of its own, as
+  OpenTelemetry's semantic conventions recommend for batch processing, and it is recorded
+  whenever at least one of its requests is.
 
 Sampling: ``ParentBased(TraceIdRatioBased(sample))``: a request with a sampled traceparent is
 traced, one with an unsampled traceparent is not, others by the ratio. The exporter (endpoint,
@@ -30,28 +31,20 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.trace.sampling import (
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-    TraceIdRatioBased,
-)
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from opentelemetry.util.types import Attributes
 
+import serving
 from serving.errors import STATUS_TABLE
 from serving.observe import EPOCH_OFFSET_NS, TRACEPARENT_HEADER, BatchRecord, RequestRecord
 
@@ -76,49 +69,45 @@ GRPC_SERVER_ERRORS = frozenset(
 MAX_ERROR_CHARS = 256
 
 _propagator = TraceContextTextMapPropagator()
-#: no parent: a request without a traceparent, a batch (never the task's ambient OTel context)
-_ROOT = Context()
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
 #: a well-formed version-00 traceparent whose caller did not sample it (flags' bit 0 unset):
 #: ParentBased drops it, decided here without the propagator and the SDK (about 8 us a request)
 _UNSAMPLED = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][02468ace]")
 
 
-class _BatchSampler(Sampler):
-    """``ParentBased(TraceIdRatioBased(ratio))`` for requests; a root span that links a sampled
-    span (a batch of traced requests) is sampled whatever the ratio, so every traced request's
-    batch is recorded."""
+class _Resource(Resource):
+    """The gateway's resource, hashed once. The OTLP encoder groups spans by resource and so
+    hashes it once per span, and Resource's hash is a ``json.dumps`` of its attributes (7 us a
+    span, benchmarks/RESULTS.md); its attributes are immutable, so the hash is too."""
 
-    def __init__(self, ratio: TraceIdRatioBased) -> None:
-        self.requests = ParentBased(ratio)
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
 
-    def should_sample(
-        self, parent_context: Context | None, trace_id: int, name: str,
-        kind: SpanKind | None = None, attributes: Attributes = None,
-        links: Sequence[Link] | None = None, trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:  # fmt: skip
-        if (
-            links
-            and not trace.get_current_span(parent_context).get_span_context().is_valid
-            and any(link.context.trace_flags.sampled for link in links)
-        ):
-            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
-        return self.requests.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return f"FollowLinks{{{self.requests.get_description()}}}"
+    def __hash__(self) -> int:
+        return self._hash
 
 
-class _DrawnIds(RandomIdGenerator):
-    """Random ids, except a root request's trace id drawn (and found sampled) by
-    ``OtelTracer.start`` before the SDK was asked: the sampler then sees that same id."""
+class _Started:
+    """A traced request's span before it is built: its own context and its parent's (the
+    caller's, from a traceparent; None for a root)."""
 
-    drawn = 0
+    __slots__ = ("context", "parent")
 
-    def generate_trace_id(self) -> int:
-        trace_id, self.drawn = self.drawn, 0
-        return trace_id or super().generate_trace_id()
+    def __init__(self, context: SpanContext, parent: SpanContext | None) -> None:
+        self.context, self.parent = context, parent
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+
+def _span_id() -> int:
+    """A random, non-zero 64-bit span id (as the SDK's RandomIdGenerator draws them)."""
+    span_id = random.getrandbits(64)
+    while span_id == 0:  # pragma: no cover - one draw in 2**64
+        span_id = random.getrandbits(64)
+    return span_id
 
 
 def _ns(perf_ns: int) -> int:
@@ -127,21 +116,25 @@ def _ns(perf_ns: int) -> int:
 
 
 class OtelTracer:
-    """The gateway's ``serving.observe.Tracer``: request and batch spans, exported over OTLP."""
+    """The gateway's ``serving.observe.Tracer``: request and batch spans, exported over OTLP.
+
+    Spans are built finished, as the SDK's ``ReadableSpan`` (what span processors and exporters
+    take), from the record's timestamps, and handed to the batch span processor: the SDK's live
+    ``Span`` (a lock, attribute validation, the sampler again for every child) would cost several
+    times as much for times that are already known (benchmarks/RESULTS.md). The sampling rule is
+    the SDK's: ``ParentBased(TraceIdRatioBased(sample))``, and a batch is recorded when one of
+    its requests is."""
 
     def __init__(self, sample: float, exporter: SpanExporter | None = None) -> None:
         # Resource.create() lets our attributes win over the environment's: the environment's
         # detector is merged last instead, so OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES win.
         resource = Resource.create({SERVICE_NAME: SERVICE}).merge(OTELResourceDetector().detect())
+        self.resource = _Resource(resource)
         self.sample = sample
         ratio = TraceIdRatioBased(sample)
         self._bound, self._limit = ratio.bound, ratio.TRACE_ID_LIMIT
-        self._ids = _DrawnIds()
-        self.provider = TracerProvider(
-            resource=resource, sampler=_BatchSampler(ratio), id_generator=self._ids
-        )
-        self.provider.add_span_processor(BatchSpanProcessor(exporter or OTLPSpanExporter()))
-        self.tracer = self.provider.get_tracer("serving")
+        self.processor = BatchSpanProcessor(exporter or OTLPSpanExporter())
+        self._scope = InstrumentationScope("serving", serving.__version__)
         log.info(
             "tracing %g of requests (OpenTelemetry, OTLP gRPC; service.name %s)",
             sample, resource.attributes.get(SERVICE_NAME),
@@ -149,62 +142,57 @@ class OtelTracer:
 
     # --- requests ------------------------------------------------------------------------------
     def start(self, record: RequestRecord) -> None:
-        """Decide whether ``record``'s request is traced; if so, start its span.
+        """Decide whether ``record``'s request is traced; if so, set ``record.span`` (its ids).
 
-        The SDK's decision for an untraced request costs about 4 us (8 more to parse a
-        traceparent), paid by every request at a low ratio: the two common cases are decided
-        here first, with the sampler's own rule. A root request's trace id is drawn as the SDK
-        would and compared with TraceIdRatioBased's bound (only a sampled id goes on, to the
-        SDK, whose sampler sees the same id); an unsampled, well-formed traceparent is dropped
-        as ParentBased would. Anything else goes to the propagator and the SDK."""
+        A root request's trace id is drawn and compared with TraceIdRatioBased's bound; a
+        well-formed traceparent decides as ParentBased does (its sampled flag), an unsampled one
+        without parsing it (the common case at low ratios); one that is not a valid parent makes
+        the request a root."""
         traceparent = record.traceparent
-        if traceparent is None:
-            trace_id = random.getrandbits(128)
-            if trace_id & self._limit >= self._bound:
+        parent: SpanContext | None = None
+        if traceparent is not None:
+            if _UNSAMPLED.fullmatch(traceparent):
                 return
-            self._ids.drawn = trace_id
-            context = _ROOT
-        elif _UNSAMPLED.fullmatch(traceparent):
-            return
-        else:
             context = _propagator.extract({TRACEPARENT_HEADER: traceparent})
+            found = trace.get_current_span(context).get_span_context()
+            if found.is_valid:
+                if not found.trace_flags.sampled:
+                    return
+                parent = found
+        if parent is None:
+            trace_id = random.getrandbits(128)
+            if trace_id & self._limit >= self._bound or not trace_id:
+                return
+            trace_state = None
+        else:
+            trace_id, trace_state = parent.trace_id, parent.trace_state
         if not record.start_ns:  # taken for a timed record only (the access log's, or here)
             record.start_ns = time.perf_counter_ns()
-        span = self.tracer.start_span(
-            f"{record.protocol} {record.route}",
-            context,
-            SpanKind.SERVER,
-            start_time=_ns(record.start_ns),
-            record_exception=False,
-            set_status_on_exception=False,
+        record.span = _Started(
+            SpanContext(trace_id, _span_id(), False, _SAMPLED, trace_state), parent
         )
-        if span.is_recording():
-            record.span = span
 
     def end(self, record: RequestRecord) -> None:
-        """``record``'s request was answered: its child spans, attributes and status; ends its
-        span at ``record.end_ns``."""
-        span = record.span
-        if span is None:
+        """``record``'s request was answered: its span and child spans, exported."""
+        started: _Started | None = record.span
+        if started is None:
             return
         record.span = None  # ended once, whoever calls again
-        if record.route:  # an HTTP request's route is known only once the app matched it
-            span.update_name(f"{record.protocol} {record.route}")
-        parent = trace.set_span_in_context(span)
-        self._child(parent, "decode", record.decode_start_ns, record.decode_end_ns)
+        context = started.context
+        self._child(context, "decode", record.decode_start_ns, record.decode_end_ns)
         if record.enqueued_ns:
-            self._child(parent, "queue", record.enqueued_ns, record.compute_start_ns)
+            self._child(context, "queue", record.enqueued_ns, record.compute_start_ns)
         batch = record.batch
         if record.compute_start_ns and batch is not None:
             self._child(
-                parent, "compute", record.compute_start_ns, batch.end_ns,
+                context, "compute", record.compute_start_ns, batch.end_ns,
                 {
                     "serving.batch.rows": batch.rows,
                     "serving.batch.padded_rows": batch.padded_rows,
                     "serving.infer_ns": batch.infer_end_ns - batch.infer_start_ns,
                 },
             )  # fmt: skip
-        self._child(parent, "encode", record.encode_start_ns, record.encode_end_ns)
+        self._child(context, "encode", record.encode_start_ns, record.encode_end_ns)
         attributes: dict[str, Any] = {
             "serving.request.id": record.id,
             "serving.protocol": record.protocol,
@@ -239,55 +227,71 @@ class OtelTracer:
             attributes["error.type"] = record.status or str(record.http_status)
             if record.error:
                 attributes["serving.error"] = record.error
-        span.set_attributes(attributes)
-        if failed:
-            span.set_status(Status(StatusCode.ERROR, record.error[:MAX_ERROR_CHARS] or None))
-        span.end(_ns(record.end_ns))
+        status = (
+            Status(StatusCode.ERROR, record.error[:MAX_ERROR_CHARS] or None) if failed else _UNSET
+        )
+        self.processor.on_end(
+            ReadableSpan(
+                f"{record.protocol} {record.route}", context, started.parent, self.resource,
+                attributes, kind=SpanKind.SERVER, status=status,
+                start_time=_ns(record.start_ns), end_time=_ns(record.end_ns),
+                instrumentation_scope=self._scope,
+            )
+        )  # fmt: skip
 
     def _child(
-        self, parent: Context, name: str, start_ns: int, end_ns: int,
+        self, parent: SpanContext, name: str, start_ns: int, end_ns: int,
         attributes: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         if not start_ns or not end_ns:
             return
-        child = self.tracer.start_span(
-            name, parent, SpanKind.INTERNAL, attributes, start_time=_ns(start_ns)
-        )
-        child.end(_ns(end_ns))
+        context = SpanContext(parent.trace_id, _span_id(), False, _SAMPLED, parent.trace_state)
+        self.processor.on_end(
+            ReadableSpan(
+                name, context, parent, self.resource, attributes or {},
+                kind=SpanKind.INTERNAL, start_time=_ns(start_ns), end_time=_ns(end_ns),
+                instrumentation_scope=self._scope,
+            )
+        )  # fmt: skip
 
     # --- batches -------------------------------------------------------------------------------
     def batch(self, batch: BatchRecord) -> None:
         """One model execution: a span linked to every traced request in it (none when none of
-        its requests is traced)."""
-        links = [
-            Link(record.span.get_span_context())
-            for record in batch.records
-            if record.span is not None
-        ]
+        its requests is traced), with Triton's three compute phases as attributes."""
+        links = [Link(record.span.context) for record in batch.records if record.span is not None]
         if not links:
             return
-        span = self.tracer.start_span(
-            "batch",
-            _ROOT,
-            SpanKind.INTERNAL,
-            {
-                "serving.model": batch.model,
-                "serving.model.version": str(batch.version),
-                "serving.batch.rows": batch.rows,
-                "serving.batch.padded_rows": batch.padded,
-                "serving.batch.requests": batch.requests,
-            },
-            links,
-            start_time=_ns(batch.start_ns),
+        trace_id = 0
+        while not trace_id:
+            trace_id = random.getrandbits(128)
+        self.processor.on_end(
+            ReadableSpan(
+                "batch",
+                SpanContext(trace_id, _span_id(), False, _SAMPLED),
+                None,
+                self.resource,
+                {
+                    "serving.model": batch.model,
+                    "serving.model.version": str(batch.version),
+                    "serving.batch.rows": batch.rows,
+                    "serving.batch.padded_rows": batch.padded,
+                    "serving.batch.requests": batch.requests,
+                    "serving.batch.input_ns": batch.infer_start_ns - batch.start_ns,
+                    "serving.infer_ns": batch.infer_end_ns - batch.infer_start_ns,
+                    "serving.batch.output_ns": batch.end_ns - batch.infer_end_ns,
+                },
+                links=links,
+                kind=SpanKind.INTERNAL,
+                start_time=_ns(batch.start_ns),
+                end_time=_ns(batch.end_ns),
+                instrumentation_scope=self._scope,
+            )
         )
-        if not span.is_recording():
-            return
-        parent = trace.set_span_in_context(span)
-        self._child(parent, "input", batch.start_ns, batch.infer_start_ns)
-        self._child(parent, "infer", batch.infer_start_ns, batch.infer_end_ns)
-        self._child(parent, "output", batch.infer_end_ns, batch.end_ns)
-        span.end(_ns(batch.end_ns))
+
+    def flush(self) -> None:
+        """Export what is buffered now."""
+        self.processor.force_flush()
 
     def close(self) -> None:
         """Export what is buffered (within the processor's export timeout), then stop."""
-        self.provider.shutdown()
+        self.processor.shutdown()

@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.hostile_speed import gateway_commit, machine
@@ -45,7 +46,7 @@ from benchmarks.lab.gateway_speed import (
     v2_binary_body,
 )
 
-PROTOCOLS = ("REST JSON", "V2 binary")
+PROTOCOLS = ("REST JSON", "V2 binary", "gRPC", "V2 gRPC")
 #: requests sent before counting starts (imports, first-call caches, the batcher's estimates)
 WARMUP_REQUESTS = 64
 #: how long a gateway under valgrind may take to start (imports and the model's warm-up run ~50x
@@ -72,10 +73,48 @@ def request_for(protocol: str, model: str) -> tuple[str, bytes, dict[str, str]]:
     )
 
 
-def send(port: int, protocol: str, model: str, requests: int, concurrency: int) -> None:
-    """``requests`` requests over ``concurrency`` keep-alive connections; every answer a 200."""
-    path, body, headers = request_for(protocol, model)
+def grpc_request_for(protocol: str, model: str) -> tuple[str, bytes]:
+    """(method path, serialized request) of one LeNet image: TF Serving's Predict, or KServe V2's
+    ModelInfer with raw contents."""
+    from benchmarks.lab.gateway_speed import one_image
+    from clients import v2_grpc, wire
+
+    image = one_image()
+    if protocol == "gRPC":
+        predict = wire.build_predict_request(model, {"image": image})
+        return wire.PREDICT_METHOD, predict.SerializeToString()
+    request = v2_grpc.build_infer_request(model, {"image": image})
+    return v2_grpc.MODEL_INFER_METHOD, request.SerializeToString()
+
+
+def send(
+    ports: tuple[int, int], protocol: str, model: str, requests: int, concurrency: int
+) -> None:
+    """``requests`` requests over ``concurrency`` keep-alive connections (gRPC: one channel,
+    ``concurrency`` callers); every answer a 200 (gRPC: OK)."""
     failures: list[str] = []
+    shares = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+    if protocol in ("gRPC", "V2 gRPC"):
+        import grpc
+
+        method, message = grpc_request_for(protocol, model)
+        with grpc.insecure_channel(f"127.0.0.1:{ports[1]}") as channel:
+            call = channel.unary_unary(method)  # bytes in, bytes out
+
+            def one_caller(count: int) -> None:
+                for _ in range(count):
+                    try:
+                        call(message, timeout=START_TIMEOUT_S)
+                    except grpc.RpcError as error:
+                        failures.append(f"{error.code()} {error.details()}")  # type: ignore[attr-defined]
+                        return
+
+            _in_threads(one_caller, shares)
+        if failures:
+            raise RuntimeError(f"{len(failures)} failed calls, the first: {failures[0]}")
+        return
+    path, body, headers = request_for(protocol, model)
+    port = ports[0]
 
     def one_connection(count: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=START_TIMEOUT_S)
@@ -90,14 +129,17 @@ def send(port: int, protocol: str, model: str, requests: int, concurrency: int) 
         finally:
             connection.close()
 
-    shares = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
-    threads = [threading.Thread(target=one_connection, args=(n,)) for n in shares if n]
+    _in_threads(one_connection, shares)
+    if failures:
+        raise RuntimeError(f"{len(failures)} failed requests, the first: {failures[0]}")
+
+
+def _in_threads(work: Callable[[int], None], shares: list[int]) -> None:
+    threads = [threading.Thread(target=work, args=(n,)) for n in shares if n]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    if failures:
-        raise RuntimeError(f"{len(failures)} failed requests, the first: {failures[0]}")
 
 
 def count(
@@ -120,22 +162,24 @@ def count(
             env={**os.environ, "PYTHONPATH": str(root)},
         )  # fmt: skip
     try:
-        port = 0
+        ports = (0, 0)
         end = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < end and process.poll() is None:
             text = log_path.read_text(errors="replace")
             if GATEWAY_READY in text:
-                port = int(re.findall(r"on http://127\.0\.0\.1:(\d+)", text)[-1])
+                http_port = re.findall(r"on http://127\.0\.0\.1:(\d+)", text)[-1]
+                grpc_port = re.findall(r"gRPC .* on 127\.0\.0\.1:(\d+)", text)[-1]
+                ports = (int(http_port), int(grpc_port))
                 break
             time.sleep(1)
-        if not port:
+        if not ports[0]:
             raise RuntimeError(
                 f"{root}: the gateway did not start:\n{log_path.read_text()[-3000:]}"
             )
-        send(port, protocol, model, WARMUP_REQUESTS, min(concurrency, WARMUP_REQUESTS))
+        send(ports, protocol, model, WARMUP_REQUESTS, min(concurrency, WARMUP_REQUESTS))
         control = ["callgrind_control"]
         subprocess.run([*control, "-i", "on", str(process.pid)], check=True, capture_output=True)
-        send(port, protocol, model, requests, concurrency)
+        send(ports, protocol, model, requests, concurrency)
         subprocess.run([*control, "-d", str(process.pid)], check=True, capture_output=True)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -186,8 +230,9 @@ def main() -> None:
                 print(f"round {round_index + 1} {name}: {per_request:,} instructions/request",
                       flush=True)  # fmt: skip
     print(f"{machine()}; {description}")
+    unit = "callers on one channel" if "gRPC" in args.protocol else "connections"
     print(
-        f"{args.protocol}, {args.concurrency} connections, {args.requests} requests counted "
+        f"{args.protocol}, {args.concurrency} {unit}, {args.requests} requests counted "
         f"per gateway, {args.rounds} round(s)"
     )
     for name, root, options in sides:
