@@ -4,6 +4,7 @@ gateway (exit 1) with the reason in its last log line."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -235,3 +236,44 @@ def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> N
         lambda: not any(process_running(pid) for pid in workers),
         what="the orphaned workers to exit",
     )
+
+
+def test_workers_share_one_access_log_without_tearing_lines(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    """Both workers append to one --access-log file (O_APPEND, whole lines per write): after
+    concurrent requests spread over the workers and a SIGTERM, every line parses and there is
+    one per request, each with its own id."""
+    path = tmp_path / "access.jsonl"
+    gateway = Supervised(tiny_repo, "--access-log", str(path), "--access-log-sample", "1.0")
+    images = sample_images(1, seed=3)
+    callers, each = 8, 25
+    statuses: list[int] = []
+
+    def caller(index: int) -> None:
+        for request in range(each):  # a new connection per request: spread over the workers
+            reply = httpx.post(
+                f"{gateway.http_url}/v1/models/{MODEL}:predict",
+                json={"instances": images.tolist()},
+                headers={"x-request-id": f"w-{index}-{request}"},
+                timeout=30,
+            )
+            statuses.append(reply.status_code)
+
+    try:
+        threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        gateway.process.send_signal(signal.SIGTERM)  # the writers flush as the workers stop
+        assert gateway.process.wait(60) == 0, gateway.log()
+    finally:
+        gateway.stop()
+    assert statuses == [200] * (callers * each)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    predicts = [line for line in lines if line["route"] == "predict"]
+    assert sorted(line["id"] for line in predicts) == sorted(
+        f"w-{i}-{r}" for i in range(callers) for r in range(each)
+    )
+    assert all(line["status"] == 200 and line["model"] == MODEL for line in predicts)
