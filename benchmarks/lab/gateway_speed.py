@@ -548,7 +548,9 @@ GRPC_ALONE = "grpc.aio alone, no-op Predict"
 
 def start_grpc_aio_alone() -> Server:
     """The transport-ceiling server, ``benchmarks.lab.grpc_aio_alone``."""
-    return Server([sys.executable, "-m", "benchmarks.lab.grpc_aio_alone"], wait_for="gRPC")
+    return Server(
+        [sys.executable, "-m", "benchmarks.lab.grpc_aio_alone"], wait_for="gRPC (grpc.aio alone) on"
+    )
 
 
 def spinning_scenarios(repo: Path, duration: float, work: Path) -> list[Result]:

@@ -210,7 +210,8 @@ def measure_grpc_floor(clients: int, duration: float, work: Path) -> dict[str, A
     """The same gRPC flood against ``benchmarks/lab/grpc_floor.py`` (refuses every call at once): the
     refusal latency that grpc.aio alone gives at this load."""
     floor = Server(
-        [sys.executable, "-m", "benchmarks.lab.grpc_floor", "--port", "0"], wait_for="gRPC"
+        [sys.executable, "-m", "benchmarks.lab.grpc_floor", "--port", "0"],
+        wait_for="gRPC floor server on",
     )
     try:
         pid = floor.process.pid
