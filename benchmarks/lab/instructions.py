@@ -15,7 +15,7 @@ machine: a difference in instructions is a difference in Python work, not a thro
 
     .venv/bin/python -m benchmarks.lab.instructions /tmp/before /tmp/after \\
         [--protocol "V2 binary"] [--concurrency 32] [--requests 300] \\
-        [--a-options "..."] [--b-options "--trace-sample 0.1"]
+        [--a-options "..."] [--b-options "--trace-sample 0.1"] [--keep /tmp/dumps]
 
 Needs ``valgrind`` (the Debian package); one gateway takes about a minute. Checkouts of other
 commits: ``git worktree add /tmp/before COMMIT``.
@@ -209,6 +209,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="A then B, this many times")
     parser.add_argument("--a-options", default="", help="gateway options for A")
     parser.add_argument("--b-options", default="", help="gateway options for B")
+    parser.add_argument(
+        "--keep", type=Path, help="copy each gateway's callgrind dump here (callgrind_annotate)"
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -227,6 +230,10 @@ def main() -> None:
                     options, work,
                 )  # fmt: skip
                 figures[name].append(per_request)
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    for dump in work.glob("callgrind-*/callgrind.*.1"):
+                        shutil.move(dump, args.keep / f"{name}{round_index + 1}.callgrind")
                 print(f"round {round_index + 1} {name}: {per_request:,} instructions/request",
                       flush=True)  # fmt: skip
     print(f"{machine()}; {description}")
