@@ -24,7 +24,9 @@ from grpc_health.v1.health import aio as health_aio
 
 from serving.batching import BatchingConfig, padded_batch_sizes, warmup_batch_sizes
 from serving.dataplane import DataPlane, Limits
-from serving.grpc.server import build_grpc_server
+from serving.grpc.health import HealthService
+from serving.grpc.server import build_grpc_server, build_grpc_transport
+from serving.grpc.transport import GrpcServer
 from serving.metrics import GatewayMetrics
 from serving.observe import AccessLog, Observer, Tracer
 from serving.repository import ModelRepository, VersionPolicy
@@ -203,8 +205,8 @@ class Gateway:
         self.grpc_port: int | None = None
         self._http: _UvicornServer | None = None
         self._http_task: asyncio.Task[None] | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._health: health_aio.HealthServicer | None = None
+        self._grpc: grpc.aio.Server | GrpcServer | None = None
+        self._health: health_aio.HealthServicer | HealthService | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -215,15 +217,7 @@ class Gateway:
         await self.repository.sync()
         if not self.repository.models:
             log.warning("no models found under %s", s.repository)
-        sock = socket.socket(
-            socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM
-        )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if s.reuse_port:  # worker processes of one gateway: the kernel spreads connections
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((s.host, s.http_port))
-        sock.listen(2048)
-        sock.setblocking(False)
+        sock = listening_socket(s.host, s.http_port, s.reuse_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.front,
@@ -258,10 +252,17 @@ class Gateway:
             s.host,
             self.http_port,
         )
-        if s.grpc_port >= 0:
-            self._grpc, self._health = build_grpc_server(self.dataplane, s)
-            self.grpc_port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
-            await self._grpc.start()
+        if s.grpc_port >= 0 and s.grpc_transport == "gateway":
+            self._grpc, self._health = build_grpc_transport(self.dataplane, s)
+            grpc_sock = listening_socket(s.host, s.grpc_port, s.reuse_port)
+            self.grpc_port = grpc_sock.getsockname()[1]
+            await self._grpc.start(grpc_sock)
+        elif s.grpc_port >= 0:
+            grpcio_server, self._health = build_grpc_server(self.dataplane, s)
+            self.grpc_port = grpcio_server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+            await grpcio_server.start()
+            self._grpc = grpcio_server
+        if self._grpc is not None and self._health is not None:
             await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
             for service in (
                 "tensorflow.serving.PredictionService",
@@ -315,6 +316,20 @@ class Gateway:
             waiters.append(wait_http)  # type: ignore[arg-type]
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         await self.stop()
+
+
+def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A non-blocking TCP socket listening on ``host:port`` (0: any free port); with
+    ``reuse_port`` the worker processes of one gateway share it and the kernel spreads
+    connections among them."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
 
 
 def freeze_startup_heap() -> None:

@@ -1,13 +1,14 @@
 """KServe V2 over gRPC against the gateway's TF Serving gRPC path and grpc.aio alone, side by side.
 
-One gateway process (batching on, the LeNet ``benchmarks.lab.gateway_speed`` uses: the trained one
-if exported, else the LeNet-like test model) and the transport-ceiling server
-(``benchmarks.lab.grpc_aio_alone``: a no-op Predict on uvloop) run at once; h2load (C, nghttp2)
-sends pre-framed single-image requests over one HTTP/2 connection with ``--concurrency`` streams
-in flight: ``ModelInfer`` with ``raw_input_contents``, TF Serving ``Predict`` with
-``tensor_content``, and the no-op Predict. The scenarios are interleaved round by round and the
-median round is reported, so a neighbour's burst hits all alike. gRPC statuses come from the
-gateway's request counter (h2load sees only HTTP/2's 200).
+Two gateway processes (batching on, the LeNet ``benchmarks.lab.gateway_speed`` uses: the trained
+one if exported, else the LeNet-like test model), one on each gRPC transport (the default, the
+gateway's own, and ``--grpc-transport grpcio``), and the transport-ceiling server
+(``benchmarks.lab.grpc_aio_alone``: a no-op Predict on grpc.aio and uvloop) run at once; h2load
+(C, nghttp2) sends pre-framed single-image requests over one HTTP/2 connection with
+``--concurrency`` streams in flight: ``ModelInfer`` with ``raw_input_contents``, TF Serving
+``Predict`` with ``tensor_content``, and the no-op Predict. The scenarios are interleaved round
+by round and the median round is reported, so a neighbour's burst hits all alike. gRPC statuses
+come from the gateways' request counters (h2load sees only HTTP/2's 200).
 
     python -m benchmarks.lab.v2_grpc_speed [--duration 5] [--rounds 3] [--concurrency 32]
 """
@@ -30,20 +31,20 @@ from clients import v2_grpc, wire
 
 V2 = "V2 gRPC ModelInfer (raw)"
 TF = "TF Serving gRPC Predict"
+V2_GRPCIO = "V2 gRPC ModelInfer (raw), --grpc-transport grpcio"
+TF_GRPCIO = "TF Serving gRPC Predict, --grpc-transport grpcio"
 ALONE = "grpc.aio alone (no-op Predict)"
 
 
 def bodies(model: str) -> dict[str, tuple[str, bytes]]:
     """Scenario -> (method path, serialized request) for one image."""
     image = {"image": one_image()}
-    return {
-        V2: (
-            v2_grpc.MODEL_INFER_METHOD,
-            v2_grpc.build_infer_request(model, image).SerializeToString(),
-        ),
-        TF: (wire.PREDICT_METHOD, wire.build_predict_request(model, image).SerializeToString()),
-        ALONE: (wire.PREDICT_METHOD, wire.build_predict_request(model, image).SerializeToString()),
-    }
+    v2 = (
+        v2_grpc.MODEL_INFER_METHOD,
+        v2_grpc.build_infer_request(model, image).SerializeToString(),
+    )
+    tf = (wire.PREDICT_METHOD, wire.build_predict_request(model, image).SerializeToString())
+    return {V2: v2, TF: tf, V2_GRPCIO: v2, TF_GRPCIO: tf, ALONE: tf}
 
 
 def failures(metrics_url: str | None, protocol: str) -> float:
@@ -76,11 +77,14 @@ def main() -> None:
         work = Path(tmp)
         repo, model, description = prepare_repository(work)
         gateway = start_gateway(repo, [])
+        grpcio = start_gateway(repo, ["--grpc-transport", "grpcio"])
         alone = start_grpc_aio_alone()
         requests = bodies(model)
         plan = {
             V2: (gateway, "v2-grpc"),
             TF: (gateway, "grpc"),
+            V2_GRPCIO: (grpcio, "v2-grpc"),
+            TF_GRPCIO: (grpcio, "grpc"),
             ALONE: (alone, ""),
         }
         samples: dict[str, list[tuple[float, float, float, int, float]]] = {k: [] for k in plan}
@@ -94,6 +98,7 @@ def main() -> None:
                     samples[name].append(run)
         finally:
             gateway.stop()
+            grpcio.stop()
             alone.stop()
     print(f"model: {description}; h2load -c1 -m{args.concurrency} -D{args.duration:g}, "
           f"median of {args.rounds} interleaved rounds\n")  # fmt: skip
@@ -108,6 +113,9 @@ def main() -> None:
         print(f"| {name} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errors} | {cpu:.0f} |")
     print(f"\n- V2 gRPC / TF Serving gRPC: {median[V2] / median[TF]:.2f}x")
     print(f"- V2 gRPC / grpc.aio alone: {median[V2] / median[ALONE]:.2f}x")
+    print(f"- V2 gRPC, the gateway's transport / grpcio's: {median[V2] / median[V2_GRPCIO]:.2f}x")
+    print(f"- TF Serving gRPC, the gateway's transport / grpcio's: "
+          f"{median[TF] / median[TF_GRPCIO]:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

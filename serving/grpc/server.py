@@ -25,7 +25,10 @@ from serving.auth import DENIED_MESSAGE, ApiKeys
 from serving.codecs import tfserving_status
 from serving.dataplane import DataPlane
 from serving.errors import InvalidArgument, as_serving_error, bounded_message, shown
+from serving.grpc import health as health_service
+from serving.grpc.health import HealthService
 from serving.grpc.inference import InferenceServicer
+from serving.grpc.transport import GrpcCall, GrpcLimits, GrpcServer
 from serving.observe import REQUEST_ID_HEADER, TRACEPARENT_HEADER, RequestRecord
 from serving.runtimes.base import TensorSpec
 from serving.settings import ServingSettings
@@ -266,6 +269,30 @@ class PredictionServicer:
         return tfserving_status.status_response((mv.version, mv.state, mv.error) for mv in versions)
 
 
+def is_exempt(method: str, exempt_health: bool) -> bool:
+    """Health (gRPC's and V2's ServerLive/ServerReady) needs no API key where it is exempt."""
+    return exempt_health and (method.startswith(HEALTH_PREFIX) or method in v2_grpc.HEALTH_METHODS)
+
+
+def denial(dataplane: DataPlane | None) -> Callable[[Any, Any], Awaitable[Any]]:
+    """The handler of a call without a valid API key: UNAUTHENTICATED, logged and counted as a
+    refusal with its id."""
+
+    async def deny(request: Any, context: Any) -> Any:
+        if dataplane is not None:
+            dataplane.metrics.count_refusal(PROTOCOL, 401)
+            record = dataplane.observer.refused(
+                PROTOCOL, 401, "UNAUTHENTICATED", DENIED_MESSAGE, context.peer()
+            )
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, record.id),))
+        # By status, not abort(), for the reason given in PredictionServicer._guard.
+        context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        context.set_details(DENIED_MESSAGE)
+        return None
+
+    return deny
+
+
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Requires an API key in the call's metadata (see ``serving.auth``); health (gRPC's and
     V2's ServerLive/ServerReady) is exempt."""
@@ -275,20 +302,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self.keys = keys
         self.exempt_health = exempt_health
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if dataplane is not None:  # logged and counted as a refusal, with its id
-                dataplane.metrics.count_refusal(PROTOCOL, 401)
-                record = dataplane.observer.refused(
-                    PROTOCOL, 401, "UNAUTHENTICATED", DENIED_MESSAGE, context.peer()
-                )
-                context.set_trailing_metadata(((REQUEST_ID_HEADER, record.id),))
-            # By status, not abort(), for the reason given in PredictionServicer._guard.
-            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
-            context.set_details(DENIED_MESSAGE)
-            return None
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny = grpc.unary_unary_rpc_method_handler(denial(dataplane))
 
     async def intercept_service(
         self,
@@ -296,9 +310,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method  # type: ignore[attr-defined]
-        if self.exempt_health and (
-            method.startswith(HEALTH_PREFIX) or method in v2_grpc.HEALTH_METHODS
-        ):
+        if is_exempt(method, self.exempt_health):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
         if self.keys.accepts(metadata.get("authorization"), metadata.get("x-api-key")):
@@ -306,10 +318,65 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         return self._deny
 
 
+def unary_handlers(dataplane: DataPlane) -> dict[str, Callable[[bytes, Any], Awaitable[Any]]]:
+    """Method path -> handler (request bytes, context) for every unary method of TF Serving's
+    and KServe V2's services, on either transport."""
+    servicer = PredictionServicer(dataplane)
+    handlers: dict[str, Callable[[bytes, Any], Awaitable[Any]]] = {
+        wire.PREDICT_METHOD: servicer.predict,
+        wire.GET_MODEL_METADATA_METHOD: servicer.get_model_metadata,
+        wire.GET_MODEL_STATUS_METHOD: servicer.get_model_status,
+    }
+    for name, handler in InferenceServicer(dataplane, servicer._guard).handlers().items():
+        handlers[f"/{v2_grpc.SERVICE}/{name}"] = handler
+    assert set(handlers) == set(METHODS), "every method is bound by path (METHODS)"
+    return handlers
+
+
+def build_grpc_transport(
+    dataplane: DataPlane, settings: ServingSettings
+) -> tuple[GrpcServer, HealthService]:
+    """The gateway's own gRPC transport (``serving.grpc.transport``) with the same services as
+    ``build_grpc_server``: TF Serving's, KServe V2's and health (not started)."""
+    health = HealthService()
+    handlers = unary_handlers(dataplane)
+    handlers[health_service.CHECK_METHOD] = health.check
+    authorize = None
+    if settings.api_keys:
+        keys, exempt = ApiKeys(settings.api_keys), settings.auth_exempt_health
+
+        def authorize(method: str, call: GrpcCall) -> bool:
+            if is_exempt(method, exempt):
+                return True
+            metadata = dict(call.invocation_metadata())
+            return keys.accepts(metadata.get("authorization"), metadata.get("x-api-key"))
+
+    limits = GrpcLimits(
+        max_message_bytes=settings.max_body_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        max_streams=settings.grpc_max_streams_per_connection or GrpcLimits.max_streams,
+        max_buffered_bytes=max(2 * settings.max_body_bytes, GrpcLimits.max_buffered_bytes),
+        max_connections=settings.max_connections,
+        max_concurrent_calls=settings.grpc_max_concurrent_rpcs,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        write_timeout_s=settings.write_timeout_s,
+        accept_compressed=settings.grpc_compressed_requests,
+    )
+    server = GrpcServer(
+        handlers,
+        {health_service.WATCH_METHOD: health.watch},
+        limits,
+        authorize,
+        denial(dataplane),
+    )
+    return server, health
+
+
 def build_grpc_server(
     dataplane: DataPlane, settings: ServingSettings
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """A grpc.aio server with TF Serving's services, KServe V2's ``GRPCInferenceService`` and
+    """A grpc.aio server (``--grpc-transport grpcio``) with TF Serving's services, KServe V2's ``GRPCInferenceService`` and
     the standard health service (not started)."""
     interceptors = (
         [ApiKeyInterceptor(ApiKeys(settings.api_keys), settings.auth_exempt_health, dataplane)]
@@ -333,39 +400,16 @@ def build_grpc_server(
         options=options,
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs or None,
     )
-    servicer = PredictionServicer(dataplane)
-
-    def unary(method: str, handler: Callable[..., Awaitable[Any]]) -> grpc.RpcMethodHandler:
-        types = METHODS[method]
+    by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for path, handler in unary_handlers(dataplane).items():
+        service, name = path[1:].split("/")
         # No request deserializer: the handler parses, inside its error boundary (_guard); no
         # response serializer: _guard returns the answer's bytes.
-        del types  # every method is bound by path (METHODS), checked here
-        return grpc.unary_unary_rpc_method_handler(handler)
-
+        by_service.setdefault(service, {})[name] = grpc.unary_unary_rpc_method_handler(handler)
     server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                wire.PREDICTION_SERVICE,
-                {
-                    "Predict": unary(wire.PREDICT_METHOD, servicer.predict),
-                    "GetModelMetadata": unary(
-                        wire.GET_MODEL_METADATA_METHOD, servicer.get_model_metadata
-                    ),
-                },
-            ),
-            grpc.method_handlers_generic_handler(
-                wire.MODEL_SERVICE,
-                {"GetModelStatus": unary(wire.GET_MODEL_STATUS_METHOD, servicer.get_model_status)},
-            ),
-            grpc.method_handlers_generic_handler(
-                v2_grpc.SERVICE,
-                {
-                    name: unary(f"/{v2_grpc.SERVICE}/{name}", handler)
-                    for name, handler in InferenceServicer(dataplane, servicer._guard)
-                    .handlers()
-                    .items()
-                },
-            ),
+        tuple(
+            grpc.method_handlers_generic_handler(service, methods)
+            for service, methods in by_service.items()
         )
     )
     health = health_aio.HealthServicer()

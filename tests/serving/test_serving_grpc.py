@@ -1,11 +1,13 @@
-"""TF Serving gRPC compatibility: the stock tensorflow-serving-api stubs call the gateway, and
-our own client works over every transport."""
+"""TF Serving gRPC compatibility: the stock tensorflow-serving-api stubs call the gateway, on
+both gRPC transports (the gateway's own, the default, and ``--grpc-transport grpcio``), and our
+own client works over every transport."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,7 +16,7 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.serving.serving_harness import RunningGateway, wait_until
+from tests.serving.serving_harness import RunningGateway, gateway_settings, wait_until
 from tests.tiny_models import reference_predict, sample_images
 
 MODEL = "tiny"
@@ -24,10 +26,15 @@ def reference(repo: Path, version: int, images: np.ndarray) -> np.ndarray:
     return reference_predict(repo / MODEL / str(version) / "model.onnx", images)
 
 
-@pytest.fixture(scope="module")
-def channel(gateway: RunningGateway) -> grpc.Channel:
-    with grpc.insecure_channel(gateway.grpc_target) as chan:
-        yield chan
+@pytest.fixture(scope="module", params=["gateway", "grpcio"])
+def channel(request: pytest.FixtureRequest, tiny_repo: Path) -> Iterator[grpc.Channel]:
+    """A channel to a gateway on each gRPC transport."""
+    running = RunningGateway(gateway_settings(tiny_repo, grpc_transport=request.param)).start()
+    try:
+        with grpc.insecure_channel(running.grpc_target) as chan:
+            yield chan
+    finally:
+        running.stop()
 
 
 def test_stock_stubs_predict_metadata_status(channel: grpc.Channel, tiny_repo: Path) -> None:
@@ -101,6 +108,33 @@ def test_grpc_health_service(channel: grpc.Channel) -> None:
     for service in ("", "tensorflow.serving.PredictionService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as caught:
+        health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # Watch streams the status now (and at every change): its first answer, then cancelled.
+    watch = health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+    unknown = health.Watch(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
+    assert next(unknown).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    unknown.cancel()
+
+
+def test_watch_sees_the_drain(tiny_repo: Path) -> None:
+    """A health Watch on the gateway's transport hears NOT_SERVING when the gateway drains."""
+    running = RunningGateway(gateway_settings(tiny_repo)).start()
+    try:
+        with grpc.insecure_channel(running.grpc_target) as chan:
+            watch = health_pb2_grpc.HealthStub(chan).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            assert running.gateway is not None and running.gateway._health is not None
+            running.run(running.gateway._health.enter_graceful_shutdown())
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()
+    finally:
+        running.stop()
 
 
 @pytest.mark.parametrize("transport", ["rest", "v2", "grpc"])

@@ -38,9 +38,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def gateway(repo: Path) -> Iterator[GatewayProcess]:
-    running = GatewayProcess(repo)
+@pytest.fixture(scope="module", params=["gateway", "grpcio"])
+def gateway(repo: Path, request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    """The gateway on each gRPC transport (its own, the default; grpc.aio's)."""
+    running = GatewayProcess(repo, "--grpc-transport", request.param)
     try:
         yield running
     finally:
