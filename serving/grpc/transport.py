@@ -517,11 +517,11 @@ class GrpcConnection(asyncio.Protocol):
             if len(block) < 5:
                 raise _ConnectionError(PROTOCOL_ERROR, "HEADERS too short for its priority")
             block = block[5:]
+        if len(block) > self.limits.max_header_bytes:  # a block in one frame too, undecoded
+            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block over the limit")
         if flags & END_HEADERS:
             self._on_header_block(stream_id, flags, block)
         else:
-            if len(block) > self.limits.max_header_bytes:
-                raise _ConnectionError(ENHANCE_YOUR_CALM, "header block over the limit")
             self.continuation = (stream_id, flags, bytearray(block))
 
     def _on_continuation(self, stream_id: int, flags: int, payload: bytes) -> None:
@@ -739,6 +739,9 @@ class GrpcConnection(asyncio.Protocol):
             stream.task = loop.create_task(
                 self._run(stream, handler, message, call, compressed and stream.encoding)
             )
+            # not a ``finally`` in _run: a task cancelled before its first step (a reset in the
+            # same read as its request) never runs its coroutine, and its slot would leak
+            stream.task.add_done_callback(lambda _task: self._run_ended(stream))
             return True
 
         if call.deadline is not None:
@@ -780,9 +783,10 @@ class GrpcConnection(asyncio.Protocol):
             if not stream.done:
                 call.code, call.details = grpc.StatusCode.INTERNAL, "internal error"
                 self._answer(stream, call, None)
-        finally:
-            self._handler_ended(stream)
-            self.server.call_ended()
+
+    def _run_ended(self, stream: _Stream) -> None:
+        self._handler_ended(stream)
+        self.server.call_ended()
 
     def _handler_ended(self, stream: _Stream) -> None:
         self.active_handlers -= 1
