@@ -356,6 +356,9 @@ def build_grpc_transport(
         max_header_bytes=settings.max_header_bytes,
         max_streams=settings.grpc_max_streams_per_connection or GrpcLimits.max_streams,
         max_buffered_bytes=max(2 * settings.max_body_bytes, GrpcLimits.max_buffered_bytes),
+        max_server_buffered_bytes=max(
+            8 * settings.max_body_bytes, GrpcLimits.max_server_buffered_bytes
+        ),
         max_connections=settings.max_connections,
         max_concurrent_calls=settings.grpc_max_concurrent_rpcs,
         header_timeout_s=settings.header_timeout_s,

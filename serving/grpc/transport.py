@@ -24,7 +24,9 @@ Limits, each checked before the work it bounds:
 - a message's declared length against ``max_message_bytes`` as soon as its 5-byte prefix
   arrives (RESOURCE_EXHAUSTED), before its bytes are buffered;
 - flow control: the peer may send only what the windows allow, and the connection's window is
-  given back only while the bodies still arriving hold at most ``max_buffered_bytes``;
+  given back only while the bodies still arriving hold at most ``max_buffered_bytes`` on
+  this connection and ``max_server_buffered_bytes`` on all of them (else as they end, or at the
+  next sweep);
 - a body must arrive within ``body_timeout_s`` of its headers, the preface within
   ``header_timeout_s``; answers left unread for ``write_timeout_s`` close the connection; while
   the connection's write buffer is over its high-water mark nothing more is read from it, so
@@ -151,6 +153,7 @@ class GrpcLimits:
     max_header_bytes: int = 16 * 1024
     max_streams: int = 1024
     max_buffered_bytes: int = 128 * 1024 * 1024
+    max_server_buffered_bytes: int = 512 * 1024 * 1024
     max_connections: int = 2048
     max_concurrent_calls: int = 0  # 0: no bound
     header_timeout_s: float = 10.0
@@ -287,7 +290,8 @@ class GrpcServer:
         self.authorize, self.deny = authorize, deny
         self.connections: set[GrpcConnection] = set()
         self.calls_in_flight = 0
-        self.waiting: deque[Callable[[], bool]] = deque()  # calls beyond max_concurrent_calls
+        self.waiting: deque[Callable[[], bool]] = deque()
+        self.buffered = 0  # bytes of bodies still arriving, on all connections  # calls beyond max_concurrent_calls
         self.draining = False
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -543,12 +547,14 @@ class GrpcConnection(asyncio.Protocol):
             raise _ConnectionError(COMPRESSION_ERROR, f"header block: {exc}") from None
         stream = self.streams.get(stream_id)
         if stream is not None:  # trailers of a request: nothing in them is read
+            if stream.remote_closed:
+                raise _ConnectionError(STREAM_CLOSED, f"HEADERS after stream {stream_id} ended")
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "trailers without END_STREAM")
             self._end_of_body(stream)
             return
         if stream_id <= self.last_stream_id:
-            raise _ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
+            return  # a closed stream (perhaps reset by us, with frames still on their way)
         self.last_stream_id = stream_id
         if self.goaway_sent:
             return  # after GOAWAY: not processed, the client retries it elsewhere
@@ -624,7 +630,7 @@ class GrpcConnection(asyncio.Protocol):
             self._give_back(length)
         else:
             stream.body += data
-            self.buffered += len(data)
+            self._buffer(len(data))
             if stream.expected < 0 and len(stream.body) >= 5:
                 stream.expected = int.from_bytes(stream.body[1:5], "big")
                 if stream.expected > self.limits.max_message_bytes:
@@ -644,11 +650,20 @@ class GrpcConnection(asyncio.Protocol):
         if flags & END_STREAM:
             self._end_of_body(stream)
 
+    def _buffer(self, delta: int) -> None:
+        """Bytes of bodies still arriving, on this connection and on the server."""
+        self.buffered += delta
+        self.server.buffered += delta
+
     def _give_back(self, length: int) -> None:
         """Connection window back to the peer, unless the bodies still arriving hold more than
         their bound (then it comes back as they end)."""
         self.recv_unacked += length
-        if self.recv_unacked >= OUR_WINDOW // 4 and self.buffered <= self.limits.max_buffered_bytes:
+        if (
+            self.recv_unacked >= OUR_WINDOW // 4
+            and self.buffered <= self.limits.max_buffered_bytes
+            and self.server.buffered <= self.limits.max_server_buffered_bytes
+        ):
             self.out.append(_frame(WINDOW_UPDATE, 0, 0, self.recv_unacked.to_bytes(4, "big")))
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
@@ -706,7 +721,7 @@ class GrpcConnection(asyncio.Protocol):
             self._forget(stream)
             return
         body = bytes(stream.body)
-        self.buffered -= len(stream.body)
+        self._buffer(-len(stream.body))
         stream.body = bytearray()
         self._give_back(0)
         if len(body) < 5 or len(body) != stream.expected + 5:
@@ -821,7 +836,7 @@ class GrpcConnection(asyncio.Protocol):
         if stream.deadline_timer is not None:
             stream.deadline_timer.cancel()
         if not stream.remote_closed:
-            self.buffered -= len(stream.body)
+            self._buffer(-len(stream.body))
             stream.body = bytearray()
             if not self.closed:
                 self._give_back(0)
@@ -846,7 +861,7 @@ class GrpcConnection(asyncio.Protocol):
         stream.call.code, stream.call.details = code, details
         if not stream.remote_closed:
             stream.refused = True
-            self.buffered -= len(stream.body)
+            self._buffer(-len(stream.body))
             stream.body = bytearray()
             self._give_back(0)
         self._answer(stream, stream.call, None)
@@ -987,4 +1002,7 @@ class GrpcConnection(asyncio.Protocol):
                                    f"the request did not arrive within {limits.body_timeout_s:g} s")  # fmt: skip
         if self.goaway_sent and not self.busy():
             self.close()
+            return
+        if self.recv_unacked:  # window held back while the server held too much: given now?
+            self._give_back(0)
         self._flush()
