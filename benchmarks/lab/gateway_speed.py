@@ -11,7 +11,9 @@ LeNet (``model_repository/lenet`` if training has exported it, else the LeNet-li
 - a naive FastAPI + ONNX Runtime server (one ``session.run`` per request, on the event loop, JSON
   lists in and out, default session options);
 - grpc.aio alone: a server whose Predict returns a prepared reply without reading the request,
-  on uvloop like the gateway: the ceiling of the gRPC transport in one Python process;
+  on uvloop like the gateway: the ceiling of grpc.aio in one Python process (issue 36's yardstick);
+- the gateway's gRPC transport alone (``benchmarks.lab.grpc_transport_alone``): the same no-op
+  Predict on ``serving.grpc.transport``, the ceiling of the gateway's own gRPC transport;
 - idle/low-load CPU of the gateway for ONNX Runtime thread settings (spinning on/off).
 
 HTTP load comes from Debian's ``wrk`` (C, one thread, Lua script for the POST body) so the client
@@ -24,7 +26,8 @@ with the server: on a 2-core host these are lower bounds.
 
 Then, with every server stopped, each part of one request is timed alone
 (``benchmarks.lab.request_budget``) and the gateway at concurrency 32 is set against the limit those
-parts add up to, per protocol (gRPC's transport: this run's grpc.aio alone); ``--no-parts`` skips it.
+parts add up to, per protocol (gRPC's transport: this run's gateway transport alone, else grpc.aio
+alone); ``--no-parts`` skips it.
 A last table sets the parts against what a request costs in situ: the gateway's CPU per request at
 concurrency 32, the event-loop thread's apart from the others (compute, gRPC's own threads).
 
@@ -499,9 +502,11 @@ def side_by_side(
         wait_for="Uvicorn running",
     )
     servers[GRPC_ALONE] = start_grpc_aio_alone()
+    servers[TRANSPORT_ALONE] = start_grpc_transport_alone()
     protocols = {
         "naive FastAPI+ORT": ("REST JSON",),
         GRPC_ALONE: ("gRPC",),
+        TRANSPORT_ALONE: ("gRPC",),
         "gateway, batching on, FastAPI routing": ("REST JSON", "V2 binary"),
         "gateway, batching on": ("REST JSON", "V2 binary", "gRPC", "V2 gRPC"),
     }
@@ -544,12 +549,21 @@ def side_by_side(
 
 
 GRPC_ALONE = "grpc.aio alone, no-op Predict"
+TRANSPORT_ALONE = "gateway's gRPC transport alone, no-op Predict"
 
 
 def start_grpc_aio_alone() -> Server:
-    """The transport-ceiling server, ``benchmarks.lab.grpc_aio_alone``."""
+    """grpc.aio's ceiling, ``benchmarks.lab.grpc_aio_alone``."""
     return Server(
         [sys.executable, "-m", "benchmarks.lab.grpc_aio_alone"], wait_for="gRPC (grpc.aio alone) on"
+    )
+
+
+def start_grpc_transport_alone() -> Server:
+    """The gateway's gRPC transport's ceiling, ``benchmarks.lab.grpc_transport_alone``."""
+    return Server(
+        [sys.executable, "-m", "benchmarks.lab.grpc_transport_alone"],
+        wait_for="gRPC (transport alone) on",
     )
 
 
@@ -652,10 +666,14 @@ def ratios(results: list[Result]) -> list[str]:
                 lines.append(f"- {server}, {protocol} / naive FastAPI+ORT (REST JSON) at concurrency 32: "
                              f"{ours / naive:.2f}x")  # fmt: skip
     alone = rps(GRPC_ALONE, "gRPC", 32)
+    transport_alone = rps(TRANSPORT_ALONE, "gRPC", 32)
     for server in ("gateway, batching on", "gateway, batching off"):
         ours = rps(server, "gRPC", 32)
         lines.append(f"- {server}, gRPC / grpc.aio alone (no-op Predict) at concurrency 32: "
                      f"{ours / alone:.2f}")  # fmt: skip
+        if transport_alone == transport_alone:  # measured (not NaN)
+            lines.append(f"- {server}, gRPC / the gateway's gRPC transport alone at concurrency "
+                         f"32: {ours / transport_alone:.2f}")  # fmt: skip
     v2 = rps("gateway, batching on", "V2 gRPC", 32)
     if v2 == v2:  # measured (not NaN)
         tf = rps("gateway, batching on", "gRPC", 32)
@@ -672,7 +690,7 @@ def ratios(results: list[Result]) -> list[str]:
 
 
 def grpc_parts_us(budget: dict[str, Any], alone_calls_per_s: float) -> float:
-    """gRPC's parts: its stages from ``budget`` plus grpc.aio alone's time per call."""
+    """gRPC's parts: its stages from ``budget`` plus a transport alone's time per call."""
     return float(budget["paths"]["gRPC (without transport)"]["total_us"]) + 1e6 / alone_calls_per_s
 
 
@@ -680,8 +698,9 @@ def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
     """The gateway at concurrency 32 against the limit its parts add up to, per protocol.
 
     ``budget`` is ``benchmarks.lab.request_budget.measure``'s result (each stage timed alone, the HTTP
-    transport under wrk). gRPC's transport is grpc.aio alone's measured cost per call (this run's
-    row), its other stages from ``budget``; its target in docs/ARCHITECTURE.md is grpc.aio alone.
+    transport under wrk). gRPC's transport is the gateway's transport alone's measured cost per
+    call (this run's row; grpc.aio alone's where it was not measured), its other stages from
+    ``budget``; issue 36's yardstick, grpc.aio alone, gets a row of its own.
     """
 
     def rps(server: str, protocol: str) -> float:
@@ -698,7 +717,11 @@ def parts_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
         note = f" (without {', '.join(path['missing'])})" if path["missing"] else ""
         rows.append((protocol + note, path["total_us"], protocol))
     alone = rps(GRPC_ALONE, "gRPC")
-    if alone == alone and alone > 0:
+    transport_alone = rps(TRANSPORT_ALONE, "gRPC")
+    if transport_alone == transport_alone and transport_alone > 0:
+        grpc_us = grpc_parts_us(budget, transport_alone)
+        rows.append(("gRPC (transport: the gateway's, alone)", grpc_us, "gRPC"))
+    elif alone == alone and alone > 0:
         grpc_us = grpc_parts_us(budget, alone)
         rows.append(("gRPC (transport: grpc.aio alone)", grpc_us, "gRPC"))
     for label, total_us, protocol in rows:
@@ -719,8 +742,8 @@ def in_situ_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
     its CPU share and its rate), set against the sum of its parts timed alone.
 
     The gap is what the parts miss in situ: caches shared with the load generator and the compute
-    thread on a small host, wake-ups, and work no stage owns. grpc.aio alone is its transport's
-    own in-situ cost, per call.
+    thread on a small host, wake-ups, and work no stage owns. The two no-op gRPC servers give each
+    transport's own in-situ cost per call.
     """
     lines = ["| protocol | parts alone, us | in situ: whole process, us | event-loop thread, us | "
              "other threads, us | in situ / parts |",
@@ -728,11 +751,12 @@ def in_situ_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
     paths = budget["paths"]
     parts = {"REST JSON": paths["REST JSON"]["total_us"],
              "V2 binary": paths["V2 binary"]["total_us"]}  # fmt: skip
-    alone = next((r for r in results if r.server == GRPC_ALONE and r.concurrency == 32), None)
-    if alone is not None:
-        parts["gRPC"] = grpc_parts_us(budget, alone.requests_per_s)
+    for transport in (GRPC_ALONE, TRANSPORT_ALONE):  # the gateway's transport, where measured
+        alone = next((r for r in results if r.server == transport and r.concurrency == 32), None)
+        if alone is not None:
+            parts["gRPC"] = grpc_parts_us(budget, alone.requests_per_s)
     rows = [("gateway, batching on", protocol) for protocol in ("REST JSON", "V2 binary", "gRPC")]
-    rows.append((GRPC_ALONE, "gRPC"))
+    rows += [(GRPC_ALONE, "gRPC"), (TRANSPORT_ALONE, "gRPC")]
     for server, protocol in rows:
         r = next((r for r in results if r.server == server and r.protocol == protocol
                   and r.concurrency == 32), None)  # fmt: skip
@@ -742,6 +766,8 @@ def in_situ_report(results: list[Result], budget: dict[str, Any]) -> list[str]:
         loop = r.loop_cpu_percent * 1e4 / r.requests_per_s
         if server == GRPC_ALONE:
             label, part, ratio = "grpc.aio alone (no-op Predict)", "-", "-"
+        elif server == TRANSPORT_ALONE:
+            label, part, ratio = "the gateway's gRPC transport alone (no-op Predict)", "-", "-"
         else:
             label, part, ratio = (
                 protocol,

@@ -54,15 +54,17 @@ def test_v2_grpc_is_a_protocol_of_the_speed_benchmarks(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_grpc_aio_alone_answers_predict_like_the_gateway() -> None:
-    """The transport-ceiling server must be a real Predict endpoint, or its number means nothing."""
+@pytest.mark.parametrize("start", ["start_grpc_aio_alone", "start_grpc_transport_alone"])
+def test_grpc_transports_alone_answer_predict_like_the_gateway(start: str) -> None:
+    """A transport-ceiling server must be a real Predict endpoint, or its number means nothing:
+    grpc.aio alone and the gateway's own gRPC transport alone."""
     import grpc
     import numpy as np
 
     from clients import wire
     from tests.serving.serving_harness import predict_call
 
-    server = gateway_speed.start_grpc_aio_alone()
+    server = getattr(gateway_speed, start)()
     try:
         assert server.grpc and not server.url
         request = wire.build_predict_request("lenet", {"image": gateway_speed.one_image()})

@@ -53,6 +53,39 @@ def test_gateway_speed_sets_the_gateway_against_the_limit_of_its_parts() -> None
     assert lines[-1].endswith("| 2,000 | 0.50 |")
 
 
+def test_gateway_speed_takes_the_gateway_transport_alone_as_grpc_s_transport() -> None:
+    """With the gateway's own gRPC transport alone measured, gRPC's parts take its cost per call
+    (200 us at 5,000/s), and grpc.aio alone (the issue's yardstick) keeps its own row."""
+    from benchmarks.lab.gateway_speed import (
+        GRPC_ALONE,
+        TRANSPORT_ALONE,
+        Result,
+        in_situ_report,
+        parts_report,
+    )
+
+    budget = request_budget.measure(seconds=0.02, rounds=1, transport_seconds=1.0)
+    results = [
+        Result("gateway, batching on", "REST JSON", 32, 5000.0, 1.0, 2.0, 0, 100.0, 80.0),
+        Result("gateway, batching on", "V2 binary", 32, 6000.0, 1.0, 2.0, 0, 90.0, 60.0),
+        Result("gateway, batching on", "gRPC", 32, 3000.0, 1.0, 2.0, 0, 120.0, 90.0),
+        Result(GRPC_ALONE, "gRPC", 32, 4000.0, 1.0, 2.0, 0, 100.0, 70.0),
+        Result(TRANSPORT_ALONE, "gRPC", 32, 5000.0, 1.0, 2.0, 0, 100.0, 90.0),
+    ]
+    grpc_us = budget["paths"]["gRPC (without transport)"]["total_us"] + 200.0
+    lines = parts_report(results, budget)
+    grpc_row = next(line for line in lines if line.startswith("| gRPC (transport"))
+    assert grpc_row.startswith("| gRPC (transport: the gateway's, alone) |")
+    assert f"| {grpc_us:.1f} |" in grpc_row and f"| {3000 / (1e6 / grpc_us):.2f} |" in grpc_row
+    assert lines[-1].endswith("| 3,000 | 0.75 |")  # against grpc.aio alone's 4,000/s
+    situ = in_situ_report(results, budget)
+    assert situ[-1] == (
+        "| the gateway's gRPC transport alone (no-op Predict) | - | 200.0 | 180.0 | 20.0 | - |"
+    )
+    grpc_situ = next(line for line in situ if line.startswith("| gRPC"))
+    assert f"| {grpc_us:.1f} | 400.0 |" in grpc_situ
+
+
 def test_gateway_speed_sets_the_parts_against_the_cost_in_situ() -> None:
     """CPU per request in situ = CPU share / rate: 100% of a core at 5,000 requests/s is 200 us,
     80% of it on the event loop 160 us; grpc.aio alone gets its row without a ratio."""
