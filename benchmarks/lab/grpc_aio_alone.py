@@ -11,6 +11,8 @@ gateway runs), the ceiling ``gateway_speed`` compares the gateway's gRPC numbers
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 import numpy as np
@@ -50,13 +52,18 @@ async def serve() -> None:
     await server.wait_for_termination()
 
 
-def main() -> None:
+def run_on_uvloop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``main()`` on uvloop as the gateway runs (asyncio's own loop where uvloop is missing)."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve())
+        asyncio.run(main())
     else:
-        uvloop.run(serve())
+        uvloop.run(main())
+
+
+def main() -> None:
+    run_on_uvloop(serve)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from benchmarks.lab.grpc_aio_alone import REPLY
+from benchmarks.lab.grpc_aio_alone import REPLY, run_on_uvloop
 from clients import wire
 from serving.grpc.transport import GrpcCall, GrpcLimits, GrpcServer
 
@@ -36,12 +36,7 @@ async def serve() -> None:
 
 
 def main() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve())
-    else:
-        uvloop.run(serve())
+    run_on_uvloop(serve)
 
 
 if __name__ == "__main__":
