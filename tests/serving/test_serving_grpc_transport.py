@@ -660,3 +660,42 @@ def peak_rss_mb(gateway: GatewayProcess) -> float:
     match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
     assert match
     return int(match.group(1)) / 1024
+
+
+# --- the server's side of flow control -----------------------------------------------------------
+def test_an_answer_waits_for_the_clients_window_and_fits_its_frames(
+    gateway: GatewayProcess,
+) -> None:
+    """A client that allows 1,000 bytes per stream gets 1,000 bytes of a 20 KB answer (512
+    images' probabilities), the rest once it grants more, in DATA frames of at most 16 KiB (its
+    SETTINGS_MAX_FRAME_SIZE), then the trailers: the answer equals what the gateway sends a
+    client without such limits."""
+    import numpy as np
+
+    images = sample_images(512, seed=8)
+    message = v2_grpc.build_infer_request(MODEL, {"image": images}).SerializeToString()
+    body = grpc_message(message)
+    frames = b"".join(
+        frame(DATA, END_STREAM if offset + 16_384 >= len(body) else 0, 1,
+              body[offset : offset + 16_384])
+        for offset in range(0, len(body), 16_384)
+    )  # fmt: skip
+    with closing(H2Client(gateway.grpc_target, preface=False)) as client:
+        window = (INITIAL_WINDOW_SIZE).to_bytes(2, "big") + (1000).to_bytes(4, "big")
+        client.send(PREFACE + frame(SETTINGS, 0, 0, window))
+        client.send(client.headers(1, INFER) + frames)
+        answer = client.answer_of(1)
+        client.wait_for(lambda: len(answer.data) >= 1000, 10, "the first 1,000 bytes")
+        client._read(0.3)  # nothing more may come while the window is spent
+        assert len(answer.data) == 1000 and not answer.done, answer.events
+        client.send(frame(WINDOW_UPDATE, 0, 1, (1 << 20).to_bytes(4, "big")))
+        client.answer(1)
+        assert answer.status == OK, answer
+        reply = v2_grpc.ModelInferResponse.FromString(answer.body)
+    with closing(H2Client(gateway.grpc_target)) as plain:
+        plain.send(plain.headers(1, INFER) + frames)
+        expected = v2_grpc.ModelInferResponse.FromString(plain.answer(1).body)
+    got = np.frombuffer(reply.raw_output_contents[0], np.float32)
+    assert got.size == 512 * 10 and len(answer.data) > 16_384
+    assert got.tobytes() == expected.raw_output_contents[0]
+    assert answer.events.count("data") >= 3  # 1,000 bytes, then frames of at most 16 KiB
