@@ -29,8 +29,10 @@ PROBES: dict[str, str] = {
     "fp16_parity": "Which ops make an fp16 export lose parity with the SavedModel?",
     "noop_http": "What does the HTTP transport cost alone (the gateway's protocol, a no-op "
     "handler; a server to load with wrk)?",
-    "grpc_aio_alone": "What does the gRPC transport cost alone (grpc.aio answering without "
-    "parsing; a server to load with h2load)?",
+    "grpc_aio_alone": "What does grpc.aio cost alone (answering without parsing; a server to "
+    "load with h2load; issue 36's yardstick)?",
+    "grpc_transport_alone": "What does the gateway's own gRPC transport cost alone (answering "
+    "without parsing; a server to load with h2load)?",
     "grpc_floor": "How fast can grpc.aio refuse a flood at best (a server that refuses every call)?",
     "precision_ab": "How much faster is int8 (or fp16) than fp32, in-process and through the "
     "gateway, rounds interleaved?",

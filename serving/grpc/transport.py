@@ -743,16 +743,17 @@ class GrpcConnection(asyncio.Protocol):
         if stream.refused:
             self._forget(stream)
             return
-        body = bytes(stream.body)
-        self._buffer(-len(stream.body))
-        stream.body = bytearray()
+        body, stream.body = stream.body, bytearray()
+        self._buffer(-len(body))
         self._give_back(0)
         if len(body) < 5 or len(body) != stream.expected + 5:
             self._answer_early(stream, grpc.StatusCode.INVALID_ARGUMENT,
                                "a unary call carries exactly one whole message")  # fmt: skip
             return
         compressed = body[0]
-        message = body[5:]
+        with memoryview(body) as view:  # the message's one copy (a slice of bytes is another)
+            message = bytes(view[5:])
+        del body
         if compressed and stream.encoding == b"identity":
             self._answer_early(stream, grpc.StatusCode.INVALID_ARGUMENT,
                                "a compressed message without grpc-encoding")  # fmt: skip
