@@ -209,7 +209,8 @@ class ServingSettings(BaseSettings):
         0,
         ge=0,
         description="HTTP/2 streams one gRPC connection may have open (SETTINGS_MAX_CONCURRENT_"
-        "STREAMS): a client's calls beyond it wait in the client. 0 = gRPC's default.",
+        "STREAMS): a client's calls beyond it wait in the client. 0 = the transport's default "
+        "(1024 on the gateway's, no bound on grpcio's).",
     )
     grpc_max_concurrent_rpcs: int = Field(
         0,

@@ -379,8 +379,8 @@ def build_grpc_transport(
 def build_grpc_server(
     dataplane: DataPlane, settings: ServingSettings
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
-    """A grpc.aio server (``--grpc-transport grpcio``) with TF Serving's services, KServe V2's ``GRPCInferenceService`` and
-    the standard health service (not started)."""
+    """A grpc.aio server (``--grpc-transport grpcio``) with TF Serving's services, KServe V2's
+    ``GRPCInferenceService`` and the standard health service (not started)."""
     interceptors = (
         [ApiKeyInterceptor(ApiKeys(settings.api_keys), settings.auth_exempt_health, dataplane)]
         if settings.api_keys
