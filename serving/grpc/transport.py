@@ -232,6 +232,7 @@ class _Stream:
         "running",
         "send_window",
         "started",
+        "streaming",
         "task",
     )  # fmt: skip
 
@@ -254,6 +255,7 @@ class _Stream:
         self.done = False  # its answer (or reset) went out
         self.running = False  # dispatched, its handler not finished (or not yet started)
         self.orphaned = False  # running, but no longer among the connection's streams
+        self.streaming = False  # a server-streaming call (health's Watch)
 
 
 class _ConnectionError(Exception):
@@ -349,12 +351,14 @@ class GrpcServer:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        await asyncio.sleep(0)  # what the drain woke (health's Watch: NOT_SERVING) writes first
         for connection in list(self.connections):
             connection.go_away(NO_ERROR, "server shutting down")
         deadline = time.monotonic() + grace
         while any(c.busy() for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for connection in list(self.connections):
+            connection.end_streams("server shutting down")
             connection.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -373,6 +377,7 @@ class GrpcConnection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self.active_handlers = 0  # handlers running, reset ones included
         self.orphans = 0  # of those, the ones whose streams are gone (reset, expired)
+        self.streaming_handlers = 0  # of those, server-streaming calls (a drain does not wait)
         self.last_stream_id = 0
         self.goaway_sent = False
         self.closed = False
@@ -769,6 +774,9 @@ class GrpcConnection(asyncio.Protocol):
         assert handler is not None
         self.active_handlers += 1
         stream.running = True
+        if path in server.streaming:
+            stream.streaming = True
+            self.streaming_handlers += 1
         loop = asyncio.get_running_loop()
 
         def start() -> bool:
@@ -830,6 +838,8 @@ class GrpcConnection(asyncio.Protocol):
     def _handler_ended(self, stream: _Stream) -> None:
         self.active_handlers -= 1
         stream.running = False
+        if stream.streaming:
+            self.streaming_handlers -= 1
         if stream.orphaned:
             self.orphans -= 1
         if stream.deadline_timer is not None:
@@ -999,8 +1009,21 @@ class GrpcConnection(asyncio.Protocol):
         self.out.append(_frame(GOAWAY, 0, 0, _goaway_payload(self.last_stream_id, code, message)))
         self._flush()
 
+    def end_streams(self, reason: str) -> None:
+        """Every call still open ends now with UNAVAILABLE (clients retry those elsewhere)."""
+        for stream in list(self.streams.values()):
+            if not stream.done and stream.call is not None:
+                stream.call.code, stream.call.details = grpc.StatusCode.UNAVAILABLE, reason
+                self._answer(stream, stream.call, None)
+                if stream.task is not None:
+                    stream.task.cancel()
+
     def busy(self) -> bool:
-        return bool(self.streams) or self.active_handlers > 0
+        """Unary calls in progress or still arriving: what a drain waits for. A streaming call
+        (health's Watch) does not hold the drain up; it ends with the connection."""
+        return self.active_handlers > self.streaming_handlers or any(
+            not stream.running for stream in self.streams.values()
+        )
 
     def close(self) -> None:
         self._flush()
