@@ -366,12 +366,21 @@ def build_grpc_transport(
         write_timeout_s=settings.write_timeout_s,
         accept_compressed=settings.grpc_compressed_requests,
     )
+
+    def refused(http_status: int, name: str, message: str, peer: str, log_it: bool) -> None:
+        """A call or connection the transport refused: counted, and (but REFUSED_STREAM, which
+        clients retry) logged whatever the access log's sample, as the HTTP server's are."""
+        dataplane.metrics.count_refusal(PROTOCOL, http_status)
+        if log_it:
+            dataplane.observer.refused(PROTOCOL, http_status, name, bounded_message(message), peer)
+
     server = GrpcServer(
         handlers,
         {health_service.WATCH_METHOD: health.watch},
         limits,
         authorize,
         denial(dataplane),
+        refused,
     )
     return server, health
 

@@ -34,6 +34,11 @@ Limits, each checked before the work it bounds:
 - at most ``max_connections`` connections (beyond: GOAWAY and close), and with
   ``max_concurrent_calls`` the calls handled at once by the whole server (more wait, unread);
 - a compressed message is inflated off the event loop, into at most ``max_message_bytes``.
+
+Every refusal before a handler (a trailers-only answer, REFUSED_STREAM, a GOAWAY for an error, a
+connection over the bound, a timeout) is handed to the server's ``refused`` callback with the HTTP
+status it counts as, like the HTTP server's refusals (``serving_connection_refusals``); all but
+REFUSED_STREAM (flow control that clients retry) are also logged.
 """
 
 from __future__ import annotations
@@ -259,9 +264,27 @@ class _Stream:
 
 
 class _ConnectionError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    """A connection error: GOAWAY with ``code``; counted as a refusal with ``http_status``."""
+
+    def __init__(self, code: int, message: str, http_status: int = 400) -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.http_status = code, http_status
+
+
+#: the HTTP status a refusal before any handler counts under (``serving_connection_refusals``,
+#: like the HTTP server's), by the gRPC status it answered
+_REFUSAL_STATUS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 408,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+}
+_H2_ERRORS = {
+    PROTOCOL_ERROR: "PROTOCOL_ERROR", FLOW_CONTROL_ERROR: "FLOW_CONTROL_ERROR",
+    STREAM_CLOSED: "STREAM_CLOSED", FRAME_SIZE_ERROR: "FRAME_SIZE_ERROR",
+    COMPRESSION_ERROR: "COMPRESSION_ERROR", ENHANCE_YOUR_CALM: "ENHANCE_YOUR_CALM",
+}  # fmt: skip
+#: what the server is told of each refusal: (HTTP status, name, message, peer, whether to log it)
+Refused = Callable[[int, str, str, str, bool], None]
 
 
 def _inflate(data: bytes, encoding: bytes, limit: int) -> bytes | None:
@@ -287,9 +310,10 @@ class GrpcServer:
         limits: GrpcLimits,
         authorize: Callable[[str, GrpcCall], bool] | None = None,
         deny: Handler | None = None,
+        refused: Refused | None = None,
     ) -> None:
         self.handlers, self.streaming, self.limits = handlers, streaming, limits
-        self.authorize, self.deny = authorize, deny
+        self.authorize, self.deny, self.refused = authorize, deny, refused
         self.connections: set[GrpcConnection] = set()
         self.calls_in_flight = 0
         self.waiting: deque[Callable[[], bool]] = deque()
@@ -408,11 +432,11 @@ class GrpcConnection(asyncio.Protocol):
         server = self.server
         server.connections.add(self)
         if len(server.connections) > self.limits.max_connections or server.draining:
+            why = "draining" if server.draining else "too many connections (--max-connections)"
+            self._refused(503, "UNAVAILABLE", why)
             transport.write(
                 _frame(SETTINGS, 0, 0)
-                + _frame(
-                    GOAWAY, 0, 0, _goaway_payload(0, ENHANCE_YOUR_CALM, "too many connections")
-                )
+                + _frame(GOAWAY, 0, 0, _goaway_payload(0, ENHANCE_YOUR_CALM, why))
             )
             self.closed = True
             transport.close()
@@ -444,6 +468,7 @@ class GrpcConnection(asyncio.Protocol):
             self._read_frames()
         except _ConnectionError as error:
             log.debug("gRPC connection %s: %s", self.peer_name, error)
+            self._refused(error.http_status, _H2_ERRORS.get(error.code, "GOAWAY"), str(error))
             self.go_away(error.code, str(error))
             self.close()
         self._flush()
@@ -529,7 +554,11 @@ class GrpcConnection(asyncio.Protocol):
                 raise _ConnectionError(PROTOCOL_ERROR, "HEADERS too short for its priority")
             block = block[5:]
         if len(block) > self.limits.max_header_bytes:  # a block in one frame too, undecoded
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block over the limit")
+            raise _ConnectionError(
+                ENHANCE_YOUR_CALM,
+                f"header block over the limit of {self.limits.max_header_bytes} bytes",
+                431,
+            )
         if flags & END_HEADERS:
             self._on_header_block(stream_id, flags, block)
         else:
@@ -541,7 +570,11 @@ class GrpcConnection(asyncio.Protocol):
         block = self.continuation[2]
         block += payload
         if len(block) > self.limits.max_header_bytes:
-            raise _ConnectionError(ENHANCE_YOUR_CALM, "header block over the limit")
+            raise _ConnectionError(
+                ENHANCE_YOUR_CALM,
+                f"header block over the limit of {self.limits.max_header_bytes} bytes",
+                431,
+            )
         if flags & END_HEADERS:
             first_flags = self.continuation[1]
             self.continuation = None
@@ -588,6 +621,8 @@ class GrpcConnection(asyncio.Protocol):
             return  # after GOAWAY: not processed, the client retries it elsewhere
         if len(self.streams) + self.orphans >= self.limits.max_streams:
             self.out.append(_frame(RST_STREAM, 0, stream_id, REFUSED_STREAM.to_bytes(4, "big")))
+            # counted, not logged: HTTP/2 flow control that clients retry, and a flood's bulk
+            self._refused(503, "REFUSED_STREAM", "streams over the connection's limit", False)
             return
         stream = _Stream(stream_id, self.peer_initial_window)
         self.streams[stream_id] = stream
@@ -662,11 +697,11 @@ class GrpcConnection(asyncio.Protocol):
             if stream.expected < 0 and len(stream.body) >= 5:
                 stream.expected = int.from_bytes(stream.body[1:5], "big")
                 if stream.expected > self.limits.max_message_bytes:
-                    self._refuse_body(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    self._answer_early(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                       f"Received message larger than max ({stream.expected} vs. "
                                       f"{self.limits.max_message_bytes})")  # fmt: skip
             elif stream.expected >= 0 and len(stream.body) > stream.expected + 5:
-                self._refuse_body(stream, grpc.StatusCode.INVALID_ARGUMENT,
+                self._answer_early(stream, grpc.StatusCode.INVALID_ARGUMENT,
                                   "a unary call carries one message")  # fmt: skip
             if not stream.refused:
                 stream.recv_unacked += length
@@ -889,7 +924,8 @@ class GrpcConnection(asyncio.Protocol):
         return block
 
     def _answer_early(self, stream: _Stream, code: grpc.StatusCode, details: str) -> None:
-        """A trailers-only answer before any handler ran."""
+        """A trailers-only answer before any handler ran (counted and logged as a refusal)."""
+        self._refused(_REFUSAL_STATUS.get(code, 400), code.name, details)
         if stream.call is None:
             stream.call = GrpcCall(stream.method, (), None, self.peer_name)
         stream.call.code, stream.call.details = code, details
@@ -899,9 +935,6 @@ class GrpcConnection(asyncio.Protocol):
             stream.body = bytearray()
             self._give_back(0)
         self._answer(stream, stream.call, None)
-
-    def _refuse_body(self, stream: _Stream, code: grpc.StatusCode, details: str) -> None:
-        self._answer_early(stream, code, details)
 
     def _answer(self, stream: _Stream, call: GrpcCall, answer: bytes | None) -> None:
         """The call's answer: headers, its message and trailers, or trailers only."""
@@ -1018,6 +1051,10 @@ class GrpcConnection(asyncio.Protocol):
                 if stream.task is not None:
                     stream.task.cancel()
 
+    def _refused(self, http_status: int, name: str, message: str, log_it: bool = True) -> None:
+        if self.server.refused is not None:
+            self.server.refused(http_status, name, message, self.peer_name, log_it)
+
     def busy(self) -> bool:
         """Unary calls in progress or still arriving: what a drain waits for. A streaming call
         (health's Watch) does not hold the drain up; it ends with the connection."""
@@ -1034,12 +1071,14 @@ class GrpcConnection(asyncio.Protocol):
     def check_deadlines(self, now: float) -> None:
         limits = self.limits
         if not self.preface_seen and now - self.started > limits.header_timeout_s:
+            self._refused(408, "PREFACE_TIMEOUT", "no HTTP/2 preface within --header-timeout-s")
             self.close()
             return
         if (
             self.write_paused_since is not None
             and now - self.write_paused_since > limits.write_timeout_s
         ):
+            self._refused(408, "WRITE_TIMEOUT", "answers left unread past --write-timeout-s")
             if self.transport is not None:
                 self.transport.abort()
             return

@@ -699,3 +699,46 @@ def test_an_answer_waits_for_the_clients_window_and_fits_its_frames(
     assert got.size == 512 * 10 and len(answer.data) > 16_384
     assert got.tobytes() == expected.raw_output_contents[0]
     assert answer.events.count("data") >= 3  # 1,000 bytes, then frames of at most 16 KiB
+
+
+# --- what the operator sees ----------------------------------------------------------------------
+def test_refusals_are_counted_and_logged_like_the_http_servers(repo: Path, tmp_path: Path) -> None:
+    """Refusals before any handler count in serving_connection_refusals under protocol "grpc"
+    with the HTTP status they stand for, and are logged with their reason; REFUSED_STREAM (flow
+    control that clients retry, a rapid-reset flood's bulk) is counted, not logged."""
+    import json
+
+    import httpx
+
+    from tests.metrics_text import metric_value
+
+    log = tmp_path / "access.jsonl"
+    running = GatewayProcess(
+        repo, "--access-log", str(log), "--grpc-max-streams-per-connection", "1"
+    )
+    try:
+        with closing(H2Client(running.grpc_target)) as client:  # 413: a 1 GB prefix
+            client.send(client.headers(1, INFER) + frame(DATA, 0, 1, grpc_message(b"", 10**9)))
+            assert client.answer(1).status == RESOURCE_EXHAUSTED
+            client.send(client.headers(3) + client.headers(5))  # 503: stream 5 over the limit
+            client.wait_for(lambda: client.answer_of(5).reset is not None, 10, "REFUSED_STREAM")
+            assert client.answer_of(5).reset == REFUSED_STREAM
+        with closing(H2Client(running.grpc_target)) as client:  # 400: a malformed HPACK block
+            client.send(frame(HEADERS, END_HEADERS, 1, b"\xff\xff\xff\xff"))
+            assert client.goaway_code() == COMPRESSION_ERROR
+        text = httpx.get(f"{running.http_url}/metrics", timeout=10).text
+        counted = {
+            status: metric_value(
+                text, "serving_connection_refusals_total", protocol="grpc", status=status
+            )
+            for status in ("413", "503", "400")
+        }
+        assert counted == {"413": 1.0, "503": 1.0, "400": 1.0}, counted
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(log.read_text().splitlines()) < 2:
+            time.sleep(0.05)
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+    finally:
+        stop_cleanly(running)
+    refusals = [(line["code"], line["status"]) for line in lines if line["protocol"] == "grpc"]
+    assert refusals == [("RESOURCE_EXHAUSTED", 413), ("COMPRESSION_ERROR", 400)], lines
